@@ -1,0 +1,40 @@
+-- The template catalogue: re-applied whenever this file changes (a repeatable migration).
+-- parameter_spec is the contract between a flow's task rows and the job: it is validated before
+-- any job starts. Values may use ${file.uri}, ${file.bucket}, ${file.key}, ${file.etag},
+-- ${batch_id}, ${flow_id}, ${run_id}, ${logical_date}: they are filled in per DAG run.
+INSERT INTO lakehouse.templates (template_id, version, script_location, description, parameter_spec) VALUES
+('landing_to_raw', 1, 'landing_to_raw.py',
+ 'One landing file (CSV or regex-parsed text) to parquet in raw, with lineage columns; rejects kept and counted.',
+ '[{"name": "source_uri", "type": "str", "required": false, "default": "${file.uri}", "description": "the landing object; by default the file that triggered the run"},
+   {"name": "dataset", "type": "str", "required": true, "description": "raw dataset name: raw/<dataset>/_batch_id=<batch>/"},
+   {"name": "format", "type": "str", "required": true, "choices": ["csv", "regex"], "description": "how lines are parsed"},
+   {"name": "regex", "type": "str", "required": false, "description": "format=regex: a full-line pattern whose named groups are the columns"},
+   {"name": "header", "type": "bool", "required": false, "default": true, "description": "format=csv: first line holds column names"},
+   {"name": "delimiter", "type": "str", "required": false, "default": ",", "description": "format=csv: field delimiter"},
+   {"name": "columns", "type": "list", "required": false, "description": "format=csv without header: column names"},
+   {"name": "schema", "type": "json", "required": false, "description": "column -> Spark SQL type; a value that does not cast is a reject"},
+   {"name": "max_reject_ratio", "type": "float", "required": false, "default": 0.0, "description": "fail when rejects/lines exceeds this"},
+   {"name": "skip_blank_lines", "type": "bool", "required": false, "default": true, "description": "ignore empty lines"}]'),
+('raw_to_stage_scd2', 1, 'raw_to_stage_scd2.py',
+ 'One raw batch into an Iceberg SCD2 history table, in one commit; a re-run of a batch adds nothing.',
+ '[{"name": "dataset", "type": "str", "required": true, "description": "raw dataset to read the batch from"},
+   {"name": "target_table", "type": "str", "required": true, "description": "Iceberg stage table, namespace.table"},
+   {"name": "keys", "type": "list", "required": true, "description": "business key columns"},
+   {"name": "sequence_by", "type": "str", "required": false, "description": "column ordering changes; default: the load time"},
+   {"name": "track_columns", "type": "list", "required": false, "description": "columns whose change opens a new version (default: all)"},
+   {"name": "track_except", "type": "list", "required": false, "description": "columns excluded from change tracking"}]'),
+('stage_to_presentation', 1, 'stage_to_presentation.py',
+ 'A SELECT over stage tables, written atomically as an Iceberg presentation table.',
+ '[{"name": "sql", "type": "str", "required": true, "description": "one SELECT (or WITH ... SELECT) statement"},
+   {"name": "target_table", "type": "str", "required": true, "description": "Iceberg presentation table, namespace.table"}]'),
+('presentation_to_warehouse', 1, 'presentation_to_warehouse.py',
+ 'A presentation table into the warehouse, replaced atomically: readers see the old or the new table, never half.',
+ '[{"name": "source_table", "type": "str", "required": true, "description": "Iceberg presentation table, namespace.table"},
+   {"name": "target_table", "type": "str", "required": true, "description": "warehouse table, schema.table"},
+   {"name": "secret_id", "type": "str", "required": false, "description": "AWS: Secrets Manager secret of the warehouse login"}]')
+ON CONFLICT (template_id) DO UPDATE SET
+    version = EXCLUDED.version,
+    script_location = EXCLUDED.script_location,
+    description = EXCLUDED.description,
+    parameter_spec = EXCLUDED.parameter_spec,
+    updated_at = now();

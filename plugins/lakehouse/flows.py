@@ -1,0 +1,360 @@
+"""Flows, tasks and templates as typed values, and the checks that keep a bad row from running.
+
+Everything here is pure: the DAG factory, the CLI and the invoker validate the same way, and the
+unit tests need no database. A problem always names the flow, the row and the field, because the
+person reading it fixes rows, not Python.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import json
+import re
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+__all__ = [
+    "ParameterSpec",
+    "Template",
+    "FlowTask",
+    "Flow",
+    "Catalogue",
+    "FlowProblem",
+    "FileRef",
+    "RunContext",
+    "validate_flow",
+    "render_arguments",
+    "PLACEHOLDER_NAMES",
+]
+
+PARAMETER_TYPES = ("str", "int", "float", "bool", "json", "list")
+PLACEHOLDER_NAMES = (
+    "file.uri",
+    "file.bucket",
+    "file.key",
+    "file.etag",
+    "batch_id",
+    "flow_id",
+    "run_id",
+    "logical_date",
+)
+_PLACEHOLDER = re.compile(r"\$\{([^}]*)\}")
+_ARG_NAME = re.compile(r"^[a-z][a-z0-9_]{0,62}$")
+#: Arguments the orchestrator passes to every job; a flow cannot set them.
+RESERVED_ARGUMENTS = ("flow_id", "task_id", "run_id", "batch_id", "lake_uri", "metrics_uri")
+
+
+@dataclass(frozen=True)
+class ParameterSpec:
+    name: str
+    type: str = "str"
+    required: bool = False
+    default: Any = None
+    choices: tuple[Any, ...] | None = None
+    description: str = ""
+
+    @classmethod
+    def from_row(cls, row: Mapping[str, Any]) -> "ParameterSpec":
+        choices = row.get("choices")
+        return cls(
+            name=str(row["name"]),
+            type=str(row.get("type", "str")),
+            required=bool(row.get("required", False)),
+            default=row.get("default"),
+            choices=tuple(choices) if choices is not None else None,
+            description=str(row.get("description", "")),
+        )
+
+
+@dataclass(frozen=True)
+class Template:
+    template_id: str
+    script_location: str
+    version: int = 1
+    description: str = ""
+    parameters: tuple[ParameterSpec, ...] = ()
+
+    @classmethod
+    def from_row(cls, row: Mapping[str, Any]) -> "Template":
+        return cls(
+            template_id=row["template_id"],
+            script_location=row["script_location"],
+            version=int(row.get("version") or 1),
+            description=row.get("description") or "",
+            parameters=tuple(ParameterSpec.from_row(p) for p in row.get("parameter_spec") or ()),
+        )
+
+    def spec(self, name: str) -> ParameterSpec | None:
+        return next((p for p in self.parameters if p.name == name), None)
+
+
+@dataclass(frozen=True)
+class FlowTask:
+    flow_id: str
+    task_id: str
+    template_id: str
+    parameters: Mapping[str, Any] = field(default_factory=dict)
+    task_order: int = 0
+    upstream: tuple[str, ...] | None = None  # None: the previous task by task_order
+    retries: int = 0
+    retry_delay_seconds: int = 60
+    timeout_seconds: int | None = None
+
+    @classmethod
+    def from_row(cls, row: Mapping[str, Any]) -> "FlowTask":
+        upstream = row.get("upstream")
+        return cls(
+            flow_id=row["flow_id"],
+            task_id=row["task_id"],
+            template_id=row["template_id"],
+            parameters=dict(row.get("parameters") or {}),
+            task_order=int(row.get("task_order") or 0),
+            upstream=tuple(upstream) if upstream is not None else None,
+            retries=int(row.get("retries") or 0),
+            retry_delay_seconds=int(row.get("retry_delay_seconds") or 0),
+            timeout_seconds=row.get("timeout_seconds"),
+        )
+
+
+@dataclass(frozen=True)
+class Flow:
+    flow_id: str
+    tasks: tuple[FlowTask, ...]
+    dag_id: str | None = None
+    description: str = ""
+    schedule: str | None = None
+    trigger_bucket: str | None = None
+    trigger_key_pattern: str | None = None
+    trigger_pattern_syntax: str = "glob"
+    is_active: bool = True
+    owner: str = "lakehouse"
+    alert_target: str | None = None
+    tags: tuple[str, ...] = ()
+    max_active_runs: int = 16
+
+    @classmethod
+    def from_row(cls, row: Mapping[str, Any]) -> "Flow":
+        tasks = tuple(FlowTask.from_row(t) for t in row.get("tasks") or ())
+        return cls(
+            flow_id=row["flow_id"],
+            tasks=tuple(sorted(tasks, key=lambda t: (t.task_order, t.task_id))),
+            dag_id=row.get("dag_id"),
+            description=row.get("description") or "",
+            schedule=row.get("schedule"),
+            trigger_bucket=row.get("trigger_bucket"),
+            trigger_key_pattern=row.get("trigger_key_pattern"),
+            trigger_pattern_syntax=row.get("trigger_pattern_syntax") or "glob",
+            is_active=bool(row.get("is_active", True)),
+            owner=row.get("owner") or "lakehouse",
+            alert_target=row.get("alert_target"),
+            tags=tuple(row.get("tags") or ()),
+            max_active_runs=int(row.get("max_active_runs") or 16),
+        )
+
+    @property
+    def effective_dag_id(self) -> str:
+        return self.dag_id or self.flow_id
+
+    def upstream_of(self, task: FlowTask) -> tuple[str, ...]:
+        """Explicit upstream list, or else the task before it in ``task_order`` (a line)."""
+        if task.upstream is not None:
+            return task.upstream
+        index = self.tasks.index(task)
+        return (self.tasks[index - 1].task_id,) if index > 0 else ()
+
+    def matches(self, bucket: str, key: str) -> bool:
+        """Glob patterns use ``fnmatch`` on the whole key (``*`` also crosses ``/``); regex must match fully."""
+        if not self.trigger_bucket or not self.trigger_key_pattern or bucket != self.trigger_bucket:
+            return False
+        if self.trigger_pattern_syntax == "regex":
+            return re.fullmatch(self.trigger_key_pattern, key) is not None
+        return fnmatch.fnmatchcase(key, self.trigger_key_pattern)
+
+
+@dataclass(frozen=True)
+class Catalogue:
+    """All active flows and all templates, as one parse sees them."""
+
+    flows: Mapping[str, Flow]
+    templates: Mapping[str, Template]
+
+    @classmethod
+    def from_document(cls, document: Mapping[str, Any]) -> "Catalogue":
+        templates = {t["template_id"]: Template.from_row(t) for t in document.get("templates") or ()}
+        flows = {f["flow_id"]: Flow.from_row(f) for f in document.get("flows") or ()}
+        return cls(flows=flows, templates=templates)
+
+    def flows_for_object(self, bucket: str, key: str) -> list[Flow]:
+        return [f for f in self.flows.values() if f.is_active and f.matches(bucket, key)]
+
+
+@dataclass(frozen=True)
+class FlowProblem:
+    flow_id: str
+    field: str  # e.g. "flow_tasks[load_raw].parameters.dataset"
+    message: str
+
+    def __str__(self) -> str:
+        return f"flow {self.flow_id!r}: {self.field}: {self.message}"
+
+
+def _check_value(spec: ParameterSpec, value: Any) -> str | None:
+    """Why ``value`` does not fit ``spec``, or None. Strings with placeholders are checked at run time."""
+    if isinstance(value, str) and _PLACEHOLDER.search(value) and spec.type != "str":
+        return None
+    ok = {
+        "str": isinstance(value, str),
+        "int": isinstance(value, int) and not isinstance(value, bool),
+        "float": isinstance(value, (int, float)) and not isinstance(value, bool),
+        "bool": isinstance(value, bool),
+        "json": isinstance(value, (dict, list)),
+        "list": isinstance(value, list) and all(isinstance(v, str) for v in value)
+        or (isinstance(value, str) and value != ""),
+    }[spec.type]
+    if not ok:
+        return f"expected {spec.type}, got {type(value).__name__} {value!r}"
+    if spec.choices is not None and value not in spec.choices:
+        return f"must be one of {list(spec.choices)}, got {value!r}"
+    return None
+
+
+def _placeholder_problems(flow_id: str, where: str, value: Any) -> list[FlowProblem]:
+    text = json.dumps(value) if not isinstance(value, str) else value
+    return [
+        FlowProblem(flow_id, where, f"unknown placeholder ${{{name}}} (known: {', '.join(PLACEHOLDER_NAMES)})")
+        for name in _PLACEHOLDER.findall(text)
+        if name not in PLACEHOLDER_NAMES
+    ]
+
+
+def _cycle(flow: Flow) -> list[str] | None:
+    """A cycle as a list of task ids, or None: depth-first search over upstream edges."""
+    graph = {t.task_id: [u for u in flow.upstream_of(t)] for t in flow.tasks}
+    state: dict[str, int] = {}
+    stack: list[str] = []
+
+    def visit(node: str) -> list[str] | None:
+        state[node] = 1
+        stack.append(node)
+        for nxt in graph.get(node, ()):
+            if state.get(nxt) == 1:
+                return stack[stack.index(nxt):] + [nxt]
+            if nxt in graph and state.get(nxt) is None and (found := visit(nxt)):
+                return found
+        stack.pop()
+        state[node] = 2
+        return None
+
+    for task_id in graph:
+        if state.get(task_id) is None and (found := visit(task_id)):
+            return found
+    return None
+
+
+def validate_flow(flow: Flow, templates: Mapping[str, Template]) -> list[FlowProblem]:
+    """Every problem of one flow, so a user fixes them all in one go."""
+    problems: list[FlowProblem] = []
+    add = lambda where, msg: problems.append(FlowProblem(flow.flow_id, where, msg))  # noqa: E731
+    if not flow.tasks:
+        add("flow_tasks", "the flow has no tasks")
+    if flow.trigger_key_pattern and flow.trigger_pattern_syntax == "regex":
+        try:
+            re.compile(flow.trigger_key_pattern)
+        except re.error as exc:
+            add("flows.trigger_key_pattern", f"invalid regex: {exc}")
+    task_ids = {t.task_id for t in flow.tasks}
+    for task in flow.tasks:
+        row = f"flow_tasks[{task.task_id}]"
+        for up in task.upstream or ():
+            if up not in task_ids:
+                add(f"{row}.upstream", f"unknown upstream task {up!r}")
+        template = templates.get(task.template_id)
+        if template is None:
+            add(f"{row}.template_id", f"unknown template {task.template_id!r}")
+            continue
+        for name, value in task.parameters.items():
+            where = f"{row}.parameters.{name}"
+            spec = template.spec(name)
+            if name in RESERVED_ARGUMENTS:
+                add(where, "is set by the orchestrator and cannot be given")
+            elif spec is None:
+                known = ", ".join(p.name for p in template.parameters)
+                add(where, f"template {template.template_id!r} has no parameter {name!r} (known: {known})")
+            elif (why := _check_value(spec, value)) is not None:
+                add(where, why)
+            problems.extend(_placeholder_problems(flow.flow_id, where, value))
+        for spec in template.parameters:
+            if spec.required and spec.name not in task.parameters:
+                add(f"{row}.parameters.{spec.name}", f"required by template {template.template_id!r} but missing")
+    if (cycle := _cycle(flow)) is not None:
+        add("flow_tasks.upstream", "cycle: " + " <- ".join(cycle))
+    return problems
+
+
+@dataclass(frozen=True)
+class FileRef:
+    """The landing object that started a run."""
+
+    bucket: str
+    key: str
+    etag: str = ""
+    size: int | None = None
+
+    @property
+    def uri(self) -> str:
+        return f"s3://{self.bucket}/{self.key}"
+
+
+@dataclass(frozen=True)
+class RunContext:
+    flow_id: str
+    run_id: str
+    logical_date: str = ""
+    file: FileRef | None = None
+
+    @property
+    def batch_id(self) -> str:
+        """The run id made safe for paths and table values; a cleared task reuses it (idempotence)."""
+        return re.sub(r"[^A-Za-z0-9_-]", "_", self.run_id)
+
+    def placeholder(self, name: str, where: str) -> str:
+        if name.startswith("file."):
+            if self.file is None:
+                raise ValueError(f"{where}: ${{{name}}} needs a triggering file, but run {self.run_id!r} has none")
+            return {"file.uri": self.file.uri, "file.bucket": self.file.bucket,
+                    "file.key": self.file.key, "file.etag": self.file.etag}[name]
+        return {"batch_id": self.batch_id, "flow_id": self.flow_id, "run_id": self.run_id,
+                "logical_date": self.logical_date}[name]
+
+
+def _as_argument(spec_type: str, value: Any) -> str:
+    """Glue passes every argument as a string; this is the one encoding both runners use."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if spec_type == "list" and isinstance(value, list):
+        return ",".join(value)
+    if isinstance(value, (dict, list)):
+        return json.dumps(value, separators=(",", ":"))
+    return str(value)
+
+
+def render_arguments(task: FlowTask, template: Template, context: RunContext) -> dict[str, str]:
+    """Defaults filled in, placeholders substituted, everything a string: the job's arguments."""
+    arguments: dict[str, str] = {}
+    values: dict[str, Any] = {p.name: p.default for p in template.parameters if p.default is not None}
+    values.update(task.parameters)
+    for name, value in values.items():
+        spec = template.spec(name) or ParameterSpec(name)
+        where = f"flow {task.flow_id!r}: flow_tasks[{task.task_id}].parameters.{name}"
+        text = _as_argument(spec.type, value)
+        arguments[name] = _PLACEHOLDER.sub(lambda m: context.placeholder(m.group(1), where), text)
+    return arguments
+
+
+def task_argument_names(names: Iterable[str]) -> list[str]:
+    """Names that are safe as ``--name`` arguments (validated, never pasted blindly)."""
+    bad = [n for n in names if not _ARG_NAME.match(n)]
+    if bad:
+        raise ValueError(f"invalid argument names: {bad}")
+    return list(names)

@@ -1,0 +1,1 @@
+"""Hooks: small clients of outside systems (Airflow's REST API, S3, AWS services)."""

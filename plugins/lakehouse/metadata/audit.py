@@ -1,0 +1,81 @@
+"""The task-run audit: one row per task try, written at start and completed at the end.
+
+Written from the task itself (not from a callback), so the row exists even when the worker is
+killed afterwards; the row then stays ``running`` with its start time, which is itself evidence.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import psycopg2
+
+__all__ = ["start_task_run", "finish_task_run"]
+
+
+def start_task_run(
+    dsn: str,
+    *,
+    flow_id: str,
+    task_id: str,
+    template_id: str,
+    dag_id: str,
+    dag_run_id: str,
+    try_number: int,
+    batch_id: str,
+    runner: str,
+) -> int:
+    conn = psycopg2.connect(dsn)
+    try:
+        with conn, conn.cursor() as cur:
+            cur.execute(
+                """INSERT INTO lakehouse.task_runs
+                       (flow_id, task_id, template_id, dag_id, dag_run_id, try_number, batch_id, runner, status)
+                   VALUES (%s, %s, %s, %s, %s, %s, %s, %s, 'running')
+                   ON CONFLICT (dag_id, dag_run_id, task_id, try_number) DO UPDATE SET
+                       status = 'running', started_at = now(), ended_at = NULL, error = NULL,
+                       rows_in = NULL, rows_out = NULL, rows_rejected = NULL, metrics = NULL
+                   RETURNING task_run_id""",
+                (flow_id, task_id, template_id, dag_id, dag_run_id, try_number, batch_id, runner),
+            )
+            return int(cur.fetchone()[0])
+    finally:
+        conn.close()
+
+
+def finish_task_run(
+    dsn: str,
+    task_run_id: int,
+    *,
+    status: str,
+    metrics: dict[str, Any] | None = None,
+    error: str | None = None,
+    external_run_id: str | None = None,
+) -> None:
+    metrics = metrics or {}
+
+    def count(name: str) -> int | None:
+        value = metrics.get(name)
+        return int(value) if isinstance(value, (int, float)) else None
+
+    conn = psycopg2.connect(dsn)
+    try:
+        with conn, conn.cursor() as cur:
+            cur.execute(
+                """UPDATE lakehouse.task_runs SET status = %s, ended_at = now(), rows_in = %s, rows_out = %s,
+                       rows_rejected = %s, metrics = %s, error = %s, external_run_id = %s
+                   WHERE task_run_id = %s""",
+                (
+                    status,
+                    count("rows_in"),
+                    count("rows_out"),
+                    count("rows_rejected"),
+                    json.dumps(metrics) if metrics else None,
+                    error[:8000] if error else None,
+                    external_run_id,
+                    task_run_id,
+                ),
+            )
+    finally:
+        conn.close()

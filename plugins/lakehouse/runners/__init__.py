@@ -1,0 +1,9 @@
+"""Runners launch a template job and wait for it: locally with spark-submit, on AWS with Glue.
+
+The runner interface is the seam of the scale-out path: adding EMR Serverless means adding a
+runner, never touching templates or DAG code.
+"""
+
+from lakehouse.runners.base import JobRequest, JobResult, JobRunner, JobFailedError, get_runner
+
+__all__ = ["JobRequest", "JobResult", "JobRunner", "JobFailedError", "get_runner"]

@@ -1,0 +1,80 @@
+"""The runner interface: launch one template job with Glue-style arguments and wait for it."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from lakehouse.config import Settings
+
+__all__ = ["JobRequest", "JobResult", "JobRunner", "JobFailedError", "get_runner", "job_arguments"]
+
+
+@dataclass(frozen=True)
+class JobRequest:
+    flow_id: str
+    task_id: str
+    template_id: str
+    script_location: str  # as in the template row: relative to LAKEHOUSE_TEMPLATES_URI, or absolute
+    run_id: str
+    batch_id: str
+    arguments: dict[str, str] = field(default_factory=dict)  # the task's rendered parameters
+    timeout_seconds: int | None = None
+
+
+@dataclass(frozen=True)
+class JobResult:
+    metrics: dict[str, Any]
+    external_run_id: str | None = None
+
+
+class JobFailedError(RuntimeError):
+    """The job ran and failed; the message carries the job's own error (the useful part)."""
+
+    def __init__(self, message: str, external_run_id: str | None = None) -> None:
+        super().__init__(message)
+        self.external_run_id = external_run_id
+
+
+class JobRunner(Protocol):
+    name: str
+
+    def run(self, request: JobRequest) -> JobResult: ...
+
+
+def job_arguments(request: JobRequest, lake_uri: str, metrics_uri: str) -> dict[str, str]:
+    """The full ``--name value`` set: orchestrator arguments first, then the task's parameters."""
+    arguments = {
+        "flow_id": request.flow_id,
+        "task_id": request.task_id,
+        "run_id": request.run_id,
+        "batch_id": request.batch_id,
+        "lake_uri": lake_uri,
+        "metrics_uri": metrics_uri,
+    }
+    clash = set(arguments) & set(request.arguments)
+    if clash:
+        raise ValueError(f"task parameters may not set orchestrator arguments: {sorted(clash)}")
+    arguments.update(request.arguments)
+    return arguments
+
+
+def parse_metrics(text: str, where: str) -> dict[str, Any]:
+    try:
+        metrics = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise JobFailedError(f"job metrics at {where} are not JSON: {exc}") from exc
+    if not isinstance(metrics, dict):
+        raise JobFailedError(f"job metrics at {where} are not a JSON object")
+    return metrics
+
+
+def get_runner(settings: Settings) -> JobRunner:
+    if settings.runner == "glue":
+        from lakehouse.runners.glue import GlueRunner
+
+        return GlueRunner.from_settings(settings)
+    from lakehouse.runners.local_spark import LocalSparkRunner
+
+    return LocalSparkRunner(settings)

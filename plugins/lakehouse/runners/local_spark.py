@@ -1,0 +1,136 @@
+"""Run a template with ``spark-submit`` on this machine, configured for the lake's Iceberg catalog.
+
+The Spark configuration (which holds the catalog password) goes into a 0600 properties file,
+not onto the command line where ``ps`` would show it. The job runs in its own process group so
+a timeout or a killed task takes the whole JVM with it.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from collections import deque
+from pathlib import Path
+
+from lakehouse.config import Settings
+from lakehouse.runners.base import JobFailedError, JobRequest, JobResult, job_arguments, parse_metrics
+from lakehouse.runners.spark_conf import local_spark_conf
+from lakehouse.stack.jars import provision_jars
+
+__all__ = ["LocalSparkRunner", "resolve_script"]
+
+
+def resolve_script(settings: Settings, script_location: str) -> Path:
+    if script_location.startswith("s3://"):
+        raise JobFailedError(f"the local runner cannot run {script_location}: use a local templates location")
+    path = Path(script_location.removeprefix("file://"))
+    if not path.is_absolute():
+        path = Path(settings.templates_uri.removeprefix("file://")) / path
+    if not path.is_file():
+        raise JobFailedError(f"template script {path} does not exist")
+    return path
+
+
+class LocalSparkRunner:
+    name = "local"
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+
+    def job_environment(self) -> dict[str, str]:
+        """What a job needs besides its arguments: S3 access for landing, the warehouse login."""
+        s = self.settings
+        env = dict(os.environ)
+        env.update(
+            {
+                "PYSPARK_PYTHON": sys.executable,
+                "PYSPARK_DRIVER_PYTHON": sys.executable,
+                "AWS_ACCESS_KEY_ID": s.s3_access_key_id,
+                "AWS_SECRET_ACCESS_KEY": s.s3_secret_access_key,
+                "AWS_DEFAULT_REGION": s.aws_region,
+                "AWS_ENDPOINT_URL_S3": s.s3_endpoint_url,
+                "LAKEHOUSE_WAREHOUSE_JDBC_URL": s.jdbc_url(s.warehouse_db),
+                "LAKEHOUSE_WAREHOUSE_USER": s.pg_user,
+                "LAKEHOUSE_WAREHOUSE_PASSWORD": s.pg_password,
+            }
+        )
+        return env
+
+    def command(self, request: JobRequest, properties_file: Path, metrics_file: Path) -> list[str]:
+        spark_submit = Path(sys.executable).with_name("spark-submit")
+        argv = [
+            str(spark_submit if spark_submit.exists() else "spark-submit"),
+            "--properties-file", str(properties_file),
+            "--name", f"{request.flow_id}.{request.task_id}",
+            str(resolve_script(self.settings, request.script_location)),
+        ]
+        for name, value in job_arguments(request, self.settings.lake_uri, str(metrics_file)).items():
+            argv += [f"--{name}", value]
+        return argv
+
+    def run(self, request: JobRequest) -> JobResult:
+        provision_jars(self.settings.jars_dir)
+        work = self.settings.home / "run" / "jobs"
+        work.mkdir(parents=True, exist_ok=True)
+        job_id = f"{request.batch_id}.{request.task_id}.{uuid.uuid4().hex[:8]}"
+        metrics_file = work / f"{job_id}.metrics.json"
+        with tempfile.NamedTemporaryFile("w", dir=work, suffix=".conf", delete=False) as props:
+            os.chmod(props.name, 0o600)
+            for key, value in local_spark_conf(self.settings).items():
+                props.write(f"{key} {value}\n")
+        properties_file = Path(props.name)
+        try:
+            return self._execute(request, properties_file, metrics_file, job_id)
+        finally:
+            properties_file.unlink(missing_ok=True)
+            metrics_file.unlink(missing_ok=True)
+
+    def _execute(self, request: JobRequest, properties_file: Path, metrics_file: Path, job_id: str) -> JobResult:
+        argv = self.command(request, properties_file, metrics_file)
+        tail: deque[str] = deque(maxlen=60)
+        proc = subprocess.Popen(
+            argv,
+            env=self.job_environment(),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            start_new_session=True,
+        )
+        deadline = time.monotonic() + request.timeout_seconds if request.timeout_seconds else None
+        try:
+            assert proc.stdout is not None
+            for line in proc.stdout:  # streamed into the Airflow task log as it comes
+                sys.stdout.write(line)
+                tail.append(line.rstrip())
+                if deadline and time.monotonic() > deadline:
+                    raise TimeoutError(f"job {job_id} exceeded {request.timeout_seconds}s")
+            proc.wait()
+        except BaseException:
+            _kill_group(proc)
+            raise
+        if proc.returncode != 0:
+            raise JobFailedError(_error_summary(tail, proc.returncode), external_run_id=job_id)
+        if not metrics_file.exists():
+            raise JobFailedError(f"job {job_id} exited 0 but wrote no metrics to {metrics_file}", job_id)
+        return JobResult(parse_metrics(metrics_file.read_text(), str(metrics_file)), external_run_id=job_id)
+
+
+def _kill_group(proc: subprocess.Popen[str]) -> None:
+    try:
+        os.killpg(proc.pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+    proc.wait()
+
+
+def _error_summary(tail: deque[str], returncode: int) -> str:
+    """The job's own exception (the last traceback's last line) leads; context follows."""
+    lines = list(tail)
+    errors = [ln for ln in lines if ln and not ln.startswith((" ", "\t")) and ("Error" in ln or "Exception" in ln)]
+    headline = errors[-1] if errors else f"spark-submit exited {returncode}"
+    return f"{headline}\n--- last lines of the job's output ---\n" + "\n".join(lines[-25:])

@@ -1,0 +1,1 @@
+"""The local stack: Postgres, SeaweedFS, the invoker and Airflow, started and stopped by process group."""
