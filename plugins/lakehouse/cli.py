@@ -1,0 +1,178 @@
+"""``lakehouse``: the command line of the framework (stack, demo, metadata, invoker, runs)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from collections.abc import Sequence
+
+from lakehouse.config import load_settings
+
+__all__ = ["main"]
+
+
+def _cmd_up(args: argparse.Namespace) -> int:
+    from lakehouse.stack import services
+
+    settings = load_settings()
+    services.up(settings)
+    print(f"stack is up. Airflow: {settings.airflow_url} ({settings.airflow_username} / {settings.airflow_password})")
+    return 0
+
+
+def _cmd_down(args: argparse.Namespace) -> int:
+    from lakehouse.stack import services
+
+    stopped = services.down(load_settings())
+    print("stopped: " + (", ".join(stopped) if stopped else "nothing was running"))
+    return 0
+
+
+def _cmd_status(args: argparse.Namespace) -> int:
+    from lakehouse.stack import services
+
+    for s in services.status(load_settings()):
+        print(f"{s.name:24} {'running' if s.running else 'stopped'}" + (f"  pgid={s.pid} processes={s.processes}" if s.running and s.pid else ""))
+    return 0
+
+
+def _cmd_info(args: argparse.Namespace) -> int:
+    info = load_settings().info()
+    if args.json:
+        print(json.dumps(info, indent=2))
+    else:
+        a, s = info["airflow"], info["s3"]
+        print(f"Airflow UI/API  {a['url']}  login {a['username']} / {a['password']}")
+        print(f"S3 (landing)    {s['endpoint_url']}  bucket {s['landing_bucket']}  keys {s['access_key_id']} / {s['secret_access_key']}")
+        print(f"metadata        {info['metadata_dsn']}")
+        print(f"warehouse       {info['warehouse_dsn']}")
+        print(f"Iceberg catalog {info['catalog_dsn']}")
+    return 0
+
+
+def _cmd_demo(args: argparse.Namespace) -> int:
+    from lakehouse.demo import run_demo
+    from lakehouse.stack import services
+
+    settings = load_settings()
+    services.up(settings)
+    return run_demo(settings)
+
+
+def _cmd_db_migrate(args: argparse.Namespace) -> int:
+    from lakehouse.metadata.migrations import migrate
+
+    settings = load_settings()
+    applied = migrate(settings.metadata_dsn, settings.root / "metadata" / "migrations")
+    print("applied: " + (", ".join(applied) if applied else "nothing (schema is current)"))
+    return 0
+
+
+def _airflow_client():  # type: ignore[no-untyped-def]
+    from lakehouse.hooks.airflow_api import AirflowApiClient
+
+    s = load_settings()
+    return AirflowApiClient(s.airflow_url, s.airflow_username, s.airflow_password)
+
+
+def _cmd_invoker_serve(args: argparse.Namespace) -> int:
+    from lakehouse.invoker.core import Invoker
+    from lakehouse.invoker.server import InvokerServer
+
+    settings = load_settings()
+    server = InvokerServer(
+        ("127.0.0.1", settings.invoker_port), Invoker(settings.metadata_dsn, _airflow_client()), settings.invoker_token
+    )
+    logging.getLogger(__name__).info("invoker listening on %s", settings.invoker_url)
+    server.serve()
+    return 0
+
+
+def _cmd_trigger(args: argparse.Namespace) -> int:
+    from lakehouse.invoker.core import Invoker
+
+    outcome = Invoker(load_settings().metadata_dsn, _airflow_client()).trigger_flow(args.flow_id)
+    print(json.dumps(outcome.as_dict()))
+    return 0
+
+
+def _cmd_validate(args: argparse.Namespace) -> int:
+    from lakehouse.flows import validate_flow
+    from lakehouse.metadata.catalogue import load_catalogue
+
+    catalogue = load_catalogue(load_settings().metadata_dsn)
+    flows = [catalogue.flows[args.flow_id]] if args.flow_id else list(catalogue.flows.values())
+    problems = [p for f in flows for p in validate_flow(f, catalogue.templates)]
+    for problem in problems:
+        print(problem)
+    print(f"{len(flows)} flow(s) checked, {len(problems)} problem(s)")
+    return 1 if problems else 0
+
+
+def _cmd_runs(args: argparse.Namespace) -> int:
+    from lakehouse.demo import format_table
+
+    where = ["true"]
+    if args.flow:
+        where.append("flow_id = %(flow)s")
+    if args.failed:
+        where.append("status = 'failed'")
+    import psycopg2
+
+    conn = psycopg2.connect(load_settings().metadata_dsn)
+    try:
+        with conn.cursor() as cur:
+            cur.execute(
+                "SELECT flow_id, task_id, dag_run_id, try_number, status, started_at, ended_at, rows_in, rows_out, "
+                "rows_rejected, left(coalesce(error, ''), 80) AS error FROM lakehouse.task_runs WHERE "
+                + " AND ".join(where) + " ORDER BY task_run_id DESC LIMIT %(limit)s",
+                {"flow": args.flow, "limit": args.limit},
+            )
+            print(format_table([d.name for d in cur.description], cur.fetchall()))
+    finally:
+        conn.close()
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="lakehouse", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+    sub.add_parser("up", help="start the local stack").set_defaults(func=_cmd_up)
+    sub.add_parser("down", help="stop everything the stack started").set_defaults(func=_cmd_down)
+    sub.add_parser("status", help="what of the stack is running").set_defaults(func=_cmd_status)
+    info = sub.add_parser("info", help="endpoints and credentials")
+    info.add_argument("--json", action="store_true")
+    info.set_defaults(func=_cmd_info)
+    sub.add_parser("demo", help="start the stack and run the sample invoice flow end to end").set_defaults(func=_cmd_demo)
+    db = sub.add_parser("db", help="metadata database").add_subparsers(dest="db_command", required=True)
+    db.add_parser("migrate", help="apply pending migrations").set_defaults(func=_cmd_db_migrate)
+    inv = sub.add_parser("invoker", help="the object-event invoker").add_subparsers(dest="invoker_command", required=True)
+    inv.add_parser("serve", help="serve the webhook endpoint").set_defaults(func=_cmd_invoker_serve)
+    trig = sub.add_parser("trigger", help="start a flow by flow_id (the scheduled invoker)")
+    trig.add_argument("flow_id")
+    trig.set_defaults(func=_cmd_trigger)
+    val = sub.add_parser("validate", help="check flows as the DAG factory does")
+    val.add_argument("flow_id", nargs="?")
+    val.set_defaults(func=_cmd_validate)
+    runs = sub.add_parser("runs", help="task-run audit")
+    runs.add_argument("--flow")
+    runs.add_argument("--failed", action="store_true")
+    runs.add_argument("--limit", type=int, default=30)
+    runs.set_defaults(func=_cmd_runs)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    args = build_parser().parse_args(argv)
+    try:
+        return int(args.func(args))
+    except (RuntimeError, TimeoutError, LookupError, ValueError) as exc:
+        print(f"lakehouse {args.command}: {exc}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,1 @@
+"""Airflow operators: one generic operator runs any template task from metadata."""

@@ -1,0 +1,134 @@
+"""The one operator every generated task uses: render the task's parameters for this run, launch
+the template through the configured runner, and keep the audit row and the alert honest.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+from urllib.parse import quote
+
+from airflow.sdk import BaseOperator
+
+from lakehouse.config import load_settings
+from lakehouse.flows import FileRef, FlowTask, RunContext, Template, render_arguments
+from lakehouse.metadata.audit import finish_task_run, start_task_run
+from lakehouse.notifications import TaskFailure, notify_failure
+from lakehouse.runners import JobFailedError, JobRequest, get_runner
+
+__all__ = ["TemplateTaskOperator", "run_context_from_airflow", "on_task_failure"]
+
+
+def run_context_from_airflow(flow_id: str, context: Any) -> RunContext:
+    """The run as the templates see it: the triggering file (if any) comes from the run's conf."""
+    dag_run = context["dag_run"]
+    conf = dag_run.conf or {}
+    file_conf = conf.get("file")
+    file = None
+    if isinstance(file_conf, dict) and file_conf.get("bucket") and file_conf.get("key"):
+        file = FileRef(
+            bucket=str(file_conf["bucket"]),
+            key=str(file_conf["key"]),
+            etag=str(file_conf.get("etag") or ""),
+            size=file_conf.get("size"),
+        )
+    logical_date = context.get("logical_date")
+    return RunContext(
+        flow_id=flow_id,
+        run_id=dag_run.run_id,
+        logical_date=logical_date.isoformat() if logical_date else "",
+        file=file,
+    )
+
+
+def _log_url(dag_id: str, run_id: str, task_id: str, try_number: int) -> str:
+    base = load_settings().airflow_url
+    return f"{base}/dags/{quote(dag_id)}/runs/{quote(run_id)}/tasks/{quote(task_id)}?try_number={try_number}"
+
+
+def on_task_failure(context: Any) -> None:
+    """Called by Airflow once a task has failed for good (not on a retry that follows)."""
+    ti = context["ti"]
+    task = context["task"]
+    flow_id = getattr(task, "flow_id", ti.dag_id)
+    run = run_context_from_airflow(flow_id, context)
+    error = context.get("exception")
+    notify_failure(
+        load_settings(),
+        TaskFailure(
+            flow_id=flow_id,
+            task_id=ti.task_id,
+            dag_id=ti.dag_id,
+            dag_run_id=run.run_id,
+            error=f"{type(error).__name__}: {error}" if error else "task failed (no exception recorded)",
+            file_uri=run.file.uri if run.file else None,
+            log_url=_log_url(ti.dag_id, run.run_id, ti.task_id, ti.try_number),
+            alert_target=getattr(task, "alert_target", None),
+        ),
+    )
+
+
+class TemplateTaskOperator(BaseOperator):
+    """Runs one ``lakehouse.flow_tasks`` row. The row and its template are resolved at parse time."""
+
+    ui_color = "#d8ecf3"
+
+    def __init__(
+        self,
+        *,
+        flow_task: FlowTask,
+        template: Template,
+        alert_target: str | None = None,
+        **kwargs: Any,
+    ) -> None:
+        kwargs.setdefault("on_failure_callback", on_task_failure)
+        super().__init__(task_id=flow_task.task_id, **kwargs)
+        self.flow_task = flow_task
+        self.template = template
+        self.flow_id = flow_task.flow_id
+        self.template_id = template.template_id
+        self.alert_target = alert_target
+
+    def execute(self, context: Any) -> dict[str, Any]:
+        settings = load_settings()
+        run = run_context_from_airflow(self.flow_id, context)
+        ti = context["ti"]
+        runner = get_runner(settings)
+        audit_id = start_task_run(
+            settings.metadata_dsn,
+            flow_id=self.flow_id,
+            task_id=self.task_id,
+            template_id=self.template_id,
+            dag_id=self.dag_id,
+            dag_run_id=run.run_id,
+            try_number=ti.try_number,
+            batch_id=run.batch_id,
+            runner=runner.name,
+        )
+        try:
+            arguments = render_arguments(self.flow_task, self.template, run)
+            self.log.info("running template %s with %s", self.template_id, arguments)
+            result = runner.run(
+                JobRequest(
+                    flow_id=self.flow_id,
+                    task_id=self.task_id,
+                    template_id=self.template_id,
+                    script_location=self.template.script_location,
+                    run_id=run.run_id,
+                    batch_id=run.batch_id,
+                    arguments=arguments,
+                    timeout_seconds=self.flow_task.timeout_seconds,
+                )
+            )
+        except BaseException as exc:
+            external = exc.external_run_id if isinstance(exc, JobFailedError) else None
+            finish_task_run(
+                settings.metadata_dsn, audit_id, status="failed",
+                error=f"{type(exc).__name__}: {exc}", external_run_id=external,
+            )
+            raise
+        finish_task_run(
+            settings.metadata_dsn, audit_id, status="success", metrics=result.metrics,
+            external_run_id=result.external_run_id,
+        )
+        self.log.info("template %s finished: %s", self.template_id, result.metrics)
+        return result.metrics
