@@ -83,7 +83,7 @@ def _cmd_invoker_serve(args: argparse.Namespace) -> int:
 
     settings = load_settings()
     server = InvokerServer(
-        ("127.0.0.1", settings.invoker_port), Invoker(settings.metadata_dsn, _airflow_client()), settings.invoker_token
+        (settings.invoker_bind, settings.invoker_port), Invoker(settings.metadata_dsn, _airflow_client()), settings.invoker_token
     )
     logging.getLogger(__name__).info("invoker listening on %s", settings.invoker_url)
     server.serve()

@@ -23,6 +23,7 @@ LAKEHOUSE_S3_SECRET_ACCESS_KEY     S3 secret key                               l
 LAKEHOUSE_LANDING_BUCKET           the bucket files are dropped into           landing
 LAKEHOUSE_SEAWEED_PORTS            master,volume,filer,s3,webdav,iceberg       9333,9340,8888,8333,7333,8181
 LAKEHOUSE_INVOKER_PORT             the invoker's webhook port                  8765
+LAKEHOUSE_INVOKER_BIND             address the invoker listens on              127.0.0.1
 LAKEHOUSE_INVOKER_TOKEN            bearer token the webhook requires           generated
 LAKEHOUSE_AIRFLOW_PORT             Airflow api-server port                     8080
 LAKEHOUSE_AIRFLOW_URL              Airflow base URL (MWAA or remote)           http://127.0.0.1:$PORT
@@ -101,6 +102,7 @@ class Settings:
     landing_bucket: str
     seaweed_ports: SeaweedPorts
     invoker_port: int
+    invoker_bind: str
     airflow_port: int
     airflow_url: str
     airflow_username: str
@@ -254,6 +256,7 @@ def load_settings() -> Settings:
         landing_bucket=_env("LAKEHOUSE_LANDING_BUCKET", "landing"),
         seaweed_ports=SeaweedPorts.parse(_env("LAKEHOUSE_SEAWEED_PORTS", "9333,9340,8888,8333,7333,8181")),
         invoker_port=int(_env("LAKEHOUSE_INVOKER_PORT", "8765")),
+        invoker_bind=_env("LAKEHOUSE_INVOKER_BIND", "127.0.0.1"),
         airflow_port=airflow_port,
         airflow_url=_env("LAKEHOUSE_AIRFLOW_URL", f"http://127.0.0.1:{airflow_port}").rstrip("/"),
         airflow_username=_env("LAKEHOUSE_AIRFLOW_USERNAME", "admin"),
