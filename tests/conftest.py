@@ -16,14 +16,16 @@ import pytest
 _TEST_HOME = Path(tempfile.mkdtemp(prefix="lakehouse-test-"))
 _TEST_HOME.chmod(0o755)  # the Postgres server runs as user postgres and must reach its data dir
 
+# LAKEHOUSE_TEST_PORT_OFFSET shifts every port, so two test sessions can run side by side
+_OFF = int(os.environ.get("LAKEHOUSE_TEST_PORT_OFFSET", "0"))
 os.environ.update(
     {
         "LAKEHOUSE_HOME": str(_TEST_HOME),
-        "LAKEHOUSE_PG_PORT": "55433",
-        "LAKEHOUSE_SEAWEED_PORTS": "41333,41340,41888,41833,41733,41181",
-        "LAKEHOUSE_S3_ENDPOINT_URL": "http://127.0.0.1:41833",
-        "LAKEHOUSE_INVOKER_PORT": "48765",
-        "LAKEHOUSE_AIRFLOW_PORT": "48080",
+        "LAKEHOUSE_PG_PORT": str(55433 + _OFF),
+        "LAKEHOUSE_SEAWEED_PORTS": ",".join(str(p + _OFF) for p in (41333, 41340, 41888, 41833, 41733, 41181)),
+        "LAKEHOUSE_S3_ENDPOINT_URL": f"http://127.0.0.1:{41833 + _OFF}",
+        "LAKEHOUSE_INVOKER_PORT": str(48765 + _OFF),
+        "LAKEHOUSE_AIRFLOW_PORT": str(48080 + _OFF),
         "AIRFLOW_HOME": str(_TEST_HOME / "airflow"),
         "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
     }

@@ -20,7 +20,7 @@ def test_info_json_shape(capsys: pytest.CaptureFixture[str]) -> None:
     assert set(info["airflow"]) >= {"url", "username", "password"}
     assert set(info["s3"]) >= {"endpoint_url", "access_key_id", "secret_access_key", "landing_bucket"}
     assert {"metadata_dsn", "warehouse_dsn", "catalog_dsn"} <= set(info)
-    assert info["metadata_dsn"].endswith(":55433/lakehouse")
+    assert info["metadata_dsn"].endswith(f":{load_settings().pg_port}/lakehouse")
 
 
 def test_generated_secrets_are_stable_and_private(settings: lakehouse.config.Settings) -> None:
