@@ -134,6 +134,18 @@ class AirflowApiClient:
             raise AirflowApiError(response.status_code, response.text[:300])
         return response.json()["task_instances"]
 
+    def clear_failed_tasks(self, dag_id: str, dag_run_id: str) -> int:
+        """Re-run the failed tasks of a run (the UI's "Clear"); templates are idempotent per batch."""
+        response = self._request(
+            "POST",
+            f"/api/v2/dags/{quote(dag_id, safe='')}/clearTaskInstances",
+            json={"dry_run": False, "dag_run_id": dag_run_id, "only_failed": True, "reset_dag_runs": True,
+                  "include_downstream": True},
+        )
+        if response.status_code != 200:
+            raise AirflowApiError(response.status_code, response.text[:300])
+        return int(response.json().get("total_entries", 0))
+
     def import_errors(self) -> list[dict[str, Any]]:
         response = self._request("GET", "/api/v2/importErrors")
         if response.status_code != 200:
