@@ -60,3 +60,18 @@ def pg(settings: Settings) -> Iterator[Settings]:
 @pytest.fixture(scope="session")
 def jars(settings: Settings) -> list[Path]:
     return provision_jars(settings.jars_dir)
+
+
+_SERVICE_FIXTURES = {"pg", "spark", "jars", "stack", "client"}
+
+
+def pytest_collection_modifyitems(session: pytest.Session, config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Fast unit tests first, then integration tests on the real services, then end-to-end last
+    (its teardown stops the whole stack, Postgres included, and checks nothing is left)."""
+
+    def stage(item: pytest.Item) -> int:
+        if item.get_closest_marker("e2e") or "tests/e2e/" in item.nodeid:
+            return 2
+        return 1 if _SERVICE_FIXTURES & set(getattr(item, "fixturenames", ())) else 0
+
+    items.sort(key=stage)  # stable: keeps file order within a stage

@@ -20,12 +20,33 @@ from lakehouse.stack import services
 pytestmark = pytest.mark.e2e
 
 
+def _parents() -> dict[int, int]:
+    parents = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                parents[int(entry.name)] = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
+            except (OSError, IndexError, ValueError):
+                continue
+    return parents
+
+
+def _descends_from(pid: int, ancestor: int, parents: dict[int, int]) -> bool:
+    while pid > 1:
+        if pid == ancestor:
+            return True
+        pid = parents.get(pid, 1)
+    return False
+
+
 def processes_of(home: Path) -> list[str]:
-    """Every live process started for this stack: its command line or environment names its home."""
+    """Every live process started for this stack: its command line or environment names its home.
+    The test session's own children (its shared Spark session) are not part of the stack."""
     marker = str(home).encode()
+    parents = _parents()
     found = []
     for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit() or int(entry.name) == os.getpid():
+        if not entry.name.isdigit() or _descends_from(int(entry.name), os.getpid(), parents):
             continue
         try:
             cmdline = (entry / "cmdline").read_bytes()
@@ -34,7 +55,8 @@ def processes_of(home: Path) -> list[str]:
         except OSError:
             continue
         if state != "Z" and (marker in cmdline or b"LAKEHOUSE_HOME=" + marker + b"\0" in environ):
-            found.append(f"{entry.name}: {cmdline.replace(b'\0', b' ')[:120].decode(errors='replace')}")
+            command = cmdline.replace(b"\0", b" ")[:120].decode(errors="replace")
+            found.append(f"{entry.name}: {command}")
     return found
 
 

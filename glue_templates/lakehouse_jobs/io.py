@@ -1,0 +1,118 @@
+"""Where bytes come from and go to: landing objects, lake folders, metrics files.
+
+Spark on Glue reads and writes ``s3://`` natively. Locally there is no Hadoop S3 connector (none
+is installable offline), so a landing object is first copied with boto3 into a temp folder; that
+difference lives in :func:`localize_input` only, switched by the Spark conf
+``spark.lakehouse.stage_s3_through_boto3`` which the local runner sets and Glue never does.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+from urllib.parse import unquote, urlparse
+
+from pyspark.sql import SparkSession
+
+__all__ = ["STAGE_S3_CONF", "delete_path", "lake_path", "localize_input", "path_exists", "s3_client", "write_text"]
+
+STAGE_S3_CONF = "spark.lakehouse.stage_s3_through_boto3"
+_S3_SCHEMES = ("s3", "s3a", "s3n")
+
+
+def s3_client() -> Any:
+    """A boto3 S3 client; ``AWS_ENDPOINT_URL_S3`` points it at SeaweedFS (or any S3) locally."""
+    import boto3
+
+    return boto3.client("s3", endpoint_url=os.environ.get("AWS_ENDPOINT_URL_S3") or None)
+
+
+def _split_s3(uri: str) -> tuple[str, str]:
+    parsed = urlparse(uri)
+    key = parsed.path.lstrip("/")
+    if not parsed.netloc or not key:
+        raise ValueError(f"{uri!r} is not an s3://bucket/key URI")
+    return parsed.netloc, key
+
+
+def _local_path(uri: str) -> Path | None:
+    """The filesystem path of a plain path or ``file:`` URI; None for remote URIs."""
+    parsed = urlparse(uri)
+    if parsed.scheme == "file":
+        return Path(unquote(parsed.path))
+    if parsed.scheme == "" or (len(parsed.scheme) == 1 and os.name == "nt"):
+        return Path(uri)
+    return None
+
+
+def lake_path(lake_uri: str, *parts: str) -> str:
+    """``lake_uri`` joined with path segments; a plain local path becomes a ``file://`` URI."""
+    local = _local_path(lake_uri)
+    base = local.resolve().as_uri() if local is not None else lake_uri
+    return "/".join([base.rstrip("/"), *(p.strip("/") for p in parts)])
+
+
+@contextmanager
+def localize_input(spark: SparkSession, uri: str) -> Iterator[str]:
+    """Yield a URI Spark can read for ``uri``; staged copies are removed on exit.
+
+    Spark reads lazily: every action on data read from the yielded URI must run inside the block.
+    """
+    scheme = urlparse(uri).scheme
+    stage = spark.conf.get(STAGE_S3_CONF, "false").lower() == "true"
+    if scheme in _S3_SCHEMES and stage:
+        bucket, key = _split_s3(uri)
+        folder = tempfile.mkdtemp(prefix="lakehouse-landing-")
+        target = Path(folder) / (Path(key).name or "object")
+        try:
+            s3_client().download_file(bucket, key, str(target))
+            yield target.as_uri()
+        finally:
+            shutil.rmtree(folder, ignore_errors=True)
+        return
+    local = _local_path(uri)
+    if local is not None:
+        if not local.is_file():
+            raise FileNotFoundError(f"source file {uri} does not exist")
+        yield local.resolve().as_uri()
+        return
+    yield uri
+
+
+def write_text(uri: str, text: str) -> None:
+    """Write a small text object (metrics JSON) to a local path, ``file://`` or ``s3://`` URI."""
+    if urlparse(uri).scheme in _S3_SCHEMES:
+        bucket, key = _split_s3(uri)
+        s3_client().put_object(Bucket=bucket, Key=key, Body=text.encode("utf-8"), ContentType="application/json")
+        return
+    local = _local_path(uri)
+    if local is None:
+        raise ValueError(f"cannot write to {uri!r}: use a local path, file:// or s3:// URI")
+    local.parent.mkdir(parents=True, exist_ok=True)
+    tmp = local.with_name(f".{local.name}.tmp")
+    tmp.write_text(text, encoding="utf-8")
+    tmp.replace(local)  # a reader polling for the file never sees half of it
+
+
+def _hadoop_path(spark: SparkSession, uri: str) -> tuple[Any, Any]:
+    jvm = spark.sparkContext._jvm
+    path = jvm.org.apache.hadoop.fs.Path(uri)
+    return path.getFileSystem(spark.sparkContext._jsc.hadoopConfiguration()), path
+
+
+def path_exists(spark: SparkSession, uri: str) -> bool:
+    """Through Hadoop's FileSystem, so it works for whatever scheme Spark itself can read."""
+    fs, path = _hadoop_path(spark, uri)
+    return bool(fs.exists(path))
+
+
+def delete_path(spark: SparkSession, uri: str) -> None:
+    """Remove a folder recursively if present (stale output of an earlier run of the same batch)."""
+    fs, path = _hadoop_path(spark, uri)
+    if fs.exists(path):
+        fs.delete(path, True)
