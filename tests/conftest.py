@@ -7,6 +7,7 @@ running `make demo` stack, and everything it starts is stopped by the same stop 
 from __future__ import annotations
 
 import os
+import shutil
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -55,6 +56,7 @@ def pg(settings: Settings) -> Iterator[Settings]:
     yield settings
     if started:
         postgres.stop(settings)
+    shutil.rmtree(_TEST_HOME, ignore_errors=True)
 
 
 @pytest.fixture(scope="session")
