@@ -45,6 +45,7 @@ COMMON_ARGS: tuple[ArgSpec, ...] = (
     ArgSpec("task_id", description="the flow task this job runs for"),
     ArgSpec("run_id", description="the orchestrator's run id"),
     ArgSpec("batch_id", required=True, description="the batch being processed; names output folders"),
+    ArgSpec("batch_time", description="ISO-8601 time of the batch, the same on every re-run (default: now)"),
     ArgSpec("lake_uri", required=True, description="root of raw/, rejects/ (file:// or s3://)"),
     ArgSpec("metrics_uri", description="where the job writes its metrics JSON (path, file:// or s3://)"),
 )

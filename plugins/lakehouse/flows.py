@@ -42,7 +42,7 @@ PLACEHOLDER_NAMES = (
 _PLACEHOLDER = re.compile(r"\$\{([^}]*)\}")
 _ARG_NAME = re.compile(r"^[a-z][a-z0-9_]{0,62}$")
 #: Arguments the orchestrator passes to every job; a flow cannot set them.
-RESERVED_ARGUMENTS = ("flow_id", "task_id", "run_id", "batch_id", "lake_uri", "metrics_uri")
+RESERVED_ARGUMENTS = ("flow_id", "task_id", "run_id", "batch_id", "batch_time", "lake_uri", "metrics_uri")
 
 
 @dataclass(frozen=True)
@@ -312,6 +312,7 @@ class RunContext:
     run_id: str
     logical_date: str = ""
     file: FileRef | None = None
+    batch_time: str = ""  # when the run was created: the same on every re-run of it
 
     @property
     def batch_id(self) -> str:

@@ -7,6 +7,8 @@ Postgres) without paying a JVM start per test.
 
 from __future__ import annotations
 
+import logging
+
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -20,6 +22,8 @@ from lakehouse.runners.spark_conf import local_spark_conf
 
 @pytest.fixture(scope="session")
 def spark(pg: Settings, jars: list[Path]) -> Iterator[SparkSession]:
+    # py4j logs from __del__ at interpreter exit, after pytest closed its streams: keep it quiet
+    logging.getLogger("py4j").setLevel(logging.WARNING)
     builder = SparkSession.builder.appName("lakehouse-job-tests")
     for key, value in local_spark_conf(pg).items():
         builder = builder.config(key, value)

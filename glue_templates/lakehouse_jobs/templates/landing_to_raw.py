@@ -104,7 +104,9 @@ def run(spark: SparkSession, args: dict[str, Any]) -> dict[str, Any]:
     batch_folder = f"_batch_id={sanitize_batch_id(batch_id)}"
     raw_path = io.lake_path(args["lake_uri"], "raw", dataset, batch_folder)
     rejects_path = io.lake_path(args["lake_uri"], "rejects", dataset, batch_folder)
-    ingested_at = datetime.now(timezone.utc)
+    # the run's time, not the clock: a re-run of an old batch must not look newer than later batches
+    ingested_at = (datetime.fromisoformat(args["batch_time"]).astimezone(timezone.utc)
+                   if args.get("batch_time") else datetime.now(timezone.utc))
     with io.localize_input(spark, source) as readable:
         lines = number_lines(spark, readable)
         if args["skip_blank_lines"]:

@@ -32,11 +32,13 @@ def run_context_from_airflow(flow_id: str, context: Any) -> RunContext:
             size=file_conf.get("size"),
         )
     logical_date = context.get("logical_date")
+    batch_time = getattr(dag_run, "run_after", None) or logical_date
     return RunContext(
         flow_id=flow_id,
         run_id=dag_run.run_id,
         logical_date=logical_date.isoformat() if logical_date else "",
         file=file,
+        batch_time=batch_time.isoformat() if batch_time else "",
     )
 
 
@@ -115,6 +117,7 @@ class TemplateTaskOperator(BaseOperator):
                     script_location=self.template.script_location,
                     run_id=run.run_id,
                     batch_id=run.batch_id,
+                    batch_time=run.batch_time,
                     arguments=arguments,
                     timeout_seconds=self.flow_task.timeout_seconds,
                 )

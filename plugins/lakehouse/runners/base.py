@@ -20,6 +20,7 @@ class JobRequest:
     run_id: str
     batch_id: str
     arguments: dict[str, str] = field(default_factory=dict)  # the task's rendered parameters
+    batch_time: str = ""  # ISO time of the batch, stable across re-runs (lineage and default sequence)
     timeout_seconds: int | None = None
 
 
@@ -53,6 +54,8 @@ def job_arguments(request: JobRequest, lake_uri: str, metrics_uri: str) -> dict[
         "lake_uri": lake_uri,
         "metrics_uri": metrics_uri,
     }
+    if request.batch_time:
+        arguments["batch_time"] = request.batch_time
     clash = set(arguments) & set(request.arguments)
     if clash:
         raise ValueError(f"task parameters may not set orchestrator arguments: {sorted(clash)}")

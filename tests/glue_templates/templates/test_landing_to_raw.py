@@ -138,3 +138,16 @@ def test_missing_file_and_bad_arguments_fail_clearly(tmp_path: Path, spark: Spar
     with pytest.raises(ValueError, match="--schema names columns the file does not have"):
         _run(tmp_path, lake_uri, source, "ds", "b1", "--format", "regex", "--regex", r"(?P<a>x)",
              "--schema", '{"b": "int"}')
+
+
+def test_batch_time_dates_the_batch_the_same_on_every_rerun(spark: SparkSession, tmp_path: Path,
+                                                            lake_uri: str, unique: str) -> None:
+    source = tmp_path / "invoices.txt"
+    source.write_text(INVOICES)
+    dataset, batch = f"inv_{unique}", f"s3__invoices__{unique}"
+    args = [*_regex_args(), "--batch_time", "2026-11-23T10:15:00+01:00"]
+    first = _run(tmp_path, lake_uri, source, dataset, batch, *args)
+    second = _run(tmp_path, lake_uri, source, dataset, batch, *args)
+    stamps = {r["_ingested_at"] for r in spark.read.parquet(second["raw_path"]).select("_ingested_at").collect()}
+    assert first["raw_path"] == second["raw_path"]
+    assert [s.isoformat() for s in stamps] == ["2026-11-23T09:15:00"]  # UTC session time zone

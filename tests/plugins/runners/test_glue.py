@@ -31,6 +31,7 @@ def request() -> JobRequest:
         flow_id="invoices", task_id="landing_to_raw", template_id="landing_to_raw",
         script_location="landing_to_raw.py", run_id="s3__invoices__abc", batch_id="s3__invoices__abc",
         arguments={"dataset": "invoices", "format": "regex"}, timeout_seconds=600,
+        batch_time="2026-11-23T10:00:00+00:00",
     )
 
 
@@ -101,6 +102,7 @@ def test_glue_arguments_are_glue_style(aws: None) -> None:
     (arguments,) = seen
     assert arguments["--dataset"] == "invoices" and arguments["--batch_id"] == "s3__invoices__abc"
     assert arguments["--lake_uri"] == "s3://lake-bucket/lake"
+    assert arguments["--batch_time"] == "2026-11-23T10:00:00+00:00"
     assert arguments["--metrics_uri"].startswith("s3://lake-bucket/lake/_metrics/s3__invoices__abc/")
 
 
