@@ -9,6 +9,7 @@ import sys
 from collections.abc import Sequence
 
 from lakehouse.config import load_settings
+from lakehouse.hooks.airflow_api import AirflowApiClient
 
 __all__ = ["main"]
 
@@ -70,9 +71,7 @@ def _cmd_db_migrate(args: argparse.Namespace) -> int:
     return 0
 
 
-def _airflow_client():  # type: ignore[no-untyped-def]
-    from lakehouse.hooks.airflow_api import AirflowApiClient
-
+def _airflow_client() -> AirflowApiClient:
     s = load_settings()
     return AirflowApiClient(s.airflow_url, s.airflow_username, s.airflow_password)
 

@@ -40,7 +40,6 @@ PLACEHOLDER_NAMES = (
     "logical_date",
 )
 _PLACEHOLDER = re.compile(r"\$\{([^}]*)\}")
-_ARG_NAME = re.compile(r"^[a-z][a-z0-9_]{0,62}$")
 #: Arguments the orchestrator passes to every job; a flow cannot set them.
 RESERVED_ARGUMENTS = ("flow_id", "task_id", "run_id", "batch_id", "batch_time", "lake_uri", "metrics_uri")
 
@@ -352,10 +351,3 @@ def render_arguments(task: FlowTask, template: Template, context: RunContext) ->
         arguments[name] = _PLACEHOLDER.sub(lambda m: context.placeholder(m.group(1), where), text)
     return arguments
 
-
-def task_argument_names(names: Iterable[str]) -> list[str]:
-    """Names that are safe as ``--name`` arguments (validated, never pasted blindly)."""
-    bad = [n for n in names if not _ARG_NAME.match(n)]
-    if bad:
-        raise ValueError(f"invalid argument names: {bad}")
-    return list(names)

@@ -71,10 +71,11 @@ def migrate(dsn: str, directory: Path | None = None) -> list[str]:
             done = dict(cur.fetchall())
             for migration in discover(directory):
                 checksum = migration.checksum
-                if migration.key in done and (not migration.repeatable or done[migration.key] == checksum):
-                    if not migration.repeatable and done[migration.key] != checksum:
+                if migration.key in done:
+                    if done[migration.key] == checksum:
+                        continue
+                    if not migration.repeatable:
                         raise RuntimeError(f"{migration.path.name} changed after it was applied")
-                    continue
                 cur.execute(migration.path.read_text())
                 cur.execute(
                     """INSERT INTO lakehouse.schema_migrations (migration_key, checksum) VALUES (%s, %s)
