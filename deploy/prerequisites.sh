@@ -17,6 +17,11 @@ java_17_or_newer() {
   [ -n "$v" ] && [ "$v" -ge 17 ]
 }
 postgres_server() { ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || command -v initdb; }
+node_18_or_newer() {  # the AWS CDK CLI (deploy/aws, `npm ci` by make setup) needs Node.js >= 18
+  command -v node >/dev/null || return 1
+  local v; v=$(node -p 'process.versions.node.split(".")[0]' 2>/dev/null)
+  [ -n "$v" ] && [ "$v" -ge 18 ]
+}
 python_311() { command -v python3.11 || python3 -c 'import sys; assert sys.version_info[:2] == (3, 11)'; }
 
 need "Python 3.11 with venv" python3.11-venv python_311
@@ -27,6 +32,8 @@ need "Jackson core jar" libjackson2-core-java test -f /usr/share/java/jackson-co
 need "Jackson databind jar" libjackson2-databind-java test -f /usr/share/java/jackson-databind.jar
 need "Jackson annotations jar" libjackson2-annotations-java test -f /usr/share/java/jackson-annotations.jar
 need "PostgreSQL JDBC driver jar" libpostgresql-jdbc-java test -f /usr/share/java/postgresql.jar
+need "Node.js 18 or newer (for the AWS CDK CLI)" nodejs node_18_or_newer
+need "npm" npm command -v npm
 
 if [ ${#MISSING[@]} -eq 0 ]; then exit 0; fi
 

@@ -1,0 +1,147 @@
+"""deploy/package.py builds what Glue, MWAA and Lambda load: checked by loading it the same way."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import subprocess
+import sys
+import zipfile
+from pathlib import Path
+from types import ModuleType
+
+import pytest
+
+from lakehouse.runners.glue import GlueRunner
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def _names(path: Path) -> set[str]:
+    with zipfile.ZipFile(path) as archive:
+        return set(archive.namelist())
+
+
+def _run_isolated(code: str, *, env: dict[str, str] | None = None, no_site: bool = True) -> subprocess.CompletedProcess[str]:
+    """A fresh interpreter; with ``no_site`` it sees the standard library only (-I -S), like a
+    Lambda sees nothing but the runtime and the zip."""
+    flags = ["-I", "-S"] if no_site else ["-I"]
+    return subprocess.run([sys.executable, *flags, "-c", code], capture_output=True, text=True,
+                          env=env or {"PATH": os.environ.get("PATH", "")}, timeout=120)
+
+
+def test_templates_are_where_the_glue_runner_looks(dist: Path) -> None:
+    """The runner resolves <templates_uri>/<script_location> and --extra-py-files lakehouse_jobs.zip;
+    every script_location of the template catalogue must exist in the package."""
+    templates = dist / "templates"
+    catalogue = (ROOT / "metadata" / "migrations" / "R__template_catalogue.sql").read_text()
+    runner = GlueRunner(role_arn="arn:aws:iam::123456789012:role/x", templates_uri="s3://t/templates/",
+                        lake_uri="s3://l/lake", client=object(), s3=object())
+    for script in ("landing_to_raw.py", "raw_to_stage_scd2.py", "stage_to_presentation.py", "presentation_to_warehouse.py"):
+        assert f"'{script}'" in catalogue, f"{script} is not a script_location of the catalogue"
+        assert runner._script_uri(script) == f"s3://t/templates/{script}"
+        assert (templates / script).read_bytes() == (ROOT / "glue_templates" / script).read_bytes()
+    assert (templates / "lakehouse_jobs.zip").is_file()
+
+
+def test_lakehouse_jobs_zip_is_importable_with_zipimport(dist: Path) -> None:
+    """Glue puts --extra-py-files on sys.path: every module must import from the zip itself."""
+    archive = dist / "templates" / "lakehouse_jobs.zip"
+    names = _names(archive)
+    assert "lakehouse_jobs/__init__.py" in names and "lakehouse_jobs/templates/landing_to_raw.py" in names
+    assert not any("__pycache__" in n or n.endswith(".pyc") for n in names)
+    modules = sorted(n[:-3].replace("/", ".").removesuffix(".__init__") for n in names if n.endswith(".py"))
+    code = (
+        "import importlib, sys, zipimport\n"
+        f"sys.path.insert(0, {str(archive)!r})\n"
+        f"for name in {modules!r}:\n"
+        "    module = importlib.import_module(name)\n"
+        "    assert isinstance(module.__loader__, zipimport.zipimporter), name\n"
+        "print(len(sys.modules))\n"
+    )
+    result = _run_isolated(code, no_site=False)  # pyspark comes from the venv, as Glue provides it
+    assert result.returncode == 0, result.stderr
+
+
+def test_mwaa_bundle_has_dags_plugins_requirements_and_startup(dist: Path, packager: ModuleType) -> None:
+    mwaa = dist / "mwaa"
+    assert (mwaa / "dags" / "lakehouse_dags.py").read_text() == (ROOT / "dags" / "lakehouse_dags.py").read_text()
+    names = _names(mwaa / "plugins.zip")
+    # MWAA unpacks plugins.zip into $AIRFLOW_HOME/plugins, which is on sys.path: package at the root
+    for module in ("lakehouse/__init__.py", "lakehouse/dag_factory.py", "lakehouse/runners/glue.py",
+                   "lakehouse/notifications.py", "lakehouse/config.py"):
+        assert module in names
+    requirements = (mwaa / "requirements.txt").read_text()
+    requirement_lines = [line for line in requirements.splitlines() if line and not line.startswith("#")]
+    lock = {line.strip() for line in (ROOT / "requirements.lock").read_text().splitlines()}
+    assert all(line in lock for line in requirement_lines), "every requirement is pinned as in requirements.lock"
+    assert not any(line.lower().startswith(("apache-airflow", "boto3", "psycopg2")) for line in requirement_lines)
+    for provided in packager.MWAA_PROVIDED:
+        assert f"#   {provided}:" in requirements, f"{provided} is neither listed nor explained"
+    startup = (mwaa / "startup.sh").read_text()
+    assert startup.startswith("#!/bin/sh") and "/lakehouse/settings" in startup
+    result = subprocess.run(["sh", "-n", str(mwaa / "startup.sh")], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+
+
+def test_lambda_zip_is_self_contained_and_reaches_the_database(dist: Path, tmp_path: Path) -> None:
+    """The handler imports from the zip alone (no site-packages) and gets as far as connecting to
+    the metadata database with the zip's own psycopg2: a closed port gives psycopg2's error."""
+    archive = dist / "lambda" / "invoker.zip"
+    names = _names(archive)
+    assert "lakehouse/invoker/lambda_handler.py" in names
+    assert any(n.startswith("psycopg2/_psycopg") and n.endswith(".so") for n in names)
+    unpacked = tmp_path / "task"
+    with zipfile.ZipFile(archive) as zf:
+        zf.extractall(unpacked)
+    code = (
+        "import sys\n"
+        f"sys.path.insert(0, {str(unpacked)!r})\n"
+        "from lakehouse.invoker import lambda_handler\n"
+        "import boto3, psycopg2, requests\n"
+        f"for m in (lambda_handler, boto3, psycopg2, requests):\n"
+        f"    assert m.__file__.startswith({str(unpacked)!r}), m.__file__\n"
+        "assert 'airflow' not in sys.modules and 'pyspark' not in sys.modules\n"
+        "try:\n"
+        "    lambda_handler.scheduled_handler({'flow_id': 'invoices', 'time': '2026-11-01T06:00:00Z'}, None)\n"
+        "except psycopg2.OperationalError as exc:\n"
+        "    print('db-unreachable', exc)\n"
+    )
+    env = {"PATH": os.environ.get("PATH", ""), "LAKEHOUSE_HOME": str(tmp_path / "home"),
+           "LAKEHOUSE_PG_HOST": "127.0.0.1", "LAKEHOUSE_PG_PORT": "9", "LAKEHOUSE_PG_PASSWORD": "x",
+           "LAKEHOUSE_AIRFLOW_URL": "http://127.0.0.1:9", "LAKEHOUSE_AIRFLOW_PASSWORD": "x"}
+    result = _run_isolated(code, env=env)
+    assert result.returncode == 0, result.stderr
+    assert "db-unreachable" in result.stdout
+
+
+def test_zips_are_deterministic(tmp_path: Path, packager: ModuleType) -> None:
+    """Same tree, same bytes: the CDK asset hash changes only when the code does. (Two builds
+    back to back, not against the session's build, so an edit in between cannot fail it.)"""
+    first_out, second_out = tmp_path / "first", tmp_path / "second"
+    packager.build(first_out)
+    packager.build(second_out)
+    for artifact in ("templates/lakehouse_jobs.zip", "mwaa/plugins.zip", "lambda/invoker.zip"):
+        first, second = (hashlib.sha256((base / artifact).read_bytes()).hexdigest() for base in (first_out, second_out))
+        assert first == second, artifact
+    with zipfile.ZipFile(first_out / "mwaa" / "plugins.zip") as archive:
+        assert {info.date_time for info in archive.infolist()} == {packager.FIXED_TIME}
+
+
+def test_command_line_prints_every_artifact(tmp_path: Path) -> None:
+    result = subprocess.run([sys.executable, str(ROOT / "deploy" / "package.py"), "--out", str(tmp_path / "d")],
+                            capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+    for line in ("templates/lakehouse_jobs.zip", "mwaa/plugins.zip", "mwaa/requirements.txt", "lambda/invoker.zip"):
+        assert line in result.stdout
+
+
+@pytest.mark.parametrize("requirement,expected", [("requests>=2 ; python_version >= '3.8'", ["requests"]),
+                                                  ("pysocks ; extra == 'socks'", [])])
+def test_requirement_markers_and_extras(packager: ModuleType, requirement: str, expected: list[str]) -> None:
+    """Extras are not vendored; markers are evaluated for this Python (the Lambda's minor)."""
+
+    class Dist:
+        requires = [requirement]
+
+    assert packager._requirement_names(Dist()) == expected
