@@ -15,7 +15,9 @@ Run as ``.venv/bin/python deploy/package.py [--out dist/]``. It writes:
 ``lambda/invoker.zip``
     The ``lakehouse`` package plus every runtime dependency of the invoker Lambda vendored from
     this virtualenv (boto3 included, so the function does not depend on the SDK version the
-    Lambda runtime happens to ship).
+    Lambda runtime happens to ship), and the metadata admin function
+    (``deploy/aws/lambda/metadata_admin.py`` with a copy of ``metadata/migrations/``) that the
+    stack runs to migrate the RDS schema and operators invoke to load flow rows.
 
 Every zip is deterministic: entries sorted, timestamps fixed, permissions normalised. Building
 twice from the same tree gives byte-identical files, so the CDK asset hash (and therefore a
@@ -27,6 +29,7 @@ from __future__ import annotations
 import argparse
 import hashlib
 import importlib.metadata as md
+import platform
 import re
 import shutil
 import sys
@@ -218,6 +221,21 @@ def build_mwaa(out: Path, settings_parameter: str) -> Path:
     return target
 
 
+#: what the stack's Lambda functions run on (deploy/aws/lakehouse_stack.py)
+LAMBDA_PLATFORM = ("Linux", "x86_64", (3, 11))
+
+
+def check_lambda_platform(system: str | None = None, machine: str | None = None,
+                          version: tuple[int, int] | None = None) -> None:
+    """Compiled dependencies are copied from this venv: refuse to build a zip Lambda cannot load."""
+    found = (system or platform.system(), machine or platform.machine(), version or sys.version_info[:2])
+    if found != LAMBDA_PLATFORM:
+        raise SystemExit(
+            f"the Lambda zip vendors compiled packages (psycopg2) from this venv, which is {found[0]} "
+            f"{found[1]} Python {found[2][0]}.{found[2][1]}; the functions run Linux x86_64 Python 3.11: "
+            "build with `make package` on such a machine (or in the python:3.11 Docker image)")
+
+
 def build_lambda(out: Path) -> Path:
     """``lambda/invoker.zip``: the package plus its vendored runtime dependencies.
 
@@ -225,7 +243,10 @@ def build_lambda(out: Path) -> Path:
     from this venv, so the zip runs on a Lambda of the same CPU architecture and Python minor
     as the machine that built it (the stack pins both: x86_64, Python 3.11).
     """
+    check_lambda_platform()
     entries = list(_walk(ROOT / "plugins" / "lakehouse", "lakehouse"))
+    entries.append(Entry("metadata_admin.py", ROOT / "deploy" / "aws" / "lambda" / "metadata_admin.py"))
+    entries.extend(e for e in _walk(ROOT / "metadata" / "migrations", "migrations") if e.arcname.endswith(".sql"))
     for dist in dependency_closure(LAMBDA_REQUIREMENTS):
         entries.extend(_distribution_entries(dist))
     return write_zip(out / "lambda" / "invoker.zip", entries)

@@ -15,7 +15,11 @@ What it creates and why (the README's "Deploy to AWS" section lists costs and pe
 * the **Glue job role**, least privilege: only the template/lake/landing prefixes it reads or
   writes, the Glue Data Catalog databases of the lake, its own log groups, the warehouse secret;
 * **RDS for PostgreSQL** (metadata) and **Redshift Serverless** (warehouse) in private subnets;
-* an **SNS topic** for failure alerts; **Secrets Manager** secrets for RDS, Redshift and Airflow.
+* an **SNS topic** for failure alerts; **Secrets Manager** secrets for the RDS login and the
+  Redshift login (in the shape ``presentation_to_warehouse``'s ``secret_id`` reads);
+* the **metadata admin Lambda** (inside the VPC, like RDS): a custom resource runs it on every
+  deployment that changes ``metadata/migrations``, and operators invoke it with ``{"sql": ...}``
+  to load flow rows.
 
 The stack is environment-agnostic (account and region are CloudFormation pseudo parameters), so
 ``cdk synth`` needs no AWS credentials and no network: tests synthesise it offline.
@@ -23,13 +27,15 @@ The stack is environment-agnostic (account and region are CloudFormation pseudo 
 
 from __future__ import annotations
 
-import json
+import hashlib
+import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
 from aws_cdk import (
     Aws,
     CfnOutput,
+    CustomResource,
     Duration,
     Fn,
     RemovalPolicy,
@@ -50,6 +56,7 @@ from aws_cdk import (
     aws_secretsmanager as secretsmanager,
     aws_sns as sns,
     aws_ssm as ssm,
+    custom_resources as cr,
 )
 from constructs import Construct
 
@@ -94,6 +101,7 @@ class LakehouseStack(Stack):
         self._settings()
         self._mwaa()
         self._lambdas()
+        self._metadata_schema()
         self._outputs()
 
     # ------------------------------------------------------------------------------------------
@@ -194,14 +202,6 @@ class LakehouseStack(Stack):
         )
         self.workgroup.node.add_dependency(namespace)
 
-        self.airflow_secret = secretsmanager.Secret(
-            self, "AirflowSecret", secret_name="lakehouse/airflow",
-            description="Airflow API login for an Airflow reached by username/password (not needed on MWAA)",
-            generate_secret_string=secretsmanager.SecretStringGenerator(
-                secret_string_template=json.dumps({"username": "admin"}), generate_string_key="password",
-                exclude_punctuation=True, password_length=32),
-        )
-
     def _glue(self) -> None:
         """The role every generated Glue job runs as: nothing beyond what the templates touch."""
         self.glue_role = iam.Role(self, "GlueJobRole", assumed_by=iam.ServicePrincipal("glue.amazonaws.com"),
@@ -280,12 +280,10 @@ class LakehouseStack(Stack):
             "LAKEHOUSE_RUNNER": "glue",
             "LAKEHOUSE_GLUE_ROLE_ARN": self.glue_role.role_arn,
             "LAKEHOUSE_ALERT_SNS_TOPIC_ARN": self.alerts.topic_arn,
-            "LAKEHOUSE_AIRFLOW_USERNAME": "admin",
         }
         #: variables whose value is a key of a secret: resolved at start, never stored in plain text
         self.settings_secrets: dict[str, tuple[secretsmanager.ISecret, str]] = {
             "LAKEHOUSE_PG_PASSWORD": (self.db_secret, "password"),
-            "LAKEHOUSE_AIRFLOW_PASSWORD": (self.airflow_secret, "password"),
         }
         self.settings_parameter = ssm.StringParameter(
             self, "Settings", parameter_name=self.props.settings_parameter,
@@ -417,6 +415,40 @@ class LakehouseStack(Stack):
         events.Rule(self, "RetrySchedule", description="retry pending file triggers",
                     schedule=events.Schedule.rate(Duration.minutes(1)),
                     targets=[targets.LambdaFunction(self.retrier)])
+        self.lambda_common = common
+
+    def _metadata_schema(self) -> None:
+        """Migrate the RDS schema during the deployment, and keep the function for operators."""
+        # no Airflow in its environment: MWAA waits for this function's work (the webserver URL
+        # would be a dependency cycle), and it never talks to Airflow
+        environment = {k: v for k, v in self.lambda_environment.items()
+                       if k not in ("LAKEHOUSE_AIRFLOW_URL", "LAKEHOUSE_AIRFLOW_API", "LAKEHOUSE_MWAA_ENVIRONMENT")}
+        common = dict(self.lambda_common, timeout=Duration.minutes(5), environment=environment)
+        self.metadata_admin = lambda_.Function(
+            self, "MetadataAdmin", handler="metadata_admin.handler",
+            description="lakehouse metadata DB: migrations (custom resource) and operator SQL ({\"sql\": ...})",
+            log_group=logs.LogGroup(self, "MetadataAdminLogs", retention=logs.RetentionDays.ONE_MONTH,
+                                    removal_policy=RemovalPolicy.DESTROY),
+            **common)
+        provider = cr.Provider(self, "MetadataSchemaProvider", on_event_handler=self.metadata_admin)
+        self.metadata_schema = CustomResource(
+            self, "MetadataSchema", service_token=provider.service_token,
+            resource_type="Custom::LakehouseMetadataSchema",
+            # a new value (changed migrations in the zip) is an Update: the handler migrates again
+            properties={"MigrationsHash": self.migrations_hash()})
+        # DAGs are parsed from the metadata tables: they exist before MWAA's scheduler starts
+        self.mwaa_env.node.add_dependency(self.metadata_schema)
+
+    def migrations_hash(self) -> str:
+        """Digest of the migrations inside the Lambda zip (what the handler will apply)."""
+        digest = hashlib.sha256()
+        with zipfile.ZipFile(self.props.dist_dir / "lambda" / "invoker.zip") as archive:
+            names = sorted(n for n in archive.namelist() if n.startswith("migrations/"))
+            if not names:
+                raise FileNotFoundError("invoker.zip has no migrations/: rebuild it with `make package`")
+            for name in names:
+                digest.update(name.encode() + b"\0" + archive.read(name))
+        return digest.hexdigest()
 
     def _outputs(self) -> None:
         outputs = {
@@ -429,10 +461,10 @@ class LakehouseStack(Stack):
             "MetadataDbEndpoint": self.db.db_instance_endpoint_address,
             "MetadataDbSecretArn": self.db_secret.secret_arn,
             "WarehouseSecretArn": self.warehouse_secret.secret_arn,
-            "AirflowSecretArn": self.airflow_secret.secret_arn,
             "MwaaEnvironment": self.mwaa_name,
             "AirflowUiUrl": Fn.join("", ["https://", self.mwaa_env.attr_webserver_url]),
             "InvokerFunction": self.invoker.function_name,
+            "MetadataAdminFunction": self.metadata_admin.function_name,
             "SettingsParameter": self.settings_parameter.parameter_name,
         }
         for key, value in outputs.items():

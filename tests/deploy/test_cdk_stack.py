@@ -7,12 +7,14 @@ no Docker (the Lambda code is a prebuilt zip, nothing is bundled).
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import re
 import shutil
 import subprocess
 import sys
+import zipfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -111,7 +113,7 @@ def test_every_handler_exists_and_env_uses_config_names(template: dict[str, Any]
     known = set(re.findall(r'"(LAKEHOUSE_[A-Z0-9_]+)"', config_source))
     ours = [f for k, f in resources(template, "AWS::Lambda::Function").items()
             if f["Properties"].get("Handler", "").startswith("lakehouse.")]
-    assert len(ours) == 3
+    assert len(ours) == 3  # invoker, scheduled invoker, retrier
     for function in ours:
         props = function["Properties"]
         name = props["Handler"].rsplit(".", 1)[1]
@@ -190,11 +192,36 @@ def test_metadata_warehouse_alerts_and_secrets(template: dict[str, Any]) -> None
     assert workgroup["Properties"]["PubliclyAccessible"] is False and len(workgroup["Properties"]["SubnetIds"]) == 3
     assert resources(template, "AWS::SNS::Topic")
     names = {json.dumps(s["Properties"].get("Name")) for s in resources(template, "AWS::SecretsManager::Secret").values()}
-    assert names == {'"lakehouse/metadata-db"', '"lakehouse/warehouse"', '"lakehouse/airflow"'}
+    assert names == {'"lakehouse/metadata-db"', '"lakehouse/warehouse"'}
     _, warehouse = only(template, "AWS::SecretsManager::Secret", "WarehouseSecret")
     shape = json.dumps(warehouse["Properties"]["GenerateSecretString"])
     for key in ("host", "port", "dbname", "username"):  # what lakehouse_jobs.warehouse needs
         assert f'\\"{key}\\"' in shape
+
+
+def test_metadata_schema_is_migrated_during_the_deployment(template: dict[str, Any], dist: Path) -> None:
+    """The admin function (in the VPC, like RDS) is the custom resource's handler; its property is
+    the digest of the migrations in the zip, so changed migrations are applied by the next deploy,
+    and MWAA starts only once the schema its DAG file reads exists."""
+    admin_id, admin = only(template, "AWS::Lambda::Function", "MetadataAdmin")
+    props = admin["Properties"]
+    assert props["Handler"] == "metadata_admin.handler" and props["Runtime"] == "python3.11"
+    assert props["VpcConfig"]["SubnetIds"]
+    variables = props["Environment"]["Variables"]
+    assert "resolve:secretsmanager" in json.dumps(variables["LAKEHOUSE_PG_PASSWORD"])
+    assert not {"LAKEHOUSE_AIRFLOW_URL", "LAKEHOUSE_AIRFLOW_API"} & set(variables)  # no cycle with MWAA
+    schema_id, schema = only(template, "Custom::LakehouseMetadataSchema")
+    digest = hashlib.sha256()
+    with zipfile.ZipFile(dist / "lambda" / "invoker.zip") as archive:
+        names = sorted(n for n in archive.namelist() if n.startswith("migrations/"))
+        assert "metadata_admin.py" in archive.namelist()
+        for name in names:
+            digest.update(name.encode() + b"\0" + archive.read(name))
+    assert schema["Properties"]["MigrationsHash"] == digest.hexdigest()
+    provider = template["Resources"][schema["Properties"]["ServiceToken"]["Fn::GetAtt"][0]]
+    assert {"Fn::GetAtt": [admin_id, "Arn"]} in provider["Properties"]["Environment"]["Variables"].values()
+    _, env = only(template, "AWS::MWAA::Environment")
+    assert schema_id in env["DependsOn"]
 
 
 def test_cfn_lint_finds_no_errors(cdk_out: Path) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import subprocess
 import sys
@@ -145,3 +146,47 @@ def test_requirement_markers_and_extras(packager: ModuleType, requirement: str, 
         requires = [requirement]
 
     assert packager._requirement_names(Dist()) == expected
+
+
+def test_lambda_zip_carries_the_metadata_admin_and_every_migration(dist: Path) -> None:
+    names = _names(dist / "lambda" / "invoker.zip")
+    assert "metadata_admin.py" in names
+    migrations = {p.name for p in (ROOT / "metadata" / "migrations").glob("*.sql")}
+    assert migrations and {n.removeprefix("migrations/") for n in names if n.startswith("migrations/")} == migrations
+
+
+def test_metadata_admin_migrates_and_runs_sql_from_the_zip_alone(dist: Path, tmp_path: Path, pg) -> None:
+    """The admin function, unpacked as Lambda unpacks it, against the real metadata database: the
+    custom resource's Create migrates (nothing left to apply: the schema is current), and an
+    operator's SQL returns the rows of its last statement."""
+    unpacked = tmp_path / "task"
+    with zipfile.ZipFile(dist / "lambda" / "invoker.zip") as zf:
+        zf.extractall(unpacked)
+    code = (
+        "import json, sys\n"
+        f"sys.path.insert(0, {str(unpacked)!r})\n"
+        "import metadata_admin\n"
+        f"assert metadata_admin.__file__.startswith({str(unpacked)!r})\n"
+        "created = metadata_admin.handler({'RequestType': 'Create', 'ResourceProperties': {}}, None)\n"
+        "rows = metadata_admin.handler({'sql': \"SELECT 1; SELECT template_id FROM lakehouse.templates ORDER BY 1\"}, None)\n"
+        "deleted = metadata_admin.handler({'RequestType': 'Delete', 'PhysicalResourceId': 'x'}, None)\n"
+        "print(json.dumps([created, rows, deleted]))\n"
+    )
+    env = {"PATH": os.environ.get("PATH", ""), "LAKEHOUSE_HOME": str(tmp_path / "home"),
+           "LAKEHOUSE_PG_HOST": pg.pg_host, "LAKEHOUSE_PG_PORT": str(pg.pg_port),
+           "LAKEHOUSE_PG_USER": pg.pg_user, "LAKEHOUSE_PG_PASSWORD": pg.pg_password}
+    result = _run_isolated(code, env=env)
+    assert result.returncode == 0, result.stderr
+    created, rows, deleted = json.loads(result.stdout.splitlines()[-1])
+    assert created == {"PhysicalResourceId": "lakehouse-metadata-schema", "Data": {"Applied": "none"}}
+    assert rows["columns"] == ["template_id"]
+    assert ["landing_to_raw"] in rows["rows"] and ["presentation_to_warehouse"] in rows["rows"]
+    assert deleted == {"PhysicalResourceId": "x"}  # the schema is never dropped with the stack
+
+
+def test_lambda_zip_refuses_a_platform_lambda_cannot_load(packager: ModuleType) -> None:
+    packager.check_lambda_platform("Linux", "x86_64", (3, 11))
+    with pytest.raises(SystemExit, match="Linux x86_64 Python 3.11"):
+        packager.check_lambda_platform("Darwin", "arm64", (3, 11))
+    with pytest.raises(SystemExit, match="Python 3.12"):
+        packager.check_lambda_platform("Linux", "x86_64", (3, 12))
