@@ -6,7 +6,7 @@ import argparse
 import json
 import logging
 import sys
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 
 from lakehouse.config import load_settings
 from lakehouse.hooks.airflow_api import AirflowApiClient
@@ -77,13 +77,12 @@ def _airflow_client() -> AirflowApiClient:
 
 
 def _cmd_invoker_serve(args: argparse.Namespace) -> int:
-    from lakehouse.invoker.core import Invoker
+    from lakehouse.invoker.core import build_invoker
     from lakehouse.invoker.server import InvokerServer
 
     settings = load_settings()
-    server = InvokerServer(
-        (settings.invoker_bind, settings.invoker_port), Invoker(settings.metadata_dsn, _airflow_client()), settings.invoker_token
-    )
+    server = InvokerServer((settings.invoker_bind, settings.invoker_port), build_invoker(settings), settings.invoker_token,
+                           dispatch_workers=settings.invoker_dispatch_workers)
     logging.getLogger(__name__).info("invoker listening on %s", settings.invoker_url)
     server.serve()
     return 0
@@ -95,6 +94,51 @@ def _cmd_trigger(args: argparse.Namespace) -> int:
     outcome = Invoker(load_settings().metadata_dsn, _airflow_client()).trigger_flow(args.flow_id)
     print(json.dumps(outcome.as_dict()))
     return 0
+
+
+def _cmd_replay(args: argparse.Namespace) -> int:
+    """List the flow's bucket under the prefix and send every object to the flow again."""
+    from collections import Counter
+
+    from lakehouse.hooks.s3 import landing_client
+    from lakehouse.invoker.core import build_invoker
+    from lakehouse.invoker.events import EventError, ObjectEvent
+
+    settings = load_settings()
+    invoker = build_invoker(settings)
+    flow = invoker.catalogue().flows.get(args.flow)
+    if flow is None or not flow.trigger_bucket:
+        raise LookupError(f"no active flow {args.flow!r} with a file trigger")
+    s3 = landing_client(settings)
+
+    def objects() -> Iterator[ObjectEvent]:
+        # versioned buckets: the current version id is the file version (as in S3's events)
+        versioned = s3.get_bucket_versioning(Bucket=flow.trigger_bucket).get("Status") == "Enabled"
+        if versioned:
+            pages = s3.get_paginator("list_object_versions").paginate(Bucket=flow.trigger_bucket, Prefix=args.prefix)
+            entries = ((o, o["VersionId"]) for page in pages for o in page.get("Versions", ()) if o.get("IsLatest"))
+        else:
+            pages = s3.get_paginator("list_objects_v2").paginate(Bucket=flow.trigger_bucket, Prefix=args.prefix)
+            entries = ((o, o["ETag"].strip('"')) for page in pages for o in page.get("Contents", ()))
+        for obj, version in entries:
+            if not obj["Size"] and obj["Key"].endswith(("/", "_$folder$")):
+                continue  # folder markers, ignored exactly as their events are
+            try:
+                yield ObjectEvent(flow.trigger_bucket, obj["Key"], version, obj["Size"], obj.get("LastModified"),
+                                  "replay")
+            except EventError as exc:
+                print(f"refused s3://{flow.trigger_bucket}/{obj['Key']}: {exc}", file=sys.stderr)
+
+    try:
+        outcomes = invoker.replay(args.flow, objects(), force=args.force)
+    finally:
+        invoker.close()
+    for outcome in outcomes:
+        if args.verbose or outcome.status not in ("duplicate", "not_matching"):
+            print(f"{outcome.status:12} s3://{outcome.bucket}/{outcome.key}  {outcome.dag_run_id or ''} {outcome.detail}")
+    counts = Counter(o.status for o in outcomes)
+    print("replay: " + (", ".join(f"{n} {status}" for status, n in sorted(counts.items())) or "no objects"))
+    return 1 if counts.get("failed") else 0
 
 
 def _cmd_validate(args: argparse.Namespace) -> int:
@@ -149,6 +193,13 @@ def build_parser() -> argparse.ArgumentParser:
     db.add_parser("migrate", help="apply pending migrations").set_defaults(func=_cmd_db_migrate)
     inv = sub.add_parser("invoker", help="the object-event invoker").add_subparsers(dest="invoker_command", required=True)
     inv.add_parser("serve", help="serve the webhook endpoint").set_defaults(func=_cmd_invoker_serve)
+    rep = sub.add_parser("replay", help="send every object under a prefix to a flow again (backfill)")
+    rep.add_argument("--flow", required=True, help="flow_id to start")
+    rep.add_argument("--prefix", default="", help="key prefix in the flow's trigger bucket")
+    rep.add_argument("--force", action="store_true",
+                     help="start a new run even for file versions this flow already ran")
+    rep.add_argument("--verbose", action="store_true", help="also list duplicates and non-matching keys")
+    rep.set_defaults(func=_cmd_replay)
     trig = sub.add_parser("trigger", help="start a flow by flow_id (the scheduled invoker)")
     trig.add_argument("flow_id")
     trig.set_defaults(func=_cmd_trigger)

@@ -24,11 +24,25 @@ LAKEHOUSE_LANDING_BUCKET           the bucket files are dropped into           l
 LAKEHOUSE_SEAWEED_PORTS            master,volume,filer,s3,webdav,iceberg       9333,9340,8888,8333,7333,8181
 LAKEHOUSE_INVOKER_PORT             the invoker's webhook port                  8765
 LAKEHOUSE_INVOKER_BIND             address the invoker listens on              127.0.0.1
-LAKEHOUSE_INVOKER_TOKEN            bearer token the webhook requires           generated
+LAKEHOUSE_INVOKER_TOKEN            webhook secret: bearer token, or HMAC key   generated
+                                   of ``X-Lakehouse-Signature: sha256=<hex>``
+LAKEHOUSE_INVOKER_RETRY_BASE       first retry delay (s) of a pending trigger; 2
+                                   doubles per attempt
+LAKEHOUSE_INVOKER_RETRY_MAX        longest retry delay (s)                     300
+LAKEHOUSE_INVOKER_DB_POOL          Postgres connections the invoker keeps      8
+LAKEHOUSE_INVOKER_WORKERS          threads calling Airflow after the webhook   8
+                                   answered; 0 = call inside the request
+LAKEHOUSE_INVOKER_LEASE            seconds a row being triggered is held       30
+                                   before the retry loop may take it over
+LAKEHOUSE_INVOKER_CATALOGUE_TTL    seconds the invoker caches the flows        5
 LAKEHOUSE_AIRFLOW_PORT             Airflow api-server port                     8080
 LAKEHOUSE_AIRFLOW_URL              Airflow base URL (MWAA or remote)           http://127.0.0.1:$PORT
 LAKEHOUSE_AIRFLOW_USERNAME         Airflow login                               admin
 LAKEHOUSE_AIRFLOW_PASSWORD         Airflow password                            generated
+LAKEHOUSE_AIRFLOW_API              how the invoker triggers runs: ``rest``     rest
+                                   (URL + login) or ``mwaa`` (boto3
+                                   ``invoke_rest_api``, IAM, no password)
+LAKEHOUSE_MWAA_ENVIRONMENT         MWAA environment name (``mwaa`` only)       (none)
 LAKEHOUSE_LAKE_URI                 root of raw / rejects / Iceberg data        file://$LAKEHOUSE_HOME/lake
 LAKEHOUSE_CATALOG_NAME             Iceberg catalog name (Spark and PyIceberg)  lake
 LAKEHOUSE_TEMPLATES_URI            where template scripts live                 $LAKEHOUSE_ROOT/glue_templates
@@ -50,6 +64,7 @@ import os
 import secrets
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 from urllib.parse import quote
 
 __all__ = ["Settings", "load_settings"]
@@ -60,6 +75,18 @@ _PACKAGE_ROOT = Path(__file__).resolve().parents[2]
 def _env(name: str, default: str) -> str:
     value = os.environ.get(name)
     return value if value not in (None, "") else default
+
+
+def _number(name: str, default: str, kind: type[int] | type[float], minimum: float = 0) -> Any:
+    """A numeric setting; a bad value is an error naming the variable, not a bare ``ValueError``."""
+    text = _env(name, default)
+    try:
+        value = kind(text)
+    except ValueError:
+        raise ValueError(f"{name} must be {'an integer' if kind is int else 'a number'}, got {text!r}") from None
+    if value < minimum:
+        raise ValueError(f"{name} must be at least {minimum:g}, got {text!r}")
+    return value
 
 
 @dataclass(frozen=True)
@@ -117,6 +144,14 @@ class Settings:
     alert_webhook_url: str | None
     alert_sns_topic_arn: str | None
     aws_region: str
+    airflow_api: str = "rest"
+    mwaa_environment: str | None = None
+    invoker_retry_base: float = 2.0
+    invoker_retry_max: float = 300.0
+    invoker_db_pool: int = 8
+    invoker_catalogue_ttl: float = 5.0
+    invoker_dispatch_workers: int = 8
+    invoker_lease: float = 30.0
     _explicit_secrets: dict[str, str] = field(default_factory=dict, repr=False)
 
     # -- derived locations -------------------------------------------------------------------
@@ -229,6 +264,9 @@ def load_settings() -> Settings:
     runner = _env("LAKEHOUSE_RUNNER", "local")
     if runner not in ("local", "glue"):
         raise ValueError(f"LAKEHOUSE_RUNNER must be 'local' or 'glue', got {runner!r}")
+    airflow_api = _env("LAKEHOUSE_AIRFLOW_API", "rest")
+    if airflow_api not in ("rest", "mwaa"):
+        raise ValueError(f"LAKEHOUSE_AIRFLOW_API must be 'rest' or 'mwaa', got {airflow_api!r}")
     explicit = {
         key: os.environ[var]
         for key, var in (
@@ -271,5 +309,13 @@ def load_settings() -> Settings:
         alert_webhook_url=os.environ.get("LAKEHOUSE_ALERT_WEBHOOK_URL") or None,
         alert_sns_topic_arn=os.environ.get("LAKEHOUSE_ALERT_SNS_TOPIC_ARN") or None,
         aws_region=_env("AWS_DEFAULT_REGION", "us-east-1"),
+        airflow_api=airflow_api,
+        mwaa_environment=os.environ.get("LAKEHOUSE_MWAA_ENVIRONMENT") or None,
+        invoker_retry_base=_number("LAKEHOUSE_INVOKER_RETRY_BASE", "2", float),
+        invoker_retry_max=_number("LAKEHOUSE_INVOKER_RETRY_MAX", "300", float),
+        invoker_db_pool=_number("LAKEHOUSE_INVOKER_DB_POOL", "8", int),
+        invoker_catalogue_ttl=_number("LAKEHOUSE_INVOKER_CATALOGUE_TTL", "5", float),
+        invoker_dispatch_workers=_number("LAKEHOUSE_INVOKER_WORKERS", "8", int),
+        invoker_lease=_number("LAKEHOUSE_INVOKER_LEASE", "30", float, minimum=1),
         _explicit_secrets=explicit,
     )

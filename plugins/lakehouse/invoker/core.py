@@ -1,46 +1,85 @@
 """Match object events to flows, write them to the ledger, start one DAG run per file version.
 
-The ``dag_run_id`` is a hash of (flow, bucket, key, etag): the same event delivered twice, or by
-two transports, names the same run, and Airflow's 409 for an existing run id counts as success.
-The event is committed to the ledger *before* Airflow is called, so an outage or a crash between
-the two leaves a ``pending`` row that :meth:`Invoker.retry_pending` picks up later.
+The ``dag_run_id`` is a hash of (flow, bucket, key, etag or version id): the same event delivered
+twice, or by two transports, names the same run, and Airflow's 409 for an existing run id counts
+as success. The event is committed to the ledger *before* Airflow is called, so an outage or a
+crash between the two leaves a ``pending`` row that :meth:`Invoker.retry_pending` picks up later,
+with exponential backoff. Callers answer their event source only after the row is stored.
+
+Two ways to use it, one ledger: :meth:`Invoker.accept` stores the events and returns the trigger
+calls still to make as :class:`TriggerJob` s, which the HTTP server hands to its dispatcher threads
+and answers at once (the source waits for Postgres, never for Airflow); the ``handle_*`` methods
+(Lambda, CLI, tests) accept and dispatch inline. Either way a job that is lost with its process
+is a leased ``pending`` row that the retry loop claims once the lease has run out.
+
+Matching: every active flow whose bucket equals the event's and whose pattern matches the key is
+started (glob = ``fnmatch`` on the whole key, regex = full match). A flow with
+``trigger_multi_match = false`` is started only when it is the only match; otherwise it gets a
+``skipped`` ledger row naming the flows that won.
 """
 
 from __future__ import annotations
 
 import hashlib
 import logging
+import queue
 import re
+import threading
 import time
-from collections.abc import Callable, Mapping
-from dataclasses import asdict, dataclass
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from contextlib import contextmanager
+from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
-from typing import Any
+from typing import Any, Literal, Protocol
 
 import psycopg2
+from psycopg2.extensions import connection as Connection
 
 from lakehouse.flows import Catalogue, Flow
-from lakehouse.hooks.airflow_api import AirflowApiClient, AirflowApiError, AirflowUnavailableError
+from lakehouse.hooks.airflow_api import AirflowApiError, AirflowUnavailableError
 from lakehouse.invoker.events import (
     IgnoredEvent,
     ObjectEvent,
+    decode_payload,
+    decode_sqs_batch,
     from_s3_notification,
     from_seaweedfs_webhook,
 )
 from lakehouse.metadata import ledger
-from lakehouse.metadata.catalogue import load_catalogue
+from lakehouse.metadata.catalogue import fetch_catalogue_document
 
-__all__ = ["TriggerOutcome", "Invoker", "file_dag_run_id", "scheduled_dag_run_id"]
+__all__ = [
+    "DagRunTrigger",
+    "TriggerCatalogue",
+    "TriggerOutcome",
+    "TriggerJob",
+    "Invoker",
+    "ConnectionPool",
+    "file_dag_run_id",
+    "scheduled_dag_run_id",
+    "load_trigger_catalogue",
+    "build_invoker",
+]
 
 log = logging.getLogger(__name__)
 
-#: 4xx answers that mean "not yet" rather than "never": the DAG is not parsed yet.
-_RETRYABLE_STATUSES = (404,)
+#: 4xx answers that mean "not yet" rather than "never": the DAG is not parsed yet (404), the
+#: credentials are wrong or expired (401/403: an operator fixes the secret, the outbox then drains),
+#: throttled (429). Anything else (400, 422: Airflow refuses this request) is final: ``failed``.
+_RETRYABLE_STATUSES = (401, 403, 404, 429)
 
 
-def file_dag_run_id(flow_id: str, bucket: str, key: str, etag: str) -> str:
+class DagRunTrigger(Protocol):
+    """What the invoker needs from Airflow: the REST client and the MWAA client both provide it."""
+
+    def trigger_dag_run(
+        self, dag_id: str, dag_run_id: str, conf: dict[str, Any] | None = None
+    ) -> Literal["created", "exists"]: ...
+
+
+def file_dag_run_id(flow_id: str, bucket: str, key: str, etag: str, run_suffix: str = "") -> str:
     digest = hashlib.sha256("\0".join((flow_id, bucket, key, etag)).encode()).hexdigest()[:24]
-    return f"s3__{flow_id}__{digest}"
+    return f"s3__{flow_id}__{digest}" + (f"__{run_suffix}" if run_suffix else "")
 
 
 def scheduled_dag_run_id(flow_id: str, at: datetime) -> str:
@@ -50,7 +89,14 @@ def scheduled_dag_run_id(flow_id: str, at: datetime) -> str:
 
 @dataclass(frozen=True)
 class TriggerOutcome:
-    """What became of one event for one flow: created, exists, duplicate, pending, failed, unmatched, ignored."""
+    """What became of one event for one flow.
+
+    ``created`` / ``exists`` (run started or already there), ``accepted`` (stored, the trigger call
+    is queued: the HTTP server's answer), ``duplicate`` (ledger says triggered), ``pending``
+    (stored, will be retried), ``failed`` (Airflow refused for good), ``unmatched``, ``skipped``
+    (multi-match opt-out), ``ignored`` (test event, folder, delete ...), ``not_matching`` (replay:
+    the object does not match the flow).
+    """
 
     status: str
     bucket: str = ""
@@ -59,9 +105,100 @@ class TriggerOutcome:
     dag_id: str | None = None
     dag_run_id: str | None = None
     detail: str = ""
+    ledger_id: int | None = None
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+
+@dataclass(frozen=True)
+class TriggerCatalogue:
+    """The flows as the invoker sees them: the catalogue plus who opted out of multi-match."""
+
+    catalogue: Catalogue
+    single_match_only: frozenset[str] = field(default_factory=frozenset)
+
+    def flows_to_start(self, bucket: str, key: str) -> tuple[list[Flow], list[tuple[Flow, str]]]:
+        """(flows to start, [(flow skipped, why)]) for one object."""
+        matched = self.catalogue.flows_for_object(bucket, key)
+        if len(matched) <= 1:
+            return matched, []
+        start = [f for f in matched if f.flow_id not in self.single_match_only]
+        others = ", ".join(sorted(f.flow_id for f in matched))
+        skipped = [
+            (f, f"trigger_multi_match=false and the key also matches: {others}")
+            for f in matched
+            if f.flow_id in self.single_match_only
+        ]
+        return start, skipped
+
+
+def load_trigger_catalogue(dsn: str) -> TriggerCatalogue:
+    """One query (the DAG factory's catalogue query); ``trigger_multi_match`` read from the same rows."""
+    document = fetch_catalogue_document(dsn)
+    solo = frozenset(f["flow_id"] for f in document.get("flows") or () if f.get("trigger_multi_match") is False)
+    return TriggerCatalogue(Catalogue.from_document(document), solo)
+
+
+class ConnectionPool:
+    """A blocking pool of Postgres connections shared by the webhook's threads.
+
+    Connecting costs a TCP handshake plus SCRAM authentication (several ms) — more than the two
+    small statements an event needs — so connections are reused. ``size = 0`` connects per use
+    (the old behaviour, kept as the benchmark's baseline). A connection that errored is discarded.
+    """
+
+    def __init__(self, dsn: str, size: int) -> None:
+        self.dsn = dsn
+        self.size = size
+        self._idle: queue.LifoQueue[Connection] = queue.LifoQueue()
+        self._slots = threading.BoundedSemaphore(size) if size > 0 else None
+
+    @contextmanager
+    def connection(self) -> Iterator[Connection]:
+        if self._slots is None:
+            conn = psycopg2.connect(self.dsn)
+            try:
+                yield conn
+            finally:
+                conn.close()
+            return
+        self._slots.acquire()
+        conn: Connection | None = None
+        try:
+            try:
+                conn = self._idle.get_nowait()
+            except queue.Empty:
+                conn = psycopg2.connect(self.dsn)
+            if conn.closed:
+                conn = psycopg2.connect(self.dsn)
+            yield conn
+            if conn.closed or conn.get_transaction_status() != psycopg2.extensions.TRANSACTION_STATUS_IDLE:
+                conn.close()
+            else:
+                self._idle.put(conn)
+        except BaseException:
+            if conn is not None:
+                conn.close()
+            raise
+        finally:
+            self._slots.release()
+
+    def close(self) -> None:
+        while True:
+            try:
+                self._idle.get_nowait().close()
+            except queue.Empty:
+                return
+
+
+@dataclass(frozen=True)
+class TriggerJob:
+    """One trigger call still to make: a stored ``pending`` ledger row (leased to whoever holds this)."""
+
+    ledger_id: int
+    outcome: TriggerOutcome  # bucket, key, flow, dag and run id; status filled in by the call
+    conf: dict[str, Any]
 
 
 class Invoker:
@@ -70,53 +207,141 @@ class Invoker:
     def __init__(
         self,
         metadata_dsn: str,
-        airflow: AirflowApiClient,
-        catalogue_loader: Callable[[], Catalogue] | None = None,
+        airflow: DagRunTrigger,
+        catalogue_loader: Callable[[], Catalogue | TriggerCatalogue] | None = None,
         catalogue_ttl: float = 5.0,
+        pool_size: int = 8,
+        retry_base: float = 2.0,
+        retry_max: float = 300.0,
+        lease_seconds: float = ledger.LIVE_LEASE_SECONDS,
     ) -> None:
         self.metadata_dsn = metadata_dsn
         self.airflow = airflow
-        self._load = catalogue_loader or (lambda: load_catalogue(metadata_dsn))
+        self._load = catalogue_loader or (lambda: load_trigger_catalogue(metadata_dsn))
         self._ttl = catalogue_ttl
-        self._catalogue: Catalogue | None = None
+        self._rules: TriggerCatalogue | None = None
         self._loaded_at = 0.0
+        self._catalogue_lock = threading.Lock()
+        self.pool = ConnectionPool(metadata_dsn, pool_size)
+        self.retry_base = retry_base
+        self.retry_max = retry_max
+        self.lease_seconds = lease_seconds
+        # Circuit breaker: after Airflow was found down, calls are skipped (rows deferred) until
+        # then, so an outage costs one failed call per period instead of one per event; the
+        # period doubles with every consecutive failure, like a row's own backoff.
+        self._breaker_lock = threading.Lock()
+        self._airflow_down_until = 0.0
+        self._down_streak = 0
+
+    def rules(self) -> TriggerCatalogue:
+        """The flows, re-read at most every ``catalogue_ttl`` seconds (0: on every event)."""
+        with self._catalogue_lock:
+            if self._rules is None or time.monotonic() - self._loaded_at >= self._ttl:
+                loaded = self._load()
+                self._rules = loaded if isinstance(loaded, TriggerCatalogue) else TriggerCatalogue(loaded)
+                self._loaded_at = time.monotonic()
+            return self._rules
 
     def catalogue(self) -> Catalogue:
-        if self._catalogue is None or time.monotonic() - self._loaded_at > self._ttl:
-            self._catalogue = self._load()
-            self._loaded_at = time.monotonic()
-        return self._catalogue
+        return self.rules().catalogue
 
-    # -- entry points per transport ----------------------------------------------------------
+    def close(self) -> None:
+        self.pool.close()
+
+    @property
+    def airflow_down(self) -> bool:
+        """True while the circuit breaker is open (Airflow failed moments ago)."""
+        return time.monotonic() < self._airflow_down_until
+
+    # -- entry points per transport (store, then trigger inline) ----------------------------------
     def handle_s3_event(self, payload: Mapping[str, Any], source: str = "s3") -> list[TriggerOutcome]:
-        return self._handle_all(from_s3_notification(payload, source=source))
+        return self.handle_events(from_s3_notification(payload, source=source))
 
     def handle_seaweedfs_event(self, payload: Mapping[str, Any]) -> list[TriggerOutcome]:
-        return self._handle_all(from_seaweedfs_webhook(payload))
+        return self.handle_events(from_seaweedfs_webhook(payload))
 
-    def _handle_all(self, events: list[ObjectEvent | IgnoredEvent]) -> list[TriggerOutcome]:
+    def handle_payload(self, payload: Mapping[str, Any]) -> list[TriggerOutcome]:
+        """Any supported shape (S3, SNS, SQS, EventBridge, SeaweedFS), recognised by its fields."""
+        return self.handle_events(decode_payload(payload))
+
+    def handle_sqs_batch(self, payload: Mapping[str, Any]) -> tuple[list[TriggerOutcome], list[str]]:
+        """SQS → Lambda: (outcomes, message ids that could not be stored).
+
+        A message counts as done once its events are in the ledger — whatever Airflow said, since
+        the ledger retries. A message that cannot be decoded or stored is reported back so that
+        SQS redelivers it (and, after the queue's maxReceiveCount, moves it to its dead-letter
+        queue): nothing is acknowledged that is not written down.
+        """
         outcomes: list[TriggerOutcome] = []
-        for event in events:
-            if isinstance(event, IgnoredEvent):
-                log.info("ignored event: %s %s", event.reason, event.detail)
-                outcomes.append(TriggerOutcome("ignored", detail=f"{event.reason} {event.detail}".strip()))
-            else:
-                outcomes.extend(self.handle_object_event(event))
-        return outcomes
+        failed: list[str] = []
+        for message in decode_sqs_batch(payload):
+            if message.error:
+                log.error("SQS message %s refused: %s", message.message_id, message.error)
+                failed.append(message.message_id)
+                continue
+            try:
+                outcomes.extend(self.handle_events(message.events))
+            except Exception:
+                log.exception("SQS message %s not stored; reported for redelivery", message.message_id)
+                failed.append(message.message_id)
+        return outcomes, failed
 
-    # -- the core ---------------------------------------------------------------------------
     def handle_object_event(self, event: ObjectEvent) -> list[TriggerOutcome]:
-        flows = self.catalogue().flows_for_object(event.bucket, event.key)
-        conn = psycopg2.connect(self.metadata_dsn)
-        try:
-            if not flows:
-                with conn:
-                    ledger.record_event(conn, **self._row_fields(event), flow_id=None, dag_id=None, dag_run_id=None)
-                log.warning("no flow matches s3://%s/%s; recorded as unmatched", event.bucket, event.key)
-                return [TriggerOutcome("unmatched", event.bucket, event.key, detail="no flow matches this key")]
-            return [self._trigger_for_flow(conn, event, flow) for flow in flows]
-        finally:
-            conn.close()
+        """Store one object event and make its trigger calls now (the synchronous path)."""
+        return self.handle_events([event])
+
+    def handle_events(self, events: Iterable[ObjectEvent | IgnoredEvent]) -> list[TriggerOutcome]:
+        """Store decoded events, then make their trigger calls in this thread (Lambda, CLI)."""
+        outcomes, jobs = self.accept(events)
+        results = {job.ledger_id: self.dispatch(job) for job in jobs}
+        return [results.get(o.ledger_id, o) if o.status == "accepted" and o.ledger_id else o for o in outcomes]
+
+    # -- the core -----------------------------------------------------------------------------
+    def accept(self, events: Iterable[ObjectEvent | IgnoredEvent]) -> tuple[list[TriggerOutcome], list[TriggerJob]]:
+        """Write every event to the ledger (committed) and return what to call Airflow for.
+
+        Outcomes are final for ignored, unmatched, skipped and duplicate events; a stored event
+        that needs a trigger call is ``accepted`` and has a :class:`TriggerJob`. Raises (nothing
+        acknowledged) when the ledger cannot be written.
+        """
+        outcomes: list[TriggerOutcome] = []
+        jobs: list[TriggerJob] = []
+        events = list(events)
+        if not any(isinstance(e, ObjectEvent) for e in events):  # nothing to store: no connection
+            return [self._ignored(e) for e in events if isinstance(e, IgnoredEvent)], jobs
+        rules = self.rules()
+        with self.pool.connection() as conn:
+            for event in events:
+                if isinstance(event, IgnoredEvent):
+                    outcomes.append(self._ignored(event))
+                    continue
+                start, skipped = rules.flows_to_start(event.bucket, event.key)
+                for flow, why in skipped:
+                    with conn:
+                        ledger.record_event(conn, **self._row_fields(event), flow_id=flow.flow_id,
+                                            dag_id=flow.effective_dag_id, dag_run_id=None, status="skipped",
+                                            last_error=why)
+                    log.info("s3://%s/%s: flow %s skipped (%s)", event.bucket, event.key, flow.flow_id, why)
+                    outcomes.append(TriggerOutcome("skipped", event.bucket, event.key, flow.flow_id,
+                                                   flow.effective_dag_id, None, why))
+                if not start and not skipped:
+                    with conn:
+                        ledger.record_event(conn, **self._row_fields(event), flow_id=None, dag_id=None,
+                                            dag_run_id=None)
+                    log.warning("no flow matches s3://%s/%s; recorded as unmatched", event.bucket, event.key)
+                    outcomes.append(TriggerOutcome("unmatched", event.bucket, event.key,
+                                                   detail="no flow matches this key"))
+                for flow in start:
+                    outcome, job = self._store_for_flow(conn, event, flow)
+                    outcomes.append(outcome)
+                    if job is not None:
+                        jobs.append(job)
+        return outcomes, jobs
+
+    @staticmethod
+    def _ignored(event: IgnoredEvent) -> TriggerOutcome:
+        log.info("ignored event: %s %s", event.reason, event.detail)
+        return TriggerOutcome("ignored", detail=f"{event.reason} {event.detail}".strip())
 
     @staticmethod
     def _row_fields(event: ObjectEvent) -> dict[str, Any]:
@@ -129,73 +354,120 @@ class Invoker:
             "source": event.source,
         }
 
-    def _trigger_for_flow(self, conn: Any, event: ObjectEvent, flow: Flow) -> TriggerOutcome:
+    @staticmethod
+    def _conf(flow_id: str, bucket: str, key: str, etag: str, size: int | None, event_time: datetime | None,
+              ledger_id: int) -> dict[str, Any]:
+        return {
+            "flow_id": flow_id,
+            "file": {"bucket": bucket, "key": key, "etag": etag, "size": size, "uri": f"s3://{bucket}/{key}"},
+            "event_time": event_time.isoformat() if event_time else None,
+            "ledger_id": ledger_id,
+        }
+
+    def _store_for_flow(self, conn: Connection, event: ObjectEvent, flow: Flow,
+                        run_suffix: str = "") -> tuple[TriggerOutcome, TriggerJob | None]:
         dag_id = flow.effective_dag_id
-        run_id = file_dag_run_id(flow.flow_id, event.bucket, event.key, event.etag)
+        run_id = file_dag_run_id(flow.flow_id, event.bucket, event.key, event.etag, run_suffix)
         with conn:  # committed before Airflow is called: the ledger is the outbox
             row = ledger.record_event(
-                conn, **self._row_fields(event), flow_id=flow.flow_id, dag_id=dag_id, dag_run_id=run_id
+                conn, **self._row_fields(event), flow_id=flow.flow_id, dag_id=dag_id, dag_run_id=run_id,
+                run_suffix=run_suffix, lease_seconds=self.lease_seconds,
             )
-        base = TriggerOutcome("", event.bucket, event.key, flow.flow_id, dag_id, run_id)
+        base = TriggerOutcome("", event.bucket, event.key, flow.flow_id, dag_id, run_id, ledger_id=row.ledger_id)
         if row.status == "triggered":
-            return _with(base, "duplicate", f"already triggered; delivery #{row.deliveries}")
-        conf = {
-            "flow_id": flow.flow_id,
-            "file": {
-                "bucket": event.bucket,
-                "key": event.key,
-                "etag": event.etag,
-                "size": event.size,
-                "uri": f"s3://{event.bucket}/{event.key}",
-            },
-            "event_time": event.event_time.isoformat() if event.event_time else None,
-            "ledger_id": row.ledger_id,
-        }
-        return self._trigger(conn, row.ledger_id, base, conf)
-
-    def _trigger(self, conn: Any, ledger_id: int, base: TriggerOutcome, conf: dict[str, Any]) -> TriggerOutcome:
-        assert base.dag_id and base.dag_run_id
-        try:
-            result = self.airflow.trigger_dag_run(base.dag_id, base.dag_run_id, conf)
-        except AirflowUnavailableError as exc:
+            return _with(base, "duplicate", f"already triggered; delivery #{row.deliveries}"), None
+        if row.status == "skipped":
+            return _with(base, "skipped", "recorded as skipped for this file version"), None
+        if not row.inserted:  # a redelivery of a pending or failed row: call only if nobody else is
             with conn:
-                ledger.mark_attempt_failed(conn, ledger_id, str(exc), final=False)
+                claimed = ledger.claim_row(conn, row.ledger_id, self.lease_seconds)
+            if not claimed:
+                return _with(base, "pending", f"already stored, trigger under way or scheduled; delivery "
+                                              f"#{row.deliveries}"), None
+        conf = self._conf(flow.flow_id, event.bucket, event.key, event.etag, event.size, event.event_time,
+                          row.ledger_id)
+        return _with(base, "accepted", "stored; trigger queued"), TriggerJob(row.ledger_id, base, conf)
+
+    def dispatch(self, job: TriggerJob, probe: bool = False) -> TriggerOutcome:
+        """Make one trigger call and record its result. Thread-safe; holds no connection while calling.
+
+        While the circuit breaker is open the row is only deferred, unless ``probe``: a probe calls
+        anyway, and its answer closes the breaker or keeps it open for longer.
+        """
+        base = job.outcome
+        assert base.dag_id and base.dag_run_id
+        if self.airflow_down and not probe:
+            delay = max(0.0, self._airflow_down_until - time.monotonic())
+            with self.pool.connection() as conn, conn:
+                ledger.mark_deferred(conn, job.ledger_id, "Airflow was unavailable moments ago; queued", delay)
+            return _with(base, "pending", "Airflow unavailable; stored for retry")
+        try:
+            result = self.airflow.trigger_dag_run(base.dag_id, base.dag_run_id, job.conf)
+        except AirflowUnavailableError as exc:
+            with self._breaker_lock:
+                self._down_streak += 1
+                period = ledger.backoff_seconds(self._down_streak, self.retry_base, self.retry_max)
+                self._airflow_down_until = max(self._airflow_down_until, time.monotonic() + period)
+            with self.pool.connection() as conn, conn:
+                ledger.mark_attempt_failed(conn, job.ledger_id, str(exc), final=False, base=self.retry_base,
+                                           maximum=self.retry_max)
             return _with(base, "pending", f"Airflow unavailable, will retry: {exc}")
         except AirflowApiError as exc:
             final = exc.status not in _RETRYABLE_STATUSES
-            with conn:
-                ledger.mark_attempt_failed(conn, ledger_id, str(exc), final=final)
+            with self.pool.connection() as conn, conn:
+                ledger.mark_attempt_failed(conn, job.ledger_id, str(exc), final=final, base=self.retry_base,
+                                           maximum=self.retry_max)
             return _with(base, "failed" if final else "pending", str(exc))
-        with conn:
-            ledger.mark_triggered(conn, ledger_id)
+        with self._breaker_lock:
+            self._down_streak = 0
+            self._airflow_down_until = 0.0
+        with self.pool.connection() as conn, conn:
+            ledger.mark_triggered(conn, job.ledger_id)
         return _with(base, result)
 
+    def claim_due(self, limit: int = 100) -> list[TriggerJob]:
+        """Lease pending rows whose backoff has passed (or whose live lease ran out) to the caller."""
+        with self.pool.connection() as conn, conn:
+            rows = ledger.claim_due_rows(conn, limit, lease_seconds=self.lease_seconds)
+        return [
+            TriggerJob(
+                row["ledger_id"],
+                TriggerOutcome("", row["bucket"], row["object_key"], row["flow_id"], row["dag_id"], row["dag_run_id"],
+                               ledger_id=row["ledger_id"]),
+                self._conf(row["flow_id"], row["bucket"], row["object_key"], row["etag"], row["size"],
+                           row["event_time"], row["ledger_id"]),
+            )
+            for row in rows
+        ]
+
     def retry_pending(self, limit: int = 100) -> list[TriggerOutcome]:
-        """Trigger ledger rows left ``pending`` (Airflow was down, or the DAG not parsed yet)."""
-        conn = psycopg2.connect(self.metadata_dsn)
+        """Trigger ledger rows left ``pending`` whose backoff has passed (Airflow was down, DAG not parsed).
+
+        The first row is a probe (called even while the breaker is open): an explicit retry, e.g.
+        the scheduled Lambda, always asks Airflow at least once.
+        """
+        return [self.dispatch(job, probe=index == 0) for index, job in enumerate(self.claim_due(limit))]
+
+    def replay(self, flow_id: str, objects: Iterable[ObjectEvent], force: bool = False) -> list[TriggerOutcome]:
+        """Send existing objects to one flow again (the backfill after fixing a flow).
+
+        Without ``force`` the exactly-once rule holds: a file version this flow already ran is a
+        ``duplicate``. With ``force`` every object gets a NEW run, its id suffixed ``force<UTC time>``,
+        and its own ledger row — the earlier run and its row stay as they were.
+        """
+        flow = self.catalogue().flows.get(flow_id)
+        if flow is None:
+            raise LookupError(f"no active flow {flow_id!r}")
+        suffix = "force" + datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%S%fZ") if force else ""
         outcomes = []
-        try:
-            with conn:
-                rows = ledger.pending_rows(conn, limit)
-            for row in rows:
-                base = TriggerOutcome(
-                    "", row["bucket"], row["object_key"], row["flow_id"], row["dag_id"], row["dag_run_id"]
-                )
-                conf = {
-                    "flow_id": row["flow_id"],
-                    "file": {
-                        "bucket": row["bucket"],
-                        "key": row["object_key"],
-                        "etag": row["etag"],
-                        "size": row["size"],
-                        "uri": f"s3://{row['bucket']}/{row['object_key']}",
-                    },
-                    "event_time": row["event_time"].isoformat() if row["event_time"] else None,
-                    "ledger_id": row["ledger_id"],
-                }
-                outcomes.append(self._trigger(conn, row["ledger_id"], base, conf))
-        finally:
-            conn.close()
+        for event in objects:
+            if not flow.matches(event.bucket, event.key):
+                outcomes.append(TriggerOutcome("not_matching", event.bucket, event.key, flow_id,
+                                               detail=f"key does not match {flow.trigger_key_pattern!r}"))
+                continue
+            with self.pool.connection() as conn:
+                outcome, job = self._store_for_flow(conn, event, flow, run_suffix=suffix)
+            outcomes.append(self.dispatch(job) if job is not None else outcome)
         return outcomes
 
     def trigger_flow(self, flow_id: str, at: datetime | None = None, conf: dict[str, Any] | None = None) -> TriggerOutcome:
@@ -211,4 +483,27 @@ class Invoker:
 
 
 def _with(base: TriggerOutcome, status: str, detail: str = "") -> TriggerOutcome:
-    return TriggerOutcome(status, base.bucket, base.key, base.flow_id, base.dag_id, base.dag_run_id, detail)
+    return TriggerOutcome(status, base.bucket, base.key, base.flow_id, base.dag_id, base.dag_run_id, detail,
+                          base.ledger_id)
+
+
+def build_invoker(settings: Any) -> Invoker:
+    """The invoker as configured: REST client (URL + login) or MWAA (``LAKEHOUSE_AIRFLOW_API=mwaa``)."""
+    airflow: DagRunTrigger
+    if settings.airflow_api == "mwaa":
+        from lakehouse.hooks.mwaa import MwaaTriggerClient
+
+        airflow = MwaaTriggerClient(settings.mwaa_environment or "", settings.aws_region)
+    else:
+        from lakehouse.hooks.airflow_api import AirflowApiClient
+
+        airflow = AirflowApiClient(settings.airflow_url, settings.airflow_username, settings.airflow_password)
+    return Invoker(
+        settings.metadata_dsn,
+        airflow,
+        catalogue_ttl=settings.invoker_catalogue_ttl,
+        pool_size=settings.invoker_db_pool,
+        retry_base=settings.invoker_retry_base,
+        retry_max=settings.invoker_retry_max,
+        lease_seconds=settings.invoker_lease,
+    )

@@ -1,52 +1,133 @@
-"""The invoker's HTTP endpoint: SeaweedFS filer webhooks and S3 notification JSON.
+"""The invoker's HTTP endpoint: SeaweedFS filer webhooks and every AWS event shape as JSON.
 
-Standard library only (it is a few routes). Every request must carry the shared bearer token;
-anything else gets 401 and triggers nothing. The answer is sent only after the event is in the
-ledger, so the sender's own retry covers the window before that.
+Standard library only (it is a few routes). Every POST must prove it knows the shared secret,
+either as ``Authorization: Bearer <secret>`` (what the SeaweedFS filer sends) or as
+``X-Lakehouse-Signature: sha256=<hex HMAC-SHA256(secret, raw body)>`` (for senders that should not
+put the secret itself on the wire); anything else gets 401 and triggers nothing. Bodies over
+1 MiB get 413 before they are read.
+
+The answer is sent as soon as the event is committed to the ledger — never before (the sender's
+own retry covers that window), and never waiting for Airflow: the trigger calls go to a pool of
+dispatcher threads (``LAKEHOUSE_INVOKER_WORKERS``), so a slow or stopped Airflow cannot
+slow down or time out the event source. ``0`` workers calls Airflow inside the request instead
+(the naive synchronous path, kept as the benchmark's baseline). A background loop re-queues
+pending rows whose backoff has passed — including rows whose dispatch died with a previous
+process, once their lease has run out.
+
+Routes: ``/events/seaweedfs`` (filer webhook), ``/events/s3`` (any AWS shape: S3 notification,
+SNS envelope or SNS/SQS Lambda records, EventBridge) — :func:`decode_payload` tells them apart.
 """
 
 from __future__ import annotations
 
+import hashlib
 import hmac
 import json
 import logging
+import queue
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
-from lakehouse.invoker.core import Invoker
-from lakehouse.invoker.events import EventError
+from lakehouse.invoker.core import Invoker, TriggerJob, TriggerOutcome
+from lakehouse.invoker.events import EventError, decode_payload, from_seaweedfs_webhook
 
-__all__ = ["InvokerServer", "MAX_BODY_BYTES"]
+__all__ = ["InvokerServer", "MAX_BODY_BYTES", "SIGNATURE_HEADER", "sign_body"]
 
 log = logging.getLogger(__name__)
 
 MAX_BODY_BYTES = 1 << 20
+SIGNATURE_HEADER = "X-Lakehouse-Signature"
+
+
+def sign_body(secret: str, body: bytes) -> str:
+    """The value of :data:`SIGNATURE_HEADER` a sender computes for ``body``."""
+    return "sha256=" + hmac.new(secret.encode(), body, hashlib.sha256).hexdigest()
 
 
 class InvokerServer(ThreadingHTTPServer):
     daemon_threads = True
 
-    def __init__(self, address: tuple[str, int], invoker: Invoker, token: str, retry_interval: float = 5.0) -> None:
+    def __init__(self, address: tuple[str, int], invoker: Invoker, token: str, retry_interval: float = 1.0,
+                 dispatch_workers: int = 8) -> None:
+        if not token:
+            raise ValueError("LAKEHOUSE_INVOKER_TOKEN is empty: the webhook would accept anyone")
         super().__init__(address, _Handler)
         self.invoker = invoker
         self.token = token
+        self.dispatch_workers = dispatch_workers
+        self._jobs: queue.Queue[TriggerJob] = queue.Queue()
         self._stop = threading.Event()
         self._retry_interval = retry_interval
-        self._retrier = threading.Thread(target=self._retry_loop, name="invoker-retry", daemon=True)
+        self._workers = [threading.Thread(target=self._retry_loop, name="invoker-retry", daemon=True)]
+        self._workers += [threading.Thread(target=self._dispatch_loop, name=f"invoker-dispatch-{i}", daemon=True)
+                          for i in range(dispatch_workers)]
 
     def serve(self) -> None:
-        self._retrier.start()
+        for thread in self._workers:
+            thread.start()
         try:
             self.serve_forever()
         finally:
             self._stop.set()
 
+    def stop(self) -> None:
+        """Stop serving and let the worker threads finish their current call. Queued jobs are not
+        lost: their rows stay ``pending`` and leased, and whoever serves next retries them."""
+        self.shutdown()
+        self._stop.set()
+        for thread in self._workers:
+            if thread.is_alive():
+                thread.join(timeout=15)
+        self.server_close()
+
+    def submit(self, jobs: list[TriggerJob]) -> None:
+        for job in jobs:
+            self._jobs.put(job)
+
+    def handle_events(self, route: str, payload: dict[str, Any]) -> list[TriggerOutcome]:
+        """Store, then dispatch in the background (or inline with 0 workers); raises if not stored."""
+        events = from_seaweedfs_webhook(payload) if route == "seaweedfs" else decode_payload(payload)
+        if self.dispatch_workers == 0:
+            return self.invoker.handle_events(events)
+        outcomes, jobs = self.invoker.accept(events)
+        self.submit(jobs)
+        return outcomes
+
+    def _dispatch_loop(self) -> None:
+        while not self._stop.is_set():
+            try:
+                job = self._jobs.get(timeout=0.5)
+            except queue.Empty:
+                continue
+            try:
+                outcome = self.invoker.dispatch(job)
+                log.info("%s %s s3://%s/%s %s", outcome.status, outcome.dag_run_id, outcome.bucket, outcome.key,
+                         outcome.detail)
+            except Exception:  # the row stays pending and leased; the retry loop takes it up later
+                log.exception("dispatch of ledger row %s failed", job.ledger_id)
+            finally:
+                self._jobs.task_done()
+
     def _retry_loop(self) -> None:
+        """Every ``retry_interval`` seconds, hand the pending rows that are due to the dispatchers —
+        all of them, batch after batch while the queue keeps up, so a backlog after an outage
+        drains in parallel; while the circuit breaker is open nothing is claimed (no churn)."""
+        batch = 100
         while not self._stop.wait(self._retry_interval):
             try:
-                for outcome in self.invoker.retry_pending():
-                    log.info("retried %s: %s %s", outcome.dag_run_id, outcome.status, outcome.detail)
+                while not self._stop.is_set() and not self.invoker.airflow_down:
+                    if self.dispatch_workers == 0:
+                        outcomes = self.invoker.retry_pending(limit=batch)
+                        if len(outcomes) < batch:
+                            break
+                        continue
+                    if self._jobs.qsize() > 2 * batch:
+                        break  # the dispatchers are busy; claim more on the next tick
+                    jobs = self.invoker.claim_due(limit=batch)
+                    self.submit(jobs)
+                    if len(jobs) < batch:
+                        break
             except Exception:  # keep retrying; the ledger keeps the rows
                 log.exception("retry of pending ledger rows failed")
 
@@ -72,33 +153,43 @@ class _Handler(BaseHTTPRequestHandler):
         else:
             self._reply(404, {"error": f"no route {self.path}"})
 
-    def do_POST(self) -> None:
+    def _bearer_ok(self) -> bool:
         header = self.headers.get("Authorization", "")
-        if not hmac.compare_digest(header.encode(), f"Bearer {self.server.token}".encode()):
-            self._reply(401, {"error": "missing or wrong bearer token"})
-            return
-        length = int(self.headers.get("Content-Length") or 0)
-        if length > MAX_BODY_BYTES:
-            self._reply(413, {"error": f"body larger than {MAX_BODY_BYTES} bytes"})
+        return hmac.compare_digest(header.encode(), f"Bearer {self.server.token}".encode())
+
+    def do_POST(self) -> None:
+        bearer_ok = self._bearer_ok()
+        signature = self.headers.get(SIGNATURE_HEADER)
+        if not bearer_ok and not signature:
+            self.close_connection = True
+            self._reply(401, {"error": f"missing or wrong bearer token (or {SIGNATURE_HEADER})"})
             return
         try:
-            payload = json.loads(self.rfile.read(length) or b"null")
+            length = int(self.headers.get("Content-Length") or 0)
+        except ValueError:
+            length = -1
+        if length < 0 or length > MAX_BODY_BYTES:
+            self.close_connection = True  # the unread body must not be parsed as the next request
+            self._reply(413, {"error": f"body larger than {MAX_BODY_BYTES} bytes (or no valid Content-Length)"})
+            return
+        body = self.rfile.read(length)
+        if not bearer_ok and not hmac.compare_digest((signature or "").encode(), sign_body(self.server.token, body).encode()):
+            self._reply(401, {"error": f"{SIGNATURE_HEADER} does not match the body"})
+            return
+        try:
+            payload = json.loads(body or b"null")
         except json.JSONDecodeError as exc:
             self._reply(400, {"error": f"body is not JSON: {exc}"})
             return
         if not isinstance(payload, dict):
             self._reply(400, {"error": "body must be a JSON object"})
             return
-        routes = {
-            "/events/seaweedfs": self.server.invoker.handle_seaweedfs_event,
-            "/events/s3": self.server.invoker.handle_s3_event,
-        }
-        handle = routes.get(self.path)
-        if handle is None:
+        route = {"/events/seaweedfs": "seaweedfs", "/events/s3": "s3"}.get(self.path)
+        if route is None:
             self._reply(404, {"error": f"no route {self.path}"})
             return
         try:
-            outcomes = handle(payload)
+            outcomes = self.server.handle_events(route, payload)
         except EventError as exc:
             self._reply(400, {"error": str(exc)})
             return

@@ -1,9 +1,13 @@
 """The file ledger: every object event is written down before anything else happens.
 
-One row per (bucket, key, etag, flow). A duplicate delivery finds its row and only counts itself,
-an unmatched key is kept as ``unmatched``, and a trigger that failed stays ``pending`` until a
-retry succeeds: the ledger doubles as the invoker's outbox, so a crash or an Airflow outage
-loses nothing.
+One row per (bucket, key, etag, flow, run suffix). A duplicate delivery finds its row and only
+counts itself, an unmatched key is kept as ``unmatched``, and a trigger that failed stays
+``pending`` until a retry succeeds: the ledger doubles as the invoker's outbox, so a crash or an
+Airflow outage loses nothing.
+
+Retries back off exponentially through ``next_attempt_at``; the live path holds a short lease on
+the row it is triggering (``next_attempt_at`` in the future) so the retry loop never races it, and
+a process that dies mid-call simply lets the lease run out.
 """
 
 from __future__ import annotations
@@ -14,7 +18,20 @@ from typing import Any
 
 from psycopg2.extensions import connection as Connection
 
-__all__ = ["LedgerRow", "record_event", "mark_triggered", "mark_attempt_failed", "pending_rows"]
+__all__ = [
+    "LedgerRow",
+    "record_event",
+    "claim_row",
+    "mark_triggered",
+    "mark_attempt_failed",
+    "mark_deferred",
+    "claim_due_rows",
+    "backoff_seconds",
+    "LIVE_LEASE_SECONDS",
+]
+
+#: How long the live path may hold a fresh row before the retry loop considers it abandoned.
+LIVE_LEASE_SECONDS = 30.0
 
 
 @dataclass(frozen=True)
@@ -36,6 +53,11 @@ class LedgerRow:
 _COLUMNS = "ledger_id, bucket, object_key, etag, size, flow_id, dag_id, dag_run_id, status, deliveries, attempts"
 
 
+def backoff_seconds(attempts: int, base: float, maximum: float) -> float:
+    """Exponential backoff after ``attempts`` failed calls: base, 2·base, 4·base … capped at maximum."""
+    return min(maximum, base * (2 ** max(0, attempts - 1)))
+
+
 def record_event(
     conn: Connection,
     *,
@@ -48,23 +70,49 @@ def record_event(
     flow_id: str | None,
     dag_id: str | None,
     dag_run_id: str | None,
+    status: str | None = None,
+    run_suffix: str = "",
+    last_error: str | None = None,
+    lease_seconds: float = LIVE_LEASE_SECONDS,
 ) -> LedgerRow:
-    status = "pending" if flow_id else "unmatched"
+    """Insert the row (or count a duplicate delivery of it). A new pending row is leased to the caller."""
+    status = status or ("pending" if flow_id else "unmatched")
     with conn.cursor() as cur:
         cur.execute(
             f"""INSERT INTO lakehouse.file_ledger
-                    (bucket, object_key, etag, size, event_time, source, flow_id, dag_id, dag_run_id, status)
-                VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s)
-                ON CONFLICT (bucket, object_key, etag, coalesce(flow_id, ''))
+                    (bucket, object_key, etag, size, event_time, source, flow_id, dag_id, dag_run_id, status,
+                     run_suffix, last_error, next_attempt_at)
+                VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s, now() + make_interval(secs => %s))
+                ON CONFLICT (bucket, object_key, etag, coalesce(flow_id, ''), run_suffix)
                 DO UPDATE SET deliveries = lakehouse.file_ledger.deliveries + 1, updated_at = now()
                 RETURNING {_COLUMNS}, (xmax = 0) AS inserted""",
-            (bucket, key, etag, size, event_time, source, flow_id, dag_id, dag_run_id, status),
+            (bucket, key, etag, size, event_time, source, flow_id, dag_id, dag_run_id, status,
+             run_suffix, last_error, lease_seconds),
         )
         return LedgerRow(*cur.fetchone())
 
 
-def mark_triggered(conn: Connection, ledger_id: int) -> None:
+def claim_row(conn: Connection, ledger_id: int, lease_seconds: float = LIVE_LEASE_SECONDS) -> bool:
+    """Lease a known row to a redelivery of its event, if nobody holds it: a ``pending`` row whose
+    lease or backoff has run out, or a ``failed`` one (the sender's retry is a request to try again).
+    False while someone else is calling Airflow for it or its backoff still runs."""
     with conn.cursor() as cur:
+        cur.execute(
+            """UPDATE lakehouse.file_ledger SET status = 'pending', next_attempt_at = now() + make_interval(secs => %s),
+                   updated_at = now()
+               WHERE ledger_id = %s AND (status = 'failed' OR (status = 'pending' AND next_attempt_at <= now()))
+               RETURNING ledger_id""",
+            (lease_seconds, ledger_id),
+        )
+        return cur.fetchone() is not None
+
+
+def mark_triggered(conn: Connection, ledger_id: int) -> None:
+    """Record success. Committed without waiting for the WAL flush: if a crash loses this update the
+    row is still ``pending``, the retry calls Airflow again and gets 409 (= exists) — harmless, and
+    it saves one fsync per event (only the event itself, in :func:`record_event`, must be durable)."""
+    with conn.cursor() as cur:
+        cur.execute("SET LOCAL synchronous_commit = off")
         cur.execute(
             """UPDATE lakehouse.file_ledger SET status = 'triggered', attempts = attempts + 1,
                    last_error = NULL, updated_at = now() WHERE ledger_id = %s""",
@@ -72,22 +120,48 @@ def mark_triggered(conn: Connection, ledger_id: int) -> None:
         )
 
 
-def mark_attempt_failed(conn: Connection, ledger_id: int, error: str, final: bool) -> None:
+def mark_attempt_failed(
+    conn: Connection, ledger_id: int, error: str, final: bool, base: float = 2.0, maximum: float = 300.0
+) -> None:
+    """Count a failed call; a non-final failure schedules the next try after an exponential backoff."""
     with conn.cursor() as cur:
         cur.execute(
-            """UPDATE lakehouse.file_ledger SET status = %s, attempts = attempts + 1,
-                   last_error = %s, updated_at = now() WHERE ledger_id = %s""",
-            ("failed" if final else "pending", error[:2000], ledger_id),
+            """UPDATE lakehouse.file_ledger SET status = %s, attempts = attempts + 1, last_error = %s,
+                   next_attempt_at = now() + make_interval(secs => least(%s, %s * power(2, attempts))),
+                   updated_at = now()
+               WHERE ledger_id = %s""",
+            ("failed" if final else "pending", error[:2000], maximum, base, ledger_id),
         )
 
 
-def pending_rows(conn: Connection, limit: int = 100) -> list[dict[str, Any]]:
-    """Rows still waiting for a successful trigger, oldest first; locked so two retriers never share one."""
+def mark_deferred(conn: Connection, ledger_id: int, reason: str, delay_seconds: float) -> None:
+    """Leave the row pending without a call (Airflow is known to be down): due again after the delay."""
     with conn.cursor() as cur:
         cur.execute(
-            f"""SELECT {_COLUMNS}, event_time FROM lakehouse.file_ledger WHERE status = 'pending'
-                ORDER BY ledger_id LIMIT %s FOR UPDATE SKIP LOCKED""",
-            (limit,),
+            """UPDATE lakehouse.file_ledger SET last_error = %s,
+                   next_attempt_at = now() + make_interval(secs => %s), updated_at = now()
+               WHERE ledger_id = %s AND status = 'pending'""",
+            (reason[:2000], delay_seconds, ledger_id),
+        )
+
+
+def claim_due_rows(conn: Connection, limit: int = 100, lease_seconds: float = LIVE_LEASE_SECONDS) -> list[dict[str, Any]]:
+    """Pending rows whose retry time has come, oldest due first, leased to the caller.
+
+    The lease (``next_attempt_at`` pushed ahead in the same statement) is what keeps two retriers,
+    or a retrier and the live path, from calling Airflow for the same row at the same time; a
+    retrier that dies lets the lease run out and the row becomes due again.
+    """
+    with conn.cursor() as cur:
+        cur.execute(
+            f"""UPDATE lakehouse.file_ledger SET next_attempt_at = now() + make_interval(secs => %s)
+                WHERE ledger_id IN (
+                    SELECT ledger_id FROM lakehouse.file_ledger
+                    WHERE status = 'pending' AND next_attempt_at <= now()
+                    ORDER BY next_attempt_at, ledger_id LIMIT %s FOR UPDATE SKIP LOCKED)
+                RETURNING {_COLUMNS}, event_time, run_suffix""",
+            (lease_seconds, limit),
         )
         names = [d.name for d in cur.description]
-        return [dict(zip(names, row)) for row in cur.fetchall()]
+        rows = [dict(zip(names, row)) for row in cur.fetchall()]
+    return sorted(rows, key=lambda r: r["ledger_id"])

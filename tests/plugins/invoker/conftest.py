@@ -59,7 +59,9 @@ def airflow() -> RecordingAirflow:
 @pytest.fixture
 def invoker(pg: Settings, bucket: str, airflow: RecordingAirflow) -> Invoker:
     catalogue = catalogue_for(bucket, ("inv_a", "in/*.txt"), ("inv_b", "in/special/*"))
-    return Invoker(pg.metadata_dsn, airflow, catalogue_loader=lambda: catalogue)  # type: ignore[arg-type]
+    # a short backoff keeps the retry tests fast; the schedule itself is tested in test_outbox.py
+    return Invoker(pg.metadata_dsn, airflow, catalogue_loader=lambda: catalogue, retry_base=0.2,  # type: ignore[arg-type]
+                   retry_max=1.0)
 
 
 @pytest.fixture
@@ -69,7 +71,7 @@ def ledger_rows(pg: Settings, bucket: str) -> Iterator[Any]:
         try:
             with conn.cursor() as cur:
                 cur.execute(
-                    "SELECT object_key, etag, flow_id, status, deliveries, attempts, dag_run_id, last_error "
+                    "SELECT ledger_id, object_key, etag, flow_id, status, deliveries, attempts, dag_run_id, last_error "
                     "FROM lakehouse.file_ledger WHERE bucket = %s ORDER BY ledger_id",
                     (bucket,),
                 )

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from datetime import datetime, timezone
 
 from lakehouse.invoker.core import Invoker, file_dag_run_id, scheduled_dag_run_id
@@ -60,6 +61,8 @@ def test_airflow_down_keeps_event_pending_until_retry(invoker: Invoker, airflow,
     assert outcome.status == "pending"
     assert ledger_rows()[0]["status"] == "pending" and "connection refused" in ledger_rows()[0]["last_error"]
     airflow.down = False
+    assert [o for o in invoker.retry_pending() if o.bucket == bucket] == []  # backoff not yet over
+    time.sleep(0.3)
     retried = [o for o in invoker.retry_pending() if o.bucket == bucket]
     assert [o.status for o in retried] == ["created"]
     (row,) = ledger_rows()
@@ -72,6 +75,7 @@ def test_dag_not_parsed_yet_is_retried_not_failed(invoker: Invoker, airflow, buc
     (outcome,) = invoker.handle_object_event(event(bucket, "in/a.txt"))
     assert outcome.status == "pending" and "404" in outcome.detail
     airflow.missing_dags.clear()
+    time.sleep(0.3)
     invoker.retry_pending()
     assert ledger_rows()[0]["status"] == "triggered"
 

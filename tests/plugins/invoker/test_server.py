@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import json
 import threading
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -13,18 +14,24 @@ import requests
 from lakehouse.invoker.core import Invoker
 from lakehouse.invoker.server import MAX_BODY_BYTES, InvokerServer
 
+from .conftest import catalogue_for
+
 TOKEN = "s3cr3t-token"
 SAMPLES = Path(__file__).parent / "samples"
 
 
+def serve(invoker: Invoker, workers: int, retry_interval: float = 3600) -> tuple[InvokerServer, str]:
+    srv = InvokerServer(("127.0.0.1", 0), invoker, TOKEN, retry_interval=retry_interval, dispatch_workers=workers)
+    threading.Thread(target=srv.serve, daemon=True).start()
+    return srv, f"http://127.0.0.1:{srv.server_address[1]}"
+
+
 @pytest.fixture
 def server(invoker: Invoker) -> Iterator[str]:
-    srv = InvokerServer(("127.0.0.1", 0), invoker, TOKEN, retry_interval=3600)
-    thread = threading.Thread(target=srv.serve, daemon=True)
-    thread.start()
-    yield f"http://127.0.0.1:{srv.server_address[1]}"
-    srv.shutdown()
-    srv.server_close()
+    """Synchronous (0 dispatch workers): the answer carries Airflow's result, easy to assert on."""
+    srv, url = serve(invoker, workers=0)
+    yield url
+    srv.stop()
 
 
 def seaweed_event(bucket: str) -> dict:
@@ -64,3 +71,119 @@ def test_oversized_and_malformed_bodies_are_refused(server: str, airflow) -> Non
 
 def test_health(server: str) -> None:
     assert requests.get(f"{server}/healthz", timeout=5).json() == {"status": "ok"}
+
+
+def test_hmac_signature_is_an_alternative_to_the_bearer_token(server: str, airflow, bucket: str) -> None:
+    from lakehouse.invoker.server import SIGNATURE_HEADER, sign_body
+
+    body = json.dumps(seaweed_event(bucket)).encode()
+    good = requests.post(f"{server}/events/seaweedfs", data=body, timeout=10,
+                         headers={SIGNATURE_HEADER: sign_body(TOKEN, body)})
+    assert good.status_code == 200 and good.json()["outcomes"][0]["status"] == "created"
+    tampered = body.replace(b"in/a.txt", b"in/b.txt")
+    for headers in ({SIGNATURE_HEADER: sign_body(TOKEN, body)},          # signature of another body
+                    {SIGNATURE_HEADER: sign_body("other-secret", tampered)},
+                    {SIGNATURE_HEADER: "sha256=" + "0" * 64}):
+        refused = requests.post(f"{server}/events/seaweedfs", data=tampered, headers=headers, timeout=10)
+        assert refused.status_code == 401
+    assert len(airflow.runs) == 1
+
+
+def test_aws_shapes_share_one_route_and_one_run(server: str, airflow, bucket: str) -> None:
+    """The same object via SNS and via EventBridge on /events/s3: one run (exactly once across transports)."""
+    headers = {"Authorization": f"Bearer {TOKEN}"}
+    sns = json.loads((SAMPLES / "sns_lambda.json").read_text())
+    inner = json.loads(sns["Records"][0]["Sns"]["Message"])
+    inner["Records"][0]["s3"]["bucket"]["name"] = bucket
+    inner["Records"][0]["s3"]["object"]["key"] = "in/x+y.txt"
+    sns["Records"][0]["Sns"]["Message"] = json.dumps(inner)
+    eventbridge = json.loads((SAMPLES / "eventbridge_object_created.json").read_text())
+    eventbridge["detail"]["bucket"]["name"] = bucket
+    eventbridge["detail"]["object"]["key"] = "in/x+y.txt"
+    first = requests.post(f"{server}/events/s3", json=sns, headers=headers, timeout=10).json()["outcomes"]
+    second = requests.post(f"{server}/events/s3", json=eventbridge, headers=headers, timeout=10).json()["outcomes"]
+    assert [(o["status"], o["key"]) for o in first] == [("created", "in/x y.txt")]
+    assert [o["status"] for o in second] == ["duplicate"] and second[0]["dag_run_id"] == first[0]["dag_run_id"]
+    assert len(airflow.runs) == 1
+
+
+def test_dangerous_key_is_refused_with_a_clear_error(server: str, airflow, bucket: str) -> None:
+    payload = seaweed_event(bucket)
+    payload["key"] = f"/buckets/{bucket}/in/../../etc/passwd"
+    response = requests.post(f"{server}/events/seaweedfs", json=payload,
+                             headers={"Authorization": f"Bearer {TOKEN}"}, timeout=5)
+    assert response.status_code == 400 and "'..' segment" in response.json()["error"]
+    assert airflow.calls == 0
+
+
+def wait_until(condition: Callable[[], bool], what: str, timeout: float = 30) -> None:
+    """Poll a behaviour until it holds (the dispatchers work in the background)."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"not reached: {what}")
+        time.sleep(0.05)
+
+
+def test_dispatching_server_answers_once_stored_and_triggers_in_background(invoker: Invoker, airflow,
+                                                                          bucket: str, ledger_rows) -> None:
+    srv, url = serve(invoker, workers=4, retry_interval=0.2)
+    try:
+        headers = {"Authorization": f"Bearer {TOKEN}"}
+        answers = [requests.post(f"{url}/events/seaweedfs", json=seaweed_event(bucket), headers=headers,
+                                 timeout=10).json()["outcomes"][0] for _ in range(2)]
+        assert answers[0]["status"] == "accepted" and answers[0]["ledger_id"] == ledger_rows()[0]["ledger_id"]
+        wait_until(lambda: ledger_rows()[0]["status"] == "triggered", "the dispatcher triggered the run")
+        assert len(airflow.runs) == 1 and ledger_rows()[0]["deliveries"] == 2  # the second: counted, no new run
+    finally:
+        srv.stop()
+
+
+def test_airflow_down_does_not_slow_the_answer_and_the_outbox_drains(invoker: Invoker, airflow, bucket: str,
+                                                                     ledger_rows) -> None:
+    airflow.down = True
+    srv, url = serve(invoker, workers=4, retry_interval=0.2)
+    try:
+        headers = {"Authorization": f"Bearer {TOKEN}"}
+        for i in range(20):
+            payload = seaweed_event(bucket)
+            payload["key"] = f"/buckets/{bucket}/in/{i}.txt"
+            response = requests.post(f"{url}/events/seaweedfs", json=payload, headers=headers, timeout=10)
+            assert response.status_code == 200 and response.json()["outcomes"][0]["status"] == "accepted"
+        wait_until(lambda: all(r["attempts"] >= 1 or r["last_error"] for r in ledger_rows()), "every row tried")
+        assert {r["status"] for r in ledger_rows()} == {"pending"} and airflow.runs == {}
+        # the breaker: one outage costs a few calls, not one per event
+        assert airflow.calls < 20
+        airflow.down = False
+        wait_until(lambda: {r["status"] for r in ledger_rows()} == {"triggered"}, "the outbox drained")
+        assert len(airflow.runs) == 20
+    finally:
+        srv.stop()
+
+
+def test_rows_stranded_by_a_dead_server_are_triggered_by_the_next(pg, airflow, bucket: str, ledger_rows) -> None:
+    """Stored, answered, then the process goes away before any trigger call: the next server
+    (a new Invoker over the same ledger) takes the rows over once their lease has run out."""
+    catalogue = catalogue_for(bucket, ("inv_a", "in/*.txt"))
+    first = Invoker(pg.metadata_dsn, airflow, catalogue_loader=lambda: catalogue, lease_seconds=1)
+    srv, url = serve(first, workers=1)
+    srv._jobs.put = lambda job: None  # type: ignore[method-assign]  # the crash: queued jobs vanish
+    response = requests.post(f"{url}/events/seaweedfs", json=seaweed_event(bucket),
+                             headers={"Authorization": f"Bearer {TOKEN}"}, timeout=10)
+    assert response.json()["outcomes"][0]["status"] == "accepted"
+    srv.stop()
+    first.close()
+    assert [r["status"] for r in ledger_rows()] == ["pending"] and airflow.calls == 0
+    second = Invoker(pg.metadata_dsn, airflow, catalogue_loader=lambda: catalogue, lease_seconds=1)
+    srv, url = serve(second, workers=2, retry_interval=0.2)
+    try:
+        wait_until(lambda: ledger_rows()[0]["status"] == "triggered", "the next server triggered the row")
+        assert len(airflow.runs) == 1
+    finally:
+        srv.stop()
+        second.close()
+
+
+def test_empty_secret_is_refused_at_start(invoker: Invoker) -> None:
+    with pytest.raises(ValueError, match="LAKEHOUSE_INVOKER_TOKEN is empty"):
+        InvokerServer(("127.0.0.1", 0), invoker, "")
