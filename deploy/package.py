@@ -204,6 +204,15 @@ for name, value in sorted(settings.get("env", {{}}).items()):
 for name, (secret_arn, key) in sorted(settings.get("secrets", {{}}).items()):
     secret = json.loads(secrets.get_secret_value(SecretId=secret_arn)["SecretString"])
     print(f"export {{name}}={{shlex.quote(str(secret[key]))}}")
+# the Airflow UI's address, for the log links in failure alerts (the stack cannot pass it: MWAA
+# only knows it once created); best effort, an alert without a working link is still an alert
+env = settings.get("env", {{}})
+if "LAKEHOUSE_AIRFLOW_URL" not in env and env.get("LAKEHOUSE_MWAA_ENVIRONMENT"):
+    try:
+        host = boto3.client("mwaa").get_environment(Name=env["LAKEHOUSE_MWAA_ENVIRONMENT"])["Environment"]["WebserverUrl"]
+        print(f"export LAKEHOUSE_AIRFLOW_URL={{shlex.quote('https://' + host)}}")
+    except Exception as exc:  # noqa: BLE001
+        print(f"echo {{shlex.quote('lakehouse: no Airflow URL for alert links: ' + str(exc))}} >&2")
 PY
 )"
 """

@@ -13,6 +13,9 @@ schedule_expression    EventBridge schedule of that flow               ``cron(0 
 airflow_version        MWAA's Airflow version                          ``3.0.6``
 mwaa_webserver_access  ``PUBLIC_ONLY`` or ``PRIVATE_ONLY``             ``PUBLIC_ONLY``
 alert_email            e-mail subscribed to the alert topic            (none)
+lake_databases         Glue databases (Iceberg namespaces) jobs may    ``stage,presentation``
+                       write; the Glue role gets no other
+mwaa_environment_class ``mw1.micro`` ... ``mw1.2xlarge``               ``mw1.small``
 =====================  ==============================================  =====================
 """
 
@@ -45,6 +48,8 @@ def main() -> None:
         airflow_version=ctx("airflow_version", "3.0.6") or "",
         mwaa_webserver_access=ctx("mwaa_webserver_access", "PUBLIC_ONLY") or "",
         alert_email=ctx("alert_email", None),
+        lake_databases=tuple(d.strip() for d in (ctx("lake_databases", "stage,presentation") or "").split(",") if d.strip()),
+        mwaa_environment_class=ctx("mwaa_environment_class", "mw1.small") or "mw1.small",
     )
     LakehouseStack(app, ctx("stack_name", "Lakehouse") or "Lakehouse", props,
                    description="lakehouse: metadata-driven pipelines (S3, Lambda, MWAA, Glue, RDS, Redshift Serverless)")

@@ -71,6 +71,7 @@ class LakehouseProps:
     schedule_flow_id: str = "invoices"
     schedule_expression: str = "cron(0 6 * * ? *)"
     airflow_version: str = "3.0.6"
+    mwaa_environment_name: str = "lakehouse"
     mwaa_environment_class: str = "mw1.small"
     mwaa_webserver_access: str = "PUBLIC_ONLY"
     settings_parameter: str = "/lakehouse/settings"
@@ -86,6 +87,7 @@ class LakehouseStack(Stack):
     def __init__(self, scope: Construct, construct_id: str, props: LakehouseProps, **kwargs: object) -> None:
         super().__init__(scope, construct_id, **kwargs)
         self.props = props
+        self.mwaa_name = props.mwaa_environment_name
         for artifact in ("templates/lakehouse_jobs.zip", "mwaa/plugins.zip", "lambda/invoker.zip"):
             if not (props.dist_dir / artifact).is_file():
                 raise FileNotFoundError(f"{props.dist_dir / artifact} missing: run `make package` first")
@@ -280,6 +282,8 @@ class LakehouseStack(Stack):
             "LAKEHOUSE_RUNNER": "glue",
             "LAKEHOUSE_GLUE_ROLE_ARN": self.glue_role.role_arn,
             "LAKEHOUSE_ALERT_SNS_TOPIC_ARN": self.alerts.topic_arn,
+            # the startup script asks MWAA for its webserver URL (alert log links) by this name
+            "LAKEHOUSE_MWAA_ENVIRONMENT": self.mwaa_name,
         }
         #: variables whose value is a key of a secret: resolved at start, never stored in plain text
         self.settings_secrets: dict[str, tuple[secretsmanager.ISecret, str]] = {
@@ -295,7 +299,7 @@ class LakehouseStack(Stack):
         )
 
     def _mwaa(self) -> None:
-        name = "lakehouse"
+        name = self.mwaa_name
         env_arn = f"arn:{Aws.PARTITION}:airflow:{Aws.REGION}:{Aws.ACCOUNT_ID}:environment/{name}"
         role = iam.Role(
             self, "MwaaExecutionRole",
@@ -304,6 +308,8 @@ class LakehouseStack(Stack):
             description="MWAA execution role: Airflow itself plus the Glue runner")
         statements = [
             iam.PolicyStatement(sid="PublishMetrics", actions=["airflow:PublishMetrics"], resources=[env_arn]),
+            # startup.sh: the webserver URL for the log links of failure alerts
+            iam.PolicyStatement(sid="OwnEnvironment", actions=["airflow:GetEnvironment"], resources=[env_arn]),
             iam.PolicyStatement(sid="ReadSource", actions=["s3:GetObject*", "s3:GetBucket*", "s3:List*"],
                                 resources=[self.source.bucket_arn, self.source.arn_for_objects("*")]),
             iam.PolicyStatement(sid="AccountPublicAccessBlock", actions=["s3:GetAccountPublicAccessBlock"], resources=["*"]),
@@ -365,7 +371,6 @@ class LakehouseStack(Stack):
         # the role's policy (not the role: its ARN is referenced already) must exist before MWAA starts
         self.mwaa_env.node.add_dependency(role.node.find_child("DefaultPolicy"))
         self.env_arn = env_arn
-        self.mwaa_name = name
 
     def _lambdas(self) -> None:
         code = lambda_.Code.from_asset(str(self.props.dist_dir / "lambda" / "invoker.zip"))

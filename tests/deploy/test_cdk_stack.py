@@ -52,7 +52,8 @@ def cdk_out(tmp_path_factory: pytest.TempPathFactory, dist: Path) -> Path:
     env.update({"CDK_DISABLE_VERSION_CHECK": "1", "AWS_EC2_METADATA_DISABLED": "true"})
     result = subprocess.run(
         [str(CDK), "synth", "--quiet", "--no-notices", "--no-version-reporting", "--output", str(out),
-         "-c", f"dist_dir={dist}", "-c", "schedule_flow_id=orders", "-c", "schedule_expression=cron(15 4 * * ? *)"],
+         "-c", f"dist_dir={dist}", "-c", "schedule_flow_id=orders", "-c", "schedule_expression=cron(15 4 * * ? *)",
+         "-c", "lake_databases=stage,presentation,sales"],
         cwd=APP, env=env, capture_output=True, text=True, timeout=300,
     )
     assert result.returncode == 0, result.stderr[-4000:]
@@ -161,6 +162,9 @@ def test_glue_role_is_least_privilege(template: dict[str, Any]) -> None:
     glue = [s for s in found if s.get("Sid") == "LakeCatalog"][0]
     text = json.dumps(glue["Resource"])
     assert "database/stage" in text and "table/presentation/*" in text and "database/*" not in text
+    assert "database/sales" in text  # the lake_databases context value
+    databases = {d["Properties"]["DatabaseInput"]["Name"] for d in resources(template, "AWS::Glue::Database").values()}
+    assert databases == {"stage", "presentation", "sales"}
 
 
 def test_mwaa_environment_reads_the_packaged_bundle(template: dict[str, Any]) -> None:
@@ -178,7 +182,15 @@ def test_mwaa_environment_reads_the_packaged_bundle(template: dict[str, Any]) ->
     assert deployments and deployments[0] in env["DependsOn"]  # bundle uploaded before MWAA starts
     role_id = props["ExecutionRoleArn"]["Fn::GetAtt"][0]
     actions = {a for s in statements(template, role_id) for a in as_list(s["Action"])}
-    assert {"glue:CreateJob", "glue:StartJobRun", "glue:DeleteJob", "iam:PassRole", "sns:Publish"} <= actions
+    assert {"glue:CreateJob", "glue:StartJobRun", "glue:DeleteJob", "iam:PassRole", "sns:Publish",
+            "airflow:GetEnvironment", "ssm:GetParameter", "secretsmanager:GetSecretValue"} <= actions
+    # the startup script's settings: what lakehouse/config.py reads, secrets only by reference
+    known = set(re.findall(r'"(LAKEHOUSE_[A-Z0-9_]+)"', Path(lakehouse.config.__file__).read_text()))
+    _, parameter = only(template, "AWS::SSM::Parameter")
+    text = json.dumps(parameter["Properties"]["Value"])
+    names = set(re.findall(r"LAKEHOUSE_[A-Z0-9_]+", text))
+    assert names <= known and {"LAKEHOUSE_RUNNER", "LAKEHOUSE_GLUE_ROLE_ARN", "LAKEHOUSE_PG_PASSWORD"} <= names
+    assert "resolve:secretsmanager" not in text  # the startup script resolves the secret at start
 
 
 def test_metadata_warehouse_alerts_and_secrets(template: dict[str, Any]) -> None:

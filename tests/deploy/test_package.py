@@ -81,6 +81,7 @@ def test_mwaa_bundle_has_dags_plugins_requirements_and_startup(dist: Path, packa
         assert f"#   {provided}:" in requirements, f"{provided} is neither listed nor explained"
     startup = (mwaa / "startup.sh").read_text()
     assert startup.startswith("#!/bin/sh") and "/lakehouse/settings" in startup
+    assert "get_environment" in startup and "LAKEHOUSE_AIRFLOW_URL" in startup
     result = subprocess.run(["sh", "-n", str(mwaa / "startup.sh")], capture_output=True, text=True)
     assert result.returncode == 0, result.stderr
 
@@ -190,3 +191,40 @@ def test_lambda_zip_refuses_a_platform_lambda_cannot_load(packager: ModuleType) 
         packager.check_lambda_platform("Darwin", "arm64", (3, 11))
     with pytest.raises(SystemExit, match="Python 3.12"):
         packager.check_lambda_platform("Linux", "x86_64", (3, 12))
+
+
+def test_mwaa_startup_script_exports_settings_and_resolved_secrets(dist: Path, tmp_path: Path,
+                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    """startup.sh's Python part against moto (SSM, Secrets Manager, MWAA), then its output
+    evaluated by sh as MWAA does: every value arrives intact, quotes and spaces included."""
+    import contextlib
+    import io
+    import re as re_
+
+    import boto3
+    from moto import mock_aws
+
+    startup = (dist / "mwaa" / "startup.sh").read_text()
+    code = re_.search(r"<<'PY'\n(.*?)\nPY\n", startup, re_.S).group(1)
+    monkeypatch.setenv("AWS_DEFAULT_REGION", "eu-west-1")
+    for name in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"):
+        monkeypatch.setenv(name, "testing")
+    with mock_aws():
+        secret_arn = boto3.client("secretsmanager").create_secret(
+            Name="lakehouse/metadata-db", SecretString=json.dumps({"username": "lakehouse", "password": "p'a ss$x"}))["ARN"]
+        settings = {"env": {"LAKEHOUSE_RUNNER": "glue", "LAKEHOUSE_PG_HOST": "db.example.internal",
+                            "LAKEHOUSE_MWAA_ENVIRONMENT": "lakehouse"},
+                    "secrets": {"LAKEHOUSE_PG_PASSWORD": [secret_arn, "password"]}}
+        boto3.client("ssm").put_parameter(Name="/lakehouse/settings", Type="String", Value=json.dumps(settings))
+        out = io.StringIO()
+        monkeypatch.setattr(sys, "argv", ["-", "/lakehouse/settings"])
+        with contextlib.redirect_stdout(out):
+            exec(compile(code, "startup.sh", "exec"), {"__name__": "__main__"})
+    exports = out.getvalue()
+    script = tmp_path / "check.sh"
+    script.write_text(exports + 'printf "%s\\n" "$LAKEHOUSE_RUNNER" "$LAKEHOUSE_PG_HOST" "$LAKEHOUSE_PG_PASSWORD"\n')
+    result = subprocess.run(["sh", str(script)], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.splitlines() == ["glue", "db.example.internal", "p'a ss$x"]
+    # moto has no such MWAA environment: no URL, a message on stderr, and the start goes on
+    assert "LAKEHOUSE_AIRFLOW_URL" not in exports or "no Airflow URL" in exports
