@@ -10,8 +10,9 @@ valid DAGs from the same file.
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from datetime import datetime, timedelta, timezone
+from typing import Any
 
 from airflow.sdk import DAG, get_parsing_context
 
@@ -20,7 +21,7 @@ from lakehouse.flows import Catalogue, Flow, FlowProblem, Template, validate_flo
 from lakehouse.metadata.catalogue import load_catalogue
 from lakehouse.operators.template_task import TemplateTaskOperator
 
-__all__ = ["build_dags", "build_dag", "InvalidFlowsError", "INVALID_FLOWS_DAG_ID"]
+__all__ = ["build_dags", "build_dag", "airflow_dag_defaults", "InvalidFlowsError", "INVALID_FLOWS_DAG_ID"]
 
 log = logging.getLogger(__name__)
 
@@ -58,11 +59,29 @@ def _doc(flow: Flow) -> str:
     )
 
 
-def build_dag(flow: Flow, templates: dict[str, Template] | Catalogue) -> DAG:
+def airflow_dag_defaults() -> dict[str, Any]:
+    """Airflow's per-DAG defaults, read once per parse.
+
+    Left unset, every DAG reads them from Airflow's configuration itself: three config lookups per
+    DAG, about a sixth of the parse time at 1,000 flows. Reading them once keeps the same values.
+    """
+    from airflow.sdk.configuration import conf
+
+    return {
+        "max_active_tasks": conf.getint("core", "max_active_tasks_per_dag"),
+        "max_consecutive_failed_dag_runs": conf.getint("core", "max_consecutive_failed_dag_runs_per_dag"),
+        "disable_bundle_versioning": conf.getboolean("dag_processor", "disable_bundle_versioning"),
+    }
+
+
+def build_dag(
+    flow: Flow, templates: dict[str, Template] | Catalogue, dag_defaults: Mapping[str, Any] | None = None
+) -> DAG:
     """The DAG of one valid flow (call :func:`validate_flow` first)."""
     if isinstance(templates, Catalogue):
         templates = dict(templates.templates)
     dag = DAG(
+        **(dag_defaults or {}),
         dag_id=flow.effective_dag_id,
         description=(flow.description or f"lakehouse flow {flow.flow_id}")[:200],
         schedule=flow.schedule or None,
@@ -101,11 +120,14 @@ def _invalid_flows_dag(problems: Sequence[FlowProblem]) -> DAG:
 def build_dags(catalogue: Catalogue | None = None, settings: Settings | None = None) -> dict[str, DAG]:
     """Every valid active flow as a DAG, keyed by dag_id. A task run builds only its own DAG."""
     settings = settings or load_settings()
-    if catalogue is None:
-        catalogue = load_catalogue(settings.metadata_dsn, snapshot_path=settings.run_dir / "catalogue.json")
     only = get_parsing_context().dag_id
+    if catalogue is None:
+        catalogue = load_catalogue(settings.metadata_dsn, snapshot_path=settings.run_dir / "catalogue.json",
+                                   dag_id=only)
     dags: dict[str, DAG] = {}
     problems: list[FlowProblem] = []
+    dag_defaults = airflow_dag_defaults()
+    templates = dict(catalogue.templates)
     for flow in catalogue.flows.values():
         if not flow.is_active or (only is not None and flow.effective_dag_id != only):
             continue
@@ -113,7 +135,7 @@ def build_dags(catalogue: Catalogue | None = None, settings: Settings | None = N
         if found:
             problems.extend(found)
             continue
-        dags[flow.effective_dag_id] = build_dag(flow, dict(catalogue.templates))
+        dags[flow.effective_dag_id] = build_dag(flow, templates, dag_defaults)
     if problems:
         log.error("invalid flows: %s", "; ".join(map(str, problems)))
         dags[INVALID_FLOWS_DAG_ID] = _invalid_flows_dag(problems)

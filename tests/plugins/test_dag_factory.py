@@ -69,3 +69,12 @@ def test_task_run_parse_builds_only_its_own_dag(monkeypatch: pytest.MonkeyPatch)
     flows = {f: Flow(f, (FlowTask(f, "a", "t"),)) for f in ("one", "two", "three")}
     monkeypatch.setenv("_AIRFLOW_PARSING_CONTEXT_DAG_ID", "two")
     assert list(build_dags(Catalogue(flows, {"t": template}))) == ["two"]
+
+
+def test_airflow_config_still_sets_dag_defaults_read_once_per_parse(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The factory reads these once per parse for speed; a user's airflow.cfg must still win."""
+    monkeypatch.setenv("AIRFLOW__CORE__MAX_ACTIVE_TASKS_PER_DAG", "7")
+    monkeypatch.setenv("AIRFLOW__CORE__MAX_CONSECUTIVE_FAILED_DAG_RUNS_PER_DAG", "5")
+    template = Template("t", "t.py")
+    dag = build_dags(Catalogue({"cfg": Flow("cfg", (FlowTask("cfg", "a", "t"),))}, {"t": template}))["cfg"]
+    assert dag.max_active_tasks == 7 and dag.max_consecutive_failed_dag_runs == 5

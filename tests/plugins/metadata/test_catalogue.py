@@ -80,3 +80,15 @@ def test_unreachable_database_falls_back_to_last_snapshot(pg: Settings, two_flow
     assert "cat_two" in catalogue.flows
     with pytest.raises(psycopg2.OperationalError):
         load_catalogue(dead, snapshot_path=tmp_path / "missing.json")
+
+
+def test_task_run_reads_only_its_flow_and_keeps_the_full_snapshot(pg: Settings, two_flows, tmp_path: Path) -> None:
+    """A worker parses for one DAG: it must not pay for every flow, nor shrink the snapshot."""
+    snapshot = tmp_path / "snap.json"
+    load_catalogue(pg.metadata_dsn, snapshot_path=snapshot)
+    before = snapshot.read_text()
+    one = load_catalogue(pg.metadata_dsn, snapshot_path=snapshot, dag_id="cat_two")
+    assert list(one.flows) == ["cat_two"]
+    assert "stage_to_presentation" in one.templates
+    assert snapshot.read_text() == before
+    assert {"cat_one", "cat_two"} <= set(load_catalogue("postgresql://nobody@127.0.0.1:1/x", snapshot_path=snapshot).flows)
