@@ -102,6 +102,7 @@ def build_dag(
                 retries=task.retries,
                 retry_delay=timedelta(seconds=task.retry_delay_seconds),
                 execution_timeout=timedelta(seconds=task.timeout_seconds) if task.timeout_seconds else None,
+                **({"pool": task.pool} if task.pool else {}),
             )
             for task in flow.tasks
         }

@@ -99,6 +99,7 @@ class FlowTask:
     retries: int = 0
     retry_delay_seconds: int = 60
     timeout_seconds: int | None = None
+    pool: str | None = None  # an Airflow pool; None: Airflow's default_pool
 
     @classmethod
     def from_row(cls, row: Mapping[str, Any]) -> "FlowTask":
@@ -113,6 +114,7 @@ class FlowTask:
             retries=int(row.get("retries") or 0),
             retry_delay_seconds=int(row.get("retry_delay_seconds") or 0),
             timeout_seconds=row.get("timeout_seconds"),
+            pool=row.get("pool") or None,
         )
 
 
@@ -251,12 +253,34 @@ def _cycle(flow: Flow) -> list[str] | None:
     return None
 
 
+#: Schedules Airflow accepts besides five-field cron expressions.
+SCHEDULE_PRESETS = ("@once", "@continuous", "@hourly", "@daily", "@weekly", "@monthly", "@quarterly",
+                    "@yearly", "@annually")
+
+
+def schedule_problem(schedule: str) -> str | None:
+    """Why Airflow would refuse ``schedule``, or None; checked here so the row is named, not the file."""
+    from croniter import croniter  # Airflow's own cron parser
+
+    if schedule in SCHEDULE_PRESETS:
+        return None
+    if schedule.startswith("@"):
+        return f"unknown preset {schedule!r} (known: {', '.join(SCHEDULE_PRESETS)})"
+    if len(schedule.split()) != 5:
+        return f"expected a five-field cron expression or a preset, got {schedule!r}"
+    if not croniter.is_valid(schedule):
+        return f"invalid cron expression {schedule!r}"
+    return None
+
+
 def validate_flow(flow: Flow, templates: Mapping[str, Template]) -> list[FlowProblem]:
     """Every problem of one flow, so a user fixes them all in one go."""
     problems: list[FlowProblem] = []
     add = lambda where, msg: problems.append(FlowProblem(flow.flow_id, where, msg))  # noqa: E731
     if not flow.tasks:
         add("flow_tasks", "the flow has no tasks")
+    if flow.schedule and (why := schedule_problem(flow.schedule)) is not None:
+        add("flows.schedule", why)
     if flow.trigger_key_pattern and flow.trigger_pattern_syntax == "regex":
         try:
             re.compile(flow.trigger_key_pattern)

@@ -78,3 +78,11 @@ def test_airflow_config_still_sets_dag_defaults_read_once_per_parse(monkeypatch:
     template = Template("t", "t.py")
     dag = build_dags(Catalogue({"cfg": Flow("cfg", (FlowTask("cfg", "a", "t"),))}, {"t": template}))["cfg"]
     assert dag.max_active_tasks == 7 and dag.max_consecutive_failed_dag_runs == 5
+
+
+def test_task_pool_reaches_the_operator() -> None:
+    template = Template("t", "t.py")
+    flow = Flow("pooled", (FlowTask("pooled", "load", "t", pool="warehouse_loads"), FlowTask("pooled", "other", "t")))
+    dag = build_dags(Catalogue({"pooled": flow}, {"t": template}))["pooled"]
+    assert dag.task_dict["load"].pool == "warehouse_loads"
+    assert dag.task_dict["other"].pool == "default_pool"

@@ -143,3 +143,22 @@ def test_render_arguments_fills_defaults_placeholders_and_encodes_types() -> Non
 def test_file_placeholder_without_file_names_the_parameter() -> None:
     with pytest.raises(ValueError, match=r"flow_tasks\[a\]\.parameters\.source_uri.*needs a triggering file"):
         render_arguments(task(), TEMPLATES["load"], RunContext("f", "manual__1"))
+
+
+@pytest.mark.parametrize(
+    ("schedule", "expected"),
+    [
+        ("@daily", None),
+        ("15 4 * * 1-5", None),
+        ("@dayly", "unknown preset '@dayly'"),
+        ("61 * * * *", "invalid cron expression '61 * * * *'"),
+        ("0 4 * *", "expected a five-field cron expression or a preset, got '0 4 * *'"),
+    ],
+)
+def test_schedule_is_checked_like_airflow_does(schedule: str, expected: str | None) -> None:
+    found = messages(flow(task("a", 1), schedule=schedule))
+    if expected is None:
+        assert found == []
+    else:
+        (message,) = found
+        assert message.startswith("flow 'f': flows.schedule: " + expected)

@@ -1,7 +1,9 @@
 """The task-run audit: one row per task try, written at start and completed at the end.
 
 Written from the task itself (not from a callback), so the row exists even when the worker is
-killed afterwards; the row then stays ``running`` with its start time, which is itself evidence.
+killed afterwards. The task closes its own row on success, failure, timeout and termination; a
+try killed too hard to do so (SIGKILL, lost heartbeat) is closed as ``killed`` by Airflow's failure
+callback, which the scheduler runs for such tries as well.
 """
 
 from __future__ import annotations
@@ -11,7 +13,7 @@ from typing import Any
 
 import psycopg2
 
-__all__ = ["start_task_run", "finish_task_run"]
+__all__ = ["start_task_run", "finish_task_run", "close_unfinished_task_run"]
 
 
 def start_task_run(
@@ -77,5 +79,23 @@ def finish_task_run(
                     task_run_id,
                 ),
             )
+    finally:
+        conn.close()
+
+
+def close_unfinished_task_run(
+    dsn: str, *, dag_id: str, dag_run_id: str, task_id: str, try_number: int, error: str
+) -> bool:
+    """Mark a try still ``running`` as ``killed``; a row the task closed itself is left as is."""
+    conn = psycopg2.connect(dsn)
+    try:
+        with conn, conn.cursor() as cur:
+            cur.execute(
+                """UPDATE lakehouse.task_runs SET status = 'killed', ended_at = now(), error = %s
+                   WHERE dag_id = %s AND dag_run_id = %s AND task_id = %s AND try_number = %s
+                     AND status = 'running'""",
+                (error[:8000], dag_id, dag_run_id, task_id, try_number),
+            )
+            return cur.rowcount > 0
     finally:
         conn.close()

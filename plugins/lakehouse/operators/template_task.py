@@ -8,10 +8,11 @@ from typing import Any
 from urllib.parse import quote
 
 from airflow.sdk import BaseOperator
+from airflow.sdk.exceptions import AirflowTaskTerminated, AirflowTaskTimeout
 
 from lakehouse.config import load_settings
 from lakehouse.flows import FileRef, FlowTask, RunContext, Template, render_arguments
-from lakehouse.metadata.audit import finish_task_run, start_task_run
+from lakehouse.metadata.audit import close_unfinished_task_run, finish_task_run, start_task_run
 from lakehouse.notifications import TaskFailure, notify_failure
 from lakehouse.runners import JobFailedError, JobRequest, get_runner
 
@@ -54,14 +55,22 @@ def on_task_failure(context: Any) -> None:
     flow_id = getattr(task, "flow_id", ti.dag_id)
     run = run_context_from_airflow(flow_id, context)
     error = context.get("exception")
+    error_text = f"{type(error).__name__}: {error}" if error else "task failed (no exception recorded)"
+    settings = load_settings()
+    # A try that died without closing its own row (SIGKILL, lost heartbeat) is closed here: the
+    # scheduler runs this callback for such tries too.
+    close_unfinished_task_run(
+        settings.metadata_dsn, dag_id=ti.dag_id, dag_run_id=run.run_id, task_id=ti.task_id,
+        try_number=ti.try_number, error=error_text,
+    )
     notify_failure(
-        load_settings(),
+        settings,
         TaskFailure(
             flow_id=flow_id,
             task_id=ti.task_id,
             dag_id=ti.dag_id,
             dag_run_id=run.run_id,
-            error=f"{type(error).__name__}: {error}" if error else "task failed (no exception recorded)",
+            error=error_text,
             file_uri=run.file.uri if run.file else None,
             log_url=_log_url(ti.dag_id, run.run_id, ti.task_id, ti.try_number),
             alert_target=getattr(task, "alert_target", None),
@@ -124,9 +133,19 @@ class TemplateTaskOperator(BaseOperator):
             )
         except BaseException as exc:
             external = exc.external_run_id if isinstance(exc, JobFailedError) else None
+            status = (
+                "timeout" if isinstance(exc, (AirflowTaskTimeout, TimeoutError))
+                else "killed" if isinstance(exc, (AirflowTaskTerminated, KeyboardInterrupt))
+                else "failed"
+            )
+            if status == "timeout":
+                exc_text = f"timed out after {self.flow_task.timeout_seconds}s (flow_tasks.timeout_seconds)"
+                exc_text += f": {exc}" if str(exc) else ""
+            else:
+                exc_text = f"{type(exc).__name__}: {exc}"
             finish_task_run(
-                settings.metadata_dsn, audit_id, status="failed",
-                error=f"{type(exc).__name__}: {exc}", external_run_id=external,
+                settings.metadata_dsn, audit_id, status=status,
+                error=exc_text, external_run_id=external,
             )
             raise
         finish_task_run(

@@ -1,0 +1,139 @@
+"""The audit row of every try, whatever ends it, and one alert per failed task (not per try)."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from datetime import datetime, timezone
+from types import SimpleNamespace
+from typing import Any
+
+import psycopg2
+import pytest
+from airflow.sdk.execution_time.timeout import timeout as airflow_timeout
+
+from lakehouse.config import Settings
+from lakehouse.dag_factory import build_dag
+from lakehouse.flows import Flow, FlowTask, Template
+from lakehouse.metadata.audit import start_task_run
+from lakehouse.operators import template_task
+from lakehouse.runners import JobFailedError, JobRequest, JobResult
+
+TEMPLATE = Template("stage_to_presentation", "templates/stage_to_presentation.py")
+
+
+class ScriptedRunner:
+    """Stands in for spark-submit / Glue: the audit does not care how the job runs."""
+
+    name = "scripted"
+
+    def __init__(self, outcome: Any) -> None:
+        self.outcome = outcome
+        self.requests: list[JobRequest] = []
+
+    def run(self, request: JobRequest) -> JobResult:
+        self.requests.append(request)
+        if callable(self.outcome):
+            return self.outcome()
+        if isinstance(self.outcome, BaseException):
+            raise self.outcome
+        return JobResult(self.outcome, external_run_id="job-1")
+
+
+@pytest.fixture
+def operator() -> Iterator[template_task.TemplateTaskOperator]:
+    task = FlowTask("audit_flow", "build", TEMPLATE.template_id, {"sql": "select 1", "target_table": "p.t"},
+                    timeout_seconds=1, retries=1)
+    dag = build_dag(Flow("audit_flow", (task,)), {TEMPLATE.template_id: TEMPLATE})
+    yield dag.task_dict["build"]
+
+
+def context_for(op: template_task.TemplateTaskOperator, run_id: str, try_number: int = 1) -> dict[str, Any]:
+    dag_run = SimpleNamespace(run_id=run_id, conf={"file": {"bucket": "landing", "key": "a/b.csv", "etag": "e1"}},
+                              run_after=datetime(2026, 11, 23, tzinfo=timezone.utc))
+    ti = SimpleNamespace(dag_id=op.dag_id, task_id=op.task_id, try_number=try_number)
+    return {"dag_run": dag_run, "ti": ti, "task": op, "logical_date": None}
+
+
+def audit_rows(settings: Settings, run_id: str) -> list[tuple[Any, ...]]:
+    with psycopg2.connect(settings.metadata_dsn) as conn, conn.cursor() as cur:
+        cur.execute("SELECT try_number, status, rows_in, rows_out, rows_rejected, error, ended_at IS NOT NULL "
+                    "FROM lakehouse.task_runs WHERE dag_run_id = %s ORDER BY try_number", (run_id,))
+        rows = cur.fetchall()
+    conn.close()
+    return rows
+
+
+def notifications(settings: Settings, run_id: str) -> list[tuple[str, str, str]]:
+    with psycopg2.connect(settings.metadata_dsn) as conn, conn.cursor() as cur:
+        cur.execute("SELECT task_id, file_uri, error FROM lakehouse.notifications WHERE dag_run_id = %s", (run_id,))
+        rows = cur.fetchall()
+    conn.close()
+    return rows
+
+
+def use_runner(monkeypatch: pytest.MonkeyPatch, runner: ScriptedRunner) -> None:
+    monkeypatch.setattr(template_task, "get_runner", lambda settings: runner)
+
+
+def test_success_row_carries_the_counts(pg: Settings, operator, monkeypatch: pytest.MonkeyPatch) -> None:
+    runner = ScriptedRunner({"rows_in": 10, "rows_out": 9, "rows_rejected": 1})
+    use_runner(monkeypatch, runner)
+    assert operator.execute(context_for(operator, "run_ok"))["rows_out"] == 9
+    assert audit_rows(pg, "run_ok") == [(1, "success", 10, 9, 1, None, True)]
+    assert runner.requests[0].arguments["sql"] == "select 1"
+
+
+def test_failure_row_names_the_error(pg: Settings, operator, monkeypatch: pytest.MonkeyPatch) -> None:
+    use_runner(monkeypatch, ScriptedRunner(JobFailedError("AnalysisException: column amount not found")))
+    with pytest.raises(JobFailedError):
+        operator.execute(context_for(operator, "run_fail"))
+    ((try_number, status, *_, error, ended),) = audit_rows(pg, "run_fail")
+    assert (try_number, status, ended) == (1, "failed", True)
+    assert "column amount not found" in error
+
+
+def test_airflow_execution_timeout_is_recorded_as_timeout(pg: Settings, operator, monkeypatch) -> None:
+    """Airflow enforces timeout_seconds with SIGALRM inside execute(); the row must say so."""
+    use_runner(monkeypatch, ScriptedRunner(lambda: time.sleep(30)))
+    with pytest.raises(BaseException) as raised, airflow_timeout(1):
+        operator.execute(context_for(operator, "run_timeout"))
+    assert type(raised.value).__name__ == "AirflowTaskTimeout"
+    ((_, status, *_, error, ended),) = audit_rows(pg, "run_timeout")
+    assert (status, ended) == ("timeout", True)
+    assert "timed out after 1s (flow_tasks.timeout_seconds)" in error
+
+
+def test_killed_try_is_closed_by_the_failure_callback_with_one_alert(pg: Settings, operator) -> None:
+    """A SIGKILLed worker never reaches its own `finally`: the row it opened is closed as killed."""
+    context = context_for(operator, "run_killed")
+    start_task_run(pg.metadata_dsn, flow_id="audit_flow", task_id="build", template_id=TEMPLATE.template_id,
+                   dag_id=operator.dag_id, dag_run_id="run_killed", try_number=1, batch_id="run_killed",
+                   runner="scripted")
+    context["exception"] = None
+    template_task.on_task_failure(context)
+    ((_, status, *_, error, ended),) = audit_rows(pg, "run_killed")
+    assert (status, ended) == ("killed", True)
+    assert error == "task failed (no exception recorded)"
+    assert notifications(pg, "run_killed") == [("build", "s3://landing/a/b.csv", error)]
+
+
+def test_failure_callback_keeps_the_row_the_task_closed(pg: Settings, operator, monkeypatch) -> None:
+    use_runner(monkeypatch, ScriptedRunner(JobFailedError("boom")))
+    context = context_for(operator, "run_closed")
+    with pytest.raises(JobFailedError) as raised:
+        operator.execute(context)
+    context["exception"] = raised.value
+    template_task.on_task_failure(context)
+    ((_, status, *_),) = audit_rows(pg, "run_closed")
+    assert status == "failed"
+    ((task_id, file_uri, error),) = notifications(pg, "run_closed")
+    assert (task_id, file_uri) == ("build", "s3://landing/a/b.csv") and "JobFailedError: boom" in error
+
+
+def test_retries_do_not_alert_only_the_final_failure_does(operator) -> None:
+    """Airflow calls on_retry_callback for a try that will be retried and on_failure_callback once
+    the task has failed for good: the alert hangs on the latter only."""
+    assert operator.retries == 1
+    assert operator.on_failure_callback in (template_task.on_task_failure, [template_task.on_task_failure])
+    assert not operator.on_retry_callback
