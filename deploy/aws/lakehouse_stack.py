@@ -190,7 +190,9 @@ class LakehouseStack(Stack):
                 secret_string_template=Fn.to_json_string({
                     "engine": "redshift", "host": warehouse_host, "port": 5439,
                     "dbname": "warehouse", "username": "lakehouse_admin"}),
-                generate_string_key="password", exclude_punctuation=True, password_length=32),
+                # Redshift wants upper case, lower case and a digit, and refuses ' " \ / @ and spaces
+                generate_string_key="password", exclude_punctuation=True, require_each_included_type=True,
+                password_length=32),
         )
         namespace = redshift.CfnNamespace(
             self, "WarehouseNamespace", namespace_name="lakehouse", db_name="warehouse",
@@ -462,6 +464,8 @@ class LakehouseStack(Stack):
             "TemplatesUri": self.settings_env["LAKEHOUSE_TEMPLATES_URI"],
             "MwaaSourceBucket": self.source.bucket_name,
             "GlueRoleArn": self.glue_role.role_arn,
+            "GlueWarehouseConnection": "lakehouse-warehouse-network",
+            "WarehouseWorkgroup": self.workgroup.workgroup_name,
             "AlertTopicArn": self.alerts.topic_arn,
             "MetadataDbEndpoint": self.db.db_instance_endpoint_address,
             "MetadataDbSecretArn": self.db_secret.secret_arn,

@@ -206,7 +206,9 @@ def test_metadata_warehouse_alerts_and_secrets(template: dict[str, Any]) -> None
     names = {json.dumps(s["Properties"].get("Name")) for s in resources(template, "AWS::SecretsManager::Secret").values()}
     assert names == {'"lakehouse/metadata-db"', '"lakehouse/warehouse"'}
     _, warehouse = only(template, "AWS::SecretsManager::Secret", "WarehouseSecret")
-    shape = json.dumps(warehouse["Properties"]["GenerateSecretString"])
+    generate = warehouse["Properties"]["GenerateSecretString"]
+    assert generate["RequireEachIncludedType"] is True and generate["ExcludePunctuation"] is True  # Redshift's rules
+    shape = json.dumps(generate)
     for key in ("host", "port", "dbname", "username"):  # what lakehouse_jobs.warehouse needs
         assert f'\\"{key}\\"' in shape
 
