@@ -360,3 +360,19 @@ def test_docker_compose_config_validates(tmp_path: Path, dot_env: dict[str, str]
     for name, service in resolved["services"].items():
         ours = {k: str(v) for k, v in (service.get("environment") or {}).items()}
         assert {k: str(v) for k, v in theirs[name].get("environment", {}).items()} == ours, name
+
+
+def test_airflow_init_writes_the_login_file_for_any_password(compose: dict, tmp_path: Path) -> None:
+    """The init job's first step, run here with bash as the container would: quotes, `$` and
+    backslashes in the password survive into the JSON file Airflow's auth manager reads."""
+    import json
+
+    script = compose["services"]["airflow-init"]["command"][2]
+    first_step = script.split(" && airflow db migrate")[0].replace("/opt/lakehouse/var", str(tmp_path))
+    password = "pa\"ss'w$rd\\x"
+    env = {"PATH": os.environ["PATH"], "LAKEHOUSE_AIRFLOW_USERNAME": "admin", "LAKEHOUSE_AIRFLOW_PASSWORD": password,
+           "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_PASSWORDS_FILE": str(tmp_path / "airflow" / "passwords.json")}
+    result = subprocess.run(["bash", "-c", first_step], env=env, capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    assert json.loads((tmp_path / "airflow" / "passwords.json").read_text()) == {"admin": password}
+    assert (tmp_path / "airflow" / "logs").is_dir()
