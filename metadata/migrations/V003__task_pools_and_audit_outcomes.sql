@@ -2,7 +2,7 @@
 
 -- An Airflow pool name limits how many tasks of this kind run at once across all flows
 -- (e.g. a pool of 2 for loads into one warehouse). NULL: Airflow's default_pool.
-ALTER TABLE lakehouse.flow_tasks ADD COLUMN pool text CHECK (pool ~ '^[A-Za-z0-9_.-]{1,256}$');
+ALTER TABLE lakehouse.flow_tasks ADD COLUMN pool text CHECK (pool ~ '^[A-Za-z0-9_.-]+$' AND length(pool) <= 256);
 
 -- 'timeout': the task's timeout_seconds elapsed; 'killed': the try ended without the task itself
 -- finishing its row (worker killed, heartbeat lost, SIGKILL); Airflow's failure callback, which
