@@ -465,7 +465,7 @@ class LakehouseStack(Stack):
             "MwaaSourceBucket": self.source.bucket_name,
             "GlueRoleArn": self.glue_role.role_arn,
             "GlueWarehouseConnection": "lakehouse-warehouse-network",
-            "WarehouseWorkgroup": self.workgroup.workgroup_name,
+            "WarehouseWorkgroupName": self.workgroup.workgroup_name,
             "AlertTopicArn": self.alerts.topic_arn,
             "MetadataDbEndpoint": self.db.db_instance_endpoint_address,
             "MetadataDbSecretArn": self.db_secret.secret_arn,

@@ -238,6 +238,12 @@ def test_metadata_schema_is_migrated_during_the_deployment(template: dict[str, A
     assert schema_id in env["DependsOn"]
 
 
+def test_outputs_name_what_the_post_deploy_steps_use(template: dict[str, Any]) -> None:
+    outputs = set(template["Outputs"])
+    assert {"LandingBucket", "MetadataAdminFunction", "WarehouseSecretArn", "WarehouseWorkgroupName",
+            "AirflowUiUrl", "AlertTopicArn", "GlueWarehouseConnection"} <= outputs
+
+
 def test_cfn_lint_finds_no_errors(cdk_out: Path) -> None:
     result = subprocess.run([str(CFN_LINT), "--format", "json", str(cdk_out / "Lakehouse.template.json")],
                             capture_output=True, text=True, timeout=300)
