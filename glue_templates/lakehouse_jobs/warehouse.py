@@ -10,7 +10,6 @@ table's lock during the swap resumes on the new table: it sees the old rows or t
 from __future__ import annotations
 
 import hashlib
-import json
 import os
 import re
 from collections.abc import Iterator, Sequence
@@ -21,6 +20,7 @@ from typing import Any
 from pyspark.sql import DataFrame, SparkSession
 
 from lakehouse_jobs.identifiers import TableName, quote_postgres, validate_identifier
+from lakehouse_jobs.secrets import read_secret
 
 __all__ = ["WarehouseConnection", "connection_from_env", "connection_from_secret", "load_atomically", "staging_table_name"]
 
@@ -52,12 +52,9 @@ def connection_from_env(environ: dict[str, str] | None = None) -> WarehouseConne
 
 
 def connection_from_secret(secret_id: str, client: Any = None) -> WarehouseConnection:
-    """AWS: a Secrets Manager secret in the RDS/Redshift shape ``{host, port, dbname, username, password}``."""
-    if client is None:
-        import boto3
-
-        client = boto3.client("secretsmanager")
-    secret = json.loads(client.get_secret_value(SecretId=secret_id)["SecretString"])
+    """A secret in the RDS/Redshift shape ``{host, port, dbname, username, password}``: handed over
+    by the local runner (an Airflow connection) or read from AWS Secrets Manager (Glue)."""
+    secret = read_secret(secret_id, client)
     missing = [k for k in ("host", "username", "password") if not secret.get(k)]
     if missing:
         raise ValueError(f"secret {secret_id} lacks {missing}; it needs host, port, dbname, username, password")

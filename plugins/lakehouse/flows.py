@@ -14,6 +14,8 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from lakehouse.secrets import literal_secret_problems
+
 __all__ = [
     "ParameterSpec",
     "Template",
@@ -306,6 +308,8 @@ def validate_flow(flow: Flow, templates: Mapping[str, Template]) -> list[FlowPro
                 add(where, f"template {template.template_id!r} has no parameter {name!r} (known: {known})")
             elif (why := _check_value(spec, value)) is not None:
                 add(where, why)
+            for path, why in literal_secret_problems({name: value}):
+                add(f"{row}.parameters.{path}", why)
             problems.extend(_placeholder_problems(flow.flow_id, where, value))
         for spec in template.parameters:
             if spec.required and spec.name not in task.parameters:

@@ -15,6 +15,7 @@ from lakehouse.flows import FileRef, FlowTask, RunContext, Template, render_argu
 from lakehouse.metadata.audit import close_unfinished_task_run, finish_task_run, start_task_run
 from lakehouse.notifications import TaskFailure, notify_failure
 from lakehouse.runners import JobFailedError, JobRequest, get_runner
+from lakehouse.secrets import SECRET_PARAMETER, redact, resolve_connection_secret, secret_values
 
 __all__ = ["TemplateTaskOperator", "run_context_from_airflow", "on_task_failure"]
 
@@ -56,6 +57,7 @@ def on_task_failure(context: Any) -> None:
     run = run_context_from_airflow(flow_id, context)
     error = context.get("exception")
     error_text = f"{type(error).__name__}: {error}" if error else "task failed (no exception recorded)"
+    error_text = redact(error_text, getattr(task, "secret_values", ())) or error_text
     settings = load_settings()
     # A try that died without closing its own row (SIGKILL, lost heartbeat) is closed here: the
     # scheduler runs this callback for such tries too.
@@ -98,6 +100,18 @@ class TemplateTaskOperator(BaseOperator):
         self.flow_id = flow_task.flow_id
         self.template_id = template.template_id
         self.alert_target = alert_target
+        #: values to scrub from audit and alert texts (filled when the task resolves its secret)
+        self.secret_values: list[str] = []
+
+    def _resolve_secrets(self, runner_name: str, arguments: dict[str, str]) -> dict[str, dict[str, Any]]:
+        """Local runs get the Airflow connection named by ``secret_id``; Glue jobs read Secrets
+        Manager with their own role, so nothing is resolved (or exposed) here for them."""
+        secret_id = arguments.get(SECRET_PARAMETER)
+        if not secret_id or runner_name != "local":
+            return {}
+        secret = resolve_connection_secret(secret_id)
+        self.secret_values = secret_values([secret])
+        return {secret_id: secret}
 
     def execute(self, context: Any) -> dict[str, Any]:
         settings = load_settings()
@@ -117,6 +131,7 @@ class TemplateTaskOperator(BaseOperator):
         )
         try:
             arguments = render_arguments(self.flow_task, self.template, run)
+            secrets = self._resolve_secrets(runner.name, arguments)
             self.log.info("running template %s with %s", self.template_id, arguments)
             result = runner.run(
                 JobRequest(
@@ -129,6 +144,7 @@ class TemplateTaskOperator(BaseOperator):
                     batch_time=run.batch_time,
                     arguments=arguments,
                     timeout_seconds=self.flow_task.timeout_seconds,
+                    secrets=secrets,
                 )
             )
         except BaseException as exc:
@@ -145,7 +161,7 @@ class TemplateTaskOperator(BaseOperator):
                 exc_text = f"{type(exc).__name__}: {exc}"
             finish_task_run(
                 settings.metadata_dsn, audit_id, status=status,
-                error=exc_text, external_run_id=external,
+                error=redact(exc_text, self.secret_values), external_run_id=external,
             )
             raise
         finish_task_run(

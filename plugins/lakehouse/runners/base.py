@@ -22,6 +22,9 @@ class JobRequest:
     arguments: dict[str, str] = field(default_factory=dict)  # the task's rendered parameters
     batch_time: str = ""  # ISO time of the batch, stable across re-runs (lineage and default sequence)
     timeout_seconds: int | None = None
+    #: resolved task secrets by id (local runs only; Glue jobs read Secrets Manager themselves);
+    #: passed to the job through its environment, never its arguments, and never printed
+    secrets: dict[str, dict[str, Any]] = field(default_factory=dict, repr=False)
 
 
 @dataclass(frozen=True)

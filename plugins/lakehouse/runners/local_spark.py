@@ -7,6 +7,7 @@ a timeout or a killed task takes the whole JVM with it.
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -16,6 +17,7 @@ import time
 import uuid
 from collections import deque
 from pathlib import Path
+from typing import Any
 
 from lakehouse.config import Settings
 from lakehouse.runners.base import JobFailedError, JobRequest, JobResult, job_arguments, parse_metrics
@@ -42,8 +44,10 @@ class LocalSparkRunner:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
 
-    def job_environment(self) -> dict[str, str]:
-        """What a job needs besides its arguments: S3 access for landing, the warehouse login."""
+    def job_environment(self, secrets: dict[str, dict[str, Any]] | None = None) -> dict[str, str]:
+        """What a job needs besides its arguments: S3 access for landing, the warehouse login, and
+        the task's resolved secrets (``LAKEHOUSE_SECRETS_JSON``: not on the command line, which any
+        local user can read with ``ps``)."""
         s = self.settings
         env = dict(os.environ)
         env.update(
@@ -59,6 +63,9 @@ class LocalSparkRunner:
                 "LAKEHOUSE_WAREHOUSE_PASSWORD": s.pg_password,
             }
         )
+        env.pop("LAKEHOUSE_SECRETS_JSON", None)
+        if secrets:
+            env["LAKEHOUSE_SECRETS_JSON"] = json.dumps(secrets)
         return env
 
     def command(self, request: JobRequest, properties_file: Path, metrics_file: Path) -> list[str]:
@@ -95,7 +102,7 @@ class LocalSparkRunner:
         tail: deque[str] = deque(maxlen=60)
         proc = subprocess.Popen(
             argv,
-            env=self.job_environment(),
+            env=self.job_environment(request.secrets),
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
             text=True,

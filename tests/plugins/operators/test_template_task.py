@@ -14,12 +14,12 @@ from airflow.sdk.execution_time.timeout import timeout as airflow_timeout
 
 from lakehouse.config import Settings
 from lakehouse.dag_factory import build_dag
-from lakehouse.flows import Flow, FlowTask, Template
+from lakehouse.flows import Flow, FlowTask, ParameterSpec, Template
 from lakehouse.metadata.audit import start_task_run
 from lakehouse.operators import template_task
 from lakehouse.runners import JobFailedError, JobRequest, JobResult
 
-TEMPLATE = Template("stage_to_presentation", "templates/stage_to_presentation.py")
+TEMPLATE = Template("stage_to_presentation", "stage_to_presentation.py")
 
 
 class ScriptedRunner:
@@ -137,3 +137,28 @@ def test_retries_do_not_alert_only_the_final_failure_does(operator) -> None:
     assert operator.retries == 1
     assert operator.on_failure_callback in (template_task.on_task_failure, [template_task.on_task_failure])
     assert not operator.on_retry_callback
+
+
+def test_secret_reaches_the_job_out_of_band_and_never_the_audit(pg: Settings, monkeypatch) -> None:
+    """secret_id names an Airflow connection locally; its password goes to the job's environment,
+    not its arguments, and a job that echoes it has it scrubbed from the audit row and the alert."""
+    monkeypatch.setenv("AIRFLOW_CONN_SHOP_LOGIN", "postgresql://loader:pw-9f8e7d@db.internal:5432/shop")
+    template = Template("presentation_to_warehouse", "presentation_to_warehouse.py",
+                        parameters=(ParameterSpec("source_table"), ParameterSpec("secret_id")))
+    task = FlowTask("audit_flow", "load", template.template_id, {"source_table": "p.t", "secret_id": "shop_login"})
+    op = build_dag(Flow("audit_flow", (task,)), {template.template_id: template}).task_dict["load"]
+    runner = ScriptedRunner(JobFailedError("FATAL: password authentication failed for loader/pw-9f8e7d"))
+    runner.name = "local"
+    use_runner(monkeypatch, runner)
+    context = context_for(op, "run_secret")
+    with pytest.raises(JobFailedError) as raised:
+        op.execute(context)
+    (request,) = runner.requests
+    assert request.secrets["shop_login"]["password"] == "pw-9f8e7d"
+    assert "pw-9f8e7d" not in repr(request) and "pw-9f8e7d" not in str(request.arguments)
+    context["exception"] = raised.value
+    template_task.on_task_failure(context)
+    ((_, status, *_, error, _),) = audit_rows(pg, "run_secret")
+    assert status == "failed" and "loader/***" in error and "pw-9f8e7d" not in error
+    ((_, _, alert),) = notifications(pg, "run_secret")
+    assert "pw-9f8e7d" not in alert and "***" in alert

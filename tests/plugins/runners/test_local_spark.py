@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from collections import deque
 from pathlib import Path
 
@@ -37,3 +38,14 @@ def test_error_summary_leads_with_the_jobs_exception() -> None:
     tail = deque(["INFO starting", "Traceback (most recent call last):", '  File "x.py"',
                   "ValueError: column amount: 'abc' is not decimal(12,2)", "INFO shutdown"])
     assert _error_summary(tail, 1).splitlines()[0] == "ValueError: column amount: 'abc' is not decimal(12,2)"
+
+
+def test_task_secrets_go_to_the_environment_not_the_command(settings: Settings, tmp_path: Path) -> None:
+    runner = LocalSparkRunner(settings)
+    secrets = {"shop_login": {"host": "db", "username": "loader", "password": "pw-4c3b2a"}}
+    request = JobRequest("f", "t", "stage_to_presentation", "stage_to_presentation.py", "run_1", "run_1",
+                         {"secret_id": "shop_login"}, secrets=secrets)
+    argv = runner.command(request, tmp_path / "p.conf", tmp_path / "m.json")
+    assert "pw-4c3b2a" not in " ".join(argv) and "pw-4c3b2a" not in repr(request)
+    assert json.loads(runner.job_environment(request.secrets)["LAKEHOUSE_SECRETS_JSON"]) == secrets
+    assert "LAKEHOUSE_SECRETS_JSON" not in runner.job_environment()
