@@ -48,6 +48,7 @@ __all__ = [
     "apply_flow_document",
     "export_flow_document",
     "validate_stored_flows",
+    "stored_flow_problems",
 ]
 
 _FLOW_KEYS = {"flow_id", "dag_id", "description", "schedule", "trigger", "owner", "alert_target", "tags",
@@ -186,11 +187,15 @@ def _stored(dsn: str, flow_id: str | None) -> dict[str, Any]:
     conn = psycopg2.connect(dsn)
     try:
         with conn.cursor() as cur:
-            cur.execute(_STORED_FLOWS_QUERY, {"flow_id": flow_id})
-            (document,) = cur.fetchone()
-        return document
+            return _stored_with(cur, flow_id)
     finally:
         conn.close()
+
+
+def _stored_with(cur: Any, flow_id: str | None) -> dict[str, Any]:
+    cur.execute(_STORED_FLOWS_QUERY, {"flow_id": flow_id})
+    (document,) = cur.fetchone()
+    return document
 
 
 def apply_flow_document(dsn: str, document: Any, source: str = "<document>") -> Flow:
@@ -269,7 +274,17 @@ def export_flow_document(dsn: str, flow_id: str) -> str:
 
 def validate_stored_flows(dsn: str, flow_id: str | None = None) -> list[FlowProblem]:
     """Every problem of the stored flows (active or not) as the DAG factory would find them."""
-    document = _stored(dsn, flow_id)
+    conn = psycopg2.connect(dsn)
+    try:
+        with conn.cursor() as cur:
+            return stored_flow_problems(cur, flow_id)
+    finally:
+        conn.close()
+
+
+def stored_flow_problems(cur: Any, flow_id: str | None = None) -> list[FlowProblem]:
+    """:func:`validate_stored_flows` on an open cursor, so a migration can check inside its transaction."""
+    document = _stored_with(cur, flow_id)
     if flow_id is not None and not document["flows"]:
         return [FlowProblem(flow_id, "flows.flow_id", "no such flow")]
     catalogue = Catalogue.from_document(document)

@@ -10,14 +10,17 @@ from __future__ import annotations
 
 import hashlib
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import psycopg2
 
 from lakehouse.config import load_settings
+from lakehouse.flows import FlowProblem
 
-__all__ = ["Migration", "discover", "migrate"]
+__all__ = ["Migration", "discover", "migrate", "TemplateChangeBreaksFlowsError"]
 
 _VERSIONED = re.compile(r"^V(\d+)__([a-z0-9_]+)\.sql$")
 _REPEATABLE = re.compile(r"^R__([a-z0-9_]+)\.sql$")
@@ -69,6 +72,8 @@ def migrate(dsn: str, directory: Path | None = None) -> list[str]:
             )
             cur.execute("SELECT migration_key, checksum FROM lakehouse.schema_migrations")
             done = dict(cur.fetchall())
+            found = _flow_problems(cur)
+            before = None if found is None else {str(p) for p in found}
             for migration in discover(directory):
                 checksum = migration.checksum
                 if migration.key in done:
@@ -83,6 +88,36 @@ def migrate(dsn: str, directory: Path | None = None) -> list[str]:
                     (migration.key, checksum),
                 )
                 applied.append(migration.key)
+            if applied and before is not None:
+                broken = [p for p in _flow_problems(cur) or () if str(p) not in before]
+                if broken:  # raising rolls the whole migration back: the templates stay as they were
+                    raise TemplateChangeBreaksFlowsError(broken)
     finally:
         conn.close()
     return applied
+
+
+class TemplateChangeBreaksFlowsError(RuntimeError):
+    """A template change (usually ``R__template_catalogue.sql``) would make stored flows invalid.
+
+    Applying it would make their DAGs vanish at the next parse; instead nothing is applied and
+    every flow and field it would break is named, so the flows can be fixed (or pinned) first.
+    """
+
+    def __init__(self, problems: Sequence[FlowProblem]) -> None:
+        flows = sorted({p.flow_id for p in problems})
+        super().__init__(
+            f"migration not applied: it would break {len(flows)} flow(s) ({', '.join(flows)}): "
+            + "; ".join(str(p) for p in problems)
+        )
+        self.problems = list(problems)
+
+
+def _flow_problems(cur: Any) -> list[FlowProblem] | None:
+    """Problems of every stored flow, or None before the flow tables exist (a fresh database)."""
+    cur.execute("SELECT to_regclass('lakehouse.flow_tasks') IS NOT NULL AND to_regclass('lakehouse.templates') IS NOT NULL")
+    if not cur.fetchone()[0]:
+        return None
+    from lakehouse.metadata.flow_documents import stored_flow_problems
+
+    return stored_flow_problems(cur)
