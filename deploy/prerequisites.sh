@@ -34,6 +34,7 @@ need "Jackson annotations jar" libjackson2-annotations-java test -f /usr/share/j
 need "PostgreSQL JDBC driver jar" libpostgresql-jdbc-java test -f /usr/share/java/postgresql.jar
 need "Node.js 18 or newer (for the AWS CDK CLI)" nodejs node_18_or_newer
 need "npm" npm command -v npm
+need "docker-compose (make test validates docker-compose.yaml with it; no Docker engine needed)" docker-compose command -v docker-compose
 
 if [ ${#MISSING[@]} -eq 0 ]; then exit 0; fi
 

@@ -345,9 +345,15 @@ def test_published_ports_are_what_a_host_side_client_configures(compose: dict, m
         assert int(substitute(written, dot_env)) == host_port
 
 
-@pytest.mark.skipif(shutil.which("docker-compose") is None,
-                    reason="Debian's docker-compose is not installed (apt-get install docker-compose)")
+def test_build_context_leaves_local_state_out() -> None:
+    """The context is the repository root: a checkout's venv, lake and CDK output must not be sent."""
+    ignored = set((ROOT / ".dockerignore").read_text().split())
+    assert {".venv", "var", "dist", "**/node_modules", "**/cdk.out", ".env"} <= ignored
+
+
 def test_docker_compose_config_validates(tmp_path: Path, dot_env: dict[str, str], resolved: dict) -> None:
+    # deploy/prerequisites.sh (run by make setup) installs Debian's docker-compose: never skip
+    assert shutil.which("docker-compose"), "docker-compose missing: run `make setup` (deploy/prerequisites.sh)"
     env = tmp_path / "compose.env"
     env.write_text("".join(f"{k}={v}\n" for k, v in dot_env.items()))
     result = subprocess.run(
