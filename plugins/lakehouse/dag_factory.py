@@ -97,7 +97,7 @@ def build_dag(
         operators = {
             task.task_id: TemplateTaskOperator(
                 flow_task=task,
-                template=templates[task.template_id],
+                template=templates[task.template_key],
                 alert_target=flow.alert_target,
                 retries=task.retries,
                 retry_delay=timedelta(seconds=task.retry_delay_seconds),

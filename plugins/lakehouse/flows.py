@@ -102,6 +102,7 @@ class FlowTask:
     retry_delay_seconds: int = 60
     timeout_seconds: int | None = None
     pool: str | None = None  # an Airflow pool; None: Airflow's default_pool
+    template_version: int | None = None  # a pinned template version; None: the current one
 
     @classmethod
     def from_row(cls, row: Mapping[str, Any]) -> "FlowTask":
@@ -117,7 +118,13 @@ class FlowTask:
             retry_delay_seconds=int(row.get("retry_delay_seconds") or 0),
             timeout_seconds=row.get("timeout_seconds"),
             pool=row.get("pool") or None,
+            template_version=row.get("template_version"),
         )
+
+    @property
+    def template_key(self) -> str:
+        """Where the task's template sits in a catalogue's template mapping (see Catalogue)."""
+        return self.template_id if self.template_version is None else f"{self.template_id}@{self.template_version}"
 
 
 @dataclass(frozen=True)
@@ -184,7 +191,10 @@ class Catalogue:
 
     @classmethod
     def from_document(cls, document: Mapping[str, Any]) -> "Catalogue":
+        # current versions by id, and every recorded version as "id@version" for pinned tasks
         templates = {t["template_id"]: Template.from_row(t) for t in document.get("templates") or ()}
+        for t in document.get("template_versions") or ():
+            templates[f"{t['template_id']}@{t['version']}"] = Template.from_row(t)
         flows = {f["flow_id"]: Flow.from_row(f) for f in document.get("flows") or ()}
         return cls(flows=flows, templates=templates)
 
@@ -294,9 +304,13 @@ def validate_flow(flow: Flow, templates: Mapping[str, Template]) -> list[FlowPro
         for up in task.upstream or ():
             if up not in task_ids:
                 add(f"{row}.upstream", f"unknown upstream task {up!r}")
-        template = templates.get(task.template_id)
+        template = templates.get(task.template_key)
         if template is None:
-            add(f"{row}.template_id", f"unknown template {task.template_id!r}")
+            if task.template_version is not None and task.template_id in templates:
+                add(f"{row}.template_version", f"template {task.template_id!r} has no version "
+                    f"{task.template_version} (current: {templates[task.template_id].version})")
+            else:
+                add(f"{row}.template_id", f"unknown template {task.template_id!r}")
             continue
         for name, value in task.parameters.items():
             where = f"{row}.parameters.{name}"

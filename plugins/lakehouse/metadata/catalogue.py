@@ -33,7 +33,11 @@ SELECT json_build_object(
       FROM lakehouse.flows f
       WHERE f.is_active AND (%(dag_id)s::text IS NULL OR coalesce(f.dag_id, f.flow_id) = %(dag_id)s)),
     '[]'::json),
-  'templates', coalesce((SELECT json_agg(to_jsonb(t) ORDER BY t.template_id) FROM lakehouse.templates t), '[]'::json)
+  'templates', coalesce((SELECT json_agg(to_jsonb(t) ORDER BY t.template_id) FROM lakehouse.templates t), '[]'::json),
+  'template_versions', coalesce((
+      SELECT json_agg(to_jsonb(v) ORDER BY v.template_id, v.version) FROM lakehouse.template_versions v
+      WHERE EXISTS (SELECT 1 FROM lakehouse.flow_tasks t
+                    WHERE t.template_id = v.template_id AND t.template_version = v.version)), '[]'::json)
 )
 """
 

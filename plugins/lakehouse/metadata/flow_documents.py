@@ -20,6 +20,7 @@ Document shape (every key but ``flow_id`` and ``tasks`` optional; defaults as in
     tasks:
       - task_id: landing_to_raw
         template: landing_to_raw
+        template_version: 1        # omitted: always the template's current version
         upstream: []               # omitted: the previous task in the list
         retries: 0
         retry_delay_seconds: 60
@@ -54,7 +55,7 @@ __all__ = [
 _FLOW_KEYS = {"flow_id", "dag_id", "description", "schedule", "trigger", "owner", "alert_target", "tags",
               "max_active_runs", "active", "tasks"}
 _TRIGGER_KEYS = {"bucket", "key_pattern", "syntax", "multi_match"}
-_TASK_KEYS = {"task_id", "template", "upstream", "retries", "retry_delay_seconds", "timeout_seconds", "pool",
+_TASK_KEYS = {"task_id", "template", "template_version", "upstream", "retries", "retry_delay_seconds", "timeout_seconds", "pool",
               "parameters"}
 
 
@@ -137,6 +138,7 @@ def _to_rows(document: Any, source: str) -> _Rows:
             if not isinstance(raw.get(key), str) or not raw.get(key):
                 problems.append(f"{where}.{key}: required, a string")
         for key, kinds, what in (("upstream", list, "a list of task ids"), ("retries", int, "an integer"),
+                                 ("template_version", int, "a template version number"),
                                  ("retry_delay_seconds", int, "an integer"), ("timeout_seconds", int, "an integer"),
                                  ("pool", str, "a pool name"), ("parameters", dict, "a mapping")):
             _expect(problems, f"{where}.{key}", raw.get(key), kinds, what)
@@ -145,6 +147,7 @@ def _to_rows(document: Any, source: str) -> _Rows:
             "task_id": raw.get("task_id"),
             "task_order": index + 1,
             "template_id": raw.get("template"),
+            "template_version": raw.get("template_version"),
             "upstream": raw.get("upstream"),
             "parameters": dict(raw.get("parameters") or {}),
             "retries": raw.get("retries") or 0,
@@ -170,16 +173,17 @@ def read_flow_document(path: Path) -> Any:
         raise FlowDocumentError(str(path), [f"not valid YAML: {exc}"]) from exc
 
 
-_STORED_FLOWS_QUERY = """
-SELECT json_build_object(
+_STORED_FLOWS = """
   'flows', coalesce((
       SELECT json_agg(to_jsonb(f) || jsonb_build_object('tasks', coalesce((
                  SELECT jsonb_agg(to_jsonb(t) ORDER BY t.task_order, t.task_id)
                  FROM lakehouse.flow_tasks t WHERE t.flow_id = f.flow_id), '[]'::jsonb)) ORDER BY f.flow_id)
       FROM lakehouse.flows f WHERE %(flow_id)s::text IS NULL OR f.flow_id = %(flow_id)s), '[]'::json),
-  'templates', coalesce((SELECT json_agg(to_jsonb(t) ORDER BY t.template_id) FROM lakehouse.templates t), '[]'::json)
-)
-"""
+  'templates', coalesce((SELECT json_agg(to_jsonb(t) ORDER BY t.template_id) FROM lakehouse.templates t), '[]'::json)"""
+_PINNED_TEMPLATE_VERSIONS = """,
+  'template_versions', coalesce((
+      SELECT json_agg(to_jsonb(v) ORDER BY v.template_id, v.version) FROM lakehouse.template_versions v),
+    '[]'::json)"""  # every version: a document being applied may pin one no stored task uses yet
 
 
 def _stored(dsn: str, flow_id: str | None) -> dict[str, Any]:
@@ -193,7 +197,10 @@ def _stored(dsn: str, flow_id: str | None) -> dict[str, Any]:
 
 
 def _stored_with(cur: Any, flow_id: str | None) -> dict[str, Any]:
-    cur.execute(_STORED_FLOWS_QUERY, {"flow_id": flow_id})
+    cur.execute("SELECT to_regclass('lakehouse.template_versions') IS NOT NULL")
+    versioned = cur.fetchone()[0]  # false on a schema from before V004, met while migrating it
+    query = "SELECT json_build_object(" + _STORED_FLOWS + (_PINNED_TEMPLATE_VERSIONS if versioned else "") + ")"
+    cur.execute(query, {"flow_id": flow_id})
     (document,) = cur.fetchone()
     return document
 
@@ -220,10 +227,11 @@ def apply_flow_document(dsn: str, document: Any, source: str = "<document>") -> 
             cur.execute("DELETE FROM lakehouse.flow_tasks WHERE flow_id = %s", (flow.flow_id,))
             for task in rows.tasks:
                 cur.execute(
-                    """INSERT INTO lakehouse.flow_tasks (flow_id, task_id, task_order, template_id, upstream,
-                           parameters, retries, retry_delay_seconds, timeout_seconds, pool)
-                       VALUES (%(flow_id)s, %(task_id)s, %(task_order)s, %(template_id)s, %(upstream)s,
-                               %(parameters)s, %(retries)s, %(retry_delay_seconds)s, %(timeout_seconds)s, %(pool)s)""",
+                    """INSERT INTO lakehouse.flow_tasks (flow_id, task_id, task_order, template_id, template_version,
+                           upstream, parameters, retries, retry_delay_seconds, timeout_seconds, pool)
+                       VALUES (%(flow_id)s, %(task_id)s, %(task_order)s, %(template_id)s, %(template_version)s,
+                               %(upstream)s, %(parameters)s, %(retries)s, %(retry_delay_seconds)s,
+                               %(timeout_seconds)s, %(pool)s)""",
                     {**task, "parameters": json.dumps(task["parameters"])},
                 )
     except psycopg2.Error as exc:
@@ -261,6 +269,8 @@ def export_flow_document(dsn: str, flow_id: str) -> str:
     tasks = []
     for t in row["tasks"]:
         task: dict[str, Any] = {"task_id": t["task_id"], "template": t["template_id"]}
+        if t.get("template_version") is not None:
+            task["template_version"] = t["template_version"]
         if t.get("upstream") is not None:  # NULL (the previous task) stays implicit
             task["upstream"] = list(t["upstream"])
         for key, default in (("retries", 0), ("retry_delay_seconds", 60), ("timeout_seconds", None), ("pool", None)):

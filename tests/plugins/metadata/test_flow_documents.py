@@ -113,7 +113,7 @@ def test_structural_problems_name_the_field(clean: Settings) -> None:
         "trigger: bucket and key_pattern go together",
         "max_active_runs: expected an integer, got bool True",
         "tasks[a].colour: unknown key (known: parameters, pool, retries, retry_delay_seconds, task_id, "
-        "template, timeout_seconds, upstream)",
+        "template, template_version, timeout_seconds, upstream)",
         "tasks[a].retries: expected an integer, got str '3'",
     ]
 
@@ -151,4 +151,42 @@ def test_the_database_refuses_an_unknown_template_at_insert(clean: Settings) -> 
         with pytest.raises(psycopg2.errors.ForeignKeyViolation, match="template_id"):
             cur.execute("INSERT INTO lakehouse.flow_tasks (flow_id, task_id, template_id) "
                         "VALUES ('doc_fk', 'a', 'no_such_template')")
+    conn.close()
+
+
+def test_a_pinned_task_keeps_its_template_version_after_a_new_one_ships(clean: Settings) -> None:
+    """Version 2 of a template makes a new parameter required: the flow pinned to version 1 keeps
+    validating and running version 1's script; an unpinned flow would need the new parameter."""
+    from lakehouse.dag_factory import build_dags
+    from lakehouse.metadata.catalogue import load_catalogue
+
+    conn = psycopg2.connect(clean.metadata_dsn)
+    spec_v1 = '[{"name": "sql", "type": "str", "required": true}]'
+    spec_v2 = '[{"name": "sql", "type": "str", "required": true}, {"name": "mode", "type": "str", "required": true}]'
+    with conn, conn.cursor() as cur:
+        cur.execute("DELETE FROM lakehouse.templates WHERE template_id = 'doc_tpl'")
+        cur.execute("INSERT INTO lakehouse.templates (template_id, version, script_location, parameter_spec) "
+                    "VALUES ('doc_tpl', 1, 'doc_tpl_v1.py', %s)", (spec_v1,))
+    document = {"flow_id": "doc_pinned", "tasks": [
+        {"task_id": "a", "template": "doc_tpl", "template_version": 1, "parameters": {"sql": "select 1"}}]}
+    apply_flow_document(clean.metadata_dsn, document)
+    with conn, conn.cursor() as cur:
+        cur.execute("UPDATE lakehouse.templates SET version = 2, script_location = 'doc_tpl_v2.py', "
+                    "parameter_spec = %s WHERE template_id = 'doc_tpl'", (spec_v2,))
+    assert validate_stored_flows(clean.metadata_dsn, "doc_pinned") == []
+    dag = build_dags(load_catalogue(clean.metadata_dsn), clean)["doc_pinned"]
+    assert dag.task_dict["a"].template.script_location == "doc_tpl_v1.py"
+    assert "template_version: 1" in export_flow_document(clean.metadata_dsn, "doc_pinned")
+    unpinned = {**document, "flow_id": "doc_unpinned",
+                "tasks": [{"task_id": "a", "template": "doc_tpl", "parameters": {"sql": "select 1"}}]}
+    with pytest.raises(FlowDocumentError, match=r"parameters.mode: required by template 'doc_tpl'"):
+        apply_flow_document(clean.metadata_dsn, unpinned)
+    missing = {**document, "flow_id": "doc_pin7",
+               "tasks": [{"task_id": "a", "template": "doc_tpl", "template_version": 7, "parameters": {"sql": "x"}}]}
+    with pytest.raises(FlowDocumentError, match=r"flow_tasks\[a\].template_version: template 'doc_tpl' has no "
+                                                r"version 7 \(current: 2\)"):
+        apply_flow_document(clean.metadata_dsn, missing)
+    with conn, conn.cursor() as cur:
+        cur.execute("DELETE FROM lakehouse.flows WHERE flow_id = 'doc_pinned'")
+        cur.execute("DELETE FROM lakehouse.templates WHERE template_id = 'doc_tpl'")
     conn.close()
