@@ -265,6 +265,7 @@ def _cycle(flow: Flow) -> list[str] | None:
     return None
 
 
+_BUCKET_NAME = re.compile(r"[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]")
 #: Schedules Airflow accepts besides five-field cron expressions.
 SCHEDULE_PRESETS = ("@once", "@continuous", "@hourly", "@daily", "@weekly", "@monthly", "@quarterly",
                     "@yearly", "@annually")
@@ -298,6 +299,11 @@ def validate_flow(flow: Flow, templates: Mapping[str, Template]) -> list[FlowPro
             re.compile(flow.trigger_key_pattern)
         except re.error as exc:
             add("flows.trigger_key_pattern", f"invalid regex: {exc}")
+    if flow.trigger_key_pattern and flow.trigger_key_pattern.startswith(("/", "^/")):
+        add("flows.trigger_key_pattern", "S3 keys never start with '/': it would match nothing")
+    if flow.trigger_bucket and not _BUCKET_NAME.fullmatch(flow.trigger_bucket):
+        add("flows.trigger_bucket", f"{flow.trigger_bucket!r} is not a valid S3 bucket name "
+            "(3-63 characters: lower-case letters, digits, '.', '-')")
     task_ids = {t.task_id for t in flow.tasks}
     for task in flow.tasks:
         row = f"flow_tasks[{task.task_id}]"

@@ -162,3 +162,12 @@ def test_schedule_is_checked_like_airflow_does(schedule: str, expected: str | No
     else:
         (message,) = found
         assert message.startswith("flow 'f': flows.schedule: " + expected)
+
+
+def test_bad_trigger_bucket_and_leading_slash_are_named() -> None:
+    f = flow(task(), trigger_bucket="Landing_Zone", trigger_key_pattern="/orders/*.csv")
+    assert messages(f) == [
+        "flow 'f': flows.trigger_key_pattern: S3 keys never start with '/': it would match nothing",
+        "flow 'f': flows.trigger_bucket: 'Landing_Zone' is not a valid S3 bucket name "
+        "(3-63 characters: lower-case letters, digits, '.', '-')",
+    ]
