@@ -129,3 +129,33 @@ def test_invoice_files_reach_the_warehouse_with_history(stack: Settings, client:
     audit = scalar(stack.metadata_dsn, "SELECT count(*) FROM lakehouse.task_runs WHERE flow_id = 'invoices' "
                    "AND status = 'success'")
     assert audit == 8  # 4 tasks x 2 runs
+
+
+def test_a_failing_task_retries_then_alerts_once(stack: Settings, client: AirflowApiClient) -> None:
+    """A flow applied from a document appears in Airflow without a restart; its task fails, is
+    retried by Airflow, and only the final failure alerts, naming the error and the log of try 2."""
+    from lakehouse.metadata.flow_documents import apply_flow_document
+
+    apply_flow_document(stack.metadata_dsn, {
+        "flow_id": "e2e_failing", "tags": ["e2e"],
+        "tasks": [{"task_id": "build", "template": "stage_to_presentation", "retries": 1, "retry_delay_seconds": 1,
+                   "parameters": {"sql": "SELECT * FROM stage.no_such_table", "target_table": "presentation.never"}}],
+    })
+    wait_for_dag(client, "e2e_failing")
+    assert client.trigger_dag_run("e2e_failing", "manual__e2e_failing_1") == "created"
+    run = client.wait_for_dag_run("e2e_failing", "manual__e2e_failing_1", timeout=600)
+    assert run["state"] == "failed", run
+
+    conn = psycopg2.connect(stack.metadata_dsn)
+    with conn.cursor() as cur:
+        cur.execute("SELECT try_number, status, error FROM lakehouse.task_runs "
+                    "WHERE dag_run_id = 'manual__e2e_failing_1' ORDER BY try_number")
+        tries = cur.fetchall()
+        cur.execute("SELECT task_id, error, log_url FROM lakehouse.notifications "
+                    "WHERE dag_run_id = 'manual__e2e_failing_1'")
+        alerts = cur.fetchall()
+    conn.close()
+    assert [(n, status) for n, status, _ in tries] == [(1, "failed"), (2, "failed")]
+    assert all("no_such_table" in error for _, _, error in tries)
+    ((task_id, error, log_url),) = alerts
+    assert task_id == "build" and "no_such_table" in error and log_url.endswith("try_number=2")
