@@ -17,16 +17,18 @@ import pytest
 _TEST_HOME = Path(tempfile.mkdtemp(prefix="lakehouse-test-"))
 _TEST_HOME.chmod(0o755)  # the Postgres server runs as user postgres and must reach its data dir
 
-# LAKEHOUSE_TEST_PORT_OFFSET shifts every port, so two test sessions can run side by side
+# LAKEHOUSE_TEST_PORT_OFFSET shifts every port, so two test sessions can run side by side. The
+# ports (and SeaweedFS's gRPC ports, 10000 higher) stay below Linux's ephemeral range (32768+):
+# there, a client socket of any other process can hold the port for a moment and fail a start.
 _OFF = int(os.environ.get("LAKEHOUSE_TEST_PORT_OFFSET", "0"))
 os.environ.update(
     {
         "LAKEHOUSE_HOME": str(_TEST_HOME),
-        "LAKEHOUSE_PG_PORT": str(55433 + _OFF),
-        "LAKEHOUSE_SEAWEED_PORTS": ",".join(str(p + _OFF) for p in (41333, 41340, 41888, 41833, 41733, 41181)),
-        "LAKEHOUSE_S3_ENDPOINT_URL": f"http://127.0.0.1:{41833 + _OFF}",
-        "LAKEHOUSE_INVOKER_PORT": str(48765 + _OFF),
-        "LAKEHOUSE_AIRFLOW_PORT": str(48080 + _OFF),
+        "LAKEHOUSE_PG_PORT": str(25433 + _OFF),
+        "LAKEHOUSE_SEAWEED_PORTS": ",".join(str(p + _OFF) for p in (20333, 20340, 20888, 20833, 20733, 20181)),
+        "LAKEHOUSE_S3_ENDPOINT_URL": f"http://127.0.0.1:{20833 + _OFF}",
+        "LAKEHOUSE_INVOKER_PORT": str(28765 + _OFF),
+        "LAKEHOUSE_AIRFLOW_PORT": str(28080 + _OFF),
         "AIRFLOW_HOME": str(_TEST_HOME / "airflow"),
         "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
     }
