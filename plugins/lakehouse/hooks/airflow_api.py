@@ -120,8 +120,10 @@ class AirflowApiClient:
         if response.status_code != 200:
             raise AirflowApiError(response.status_code, response.text[:300])
 
-    def list_dag_runs(self, dag_id: str) -> list[dict[str, Any]]:
-        response = self._request("GET", f"/api/v2/dags/{quote(dag_id, safe='')}/dagRuns", params={"limit": 100})
+    def list_dag_runs(self, dag_id: str, limit: int = 100, offset: int = 0) -> list[dict[str, Any]]:
+        """One page of the DAG's runs, oldest first (Airflow's default order); 100 is the API's page cap."""
+        response = self._request("GET", f"/api/v2/dags/{quote(dag_id, safe='')}/dagRuns",
+                                 params={"limit": limit, "offset": offset})
         if response.status_code != 200:
             raise AirflowApiError(response.status_code, response.text[:300])
         return response.json()["dag_runs"]

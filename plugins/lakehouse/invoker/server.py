@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import itertools
 import json
 import logging
 import queue
@@ -56,7 +57,10 @@ class InvokerServer(ThreadingHTTPServer):
         self.invoker = invoker
         self.token = token
         self.dispatch_workers = dispatch_workers
-        self._jobs: queue.Queue[TriggerJob] = queue.Queue()
+        # live events before retries: after an outage, fresh files are not queued behind the
+        # backlog, which drains in the capacity they leave (ties: first in, first out)
+        self._jobs: queue.PriorityQueue[tuple[int, int, TriggerJob]] = queue.PriorityQueue()
+        self._sequence = itertools.count()
         self._stop = threading.Event()
         self._retry_interval = retry_interval
         self._workers = [threading.Thread(target=self._retry_loop, name="invoker-retry", daemon=True)]
@@ -81,9 +85,9 @@ class InvokerServer(ThreadingHTTPServer):
                 thread.join(timeout=15)
         self.server_close()
 
-    def submit(self, jobs: list[TriggerJob]) -> None:
+    def submit(self, jobs: list[TriggerJob], retry: bool = False) -> None:
         for job in jobs:
-            self._jobs.put(job)
+            self._jobs.put((1 if retry else 0, next(self._sequence), job))
 
     def handle_events(self, route: str, payload: dict[str, Any]) -> list[TriggerOutcome]:
         """Store, then dispatch in the background (or inline with 0 workers); raises if not stored."""
@@ -97,7 +101,7 @@ class InvokerServer(ThreadingHTTPServer):
     def _dispatch_loop(self) -> None:
         while not self._stop.is_set():
             try:
-                job = self._jobs.get(timeout=0.5)
+                _, _, job = self._jobs.get(timeout=0.5)
             except queue.Empty:
                 continue
             try:
@@ -125,7 +129,7 @@ class InvokerServer(ThreadingHTTPServer):
                     if self._jobs.qsize() > 2 * batch:
                         break  # the dispatchers are busy; claim more on the next tick
                     jobs = self.invoker.claim_due(limit=batch)
-                    self.submit(jobs)
+                    self.submit(jobs, retry=True)
                     if len(jobs) < batch:
                         break
             except Exception:  # keep retrying; the ledger keeps the rows

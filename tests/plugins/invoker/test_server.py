@@ -167,7 +167,7 @@ def test_rows_stranded_by_a_dead_server_are_triggered_by_the_next(pg, airflow, b
     catalogue = catalogue_for(bucket, ("inv_a", "in/*.txt"))
     first = Invoker(pg.metadata_dsn, airflow, catalogue_loader=lambda: catalogue, lease_seconds=1)
     srv, url = serve(first, workers=1)
-    srv._jobs.put = lambda job: None  # type: ignore[method-assign]  # the crash: queued jobs vanish
+    srv.submit = lambda jobs, retry=False: None  # type: ignore[method-assign]  # the crash: queued jobs vanish
     response = requests.post(f"{url}/events/seaweedfs", json=seaweed_event(bucket),
                              headers={"Authorization": f"Bearer {TOKEN}"}, timeout=10)
     assert response.json()["outcomes"][0]["status"] == "accepted"
