@@ -92,6 +92,10 @@ def check_key(key: str) -> None:
 _FOLDER_SUFFIXES = ("/", "_$folder$")
 
 
+#: Where SeaweedFS's S3 gateway keeps the parts of multipart uploads, inside the bucket.
+_SEAWEED_MULTIPART_FOLDER = ".uploads/"
+
+
 def _folder_marker(key: str, size: int | None) -> bool:
     return not size and key.endswith(_FOLDER_SUFFIXES)
 
@@ -164,6 +168,9 @@ def from_seaweedfs_webhook(payload: Mapping[str, Any]) -> list[ObjectEvent | Ign
     bucket, key = parts[2], parts[3]
     if bucket.startswith("."):
         return [IgnoredEvent("system entry", path)]
+    if key.startswith(_SEAWEED_MULTIPART_FOLDER):
+        # parts of an unfinished multipart upload; completing it creates the object itself
+        return [IgnoredEvent("multipart upload part", path)]
     attributes = entry.get("attributes") or {}
     extended = entry.get("extended") or {}
     etag = ""

@@ -48,6 +48,9 @@ def sign_body(secret: str, body: bytes) -> str:
 
 class InvokerServer(ThreadingHTTPServer):
     daemon_threads = True
+    # socketserver's default listen backlog is 5: SeaweedFS alone opens 20 webhook connections at
+    # once, and a full backlog makes the kernel reset new connections
+    request_queue_size = 256
 
     def __init__(self, address: tuple[str, int], invoker: Invoker, token: str, retry_interval: float = 1.0,
                  dispatch_workers: int = 8) -> None:

@@ -86,3 +86,15 @@ def test_seaweedfs_directories_and_system_entries_are_ignored() -> None:
     assert isinstance(system, IgnoredEvent)
     (deleted,) = from_seaweedfs_webhook({"event_type": "delete", "key": "/buckets/landing/a.txt"})
     assert isinstance(deleted, IgnoredEvent)
+
+
+def test_seaweedfs_multipart_parts_are_ignored_and_the_completed_object_counts() -> None:
+    """Captured from SeaweedFS 4.48: the parts of a multipart upload are created under the bucket's
+    ``.uploads/`` folder (one filer event each); completing the upload creates the object itself,
+    with the ETag S3 reports for it (``<md5 of part md5s>-<parts>``)."""
+    (part,) = from_seaweedfs_webhook(json.loads((SAMPLES / "seaweedfs_multipart_part.json").read_text()))
+    assert isinstance(part, IgnoredEvent) and part.reason == "multipart upload part"
+    (done,) = from_seaweedfs_webhook(json.loads((SAMPLES / "seaweedfs_multipart_complete.json").read_text()))
+    assert isinstance(done, ObjectEvent)
+    assert (done.bucket, done.key, done.size) == ("landing", "big/file one.bin", 5243880)
+    assert done.etag.endswith("-2") and len(done.etag) == 34
