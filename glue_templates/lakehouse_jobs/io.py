@@ -19,7 +19,8 @@ from urllib.parse import unquote, urlparse
 
 from pyspark.sql import SparkSession
 
-__all__ = ["STAGE_S3_CONF", "delete_path", "lake_path", "localize_input", "path_exists", "s3_client", "write_text"]
+__all__ = ["STAGE_S3_CONF", "delete_path", "file_head", "lake_path", "localize_input", "path_exists", "read_text",
+           "s3_client", "write_text"]
 
 STAGE_S3_CONF = "spark.lakehouse.stage_s3_through_boto3"
 _S3_SCHEMES = ("s3", "s3a", "s3n")
@@ -97,6 +98,49 @@ def write_text(uri: str, text: str) -> None:
     tmp = local.with_name(f".{local.name}.tmp")
     tmp.write_text(text, encoding="utf-8")
     tmp.replace(local)  # a reader polling for the file never sees half of it
+
+
+def read_text(uri: str) -> str | None:
+    """A small text object (schema, watermark, metrics) from a local path, ``file://`` or ``s3://``;
+    None when it does not exist."""
+    if urlparse(uri).scheme in _S3_SCHEMES:
+        bucket, key = _split_s3(uri)
+        client = s3_client()
+        try:
+            return client.get_object(Bucket=bucket, Key=key)["Body"].read().decode("utf-8")
+        except client.exceptions.NoSuchKey:
+            return None
+    local = _local_path(uri)
+    if local is None:
+        raise ValueError(f"cannot read {uri!r}: use a local path, file:// or s3:// URI")
+    return local.read_text(encoding="utf-8") if local.is_file() else None
+
+
+def file_head(uri: str, length: int = 65536, tail: int = 0) -> tuple[bytes, bytes, int]:
+    """``(first bytes, last bytes, size)`` of a file: enough to tell an empty, truncated or
+    wrong-format file before Spark reads it (local path, ``file://`` or ``s3://``)."""
+    if urlparse(uri).scheme in _S3_SCHEMES:
+        bucket, key = _split_s3(uri)
+        client = s3_client()
+        size = int(client.head_object(Bucket=bucket, Key=key)["ContentLength"])
+        if size == 0:
+            return b"", b"", 0
+        head = client.get_object(Bucket=bucket, Key=key, Range=f"bytes=0-{min(size, length) - 1}")["Body"].read()
+        end = b""
+        if tail:
+            end = client.get_object(Bucket=bucket, Key=key, Range=f"bytes=-{min(size, tail)}")["Body"].read()
+        return head, end, size
+    local = _local_path(uri)
+    if local is None:
+        raise ValueError(f"cannot read {uri!r}: use a local path, file:// or s3:// URI")
+    size = local.stat().st_size
+    with local.open("rb") as handle:
+        head = handle.read(length)
+        end = b""
+        if tail and size:
+            handle.seek(max(0, size - tail))
+            end = handle.read()
+    return head, end, size
 
 
 def _hadoop_path(spark: SparkSession, uri: str) -> tuple[Any, Any]:

@@ -1,106 +1,274 @@
-"""landing → raw: one landing file to parquet with lineage columns; bad lines kept as rejects.
+"""landing → raw: one landing file to parquet with lineage columns; bad records kept as rejects.
+
+Formats: ``csv`` (delimiter, quote, header or declared columns, encoding), ``json`` (one document:
+an array of objects or one object), ``jsonl`` (one object per line), ``parquet``, ``fixed_width``
+(declared widths) and ``regex`` (named groups); the text formats also gzip-compressed (a name ending
+in ``.gz``). JSON fields, nested ones included, become columns through ``--json_paths``.
 
 Output: ``{lake_uri}/raw/{dataset}/_batch_id={batch}/`` (parquet), replaced as a whole on each
 run of the batch so a re-run gives the same result. Each row carries ``_source_file``,
-``_batch_id``, ``_ingested_at`` and ``_line_number``. Lines that do not parse or cast go to
+``_batch_id``, ``_ingested_at`` and ``_line_number`` (for ``json`` the record's position in the
+array, for ``parquet`` the row's). Records that do not parse or cast go to
 ``{lake_uri}/rejects/{dataset}/_batch_id={batch}/`` (JSON lines, readable with any tool) with the
 reason. Rows and rejects are written before the reject-ratio check, so a failing run loses nothing.
+
+Schema: ``--schema`` (column → Spark SQL type) when given. Otherwise the dataset's stored schema
+``{lake_uri}/raw/{dataset}/_schema.json`` is applied and the file's columns are checked against it;
+the first run without either infers the types from the data and writes that file after the raw
+write, so every later file is checked against it (a value that no longer fits is a reject, a
+changed set of columns fails the run naming them).
 """
 
 from __future__ import annotations
 
+import json
 from collections.abc import Sequence
 from datetime import datetime, timezone
+from pathlib import PurePosixPath
 from typing import Any
+from urllib.parse import urlparse
 
+from py4j.protocol import Py4JJavaError
+from pyspark.errors import PySparkException
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
 from lakehouse_jobs import io
 from lakehouse_jobs.args import ArgSpec
-from lakehouse_jobs.identifiers import sanitize_batch_id, validate_identifier
+from lakehouse_jobs.identifiers import quote_spark, sanitize_batch_id, validate_identifier
 from lakehouse_jobs.job import run_template
 from lakehouse_jobs.landing import (
     REASON_COLUMN,
     cast_columns,
     check_java_regex,
     compile_line_regex,
+    decode_lines,
+    infer_types,
+    json_document_records,
+    json_path,
+    json_top_level_keys,
+    mark_invalid_utf8,
+    normalize_encoding,
     normalize_header,
     number_lines,
     parse_csv_lines,
+    parse_fixed_width_lines,
+    parse_json_lines,
     parse_regex_lines,
     parse_schema,
+    sniff_problem,
     split_header_line,
 )
 from lakehouse_jobs.metrics import JobFailure
 
-__all__ = ["SPEC", "main", "run"]
+__all__ = ["FORMATS", "SPEC", "main", "run"]
 
 TEMPLATE = "landing_to_raw"
+FORMATS = ("csv", "json", "jsonl", "parquet", "fixed_width", "regex")
 
 SPEC: tuple[ArgSpec, ...] = (
     ArgSpec("source_uri", required=True, description="the landing file: s3://bucket/key, file:// URI or path"),
     ArgSpec("dataset", required=True, description="raw dataset name"),
-    ArgSpec("format", required=True, description="csv | regex"),
+    ArgSpec("format", required=True, description=" | ".join(FORMATS)),
     ArgSpec("regex", description="format=regex: full-line pattern with named groups"),
     ArgSpec("header", "bool", default=True, description="format=csv: first line holds column names"),
     ArgSpec("delimiter", default=",", description="format=csv: field delimiter"),
+    ArgSpec("quote", default='"', description="format=csv: quote character (empty: no quoting)"),
+    ArgSpec("encoding", default="utf-8", description="text formats: character encoding of the file"),
     ArgSpec("columns", "list", description="format=csv: column names (required without header)"),
+    ArgSpec("widths", "json", description="format=fixed_width: {column: width} in file order"),
+    ArgSpec("json_paths", "json", description="format=json/jsonl: {column: path} e.g. {\"city\": \"address.city\"}"),
     ArgSpec("schema", "json", description="column -> Spark SQL type"),
-    ArgSpec("max_reject_ratio", "float", default=0.0, description="fail when rejects/lines exceeds this"),
+    ArgSpec("infer_schema", "bool", default=True, description="without --schema: infer types and store them"),
+    ArgSpec("max_reject_ratio", "float", default=0.0, description="fail when rejects/records exceeds this"),
     ArgSpec("skip_blank_lines", "bool", default=True, description="ignore empty lines"),
 )
 
 LINEAGE_COLUMNS = ("_source_file", "_batch_id", "_ingested_at", "_line_number")
 REJECT_COLUMNS = ("_source_file", "_batch_id", "_line_number", "_raw_line", "_reason")
+SCHEMA_FILE = "_schema.json"
 
 
 def _validate(args: dict[str, Any]) -> None:
     validate_identifier(args["dataset"], "--dataset")
-    if args["format"] not in ("csv", "regex"):
-        raise ValueError(f"--format must be csv or regex, got {args['format']!r}")
-    if args["format"] == "regex" and not args["regex"]:
+    fmt = args["format"]
+    if fmt not in FORMATS:
+        raise ValueError(f"--format must be one of {', '.join(FORMATS)}, got {fmt!r}")
+    if fmt == "regex" and not args["regex"]:
         raise ValueError("--format regex needs --regex")
-    if args["format"] == "csv":
+    if fmt == "csv":
         if not args["delimiter"]:
             raise ValueError("--delimiter must not be empty")
+        if len(args["quote"] or "") > 1:
+            raise ValueError(f"--quote must be one character (or empty), got {args['quote']!r}")
         if not args["header"] and not args["columns"]:
             raise ValueError("--format csv with --header false needs --columns")
+    if fmt == "fixed_width":
+        _widths(args["widths"])
+    if args["json_paths"] is not None and fmt not in ("json", "jsonl"):
+        raise ValueError("--json_paths applies to --format json or jsonl only")
+    if fmt != "parquet":
+        normalize_encoding(args["encoding"])
     if not 0.0 <= args["max_reject_ratio"] <= 1.0:
         raise ValueError(f"--max_reject_ratio must be between 0 and 1, got {args['max_reject_ratio']}")
 
 
-def _parse(spark: SparkSession, lines: DataFrame, args: dict[str, Any]) -> DataFrame:
-    """Data lines → typed columns + ``_reason``; a CSV header line is consumed here."""
-    source = args["source_uri"]
-    if args["format"] == "regex":
+def _widths(value: Any) -> list[tuple[str, int]]:
+    if not isinstance(value, dict) or not value:
+        raise ValueError('--format fixed_width needs --widths, a JSON object {"column": width, ...} in file order')
+    widths = []
+    for name, width in value.items():
+        validate_identifier(name, "--widths column")
+        if not isinstance(width, int) or isinstance(width, bool) or width <= 0:
+            raise ValueError(f"--widths: width of {name!r} must be a positive integer, got {width!r}")
+        widths.append((name, width))
+    return widths
+
+
+def _json_paths(value: Any) -> list[tuple[str, str]] | None:
+    if value is None:
+        return None
+    if not isinstance(value, dict) or not value:
+        raise ValueError('--json_paths must be a JSON object {"column": "path.to.field", ...}')
+    return [(validate_identifier(name, "--json_paths column"), json_path(path, name)) for name, path in value.items()]
+
+
+def _read_lines(spark: SparkSession, readable: str, args: dict[str, Any]) -> DataFrame:
+    lines = decode_lines(spark, number_lines(spark, readable), args["encoding"])
+    if args["skip_blank_lines"]:
+        lines = lines.filter(F.trim("_raw_line") != "")
+    return lines
+
+
+def _parse(spark: SparkSession, readable: str, args: dict[str, Any]) -> tuple[DataFrame, list[str], bool]:
+    """The file → ``(_line_number, _raw_line, columns..., _reason)``, its data columns, and whether
+    the columns are still text (every format but parquet)."""
+    source, fmt = args["source_uri"], args["format"]
+    if fmt == "parquet":
+        data = spark.read.parquet(readable)
+        names = normalize_header(data.columns)
+        renamed = data.select(*[F.col(quote_spark(old)).alias(new) for old, new in zip(data.columns, names)])
+        parsed = renamed.select(
+            (F.col("_metadata.row_index") + 1).cast("long").alias("_line_number"),
+            F.to_json(F.struct(*[F.col(n) for n in names])).alias("_raw_line"),
+            *names, F.lit(None).cast("string").alias(REASON_COLUMN))
+        return parsed, names, False
+    if fmt == "json":
+        records, ok = json_document_records(spark, readable)
+        if not ok:
+            raise JobFailure(f"landing file {source} is not valid JSON: the document is truncated or malformed "
+                             f"(expected an array of objects or one object)")
+        lines = records
+    else:
+        lines = _read_lines(spark, readable, args)
+    if fmt == "regex":
         regex = compile_line_regex(args["regex"])
         check_java_regex(spark, regex.pattern)
         columns = [name for name, _ in regex.columns]
         parsed = parse_regex_lines(lines, regex)
+    elif fmt == "fixed_width":
+        widths = _widths(args["widths"])
+        columns = [name for name, _ in widths]
+        parsed = parse_fixed_width_lines(lines, widths)
+    elif fmt in ("json", "jsonl"):
+        paths = _json_paths(args["json_paths"])
+        if paths:
+            columns = [name for name, _ in paths]
+            parsed = parse_json_lines(lines, paths)
+        else:
+            keys = json_top_level_keys(lines)
+            columns = normalize_header(keys) if keys else []
+            parsed = parse_json_lines(lines, None, list(zip(columns, keys)))
     else:
         data = lines
         columns = list(args["columns"] or [])
+        quote = args["quote"] or ""
         if args["header"]:
-            first = lines.filter(F.trim("_raw_line") != "").orderBy("_line_number").select("_line_number", "_raw_line").first()
+            first = lines.filter(F.trim("_raw_line") != "").orderBy("_line_number").select(
+                "_line_number", "_raw_line").first()
             if first is None:
                 raise JobFailure(f"landing file {source} is empty")
-            header = normalize_header(split_header_line(first["_raw_line"], args["delimiter"]))
+            header = normalize_header(split_header_line(first["_raw_line"], args["delimiter"], quote))
             columns = columns or header
             if len(columns) != len(header):
                 raise ValueError(f"--columns names {len(columns)} columns but the header of {source} has {len(header)}")
             data = lines.filter(F.col("_line_number") != first["_line_number"])
         for name in columns:
             validate_identifier(name, "column")
-        parsed = parse_csv_lines(data, columns, args["delimiter"])
+        parsed = parse_csv_lines(data, columns, args["delimiter"], quote)
+    if fmt != "json" and normalize_encoding(args["encoding"]) == "UTF-8":
+        parsed = mark_invalid_utf8(parsed)
+    return parsed, columns, True
+
+
+def _check_file(source: str, readable: str, fmt: str) -> None:
+    """Empty, truncated or wrong-format files fail here, naming the file and the problem."""
+    head, tail, size = io.file_head(readable, tail=8 if fmt == "parquet" else 0)
+    name = PurePosixPath(urlparse(source).path or source).name
+    problem = sniff_problem(name, fmt, head, size)
+    if problem is None and fmt == "parquet" and (size < 12 or tail[-4:] != b"PAR1"):
+        problem = "is truncated: the parquet footer (PAR1 at its end) is missing"
+    if problem:
+        raise JobFailure(f"landing file {source} {problem}")
+
+
+def _describe_read_error(exc: BaseException) -> str | None:
+    """A Spark/Java read error as a short problem description; None if it is not a read error."""
+    if not isinstance(exc, (Py4JJavaError, PySparkException)):
+        return None
+    text = str(exc)
+    if "Unexpected end of input stream" in text or "EOFException" in text:
+        return "is truncated: the compressed stream ends early"
+    if "Not in GZIP format" in text or "incorrect header check" in text or "invalid block type" in text:
+        return "is not valid gzip"
+    if "is not a Parquet file" in text or "CANNOT_READ_FILE_FOOTER" in text or "ParquetDecodingException" in text:
+        return "is not a readable parquet file (corrupt or truncated)"
+    if "MALFORMED" in text or "Malformed" in text:
+        return "is malformed"
+    return None
+
+
+def _schema_uri(args: dict[str, Any]) -> str:
+    return io.lake_path(args["lake_uri"], "raw", args["dataset"], SCHEMA_FILE)
+
+
+def _stored_schema(uri: str) -> dict[str, str] | None:
+    text = io.read_text(uri)
+    if text is None:
+        return None
+    stored = json.loads(text)
+    return {c["name"]: c["type"] for c in stored["columns"]}
+
+
+def _types(spark: SparkSession, parsed: DataFrame, columns: list[str], text_columns: bool,
+           args: dict[str, Any]) -> tuple[dict[str, str] | None, str]:
+    """The column types to apply and where they came from (``parameters``/``stored``/``inferred``/``none``)."""
+    source = args["source_uri"]
     if args["schema"]:
-        parsed = cast_columns(parsed, parse_schema(spark, args["schema"], columns))
-    return parsed
+        parse_schema(spark, args["schema"], columns)  # validates names and types
+        return dict(args["schema"]), "parameters"
+    if not args["infer_schema"]:
+        return None, "none"
+    schema_uri = _schema_uri(args)
+    stored = _stored_schema(schema_uri)
+    if stored is not None:
+        missing = [c for c in stored if c not in columns]
+        extra = [c for c in columns if c not in stored]
+        if missing or extra:
+            raise JobFailure(
+                f"landing file {source} does not match the stored schema of dataset {args['dataset']} "
+                f"({schema_uri}): missing columns {missing}, new columns {extra}. Pass --schema, or delete "
+                f"{SCHEMA_FILE} to accept the new columns")
+        return stored, "stored"
+    if text_columns:
+        return infer_types(parsed, columns), "inferred"
+    return {c: t for c, t in ((f.name, f.dataType.simpleString()) for f in parsed.schema.fields) if c in columns}, \
+        "inferred"
 
 
 def run(spark: SparkSession, args: dict[str, Any]) -> dict[str, Any]:
     _validate(args)
-    source, dataset, batch_id = args["source_uri"], args["dataset"], args["batch_id"]
+    source, dataset, batch_id, fmt = args["source_uri"], args["dataset"], args["batch_id"], args["format"]
     batch_folder = f"_batch_id={sanitize_batch_id(batch_id)}"
     raw_path = io.lake_path(args["lake_uri"], "raw", dataset, batch_folder)
     rejects_path = io.lake_path(args["lake_uri"], "rejects", dataset, batch_folder)
@@ -108,47 +276,67 @@ def run(spark: SparkSession, args: dict[str, Any]) -> dict[str, Any]:
     ingested_at = (datetime.fromisoformat(args["batch_time"]).astimezone(timezone.utc)
                    if args.get("batch_time") else datetime.now(timezone.utc))
     with io.localize_input(spark, source) as readable:
-        lines = number_lines(spark, readable)
-        if args["skip_blank_lines"]:
-            lines = lines.filter(F.trim("_raw_line") != "")
-        parsed = _parse(spark, lines, args).withColumns({
-            "_source_file": F.lit(source),
-            "_batch_id": F.lit(batch_id),
-            "_ingested_at": F.lit(ingested_at),
-        }).persist()
+        _check_file(source, readable, fmt)
         try:
-            counts = parsed.agg(
-                F.count(F.lit(1)).alias("rows_in"),
-                F.count(F.col(REASON_COLUMN)).alias("rows_rejected"),
-            ).first()
-            rows_in, rows_rejected = int(counts["rows_in"]), int(counts["rows_rejected"])
-            if rows_in == 0:
-                raise JobFailure(f"landing file {source} is empty: it has no data lines")
-            data_columns = [c for c in parsed.columns if c not in (*LINEAGE_COLUMNS, "_raw_line", REASON_COLUMN)]
-            good = parsed.filter(F.col(REASON_COLUMN).isNull()).select(*data_columns, *LINEAGE_COLUMNS)
-            good.write.mode("overwrite").parquet(raw_path)
-            if rows_rejected:
-                parsed.filter(F.col(REASON_COLUMN).isNotNull()).select(*REJECT_COLUMNS) \
-                    .coalesce(1).write.mode("overwrite").json(rejects_path)
-            else:
-                io.delete_path(spark, rejects_path)  # rejects of an earlier run of this batch are stale now
-        finally:
-            parsed.unpersist()
+            parsed, columns, text_columns = _parse(spark, readable, args)
+            types, schema_source = _types(spark, parsed, columns, text_columns, args)
+            if types:
+                parsed = cast_columns(parsed, parse_schema(spark, types, columns))
+            parsed = parsed.withColumns({
+                "_source_file": F.lit(source),
+                "_batch_id": F.lit(batch_id),
+                "_ingested_at": F.lit(ingested_at),
+            }).persist()
+            try:
+                counts = parsed.agg(
+                    F.count(F.lit(1)).alias("rows_in"),
+                    F.count(F.col(REASON_COLUMN)).alias("rows_rejected"),
+                ).first()
+                rows_in, rows_rejected = int(counts["rows_in"]), int(counts["rows_rejected"])
+                if rows_in == 0:
+                    raise JobFailure(f"landing file {source} is empty: it has no data "
+                                     f"{'rows' if fmt == 'parquet' else 'records' if fmt == 'json' else 'lines'}")
+                good = parsed.filter(F.col(REASON_COLUMN).isNull()).select(*columns, *LINEAGE_COLUMNS)
+                good.write.mode("overwrite").parquet(raw_path)
+                if rows_rejected:
+                    parsed.filter(F.col(REASON_COLUMN).isNotNull()).select(*REJECT_COLUMNS) \
+                        .coalesce(1).write.mode("overwrite").json(rejects_path)
+                else:
+                    io.delete_path(spark, rejects_path)  # rejects of an earlier run of this batch are stale now
+            finally:
+                parsed.unpersist()
+        except JobFailure:
+            raise
+        except Exception as exc:
+            problem = _describe_read_error(exc)
+            if problem is None:
+                raise
+            raise JobFailure(f"landing file {source} {problem} (read as {fmt})") from exc
     metrics: dict[str, Any] = {
         "rows_in": rows_in,
         "rows_out": rows_in - rows_rejected,
         "rows_rejected": rows_rejected,
         "source_uri": source,
+        "format": fmt,
         "raw_path": raw_path,
         "rejects_path": rejects_path if rows_rejected else None,
+        "schema_source": schema_source,
+        "schema": types,
     }
     ratio = rows_rejected / rows_in
+    unit = "rows" if fmt == "parquet" else "records" if fmt == "json" else "lines"
     if ratio > args["max_reject_ratio"]:
         raise JobFailure(
-            f"landing file {source}: {rows_rejected} of {rows_in} lines rejected ({ratio:.1%}), more than "
+            f"landing file {source}: {rows_rejected} of {rows_in} {unit} rejected ({ratio:.1%}), more than "
             f"max_reject_ratio {args['max_reject_ratio']}; rejects written to {rejects_path}",
             metrics,
         )
+    if schema_source == "inferred" and types is not None:
+        # written after the raw write committed: the next file of the dataset is checked against it
+        io.write_text(_schema_uri(args), json.dumps({
+            "dataset": dataset, "format": fmt, "inferred_from": source, "batch_id": batch_id,
+            "columns": [{"name": c, "type": types[c]} for c in columns]}, indent=2))
+        metrics["schema_uri"] = _schema_uri(args)
     return metrics
 
 
