@@ -1,10 +1,21 @@
 """Loading a table into the warehouse (Postgres locally, Redshift on AWS) so readers never see half.
 
-Spark's JDBC writer commits per partition, so writing straight into the target would expose a
-half-loaded table. Instead rows go into a staging table next to the target and a single
-transaction, run over a plain JDBC connection from the driver JVM (no Python database driver
-needed on Glue), drops the old table and renames the staging table into its place. A reader blocked on the
-table's lock during the swap resumes on the new table: it sees the old rows or the new rows.
+Rows never go row by row. Spark writes the table as files (CSV for Postgres, parquet on S3 for
+Redshift) and the warehouse bulk-loads them with ``COPY`` into a staging table next to the target:
+for Postgres the driver streams each file through the JDBC driver's ``CopyManager`` (several at
+once, each on its own connection), for Redshift one ``COPY ... FORMAT AS PARQUET`` reads them from S3.
+Then one transaction, over a plain JDBC connection from the driver JVM (no Python database driver
+needed on Glue), makes the rows visible:
+
+* ``replace``: drop the old table and rename the staging table into its place (atomic swap). A
+  reader blocked on the table's lock during the swap resumes on the new table.
+* ``merge``: delete the target rows whose key is in the batch and insert the batch (an upsert),
+  after applying schema changes, all in the same transaction.
+
+The warehouse columns follow the presentation table. ``on_schema_change`` decides what happens when
+they differ from the existing warehouse table: ``apply`` (replace: the new table has the new
+columns; merge: new columns are added, changed types altered, dropped ones kept and left NULL) or
+``refuse`` (fail before anything is loaded, naming every difference).
 """
 
 from __future__ import annotations
@@ -13,16 +24,35 @@ import hashlib
 import os
 import re
 from collections.abc import Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from pyspark.sql import DataFrame, SparkSession
+from pyspark.sql import functions as F
+from pyspark.sql import types as T
 
 from lakehouse_jobs.identifiers import TableName, quote_postgres, validate_identifier
 from lakehouse_jobs.secrets import read_secret
 
-__all__ = ["WarehouseConnection", "connection_from_env", "connection_from_secret", "load_atomically", "staging_table_name"]
+__all__ = [
+    "LoadOptions",
+    "SchemaDiff",
+    "SchemaChangeRefused",
+    "WarehouseConnection",
+    "connection_from_env",
+    "connection_from_secret",
+    "load",
+    "load_atomically",
+    "merge_statements",
+    "redshift_copy_statement",
+    "schema_diff",
+    "schema_change_statements",
+    "staging_table_name",
+    "swap_statements",
+    "warehouse_type",
+]
 
 _DRIVERS = {"postgres": "org.postgresql.Driver", "redshift": "com.amazon.redshift.jdbc42.Driver"}
 _MAX_IDENTIFIER = 63
@@ -37,6 +67,10 @@ class WarehouseConnection:
 
     def __repr__(self) -> str:  # never print the password into a job log
         return f"WarehouseConnection(url={self.url!r}, user={self.user!r})"
+
+    @property
+    def engine(self) -> str:
+        return "redshift" if self.url.startswith("jdbc:redshift:") else "postgres"
 
 
 def connection_from_env(environ: dict[str, str] | None = None) -> WarehouseConnection:
@@ -100,52 +134,333 @@ def _jdbc(spark: SparkSession, connection: WarehouseConnection) -> Iterator[Any]
         conn.close()
 
 
-def _execute(conn: Any, statements: Sequence[str]) -> None:
+def _execute(conn: Any, statements: Sequence[str]) -> list[int]:
+    """Run statements in order; returns each one's update count (-1 for DDL and queries)."""
     statement = conn.createStatement()
+    counts = []
     try:
         for sql in statements:
             statement.execute(sql)
+            counts.append(int(statement.getUpdateCount()))
+    finally:
+        statement.close()
+    return counts
+
+
+def _query(conn: Any, sql: str, params: Sequence[str] = ()) -> list[tuple]:
+    statement = conn.prepareStatement(sql)
+    try:
+        for i, value in enumerate(params, start=1):
+            statement.setString(i, value)
+        result = statement.executeQuery()
+        width = result.getMetaData().getColumnCount()
+        rows = []
+        while result.next():
+            rows.append(tuple(result.getString(i) for i in range(1, width + 1)))
+        return rows
     finally:
         statement.close()
 
 
 def _count(conn: Any, table: TableName) -> int:
-    statement = conn.createStatement()
-    try:
-        result = statement.executeQuery(f"SELECT count(*) FROM {table.postgres}")
-        result.next()
-        return int(result.getLong(1))
-    finally:
-        statement.close()
+    return int(_query(conn, f"SELECT count(*) FROM {table.postgres}")[0][0])
 
 
-def load_atomically(spark: SparkSession, df: DataFrame, target: TableName, batch_id: str,
-                    connection: WarehouseConnection) -> int:
-    """Replace ``target`` with the rows of ``df`` in one visible step; returns the rows loaded."""
+# ---------------------------------------------------------------------------------------------
+# types and schema changes
+# ---------------------------------------------------------------------------------------------
+
+def warehouse_type(data_type: T.DataType, engine: str = "postgres") -> str:
+    """The warehouse column type of a Spark type, spelled as ``information_schema`` reports it."""
+    redshift = engine == "redshift"
+    if isinstance(data_type, (T.StringType, T.VarcharType, T.CharType)):
+        return "character varying(65535)" if redshift else "text"
+    if isinstance(data_type, T.BooleanType):
+        return "boolean"
+    if isinstance(data_type, (T.ByteType, T.ShortType)):
+        return "smallint"
+    if isinstance(data_type, T.IntegerType):
+        return "integer"
+    if isinstance(data_type, T.LongType):
+        return "bigint"
+    if isinstance(data_type, T.FloatType):
+        return "real"
+    if isinstance(data_type, T.DoubleType):
+        return "double precision"
+    if isinstance(data_type, T.DecimalType):
+        return f"numeric({data_type.precision},{data_type.scale})"
+    if isinstance(data_type, T.DateType):
+        return "date"
+    if isinstance(data_type, (T.TimestampType, T.TimestampNTZType)):
+        return "timestamp without time zone"
+    if isinstance(data_type, T.BinaryType):
+        return "character varying(65535)" if redshift else "bytea"
+    if isinstance(data_type, (T.ArrayType, T.MapType, T.StructType)):
+        return "super" if redshift else "jsonb"
+    raise ValueError(f"no warehouse type for Spark type {data_type.simpleString()}")
+
+
+@dataclass(frozen=True)
+class SchemaDiff:
+    added: tuple[tuple[str, str], ...] = ()  # (column, type) in the presentation table only
+    removed: tuple[str, ...] = ()  # in the warehouse table only
+    changed: tuple[tuple[str, str, str], ...] = ()  # (column, warehouse type, presentation type)
+
+    def __bool__(self) -> bool:
+        return bool(self.added or self.removed or self.changed)
+
+    def describe(self) -> str:
+        parts = [f"new column {c} {t}" for c, t in self.added]
+        parts += [f"column {c} is gone" for c in self.removed]
+        parts += [f"column {c} changes type {old} -> {new}" for c, old, new in self.changed]
+        return "; ".join(parts)
+
+
+class SchemaChangeRefused(ValueError):
+    """The presentation table's columns differ from the warehouse table's and the policy is refuse."""
+
+
+def schema_diff(existing: Sequence[tuple[str, str]], wanted: Sequence[tuple[str, str]]) -> SchemaDiff:
+    old = dict(existing)
+    new = dict(wanted)
+    return SchemaDiff(
+        added=tuple((c, t) for c, t in wanted if c not in old),
+        removed=tuple(c for c, _ in existing if c not in new),
+        changed=tuple((c, old[c], t) for c, t in wanted if c in old and old[c] != t),
+    )
+
+
+def schema_change_statements(target: TableName, diff: SchemaDiff) -> list[str]:
+    """``apply`` for merge mode: add new columns, alter changed types, let dropped ones be NULL."""
+    statements = [f"ALTER TABLE {target.postgres} ADD COLUMN {quote_postgres(c)} {t}" for c, t in diff.added]
+    statements += [f"ALTER TABLE {target.postgres} ALTER COLUMN {quote_postgres(c)} TYPE {new} "
+                   f"USING {quote_postgres(c)}::{new}" for c, _, new in diff.changed]
+    statements += [f"ALTER TABLE {target.postgres} ALTER COLUMN {quote_postgres(c)} DROP NOT NULL"
+                   for c in diff.removed]
+    return statements
+
+
+def _existing_columns(conn: Any, table: TableName) -> list[tuple[str, str]] | None:
+    rows = _query(conn, "SELECT column_name, data_type, numeric_precision, numeric_scale, character_maximum_length "
+                        "FROM information_schema.columns WHERE table_schema = ? AND table_name = ? "
+                        "ORDER BY ordinal_position", (table.namespace, table.table))
+    if not rows:
+        return None
+    columns = []
+    for name, data_type, precision, scale, length in rows:
+        if data_type == "numeric" and precision is not None:
+            data_type = f"numeric({precision},{scale})"
+        elif data_type == "character varying" and length is not None:
+            data_type = f"character varying({length})"
+        columns.append((name, data_type))
+    return columns
+
+
+# ---------------------------------------------------------------------------------------------
+# SQL of the two modes (the same for Postgres and Redshift)
+# ---------------------------------------------------------------------------------------------
+
+def create_table_statement(table: TableName, columns: Sequence[tuple[str, str]]) -> str:
+    body = ", ".join(f"{quote_postgres(c)} {t}" for c, t in columns)
+    return f"CREATE TABLE {table.postgres} ({body})"
+
+
+def swap_statements(target: TableName, staging: TableName) -> list[str]:
+    """Replace ``target`` by ``staging`` (run inside one transaction)."""
+    return [f"DROP TABLE IF EXISTS {target.postgres}",
+            f"ALTER TABLE {staging.postgres} RENAME TO {quote_postgres(target.table)}"]
+
+
+def merge_statements(target: TableName, staging: TableName, columns: Sequence[str], keys: Sequence[str]) -> list[str]:
+    """Upsert ``staging`` into ``target`` by ``keys`` (run inside one transaction): the first
+    statement's count is the rows replaced, the second's the rows written."""
+    t, s = quote_postgres(target.table), quote_postgres(staging.table)  # same schema: table names qualify
+    match = " AND ".join(f"{t}.{quote_postgres(k)} = {s}.{quote_postgres(k)}" for k in keys)
+    names = ", ".join(quote_postgres(c) for c in columns)
+    return [f"DELETE FROM {target.postgres} USING {staging.postgres} WHERE {match}",
+            f"INSERT INTO {target.postgres} ({names}) SELECT {names} FROM {staging.postgres}",
+            f"DROP TABLE {staging.postgres}"]
+
+
+def redshift_copy_statement(staging: TableName, columns: Sequence[str], s3_prefix: str, iam_role: str) -> str:
+    """Redshift's bulk load of the parquet files Spark wrote under ``s3_prefix``."""
+    if not s3_prefix.startswith("s3://") or "'" in s3_prefix:
+        raise ValueError(f"--temp_uri must be an s3:// prefix for Redshift COPY, got {s3_prefix!r}")
+    if not re.fullmatch(r"arn:aws[a-z-]*:iam::\d{12}:role/[A-Za-z0-9+=,.@_/-]+", iam_role or ""):
+        raise ValueError(f"--iam_role must be an IAM role ARN Redshift can assume, got {iam_role!r}")
+    names = ", ".join(quote_postgres(c) for c in columns)
+    return (f"COPY {staging.postgres} ({names}) FROM '{s3_prefix.rstrip('/')}/' "
+            f"IAM_ROLE '{iam_role}' FORMAT AS PARQUET")
+
+
+# ---------------------------------------------------------------------------------------------
+# the load
+# ---------------------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class LoadOptions:
+    mode: str = "replace"  # replace | merge
+    keys: tuple[str, ...] = ()
+    on_schema_change: str = "apply"  # apply | refuse
+    work_uri: str = ""  # where Spark writes the files COPY reads (lake folder; s3:// for Redshift)
+    iam_role: str = ""  # Redshift: role COPY assumes to read work_uri
+    parallelism: int = 2  # Postgres: files copied at once, each on its own connection
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+def _csv_ready(df: DataFrame) -> DataFrame:
+    """Columns CSV can carry and Postgres' COPY reads back: nested values as JSON, bytes as hex."""
+    cols = []
+    for f in df.schema.fields:
+        col = F.col(f"`{f.name}`")
+        if isinstance(f.dataType, (T.ArrayType, T.MapType, T.StructType)):
+            col = F.to_json(col)
+        elif isinstance(f.dataType, T.BinaryType):
+            col = F.concat(F.lit("\\x"), F.lower(F.hex(col)))
+        cols.append(col.alias(f.name))
+    return df.select(*cols)
+
+
+def _write_csv(df: DataFrame, uri: str) -> None:
+    (_csv_ready(df).write.mode("overwrite")
+        .option("header", False).option("quote", '"').option("escape", '"').option("emptyValue", '""')
+        .option("nullValue", "").option("ignoreLeadingWhiteSpace", False).option("ignoreTrailingWhiteSpace", False)
+        .option("dateFormat", "yyyy-MM-dd").option("timestampFormat", "yyyy-MM-dd HH:mm:ss.SSSSSS")
+        .option("timestampNTZFormat", "yyyy-MM-dd HH:mm:ss.SSSSSS").option("encoding", "UTF-8")
+        .csv(uri))
+
+
+def _data_files(spark: SparkSession, uri: str) -> list[Any]:
+    jvm = spark.sparkContext._jvm
+    path = jvm.org.apache.hadoop.fs.Path(uri)
+    fs = path.getFileSystem(spark.sparkContext._jsc.hadoopConfiguration())
+    return [s.getPath() for s in fs.listStatus(path)
+            if s.isFile() and not s.getPath().getName().startswith(("_", ".")) and s.getLen() > 0]
+
+
+def _copy_files_postgres(spark: SparkSession, connection: WarehouseConnection, staging: TableName,
+                         columns: Sequence[str], files: Sequence[Any], parallelism: int) -> int:
+    """Stream every CSV file into ``staging`` with COPY, ``parallelism`` connections at once."""
+    sql = f"COPY {staging.postgres} ({', '.join(quote_postgres(c) for c in columns)}) FROM STDIN WITH (FORMAT csv)"
+    hadoop_conf = spark.sparkContext._jsc.hadoopConfiguration()
+
+    def copy_some(paths: Sequence[Any]) -> int:
+        copied = 0
+        with _jdbc(spark, connection) as conn:
+            manager = conn.getCopyAPI()  # org.postgresql.PGConnection: no class lookup through py4j
+            for path in paths:
+                stream = path.getFileSystem(hadoop_conf).open(path)
+                try:
+                    copied += int(manager.copyIn(sql, stream, 1 << 20))
+                finally:
+                    stream.close()
+            conn.commit()
+        return copied
+
+    workers = max(1, min(parallelism, len(files)))
+    shares = [list(files[i::workers]) for i in range(workers)]
+    if workers == 1:
+        return copy_some(shares[0])
+    with ThreadPoolExecutor(max_workers=workers) as pool:
+        return sum(pool.map(copy_some, shares))
+
+
+def _check_keys(df: DataFrame, keys: Sequence[str]) -> None:
+    missing = [k for k in keys if k not in df.columns]
+    if missing:
+        raise ValueError(f"--merge_keys {missing} are not columns of the presentation table ({df.columns})")
+    null_key = F.greatest(*[F.col(f"`{k}`").isNull().cast("int") for k in keys]) == 1 if len(keys) > 1 else \
+        F.col(f"`{keys[0]}`").isNull()
+    nulls = df.filter(null_key).limit(5).collect()
+    if nulls:
+        raise ValueError(f"merge keys {list(keys)} are NULL in rows of the presentation table, e.g. "
+                         f"{[r.asDict() for r in nulls[:3]]}")
+    dupes = df.groupBy(*[f"`{k}`" for k in keys]).count().filter("count > 1").limit(5).collect()
+    if dupes:
+        raise ValueError(f"merge keys {list(keys)} are not unique in the presentation table, e.g. "
+                         f"{[r.asDict() for r in dupes]}")
+
+
+def load(spark: SparkSession, df: DataFrame, target: TableName, batch_id: str, connection: WarehouseConnection,
+         options: LoadOptions) -> dict[str, Any]:
+    """Load ``df`` into ``target`` (see the module docstring); returns counts for the metrics."""
+    if options.mode not in ("replace", "merge"):
+        raise ValueError(f"--mode must be replace or merge, got {options.mode!r}")
+    if options.on_schema_change not in ("apply", "refuse"):
+        raise ValueError(f"--on_schema_change must be apply or refuse, got {options.on_schema_change!r}")
+    if options.mode == "merge":
+        if not options.keys:
+            raise ValueError("--mode merge needs --merge_keys")
+        _check_keys(df, options.keys)
+    engine = connection.engine
+    columns = [(validate_identifier(f.name, "presentation column"), warehouse_type(f.dataType, engine))
+               for f in df.schema.fields]
+    names = [c for c, _ in columns]
     staging = TableName(target.namespace, validate_identifier(staging_table_name(target.table, batch_id),
                                                                "staging table"))
     with _jdbc(spark, connection) as conn:
+        existing = _existing_columns(conn, target)
+        diff = schema_diff(existing, columns) if existing is not None else SchemaDiff()
+        if diff and options.on_schema_change == "refuse":
+            raise SchemaChangeRefused(f"warehouse table {target} differs from the presentation table and "
+                                      f"on_schema_change is refuse: {diff.describe()}")
         _execute(conn, [f"CREATE SCHEMA IF NOT EXISTS {quote_postgres(target.namespace)}",
-                        f"DROP TABLE IF EXISTS {staging.postgres}"])  # left over by a failed earlier run
+                        f"DROP TABLE IF EXISTS {staging.postgres}",  # left over by a failed earlier run
+                        create_table_statement(staging, columns)])
         conn.commit()
-    (df.write.format("jdbc")
-        .option("url", connection.url)
-        .option("driver", connection.driver)
-        .option("dbtable", staging.postgres)
-        .option("user", connection.user)
-        .option("password", connection.password)
-        .option("batchsize", 5000)
-        .mode("errorifexists")
-        .save())
+    if not options.work_uri:
+        raise ValueError("the load needs a work folder (work_uri) for the files COPY reads")
+    work = f"{options.work_uri.rstrip('/')}/{target.namespace}.{target.table}/{staging.table}"
+    result: dict[str, Any] = {"mode": options.mode, "schema_changes": diff.describe() or None}
     try:
+        if engine == "redshift":
+            previous = spark.conf.get("spark.sql.parquet.outputTimestampType", None)
+            spark.conf.set("spark.sql.parquet.outputTimestampType", "TIMESTAMP_MICROS")
+            try:
+                df.select(*[F.col(f"`{c}`") for c in names]).write.mode("overwrite").parquet(work)
+            finally:
+                if previous is None:
+                    spark.conf.unset("spark.sql.parquet.outputTimestampType")
+                else:
+                    spark.conf.set("spark.sql.parquet.outputTimestampType", previous)
+            with _jdbc(spark, connection) as conn:
+                _execute(conn, [redshift_copy_statement(staging, names, work, options.iam_role)])
+                conn.commit()
+        else:
+            _write_csv(df, work)
+            _copy_files_postgres(spark, connection, staging, names, _data_files(spark, work), options.parallelism)
         with _jdbc(spark, connection) as conn:
-            rows = _count(conn, staging)  # what readers will see, counted inside the swap
-            _execute(conn, [f"DROP TABLE IF EXISTS {target.postgres}",
-                            f"ALTER TABLE {staging.postgres} RENAME TO {quote_postgres(target.table)}"])
+            rows = _count(conn, staging)  # what readers will see, counted inside the transaction
+            if options.mode == "replace" or existing is None:
+                _execute(conn, swap_statements(target, staging))
+                if options.mode == "merge":
+                    key_names = ", ".join(quote_postgres(k) for k in options.keys)
+                    if engine != "redshift":
+                        _execute(conn, [f"CREATE UNIQUE INDEX {quote_postgres(target.table + '__merge_key')} "
+                                        f"ON {target.postgres} ({key_names})"])
+                result.update(rows_replaced=0, rows_inserted=rows)
+            else:
+                _execute(conn, schema_change_statements(target, diff))
+                replaced, written, _ = _execute(conn, merge_statements(target, staging, names, options.keys))
+                result.update(rows_replaced=replaced, rows_inserted=written - replaced)
             conn.commit()
+        result["rows"] = rows
     except BaseException:
         with _jdbc(spark, connection) as conn:  # do not leave the staging copy behind
             _execute(conn, [f"DROP TABLE IF EXISTS {staging.postgres}"])
             conn.commit()
         raise
-    return rows
+    finally:
+        try:
+            jvm = spark.sparkContext._jvm
+            path = jvm.org.apache.hadoop.fs.Path(work)
+            path.getFileSystem(spark.sparkContext._jsc.hadoopConfiguration()).delete(path, True)
+        except Exception:  # cleaning the work folder must not hide the load's own outcome
+            pass
+    return result
+
+
+def load_atomically(spark: SparkSession, df: DataFrame, target: TableName, batch_id: str,
+                    connection: WarehouseConnection, work_uri: str) -> int:
+    """Replace ``target`` with the rows of ``df`` in one visible step; returns the rows loaded."""
+    return int(load(spark, df, target, batch_id, connection, LoadOptions(work_uri=work_uri))["rows"])
