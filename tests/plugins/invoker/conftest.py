@@ -24,6 +24,7 @@ class RecordingAirflow:
         self.calls = 0
         self.down = False
         self.missing_dags: set[str] = set()
+        self.refuse_with: int | None = None  # e.g. 400: Airflow refuses the request itself
 
     def trigger_dag_run(self, dag_id: str, dag_run_id: str, conf: dict[str, Any] | None = None) -> str:
         self.calls += 1
@@ -31,6 +32,8 @@ class RecordingAirflow:
             raise AirflowUnavailableError("connection refused")
         if dag_id in self.missing_dags:
             raise AirflowApiError(404, f"DAG {dag_id} not found")
+        if self.refuse_with:
+            raise AirflowApiError(self.refuse_with, "request refused")
         if (dag_id, dag_run_id) in self.runs:
             return "exists"
         self.runs[(dag_id, dag_run_id)] = conf or {}

@@ -92,3 +92,24 @@ def test_scheduled_trigger_by_flow_id_is_idempotent_per_time(invoker: Invoker, a
     assert invoker.trigger_flow("inv_a", at=at).status == "created"
     assert invoker.trigger_flow("inv_a", at=at).status == "exists"
     assert ("inv_a", scheduled_dag_run_id("inv_a", at)) in airflow.runs
+
+
+def test_refused_request_fails_and_a_redelivery_tries_again(invoker: Invoker, airflow, bucket: str,
+                                                            ledger_rows) -> None:
+    airflow.refuse_with = 400
+    (outcome,) = invoker.handle_object_event(event(bucket, "in/a.txt"))
+    assert outcome.status == "failed" and ledger_rows()[0]["status"] == "failed"
+    assert [o for o in invoker.retry_pending() if o.bucket == bucket] == []  # failed is not retried by itself
+    airflow.refuse_with = None
+    (again,) = invoker.handle_object_event(event(bucket, "in/a.txt"))  # the sender's retry, or a replay
+    assert again.status == "created" and ledger_rows()[0]["status"] == "triggered"
+
+
+def test_redelivery_while_a_trigger_is_under_way_makes_no_second_call(invoker: Invoker, airflow, bucket: str,
+                                                                     ledger_rows) -> None:
+    outcomes, jobs = invoker.accept([event(bucket, "in/a.txt")])  # stored, call not yet made (leased)
+    assert [o.status for o in outcomes] == ["accepted"] and len(jobs) == 1
+    (redelivered,) = invoker.handle_object_event(event(bucket, "in/a.txt"))
+    assert redelivered.status == "pending" and airflow.calls == 0
+    assert invoker.dispatch(jobs[0]).status == "created" and airflow.calls == 1
+    assert ledger_rows()[0]["deliveries"] == 2
