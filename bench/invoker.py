@@ -146,6 +146,7 @@ class Bench:
         self.home = home
         self.settings = load_settings()
         self.env = services.stack_environment(self.settings)
+        self.env["AIRFLOW__API__WORKERS"] = str(args.airflow_api_workers)
         self.started_pg = False
 
     # -- stack ---------------------------------------------------------------------------------
@@ -490,8 +491,9 @@ def report(results: list[PhaseResult], args: argparse.Namespace) -> None:
         total += r.distinct
         cumulative[r.name] = total
     print()
-    print(f"=== invoker benchmark: {args.objects} objects per phase, real SeaweedFS + Airflow 3 api-server, "
-          f"{os.cpu_count()} CPUs ===")
+    print(f"=== invoker benchmark: {args.objects} objects per phase, real SeaweedFS + Airflow 3 api-server "
+          f"({args.airflow_api_workers} worker{'s' if args.airflow_api_workers > 1 else ''}), {os.cpu_count()} CPUs, "
+          f"load average {os.getloadavg()[0]:.1f} at the end ===")
     rows: list[tuple[str, Callable[[PhaseResult], str]]] = [
         ("PUTs through the S3 API", lambda r: f"{r.puts} in {r.put_seconds:.1f}s = {r.puts / r.put_seconds:.0f}/s"),
         ("events accepted (stored; while uploading)",
@@ -533,6 +535,8 @@ def main() -> int:
     parser.add_argument("--paced-rate", type=float, default=20.0,
                         help="events/s of the paced part (below Airflow's run-creation rate)")
     parser.add_argument("--paced-seconds", type=float, default=20.0, help="length of the paced part (0: none)")
+    parser.add_argument("--airflow-api-workers", type=int, default=1,
+                        help="uvicorn workers of Airflow's api-server (the stack runs 1)")
     parser.add_argument("--drain-timeout", type=float, default=300.0,
                         help="longest wait for the runs after the last upload")
     args = parser.parse_args()
