@@ -12,7 +12,7 @@ import re
 
 from pyspark.sql import SparkSession
 
-__all__ = ["UnsafeSqlError", "single_query"]
+__all__ = ["UnsafeSqlError", "single_query", "single_select_text"]
 
 _LEADING = re.compile(r"^\s*(\(\s*)*(select|with)\b", re.IGNORECASE)
 
@@ -50,6 +50,24 @@ def _strip_comments_and_literals(sql: str) -> str:
         out.append(ch)
         i += 1
     return "".join(out)
+
+
+def single_select_text(sql: str, what: str = "--sql") -> str:
+    """The lexical half of :func:`single_query`, for SQL another database runs (a JDBC source's
+    dialect, which Spark's parser does not know): one statement, starting with SELECT or WITH."""
+    if not sql or not sql.strip():
+        raise UnsafeSqlError(f"{what} is empty")
+    structure = _strip_comments_and_literals(sql).strip()
+    while structure.endswith(";"):
+        structure = structure[:-1].rstrip()
+    if ";" in structure:
+        raise UnsafeSqlError(f"{what} must be a single statement: it contains ';' between statements")
+    if not _LEADING.match(structure):
+        raise UnsafeSqlError(f"{what} must be a SELECT or WITH ... SELECT query, got: {sql.strip()[:80]!r}")
+    query = sql.strip()
+    while query.endswith(";"):
+        query = query[:-1].rstrip()
+    return query
 
 
 def single_query(spark: SparkSession, sql: str) -> str:

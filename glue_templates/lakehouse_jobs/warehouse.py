@@ -23,6 +23,7 @@ from __future__ import annotations
 import hashlib
 import os
 import re
+import time
 from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
@@ -427,8 +428,14 @@ def load(spark: SparkSession, df: DataFrame, target: TableName, batch_id: str, c
                 _execute(conn, [redshift_copy_statement(staging, names, work, options.iam_role)])
                 conn.commit()
         else:
+            started = time.monotonic()
             _write_csv(df, work)
-            _copy_files_postgres(spark, connection, staging, names, _data_files(spark, work), options.parallelism)
+            files = _data_files(spark, work)
+            result["write_seconds"] = round(time.monotonic() - started, 3)
+            started = time.monotonic()
+            _copy_files_postgres(spark, connection, staging, names, files, options.parallelism)
+            result.update(copy_seconds=round(time.monotonic() - started, 3), copy_files=len(files))
+        started = time.monotonic()
         with _jdbc(spark, connection) as conn:
             rows = _count(conn, staging)  # what readers will see, counted inside the transaction
             if options.mode == "replace" or existing is None:
@@ -444,7 +451,7 @@ def load(spark: SparkSession, df: DataFrame, target: TableName, batch_id: str, c
                 replaced, written, _ = _execute(conn, merge_statements(target, staging, names, options.keys))
                 result.update(rows_replaced=replaced, rows_inserted=written - replaced)
             conn.commit()
-        result["rows"] = rows
+        result.update(rows=rows, commit_seconds=round(time.monotonic() - started, 3))
     except BaseException:
         with _jdbc(spark, connection) as conn:  # do not leave the staging copy behind
             _execute(conn, [f"DROP TABLE IF EXISTS {staging.postgres}"])

@@ -1,0 +1,128 @@
+"""presentation → Postgres: the presentation_to_warehouse template (COPY) against a plain Spark JDBC write.
+
+    .venv/bin/python bench/warehouse_load.py [--rows 1000000,5000000] [--port 56434]
+
+Starts a private Postgres (own home and port, stopped at the end) and one local Spark session
+configured like the local runner (Iceberg JDBC catalog), builds an Iceberg presentation table of
+N rows (bigint id, date, text, decimal(12,2), int, timestamp, boolean), then loads it, in this one
+process and the same run:
+
+* ``spark jdbc``: ``df.write.jdbc(..., mode="overwrite")``, the plain Spark JDBC writer (batched
+  INSERTs, Spark's defaults);
+* ``template``: ``presentation_to_warehouse.main`` in replace mode: CSV files by Spark, streamed
+  with COPY through the JDBC driver's CopyManager, then the atomic swap.
+
+Both read the same Iceberg table and are timed from the first read to the rows committed. It prints
+rows per second side by side and the ratio (goal from issue 6: at least 3x).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--rows", default="1000000,5000000", help="comma-separated table sizes")
+    parser.add_argument("--port", type=int, default=int(os.environ.get("BENCH_PG_PORT", "56434")))
+    args = parser.parse_args(argv)
+    sizes = [int(s.replace("_", "")) for s in args.rows.split(",") if s.strip()]
+
+    home = Path(tempfile.mkdtemp(prefix="lakehouse-bench-wh-"))
+    home.chmod(0o755)
+    os.environ.update({"LAKEHOUSE_HOME": str(home), "LAKEHOUSE_PG_PORT": str(args.port)})
+    for name in ("LAKEHOUSE_METADATA_DSN", "LAKEHOUSE_WAREHOUSE_DSN", "LAKEHOUSE_CATALOG_DSN", "LAKEHOUSE_LAKE_URI"):
+        os.environ.pop(name, None)
+    sys.path.insert(0, str(ROOT / "glue_templates"))
+    from lakehouse.config import load_settings
+    from lakehouse.runners.spark_conf import local_spark_conf
+    from lakehouse.stack import postgres
+    from lakehouse.stack.jars import provision_jars
+
+    settings = load_settings()
+    provision_jars(settings.jars_dir)
+    postgres.start(settings)
+    spark = None
+    results: list[tuple[int, str, float]] = []
+    try:
+        postgres.ensure_databases(settings)
+        from pyspark.sql import SparkSession
+
+        builder = SparkSession.builder.appName("bench-warehouse-load")
+        for key, value in local_spark_conf(settings).items():
+            builder = builder.config(key, value)
+        spark = builder.getOrCreate()
+        spark.sparkContext.setLogLevel("ERROR")
+        os.environ.update({"LAKEHOUSE_WAREHOUSE_JDBC_URL": settings.jdbc_url(settings.warehouse_db),
+                           "LAKEHOUSE_WAREHOUSE_USER": settings.pg_user,
+                           "LAKEHOUSE_WAREHOUSE_PASSWORD": settings.pg_password})
+        from lakehouse_jobs.templates import presentation_to_warehouse
+        import psycopg2
+
+        with psycopg2.connect(settings.warehouse_dsn) as conn, conn.cursor() as cur:
+            cur.execute("CREATE SCHEMA IF NOT EXISTS bench")
+
+        spark.sql("CREATE NAMESPACE IF NOT EXISTS presentation")
+        for n in sizes:
+            table = f"presentation.bench_{n}"
+            spark.sql(f"""CREATE OR REPLACE TABLE {table} USING iceberg AS
+                SELECT id, date_add(DATE'2020-01-01', CAST(id % 2000 AS int)) AS day,
+                       concat('customer ', CAST(id % 100000 AS string)) AS customer,
+                       CAST((id % 100000) / 100.0 AS decimal(12,2)) AS amount, CAST(id % 50 AS int) AS quantity,
+                       timestamp_seconds(1700000000 + id) AS updated_at, id % 3 = 0 AS paid
+                FROM range({n})""")
+            files = spark.sql(f"SELECT count(*) FROM {table}.files").first()[0]
+            print(f"\n{n:,} rows in {table} ({files} data files)", flush=True)
+
+            started = time.monotonic()
+            (spark.table(table).write.format("jdbc").option("url", settings.jdbc_url(settings.warehouse_db))
+                .option("driver", "org.postgresql.Driver").option("dbtable", "bench.plain_jdbc")
+                .option("user", settings.pg_user).option("password", settings.pg_password)
+                .mode("overwrite").save())
+            plain = time.monotonic() - started
+            results.append((n, "spark jdbc", plain))
+            print(f"  spark jdbc  {plain:8.1f} s  {n / plain:>12,.0f} rows/s", flush=True)
+
+            started = time.monotonic()
+            metrics = presentation_to_warehouse.main([
+                "--batch_id", f"bench_{n}", "--lake_uri", settings.lake_uri, "--source_table", table,
+                "--target_table", "bench.template_copy"])
+            took = time.monotonic() - started
+            assert metrics["rows_out"] == n, metrics
+            results.append((n, "template", took))
+            print(f"  template    {took:8.1f} s  {n / took:>12,.0f} rows/s  (spark writes files "
+                  f"{metrics.get('write_seconds')} s, COPY of {metrics.get('copy_files')} files "
+                  f"{metrics.get('copy_seconds')} s, count + swap {metrics.get('commit_seconds')} s)", flush=True)
+            spark.sql(f"DROP TABLE {table} PURGE")
+        with psycopg2.connect(settings.warehouse_dsn) as conn, conn.cursor() as cur:
+            cur.execute("SELECT (SELECT count(*) FROM bench.plain_jdbc), (SELECT count(*) FROM bench.template_copy)")
+            last = cur.fetchone()
+        assert last == (sizes[-1], sizes[-1]), last
+    finally:
+        if spark is not None:
+            spark.stop()
+        postgres.stop(settings)
+        shutil.rmtree(home, ignore_errors=True)
+
+    print(f"\npresentation -> Postgres warehouse (python {sys.version.split()[0]}, {os.cpu_count()} cpus, "
+          f"Spark local[2])")
+    print(f"{'rows':>10} {'spark jdbc rows/s':>18} {'template rows/s':>16} {'speed-up':>9}")
+    by_size: dict[int, dict[str, float]] = {}
+    for n, name, seconds in results:
+        by_size.setdefault(n, {})[name] = seconds
+    for n, times in by_size.items():
+        jdbc, copy = n / times["spark jdbc"], n / times["template"]
+        print(f"{n:>10,} {jdbc:>18,.0f} {copy:>16,.0f} {copy / jdbc:>8.1f}x")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
