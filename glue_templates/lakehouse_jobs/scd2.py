@@ -1,38 +1,59 @@
 """SCD Type 2 history in an Iceberg table: one raw batch in, one commit out.
 
-The contract is shared/design/SCD2.md. What this module implements today:
+The contract is shared/design/SCD2.md; ``tests/glue_templates/scd2_reference.py`` is its
+plain-Python reference model and the property tests hold this module to it. The definition both
+follow, because it makes every rule a consequence rather than a special case:
 
-* new keys open a version, tracked changes close the open version and open a new one, records
-  equal (by ``_row_hash``) to the open version change nothing (rules 1-3);
-* several records per key in one batch are applied in ``sequence_by`` order, consecutive
-  duplicates collapse, same key + same sequence value + different content is an error (rule 4);
-  without ``sequence_by`` every record of a batch has the batch's load time, so only the key's
-  last record in the file (highest ``_line_number``) counts;
-* NULL is a value in the hash, and adding a column that is NULL does not change a hash (rule 7);
-* new columns are added to the table, missing ones load as NULL, type changes are widened when
-  Iceberg can promote them and refused otherwise, before any data is written (rule 8);
-* everything lands in ONE ``MERGE INTO`` (rule 9): its source is the new versions (merge key NULL,
-  so they never match and are inserted) unioned with one row per key whose open version must be
-  closed or updated in place (merge key = the key, matching only the ``_is_current`` row);
-* a re-applied batch is recognised (its versions already exist with the same sequence value and
-  hash, or equal the open version) and runs no MERGE at all: no new snapshot (rule 3);
-* columns left out of tracking are SCD1: a change updates the open version in place;
-* composite keys are joined column by column, and a NULL key is an error naming the row (rule 11).
+    A key's history is its events in sequence order with consecutive equal events collapsed.
 
-Not yet: deletes / ``op`` columns / snapshot mode (rule 6) and placing late records into history
-(rule 5). A record older than its key's open version is refused with an error naming the key
-before anything is written, so nothing is silently lost or misplaced; those rules extend
-:func:`_classify`, where records are compared with the table.
+An *event* is a record (its tracked content, hashed as ``_row_hash``) or a delete (a fixed marker
+instead of a hash). The table is the collapsed form, so its rows can be turned back into events:
+each version contributes one at its ``_valid_from``, and a version closed without a successor
+(a hard delete) contributes a delete at its ``_valid_to``. Applying a batch = turning the affected
+keys' rows back into events, adding the batch's records, collapsing again and writing the
+difference. Hence:
+
+* a new key opens a version, a tracked change closes the open one and opens another, a record equal
+  to the version it falls in changes nothing, and a re-applied batch produces no difference, so no
+  commit and no snapshot (rules 1-3);
+* several records per key are ordered by ``sequence_by``; same key + same sequence value with
+  different content is an error naming the key (rule 4); with no ``sequence_by`` every record of a
+  batch has the batch's load time, so the key's last record in the file counts;
+* a late record lands in the interval it belongs to and splits it; if it equals the next version,
+  that version now starts earlier (its old row is replaced) - it never becomes current unless it is
+  the latest (rule 5);
+* deletes (``op`` mapped to D in ``cdc`` mode, a key missing from the batch in ``snapshot`` mode)
+  close the open version; ``soft_delete`` also opens a tombstone (``_is_deleted``, only the key
+  set, ``_row_hash`` NULL); a key that comes back opens a new version (rule 6);
+* NULL is a value in the hash (rule 7); new columns are added, missing ones load as NULL, a type
+  Iceberg cannot promote is refused before any write (rule 8);
+* the whole difference (inserts, closes, in-place updates, replaced rows) is ONE ``MERGE INTO``,
+  and a failure after a schema change undoes the change (rule 9);
+* composite keys are joined column by column; a NULL key is an error naming the row (rule 11);
+* runs on one table are serialised by a Postgres advisory lock when the catalog is the JDBC
+  catalog, the table must still be at the snapshot that was read when the MERGE starts, and the
+  MERGE runs with ``serializable`` isolation so a commit that slips in between fails Iceberg's
+  conflict check (rule 12).
+
+Columns left out of tracking are SCD1: a version shows the values of its latest event (old rows
+count at their ``_valid_from``), so a later record with equal tracked columns updates them in place.
+
+Speed: most records of a batch usually equal their key's open version. They are recognised by one
+join with the open versions (narrow columns only) and never reach the history rebuild or the
+MERGE, whose source is only the real difference. New tables are merge-on-read, so a MERGE writes
+position deletes for the rows it closes instead of rewriting every data file it touches.
 """
 
 from __future__ import annotations
 
 import operator
 import uuid
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
-from functools import reduce
 from datetime import datetime, timezone
+from functools import reduce
+from typing import Any, Literal
 
 from pyspark.sql import Column, DataFrame, SparkSession, Window
 from pyspark.sql import functions as F
@@ -53,7 +74,17 @@ from pyspark.sql.types import (
 
 from lakehouse_jobs.identifiers import TableName, quote_spark, validate_identifier
 
-__all__ = ["SYSTEM_COLUMNS", "Scd2Error", "Scd2Result", "apply_changes", "row_hash"]
+__all__ = [
+    "DEFAULT_OP_MAPPING",
+    "DELETED",
+    "MODES",
+    "SYSTEM_COLUMNS",
+    "TABLE_PROPERTIES",
+    "Scd2Error",
+    "Scd2Result",
+    "apply_changes",
+    "row_hash",
+]
 
 SYSTEM_COLUMNS: tuple[StructField, ...] = (
     StructField("_valid_from", TimestampType()),
@@ -66,8 +97,22 @@ SYSTEM_COLUMNS: tuple[StructField, ...] = (
     StructField("_loaded_at", TimestampType()),
 )
 _SYSTEM_NAMES = tuple(f.name for f in SYSTEM_COLUMNS)
-_MERGE_KEY = "__mk_"  # prefix of the merge-key copies of the key columns in the MERGE source
-_SEQ, _LINE, _GROUP = "__seq", "__line", "__group"
+MODES = ("cdc", "snapshot")
+DELETED = "deleted"  # the event "hash" of a delete; not a hex digest, so it equals no row hash
+DEFAULT_OP_MAPPING: dict[str, str] = {"I": "I", "U": "U", "D": "D"}
+# merge-on-read: closing 10% of the keys writes position deletes instead of rewriting every data
+# file those keys live in (copy-on-write rewrites a file even when the WHEN MATCHED condition is
+# false, Iceberg issue 12558); serializable isolation makes a concurrent commit a conflict.
+TABLE_PROPERTIES: dict[str, str] = {
+    "format-version": "2",
+    "write.merge.mode": "merge-on-read",
+    "write.update.mode": "merge-on-read",
+    "write.delete.mode": "merge-on-read",
+    "write.merge.isolation-level": "serializable",
+    "write.merge.distribution-mode": "none",
+}
+_MK = "__mk_"  # prefix of the merge-key copies of the key columns in the MERGE source
+_SEQ, _LINE, _HASH, _OLD = "__seq", "__line", "__hash", "__old"
 
 
 class Scd2Error(ValueError):
@@ -79,10 +124,12 @@ class Scd2Result:
     """What one batch did to the table."""
 
     rows_in: int  # records in the batch
-    versions_inserted: int  # new versions opened
-    versions_closed: int  # open versions closed by a change
-    versions_updated: int  # open versions updated in place (untracked columns only)
+    versions_inserted: int  # new rows (versions and tombstones)
+    versions_closed: int  # open versions closed (by a change or a delete)
+    versions_updated: int  # other rows changed in place: untracked columns, a late record's split
+    versions_replaced: int  # rows removed because a late record moved their version's start
     committed: bool  # False when the batch changed nothing: no MERGE, no snapshot
+    snapshot_id: int | None  # the table's current snapshot after the batch
 
 
 def row_hash(columns: Sequence[str]) -> Column:
@@ -100,11 +147,15 @@ def row_hash(columns: Sequence[str]) -> Column:
     return F.sha2(F.concat_ws("\u001f", *parts), 256) if parts else F.sha2(F.lit(""), 256)
 
 
+def _all(conditions: Iterable[Column]) -> Column:
+    return reduce(operator.and_, conditions)
+
+
 def _any(conditions: Iterable[Column]) -> Column:
     return reduce(operator.or_, conditions)
 
 
-def _describe(row: dict[str, object], keys: Sequence[str]) -> str:
+def _describe(row: dict[str, Any], keys: Sequence[str]) -> str:
     """A record named the way a user finds it: file and line when known, plus its key."""
     where = f"{row.get('_source_file')} line {row.get('_line_number')}" if row.get("_line_number") is not None else "the batch"
     return f"{where} (key {', '.join(f'{k}={row.get(k)!r}' for k in keys)})"
@@ -133,18 +184,27 @@ def _widens(narrow: DataType, wide: DataType) -> bool:
             and narrow.scale == wide.scale and narrow.precision <= wide.precision)
 
 
-def _ensure_table(spark: SparkSession, table: TableName, data_fields: Sequence[StructField]) -> StructType:
+@dataclass(frozen=True)
+class _SchemaChange:
+    """What :func:`_ensure_table` did, so a failed batch can undo it (rule 9)."""
+
+    created: bool
+    added: tuple[str, ...]
+    promoted: tuple[str, ...]
+
+
+def _ensure_table(spark: SparkSession, table: TableName, data_fields: Sequence[StructField]) -> tuple[StructType, _SchemaChange]:
     """Create the table on first use; afterwards add new columns and promote widened types.
 
-    Every check runs before the first ALTER, so an impossible type change leaves the table as is.
-    Returns the table's schema after the changes.
+    Every check runs before the first ALTER, so an impossible type change leaves the table as is
+    and the error names the column. Returns the table's schema after the changes.
     """
     if not spark.catalog.tableExists(str(table)):
         spark.sql(f"CREATE NAMESPACE IF NOT EXISTS {quote_spark(table.namespace)}")
         columns = ", ".join(f"{quote_spark(f.name)} {f.dataType.simpleString()}" for f in (*data_fields, *SYSTEM_COLUMNS))
-        spark.sql(f"CREATE TABLE IF NOT EXISTS {table.spark} ({columns}) USING iceberg "
-                  f"TBLPROPERTIES ('format-version'='2')")
-        return spark.table(table.spark).schema
+        properties = ", ".join(f"'{k}'='{v}'" for k, v in TABLE_PROPERTIES.items())
+        spark.sql(f"CREATE TABLE {table.spark} ({columns}) USING iceberg TBLPROPERTIES ({properties})")
+        return spark.table(table.spark).schema, _SchemaChange(True, (), ())
     existing = {f.name: f.dataType for f in spark.table(table.spark).schema.fields}
     additions: list[StructField] = []
     promotions: list[StructField] = []
@@ -164,145 +224,294 @@ def _ensure_table(spark: SparkSession, table: TableName, data_fields: Sequence[S
     if additions:
         columns = ", ".join(f"{quote_spark(f.name)} {f.dataType.simpleString()}" for f in additions)
         spark.sql(f"ALTER TABLE {table.spark} ADD COLUMNS ({columns})")
-    return spark.table(table.spark).schema
+    change = _SchemaChange(False, tuple(f.name for f in additions), tuple(f.name for f in promotions))
+    return spark.table(table.spark).schema, change
 
 
-def _first_problem(frame: DataFrame, condition: Column) -> dict[str, object] | None:
+def _undo_schema_change(spark: SparkSession, table: TableName, change: _SchemaChange) -> None:
+    """Put the table back as it was after a failed batch: drop what this batch created or added.
+
+    A promotion (int→long) cannot be reversed in Iceberg; it is harmless (old readers see wider
+    values) and is left in place.
+    """
+    if change.created:
+        spark.sql(f"DROP TABLE IF EXISTS {table.spark} PURGE")
+    elif change.added:
+        for name in change.added:
+            spark.sql(f"ALTER TABLE {table.spark} DROP COLUMN {quote_spark(name)}")
+
+
+def _first(frame: DataFrame, condition: Column) -> dict[str, Any] | None:
     found = frame.filter(condition).limit(1).collect()
     return found[0].asDict() if found else None
 
 
 def _prepare(batch: DataFrame, keys: Sequence[str], attributes: Sequence[str], tracked: Sequence[str],
-             sequence_by: str | None) -> DataFrame:
-    """Batch → ``keys, attributes, __seq, __line, _source_file, _row_hash``, one row per (key, seq).
+             sequence_by: str | None, op_column: str | None, op_mapping: dict[str, str]
+             ) -> tuple[DataFrame, int, datetime | None]:
+    """Batch → events: keys, attributes, ``__seq``, ``__line``, ``_source_file``, ``__hash``.
 
-    Validates NULL keys and sequence values, and same-sequence conflicts, naming the record.
+    One Spark job validates and counts at once (NULL keys, NULL or unparsable sequence values, op
+    values the mapping does not know), because on small batches Spark's per-job overhead, not the
+    data, is the cost; the offending row is looked up only when there is one. Records are not
+    collapsed here: :func:`_rebuild` orders them with the stored history in one sort, which also
+    finds two different records at one sequence value. Returns the events, the number of records
+    and the latest sequence value.
     """
     columns = set(batch.columns)
     line = F.col("_line_number").cast("long") if "_line_number" in columns else F.lit(None).cast("long")
     source = F.col("_source_file").cast("string") if "_source_file" in columns else F.lit(None).cast("string")
     sequence = _sequence_column(batch, sequence_by or "_ingested_at")
-    prepared = batch.select(*keys, *attributes, sequence.alias(_SEQ), line.alias(_LINE), source.alias("_source_file"),
-                            row_hash(tracked).alias("_row_hash"))
-    named = prepared.withColumnRenamed(_LINE, "_line_number")
-    bad = _first_problem(named, _any(F.col(k).isNull() for k in keys))
-    if bad:
-        missing = [k for k in keys if bad[k] is None]
-        raise Scd2Error(f"NULL in key column(s) {missing} at {_describe(bad, keys)}")
-    bad = _first_problem(named, F.col(_SEQ).isNull())
-    if bad:
-        raise Scd2Error(f"sequence_by {sequence_by or '_ingested_at'!r} is NULL or not a timestamp at {_describe(bad, keys)}")
-    by_key = Window.partitionBy(*keys)
-    if sequence_by is None:
-        # every record has the batch's load time; the last one in the file is the state at load
-        prepared = prepared.withColumn("__last", F.max(_LINE).over(by_key)) \
-            .filter(F.col("__last").isNull() | (F.col(_LINE) == F.col("__last"))).drop("__last")
-    by_key_seq = Window.partitionBy(*keys, _SEQ)
-    checked = prepared.withColumn("__variants", F.size(F.collect_set("_row_hash").over(by_key_seq)))
-    bad = _first_problem(checked.withColumnRenamed(_LINE, "_line_number"), F.col("__variants") > 1)
-    if bad:
-        raise Scd2Error(f"two records with the same key and the same {sequence_by or '_ingested_at'} "
-                        f"{bad[_SEQ]} but different content, at {_describe(bad, keys)}")
-    latest_line = Window.partitionBy(*keys, _SEQ).orderBy(F.col(_LINE).desc_nulls_last())
-    return checked.drop("__variants").withColumn("__n", F.row_number().over(latest_line)).filter("__n = 1").drop("__n")
+    op_value = F.col(op_column).cast("string") if op_column else F.lit("U")
+    mapping = F.create_map(*[F.lit(x) for pair in op_mapping.items() for x in pair]) if op_column else None
+    action = mapping[op_value] if mapping is not None else F.lit("U")
+    named = batch.select(*keys, *attributes, sequence.alias(_SEQ), line.alias("_line_number"),
+                         source.alias("_source_file"), op_value.alias("__op_value"), action.alias("__action"))
+    problem = _any([*(F.col(k).isNull() for k in keys), F.col(_SEQ).isNull(), F.col("__action").isNull()])
+    stats = named.agg(F.count(F.lit(1)).alias("n"), F.max(_SEQ).alias("latest"),
+                      F.sum(problem.cast("int")).alias("problems")).first()
+    if stats is not None and stats["problems"]:
+        bad = _first(named, problem)
+        assert bad is not None
+        nulls = [k for k in keys if bad[k] is None]
+        if nulls:
+            raise Scd2Error(f"NULL in key column(s) {nulls} at {_describe(bad, keys)}")
+        if bad[_SEQ] is None:
+            raise Scd2Error(f"sequence_by {sequence_by or '_ingested_at'!r} is NULL or not a timestamp at "
+                            f"{_describe(bad, keys)}")
+        raise Scd2Error(f"op_column {op_column!r} has value {bad['__op_value']!r} at {_describe(bad, keys)}, "
+                        f"which op_mapping {op_mapping} does not map to I, U or D")
+    # a delete carries only its key: the tombstone it may open has no attribute values
+    is_delete = F.col("__action") == F.lit("D")
+    events = named.select(
+        *keys, *[F.when(~is_delete, F.col(c)).alias(c) for c in attributes],
+        _SEQ, F.col("_line_number").alias(_LINE), "_source_file",
+        F.when(is_delete, F.lit(DELETED)).otherwise(row_hash(tracked)).alias(_HASH))
+    rows_in = int(stats["n"]) if stats is not None else 0
+    return events, rows_in, (stats["latest"] if stats is not None else None)
 
 
-def _classify(spark: SparkSession, table: TableName, records: DataFrame, keys: Sequence[str],
-              untracked: Sequence[str]) -> DataFrame:
-    """Compare records with the table: drop what it already holds, refuse what cannot be applied yet.
+def _affected(spark: SparkSession, target: DataFrame, records: DataFrame, keys: Sequence[str],
+              untracked: Sequence[str], mode: str, delete_at: datetime | None) -> DataFrame:
+    """The events that can change the table: all records of keys that have at least one record not
+    already equal to the key's open version, plus (snapshot mode) deletes for missing keys.
 
-    Each record is matched to the version whose interval covers its sequence value. Equal hash in a
-    closed version: already applied (a re-run), dropped. Equal hash in the open version: kept, it may
-    update untracked columns in place. Different hash at exactly a version's start: a conflict.
-    Different hash inside a closed interval, or before the key's first version: a late record.
-
-    Returns the remaining records with ``__group``: 0 = continues the key's open version (tracked
-    columns equal), 1.. = a new version each, in sequence order; plus the open version's
-    ``__cur_from`` and ``__cur_*`` untracked values.
+    A key's records are kept or dropped together: a record equal to the open version still matters
+    when the same batch changes the key in between (A→B→A).
     """
-    target = spark.table(table.spark)
-    history = target.select(
-        *[F.col(k).alias(f"__h_{k}") for k in keys], F.col("_valid_from").alias("__vf"),
-        F.col("_valid_to").alias("__vt"), F.col("_row_hash").alias("__hist_hash"), F.col("_is_current").alias("__hist_open"))
-    covers = reduce(operator.and_, [F.col(k) == F.col(f"__h_{k}") for k in keys]) & (F.col(_SEQ) >= F.col("__vf")) & (
-        F.col("__vt").isNull() | (F.col(_SEQ) < F.col("__vt")))
     current = target.filter(F.col("_is_current")).select(
-        *keys, F.col("_valid_from").alias("__cur_from"), F.col("_row_hash").alias("__cur_hash"),
+        *keys, F.col("_valid_from").alias("__cur_from"),
+        F.when(F.col("_is_deleted"), F.lit(DELETED)).otherwise(F.col("_row_hash")).alias("__cur_hash"),
         *[F.col(c).alias(f"__cur_{c}") for c in untracked])
-    joined = records.join(history, covers, "left").drop(*[f"__h_{k}" for k in keys]) \
-        .join(current, list(keys), "left").withColumnRenamed(_LINE, "_line_number")
-    same = F.col("__hist_hash") == F.col("_row_hash")
-    bad = _first_problem(joined, ~same & (F.col(_SEQ) == F.col("__vf")))
-    if bad:
-        raise Scd2Error(f"{table} already has a version from {bad[_SEQ]} with different content for "
-                        f"{_describe(bad, keys)}: same key and sequence value, different content")
-    late = (F.col("__vf").isNull() & F.col("__cur_from").isNotNull()) | (~same & ~F.col("__hist_open"))
-    bad = _first_problem(joined, late)
-    if bad:
-        raise Scd2Error(f"late record at {_describe(bad, keys)}: its sequence value {bad[_SEQ]} falls before the "
-                        f"open version (from {bad['__cur_from']}) and differs from the history there; placing late "
-                        f"records in history is not supported yet")
-    pending = joined.filter(F.col("__vf").isNull() | F.col("__hist_open")).withColumnRenamed("_line_number", _LINE) \
-        .drop("__vf", "__vt", "__hist_hash", "__hist_open")
-    order = Window.partitionBy(*keys).orderBy(_SEQ)
-    previous = F.coalesce(F.lag("_row_hash").over(order), F.when(F.row_number().over(order) == 1, F.col("__cur_hash")))
-    starts = F.when(previous.isNull() | (previous != F.col("_row_hash")), 1).otherwise(0)
-    grouped = pending.withColumn("__starts", starts)
-    running = Window.partitionBy(*keys).orderBy(_SEQ).rowsBetween(Window.unboundedPreceding, Window.currentRow)
-    return grouped.withColumn(_GROUP, F.sum("__starts").over(running)).drop("__starts")
-
-
-def _merge_source(grouped: DataFrame, keys: Sequence[str], attributes: Sequence[str], tracked: Sequence[str],
-                  untracked: Sequence[str], sequence_by: str | None, table_schema: StructType, batch_id: str,
-                  loaded_at: datetime) -> DataFrame:
-    """The rows of the one MERGE: ``__action`` 'insert' (new versions) or 'match' (open versions)."""
-    in_group = Window.partitionBy(*keys, _GROUP)
-    last_in_group = Window.partitionBy(*keys, _GROUP).orderBy(F.col(_SEQ).desc())
-    versions = grouped.withColumn("__from", F.min(_SEQ).over(in_group))
-    if sequence_by and sequence_by not in tracked:
-        # a version keeps the sequence value it started with, matching its _valid_from
-        first_in_group = Window.partitionBy(*keys, _GROUP).orderBy(_SEQ) \
-            .rowsBetween(Window.unboundedPreceding, Window.unboundedFollowing)
-        versions = versions.withColumn(sequence_by, F.first(sequence_by).over(first_in_group))
-    versions = versions.withColumn("__n", F.row_number().over(last_in_group)).filter("__n = 1").drop("__n")
-    # otherwise the last record of a group supplies its untracked (SCD1) columns and lineage
-    new_versions = versions.filter(F.col(_GROUP) >= 1)
-    successor = Window.partitionBy(*keys).orderBy(_GROUP)
-    batch_columns = {*keys, *attributes}
-    inserts = new_versions.select(
-        *[F.lit(None).cast(grouped.schema[k].dataType).alias(f"{_MERGE_KEY}{k}") for k in keys],
-        F.lit("insert").alias("__action"),
-        *[(F.col(f.name) if f.name in batch_columns else F.lit(None)).cast(f.dataType).alias(f.name)
-          for f in table_schema.fields if f.name not in _SYSTEM_NAMES],
-        F.col("__from").alias("_valid_from"),
-        F.lead("__from").over(successor).alias("_valid_to"),
-        F.lead("__from").over(successor).isNull().alias("_is_current"),
-        F.lit(False).alias("_is_deleted"),
-        F.col("_row_hash"),
-        F.lit(batch_id).alias("_batch_id"),
-        F.col("_source_file"),
-        F.lit(loaded_at).alias("_loaded_at"),
-    )
-    # per key with an open version: close it at the first new version, and/or update untracked columns
-    closes = new_versions.filter(F.col("__cur_from").isNotNull()).groupBy(*keys).agg(F.min("__from").alias("__close_at"))
-    continued = versions.filter(F.col(_GROUP) == 0)
-    if untracked:
-        changed = _any(~F.col(c).eqNullSafe(F.col(f"__cur_{c}")) for c in untracked)
-        continued = continued.filter(changed)
+    if mode == "snapshot":
+        joined = records.withColumn("__present", F.lit(True)).join(current, list(keys), "full_outer")
+        missing = F.col("__present").isNull()
+        # a key absent from the snapshot whose open version is not already a tombstone: a delete
+        deletes = joined.filter(missing & (F.col("__cur_hash") != F.lit(DELETED))).select(
+            *keys, *[F.lit(None).cast(records.schema[c].dataType).alias(c) for c in records.columns
+                     if c not in (*keys, _SEQ, _HASH, "_source_file", _LINE)],
+            F.lit(delete_at).cast("timestamp").alias(_SEQ), F.lit(None).cast("long").alias(_LINE),
+            F.lit(None).cast("string").alias("_source_file"), F.lit(DELETED).alias(_HASH))
+        joined = joined.filter(~missing)
     else:
-        continued = continued.limit(0)
-    updates = continued.select(*keys, F.lit(True).alias("__set_untracked"), *untracked)
-    matches = closes.join(updates, list(keys), "full_outer")
-    match_rows = matches.select(
-        *[F.col(k).alias(f"{_MERGE_KEY}{k}") for k in keys],
-        F.lit("match").alias("__action"),
-        *[(F.col(f.name) if f.name in untracked else F.lit(None)).cast(f.dataType).alias(f.name)
-          for f in table_schema.fields if f.name not in _SYSTEM_NAMES],
-        F.col("__close_at").alias("_valid_from"),  # the closing time travels in _valid_from
-        *[F.lit(None).cast(f.dataType).alias(f.name) for f in SYSTEM_COLUMNS[1:]],
-        F.coalesce(F.col("__set_untracked"), F.lit(False)).alias("__set_untracked"),
+        joined = records.join(current, list(keys), "left")
+        deletes = None
+    untracked_equal = [F.col(c).eqNullSafe(F.col(f"__cur_{c}")) for c in untracked]
+    unchanged = _all([F.col("__cur_from").isNotNull(), F.col(_SEQ) >= F.col("__cur_from"),
+                      F.col(_HASH) == F.col("__cur_hash"), *untracked_equal])
+    by_key = Window.partitionBy(*keys)
+    flagged = joined.withColumn("__changes", F.max(F.when(unchanged, 0).otherwise(1)).over(by_key))
+    pending = flagged.filter(F.col("__changes") == 1).select(*records.columns)
+    return pending.unionByName(deletes) if deletes is not None else pending
+
+
+def _rebuild(target: DataFrame, pending: DataFrame, keys: Sequence[str], attributes: Sequence[str],
+             untracked: Sequence[str], sequence_by: str | None, table_schema: StructType, batch_id: str,
+             loaded_at: datetime) -> tuple[DataFrame, DataFrame]:
+    """The affected keys' stored rows turned back into events and merged with the batch's.
+
+    Events are ordered by sequence value, then the table's own event first (a re-applied record
+    changes nothing), then the file's latest line first. At one sequence value only the first event
+    counts; a later one with other content is a conflict: with the stored history always, between
+    two records of the batch only when ``sequence_by`` orders them (without it, the file's last
+    line is the key's state at load time). Returns (events with ``__run`` numbers, conflicts).
+    """
+    data_fields = [f for f in table_schema.fields if f.name not in _SYSTEM_NAMES and f.name not in keys]
+    data_names = [f.name for f in data_fields]
+    affected_keys = pending.select(*keys).distinct()
+    history = target.join(affected_keys, list(keys), "left_semi")
+    successor = Window.partitionBy(*keys).orderBy("_valid_from")
+    history = history.withColumn("__next_from", F.lead("_valid_from").over(successor))
+    no_old = (F.lit(None).cast("timestamp").alias("__old_from"), F.lit(None).cast("timestamp").alias("__old_to"),
+              F.lit(None).cast("boolean").alias("__old_current"))
+    old_events = history.select(
+        *keys, *data_names, F.col("_valid_from").alias(_SEQ),
+        F.when(F.col("_is_deleted"), F.lit(DELETED)).otherwise(F.col("_row_hash")).alias(_HASH),
+        F.lit(0).alias("__prio"), F.lit(None).cast("long").alias(_LINE), F.col("_valid_from").alias("__old_from"),
+        F.col("_valid_to").alias("__old_to"), F.col("_is_current").alias("__old_current"), "_batch_id",
+        "_source_file", "_loaded_at")
+    # a version closed with nothing starting at its end was hard-deleted there: a delete event
+    gaps = history.filter(F.col("_valid_to").isNotNull() & (F.col("__next_from").isNull()
+                                                            | (F.col("__next_from") != F.col("_valid_to")))).select(
+        *keys, *[F.lit(None).cast(f.dataType).alias(f.name) for f in data_fields], F.col("_valid_to").alias(_SEQ),
+        F.lit(DELETED).alias(_HASH), F.lit(0).alias("__prio"), F.lit(None).cast("long").alias(_LINE), *no_old,
+        F.lit(None).cast("string").alias("_batch_id"), F.lit(None).cast("string").alias("_source_file"),
+        F.lit(None).cast("timestamp").alias("_loaded_at"))
+    batch_columns = set(attributes)
+    new_events = pending.select(
+        *keys, *[(F.col(f.name) if f.name in batch_columns else F.lit(None)).cast(f.dataType).alias(f.name)
+                 for f in data_fields],
+        _SEQ, _HASH, F.lit(1).alias("__prio"), F.col(_LINE), *no_old, F.lit(batch_id).alias("_batch_id"),
+        F.col("_source_file"), F.lit(loaded_at).cast("timestamp").alias("_loaded_at"))
+    events = old_events.unionByName(gaps).unionByName(new_events)
+    order = Window.partitionBy(*keys).orderBy(_SEQ, "__prio", F.col(_LINE).desc_nulls_last())
+    events = events.withColumn("__prev_seq", F.lag(_SEQ).over(order)) \
+        .withColumn("__prev_hash", F.lag(_HASH).over(order)).withColumn("__prev_prio", F.lag("__prio").over(order))
+    same_seq = F.col("__prev_seq").eqNullSafe(F.col(_SEQ))
+    differs = same_seq & ~F.col("__prev_hash").eqNullSafe(F.col(_HASH))
+    with_table = F.col("__prev_prio") == 0
+    # materialised once: the conflicts and the runs below both read it (Spark would otherwise
+    # recompute the history join and this sort for each of the MERGE source's branches)
+    events = events.withColumn("__dup", same_seq) \
+        .withColumn("__conflict", differs & (with_table | F.lit(sequence_by is not None))) \
+        .withColumn("__with_table", with_table).localCheckpoint(eager=True)
+    conflicts = events.filter(F.col("__conflict")).select(*keys, _SEQ, _LINE, "_source_file", "__with_table")
+    kept = events.filter(~F.col("__dup"))
+    # the sequence values left are distinct per key, so this running sum numbers the runs
+    starts = F.when(F.lag(_HASH).over(Window.partitionBy(*keys).orderBy(_SEQ)).eqNullSafe(F.col(_HASH)), 0).otherwise(1)
+    running = Window.partitionBy(*keys).orderBy(_SEQ).rowsBetween(Window.unboundedPreceding, Window.currentRow)
+    runs = kept.drop("__prev_seq", "__prev_hash", "__prev_prio", "__dup", "__conflict", "__with_table").withColumn("__starts", starts) \
+        .withColumn("__run", F.sum("__starts").over(running))
+    return runs, conflicts
+
+
+def _diff(events: DataFrame, keys: Sequence[str], data_fields: Sequence[StructField], untracked: Sequence[str],
+          soft_delete: bool) -> DataFrame:
+    """Collapsed runs → versions, compared with the rows they came from."""
+    first_fields = [f.name for f in data_fields if f.name not in untracked]
+    runs = events.groupBy(*keys, "__run").agg(
+        F.min(_SEQ).alias("_valid_from"),
+        F.min_by(F.struct(*first_fields, _HASH, "__old_from", "__old_to", "__old_current", "_batch_id",
+                          "_source_file", "_loaded_at"), F.col(_SEQ)).alias("__first"),
+        F.max_by(F.struct(*[F.col(c) for c in untracked], F.lit(0).alias("__pad")), F.col(_SEQ)).alias("__last"),
+        F.min_by(F.struct(*[F.col(c) for c in untracked], F.lit(0).alias("__pad")), F.col(_SEQ)).alias("__first_untracked"),
     )
-    return inserts.withColumn("__set_untracked", F.lit(False)).unionByName(match_rows)
+    successor = Window.partitionBy(*keys).orderBy("__run")
+    runs = runs.withColumn("_valid_to", F.lead("_valid_from").over(successor)) \
+        .withColumn("_is_current", F.lead("_valid_from").over(successor).isNull())
+    deleted = F.col("__first." + _HASH) == F.lit(DELETED)
+    old = F.col("__first.__old_from").isNotNull()
+    # a delete run becomes a tombstone when soft_delete asks (or one is already stored); never as
+    # a key's first run: deleting a key the table never had records nothing
+    keep = ~deleted | ((F.col("__run") > 1) & (F.lit(soft_delete) | old))
+    versions = runs.filter(keep)
+    data_values = [F.col(f"__first.{f.name}").alias(f.name) if f.name not in untracked
+                   else F.col(f"__last.{f.name}").alias(f.name) for f in data_fields]
+    inserts = versions.filter(~old).select(
+        *[F.lit(None).cast(events.schema[k].dataType).alias(f"{_MK}{k}") for k in keys],
+        F.lit(None).cast("timestamp").alias(f"{_MK}valid_from"), F.lit("insert").alias("__action"), *keys,
+        *data_values, "_valid_from", "_valid_to", "_is_current", deleted.alias("_is_deleted"),
+        F.when(~deleted, F.col("__first." + _HASH)).alias("_row_hash"), F.col("__first._batch_id").alias("_batch_id"),
+        F.col("__first._source_file").alias("_source_file"), F.col("__first._loaded_at").alias("_loaded_at"),
+        F.lit(False).alias("__closed"))
+    changed_untracked = [~F.col(f"__last.{c}").eqNullSafe(F.col(f"__first_untracked.{c}")) for c in untracked]
+    differs = _any([~F.col("_valid_to").eqNullSafe(F.col("__first.__old_to")),
+                    F.col("_is_current") != F.col("__first.__old_current"), *changed_untracked])
+    updates = versions.filter(old & differs).select(
+        *[F.col(k).alias(f"{_MK}{k}") for k in keys], F.col("_valid_from").alias(f"{_MK}valid_from"),
+        F.lit("update").alias("__action"), *keys, *data_values, "_valid_from", "_valid_to", "_is_current",
+        deleted.alias("_is_deleted"), F.lit(None).cast("string").alias("_row_hash"),
+        F.lit(None).cast("string").alias("_batch_id"), F.lit(None).cast("string").alias("_source_file"),
+        F.lit(None).cast("timestamp").alias("_loaded_at"),
+        (F.col("__first.__old_current") & ~F.col("_is_current")).alias("__closed"))
+    # a stored row whose event is no longer a run's first (a late record now starts its version),
+    # or a stored tombstone that is now a key's first run, is replaced
+    dropped_runs = runs.filter(~keep & old).select(*keys, F.col("__first.__old_from").alias("__old_from"))
+    swallowed = events.filter(F.col("__old_from").isNotNull() & (F.col("__starts") == 0)).select(*keys, "__old_from")
+    deletes = dropped_runs.unionByName(swallowed).select(
+        *[F.col(k).alias(f"{_MK}{k}") for k in keys], F.col("__old_from").alias(f"{_MK}valid_from"),
+        F.lit("delete").alias("__action"), *keys, *[F.lit(None).cast(f.dataType).alias(f.name) for f in data_fields],
+        *[F.lit(None).cast(f.dataType).alias(f.name) for f in SYSTEM_COLUMNS], F.lit(False).alias("__closed"))
+    return inserts.unionByName(updates).unionByName(deletes)
+
+
+def _current_snapshot(spark: SparkSession, table: TableName) -> int | None:
+    """The table's current snapshot id, freshly read from the catalog (None: no snapshot yet).
+
+    Asked through Iceberg's Java API rather than the ``.history`` metadata table: that is a Spark
+    job, and this is called around every commit.
+    """
+    jvm = spark.sparkContext._jvm  # type: ignore[attr-defined]
+    iceberg = jvm.org.apache.iceberg.spark.Spark3Util.loadIcebergTable(spark._jsparkSession, str(table))  # type: ignore[attr-defined]
+    iceberg.refresh()
+    snapshot = iceberg.currentSnapshot()
+    return int(snapshot.snapshotId()) if snapshot is not None else None
+
+
+ROWS_PER_SHUFFLE_PARTITION = 250_000
+
+
+def _table_rows(spark: SparkSession, table: TableName) -> int:
+    """Rows in the table's current snapshot, from its summary (no scan); 0 when unknown."""
+    jvm = spark.sparkContext._jvm  # type: ignore[attr-defined]
+    iceberg = jvm.org.apache.iceberg.spark.Spark3Util.loadIcebergTable(spark._jsparkSession, str(table))  # type: ignore[attr-defined]
+    snapshot = iceberg.currentSnapshot()
+    if snapshot is None:
+        return 0
+    total = snapshot.summary().get("total-records")
+    return int(total) if total is not None else 0
+
+
+@contextmanager
+def _shuffle_partitions(spark: SparkSession, rows: int) -> Iterator[int]:
+    """Size shuffles to the batch for the duration of one apply, then restore the session's value.
+
+    Every shuffle stage costs a task per partition; a small batch spread over the session's default
+    (sized for big jobs) pays that overhead several times per stage for nothing. Never more than the
+    session's own setting, never fewer than one partition.
+    """
+    configured = int(spark.conf.get("spark.sql.shuffle.partitions", "200") or "200")
+    wanted = max(1, min(configured, -(-rows // ROWS_PER_SHUFFLE_PARTITION)))
+    spark.conf.set("spark.sql.shuffle.partitions", str(wanted))
+    try:
+        yield wanted
+    finally:
+        spark.conf.set("spark.sql.shuffle.partitions", str(configured))
+
+
+@contextmanager
+def _table_lock(spark: SparkSession, table: TableName) -> Iterator[bool]:
+    """Serialise runs on one table with a Postgres advisory lock held on the catalog database.
+
+    The catalog's own JDBC connection settings are reused through the JVM's Postgres driver (it is
+    on the classpath because the JDBC catalog needs it). Yields False when the catalog is not a
+    Postgres JDBC catalog (Glue's catalog, a REST catalog): then the orchestrator's pool serialises
+    runs and Iceberg's conflict check is the guard. The lock ends with its connection, so a killed
+    job cannot leave it held.
+    """
+    catalog = spark.conf.get("spark.sql.defaultCatalog", "spark_catalog")
+    prefix = f"spark.sql.catalog.{catalog}"
+    uri = spark.conf.get(f"{prefix}.uri", "") or ""
+    if not uri.startswith("jdbc:postgresql:"):
+        yield False
+        return
+    jvm = spark.sparkContext._jvm  # type: ignore[attr-defined]
+    properties = jvm.java.util.Properties()
+    for key in ("user", "password"):
+        value = spark.conf.get(f"{prefix}.jdbc.{key}", None)
+        if value is not None:
+            properties.setProperty(key, value)
+    connection = jvm.org.postgresql.Driver().connect(uri, properties)
+    if connection is None:
+        raise RuntimeError(f"the Postgres driver refused the catalog URI {uri!r}")
+    try:
+        statement = connection.prepareStatement("SELECT pg_advisory_lock(hashtextextended(?, 0))")
+        statement.setString(1, f"lakehouse.scd2:{catalog}.{table}")
+        statement.execute()
+        statement.close()
+        yield True
+    finally:
+        connection.close()  # releases the session-level advisory lock
 
 
 def apply_changes(
@@ -315,11 +524,15 @@ def apply_changes(
     track_columns: Sequence[str] | None = None,
     track_except: Sequence[str] | None = None,
     loaded_at: datetime | None = None,
+    mode: Literal["cdc", "snapshot"] = "cdc",
+    op_column: str | None = None,
+    op_mapping: dict[str, str] | None = None,
+    soft_delete: bool = False,
 ) -> Scd2Result:
     """Apply one batch of records to the SCD2 table ``table`` in a single Iceberg commit.
 
     Args:
-        spark: session whose default catalog holds ``table`` (created, format v2, if missing).
+        spark: session whose default catalog holds ``table`` (created, merge-on-read, if missing).
         table: validated ``namespace.table``.
         batch_df: the records; data columns plus optional lineage columns ``_source_file``,
             ``_line_number``, ``_ingested_at`` (columns starting with ``_`` are never data).
@@ -330,81 +543,144 @@ def apply_changes(
         track_columns: columns whose change opens a new version (default: all data columns).
         track_except: columns excluded from tracking (alternative to ``track_columns``).
         loaded_at: ``_loaded_at`` of new versions (default: now, UTC).
+        mode: ``cdc`` (records are changes) or ``snapshot`` (the batch is the full current state;
+            keys missing from it are deleted at the batch's latest sequence value).
+        op_column: ``cdc`` only: column saying whether a record is an insert, update or delete.
+        op_mapping: the op column's values → ``I``/``U``/``D`` (default identity); an unmapped
+            value is an error naming the row.
+        soft_delete: a delete also opens a tombstone version (``_is_deleted`` true).
 
     Returns:
         Counts of what changed; ``committed`` is False when nothing did (no snapshot is written).
 
     Raises:
-        Scd2Error: before any write, for NULL keys, same-sequence conflicts, late records, unknown
-            columns or a type change Iceberg cannot promote.
+        Scd2Error: before any write, for NULL keys, same-sequence conflicts, unknown op values,
+            unknown columns or a type change Iceberg cannot promote.
     """
     if not keys:
         raise Scd2Error("keys must name at least one column")
+    if len(set(keys)) != len(keys):
+        raise Scd2Error(f"keys {list(keys)} name a column twice")
     if track_columns and track_except:
         raise Scd2Error("give track_columns or track_except, not both")
+    if mode not in MODES:
+        raise Scd2Error(f"mode must be one of {list(MODES)}, got {mode!r}")
+    if op_column and mode != "cdc":
+        raise Scd2Error("op_column is for mode 'cdc'; in 'snapshot' mode a key missing from the batch is the delete")
+    mapping = dict(op_mapping) if op_mapping else dict(DEFAULT_OP_MAPPING)
+    wrong = {k: v for k, v in mapping.items() if v not in ("I", "U", "D")}
+    if wrong:
+        raise Scd2Error(f"op_mapping must map op values to 'I', 'U' or 'D'; these do not: {wrong}")
     columns = batch_df.columns
-    for name in (*keys, *(track_columns or ()), *(track_except or ())):
+    for name in (*keys, *(track_columns or ()), *(track_except or ()), *([op_column] if op_column else [])):
         validate_identifier(name, "column")
-    missing = [c for c in (*keys, *(track_columns or ()), *([sequence_by] if sequence_by else [])) if c not in columns]
+    missing = [c for c in (*keys, *(track_columns or ()), *([sequence_by] if sequence_by else []),
+                           *([op_column] if op_column else [])) if c not in columns]
     if missing:
         raise Scd2Error(f"columns {missing} are not in the batch (it has {columns})")
     if sequence_by is None and "_ingested_at" not in columns:
         raise Scd2Error("no sequence_by given and the batch has no _ingested_at column")
-    attributes = [c for c in columns if not c.startswith("_") and c not in keys]
+    attributes = [c for c in columns if not c.startswith("_") and c not in keys and c != op_column]
     for name in attributes:
         validate_identifier(name, "column")
+    overlap = [c for c in (track_columns or ()) if c in keys]
+    if overlap:
+        raise Scd2Error(f"track_columns {overlap} are keys; keys identify a version, they are not tracked")
     # the sequence column differs on every record by nature: it dates versions, it does not make them
     tracked = list(track_columns) if track_columns else [
         c for c in attributes if c not in (track_except or ()) and c != sequence_by]
     untracked = [c for c in attributes if c not in tracked and c != sequence_by]
     loaded_at = loaded_at or datetime.now(timezone.utc)
 
-    records = _prepare(batch_df, keys, attributes, tracked, sequence_by).persist()
-    try:
-        rows_in = batch_df.count()
+    with _table_lock(spark, table):
+        if spark.catalog.tableExists(str(table)):
+            spark.sql(f"REFRESH TABLE {table.spark}")  # see commits made while waiting for the lock
+        records, rows_in, delete_at = _prepare(batch_df, keys, attributes, tracked, sequence_by, op_column, mapping)
+        if mode == "snapshot" and rows_in == 0:
+            raise Scd2Error("the snapshot batch is empty; refusing to delete every key (load an empty "
+                            "snapshot deliberately by deleting through mode 'cdc')")
         data_fields = [batch_df.schema[c] for c in (*keys, *attributes)]
-        table_schema = _ensure_table(spark, table, data_fields)
-        grouped = _classify(spark, table, records, keys, untracked)
-        source = _merge_source(grouped, keys, attributes, tracked, untracked, sequence_by, table_schema,
-                               batch_id, loaded_at).persist()
+        table_schema, change = _ensure_table(spark, table, data_fields)
         try:
-            counts = {r["__action"]: (r["n"], r["closes"], r["updates"]) for r in source.groupBy("__action").agg(
-                F.count(F.lit(1)).alias("n"),
-                F.count("_valid_from").alias("closes"),
-                F.sum(F.col("__set_untracked").cast("int")).alias("updates"),
-            ).collect()}
-            inserted = counts.get("insert", (0, 0, 0))[0]
-            closed = counts.get("match", (0, 0, 0))[1]
-            updated = int(counts.get("match", (0, 0, 0))[2] or 0)
-            if inserted or closed or updated:
-                _merge(spark, table, source, keys, table_schema, untracked)
-        finally:
-            source.unpersist()
-    finally:
-        records.unpersist()
-    return Scd2Result(rows_in, inserted, closed, updated, committed=bool(inserted or closed or updated))
+            with _shuffle_partitions(spark, rows_in + _table_rows(spark, table)):
+                return _apply(spark, table, records, keys, attributes, untracked, sequence_by, table_schema,
+                              batch_id, loaded_at, mode, soft_delete, delete_at, rows_in)
+        except BaseException:
+            _undo_schema_change(spark, table, change)
+            raise
+
+
+def _apply(spark: SparkSession, table: TableName, records: DataFrame, keys: Sequence[str],
+           attributes: Sequence[str], untracked: Sequence[str], sequence_by: str | None,
+           table_schema: StructType, batch_id: str, loaded_at: datetime, mode: str, soft_delete: bool,
+           delete_at: datetime | None, rows_in: int) -> Scd2Result:
+    """Read at one snapshot, compute the difference, MERGE it if there is one.
+
+    The difference and any conflict are computed by one Spark job (a local checkpoint that the
+    MERGE then reads), so the batch's records and the table are read once for it.
+    """
+    read_snapshot = _current_snapshot(spark, table)
+    target = spark.table(table.spark) if read_snapshot is None else \
+        spark.read.option("snapshot-id", read_snapshot).table(str(table))
+    # the records that can change anything: usually a small part of the batch, read once from here
+    pending = _affected(spark, target, records, keys, untracked, mode, delete_at).localCheckpoint(eager=True)
+    runs, conflicts = _rebuild(target, pending, keys, attributes, untracked, sequence_by, table_schema, batch_id,
+                               loaded_at)
+    data_fields = [f for f in table_schema.fields if f.name not in _SYSTEM_NAMES and f.name not in keys]
+    diff = _diff(runs, keys, data_fields, untracked, soft_delete)
+    conflict_rows = conflicts.select(
+        *[F.col(k).alias(f"{_MK}{k}") for k in keys], F.col(_SEQ).alias(f"{_MK}valid_from"),
+        F.when(F.col("__with_table"), F.lit("conflict_table")).otherwise(F.lit("conflict")).alias("__action"),
+        *keys, *[F.lit(None).cast(f.dataType).alias(f.name) for f in data_fields],
+        *[(F.col(_SEQ) if f.name == "_valid_from" else F.col("_source_file") if f.name == "_source_file"
+           else F.lit(None).cast(f.dataType)).alias(f.name) for f in SYSTEM_COLUMNS],
+        F.lit(False).alias("__closed"), F.col(_LINE).alias("_line_number"))
+    source = diff.withColumn("_line_number", F.lit(None).cast("long")).unionByName(conflict_rows) \
+        .localCheckpoint(eager=True)
+    counts = {r["__action"]: (int(r["n"]), int(r["closed"] or 0)) for r in source.groupBy("__action").agg(
+        F.count(F.lit(1)).alias("n"), F.sum(F.col("__closed").cast("int")).alias("closed")).collect()}
+    if "conflict" in counts or "conflict_table" in counts:
+        bad = _first(source, F.col("__action").startswith("conflict"))
+        assert bad is not None
+        if bad["__action"] == "conflict":
+            raise Scd2Error(f"two records with the same key and the same {sequence_by} {bad['_valid_from']} but "
+                            f"different content, at {_describe(bad, keys)}")
+        raise Scd2Error(f"{table} already has a version from {bad['_valid_from']} with different content than "
+                        f"{_describe(bad, keys)}: same key and sequence value, different content")
+    inserted = counts.get("insert", (0, 0))[0]
+    updates, closed = counts.get("update", (0, 0))
+    replaced = counts.get("delete", (0, 0))[0]
+    committed = bool(inserted or updates or replaced)
+    if committed:
+        now = _current_snapshot(spark, table)
+        if now != read_snapshot:
+            raise Scd2Error(f"{table} changed while this batch was computed (snapshot {read_snapshot} → {now}): "
+                            f"another run committed; re-run this batch, it will apply only what is left")
+        spark.sql(f"REFRESH TABLE {table.spark}")
+        _merge(spark, table, source, keys, table_schema, untracked)
+    return Scd2Result(rows_in, inserted, closed, updates - closed, replaced, committed, _current_snapshot(spark, table))
 
 
 def _merge(spark: SparkSession, table: TableName, source: DataFrame, keys: Sequence[str],
            table_schema: StructType, untracked: Sequence[str]) -> None:
-    """The single commit. Insert rows carry NULL merge keys, so ``=`` never matches them."""
+    """The single commit. Insert rows carry NULL merge keys, so ``=`` never matches them; the other
+    rows match exactly one stored row by key and ``_valid_from``."""
     view = f"scd2_source_{uuid.uuid4().hex}"
     source.createOrReplaceTempView(view)
     try:
-        on = " AND ".join(f"t.{quote_spark(k)} = s.{quote_spark(_MERGE_KEY + k)}" for k in keys)
-        untracked_sets = "".join(
-            f", t.{quote_spark(c)} = CASE WHEN s.__set_untracked THEN s.{quote_spark(c)} ELSE t.{quote_spark(c)} END"
-            for c in untracked)
+        on = " AND ".join([*(f"t.{quote_spark(k)} = s.{quote_spark(_MK + k)}" for k in keys),
+                           f"t._valid_from = s.{_MK}valid_from"])
+        untracked_sets = "".join(f", t.{quote_spark(c)} = s.{quote_spark(c)}" for c in untracked)
         names = [f.name for f in table_schema.fields]
         insert_columns = ", ".join(quote_spark(n) for n in names)
         insert_values = ", ".join(f"s.{quote_spark(n)}" for n in names)
         spark.sql(f"""
             MERGE INTO {table.spark} AS t
             USING {quote_spark(view)} AS s
-            ON {on} AND t._is_current
-            WHEN MATCHED AND s.__action = 'match' THEN UPDATE SET
-                t._valid_to = s._valid_from,
-                t._is_current = s._valid_from IS NULL{untracked_sets}
+            ON {on}
+            WHEN MATCHED AND s.__action = 'delete' THEN DELETE
+            WHEN MATCHED AND s.__action = 'update' THEN UPDATE SET
+                t._valid_to = s._valid_to, t._is_current = s._is_current{untracked_sets}
             WHEN NOT MATCHED AND s.__action = 'insert' THEN INSERT ({insert_columns}) VALUES ({insert_values})
         """)
     finally:

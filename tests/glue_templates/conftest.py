@@ -8,7 +8,7 @@ Postgres) without paying a JVM start per test.
 from __future__ import annotations
 
 import logging
-
+import sys
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -18,6 +18,10 @@ from pyspark.sql import SparkSession
 
 from lakehouse.config import Settings
 from lakehouse.runners.spark_conf import local_spark_conf
+
+# the SCD2 reference model sits beside the tests as a plain module; pytest's importlib mode does
+# not put test folders on sys.path, so the property tests could not import it otherwise
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 
 @pytest.fixture(scope="session")
