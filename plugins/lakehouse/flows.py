@@ -54,10 +54,17 @@ class ParameterSpec:
     default: Any = None
     choices: tuple[Any, ...] | None = None
     description: str = ""
+    # rules between parameters, so a combination the job would refuse fails before it starts:
+    # {"requires": {"mode": ["cdc"], "op_column": null}} - only with mode cdc and op_column set;
+    # {"excludes": ["track_columns"]}; {"item_choices": [...]} - allowed list items / object values
+    requires: tuple[tuple[str, tuple[Any, ...] | None], ...] = ()
+    excludes: tuple[str, ...] = ()
+    item_choices: tuple[Any, ...] | None = None
 
     @classmethod
     def from_row(cls, row: Mapping[str, Any]) -> "ParameterSpec":
         choices = row.get("choices")
+        items = row.get("item_choices")
         return cls(
             name=str(row["name"]),
             type=str(row.get("type", "str")),
@@ -65,6 +72,9 @@ class ParameterSpec:
             default=row.get("default"),
             choices=tuple(choices) if choices is not None else None,
             description=str(row.get("description", "")),
+            requires=tuple((str(k), tuple(v) if v is not None else None) for k, v in (row.get("requires") or {}).items()),
+            excludes=tuple(str(x) for x in row.get("excludes") or ()),
+            item_choices=tuple(items) if items is not None else None,
         )
 
 
@@ -229,7 +239,32 @@ def _check_value(spec: ParameterSpec, value: Any) -> str | None:
         return f"expected {spec.type}, got {type(value).__name__} {value!r}"
     if spec.choices is not None and value not in spec.choices:
         return f"must be one of {list(spec.choices)}, got {value!r}"
+    if spec.item_choices is not None and isinstance(value, (dict, list)):
+        items = list(value.values()) if isinstance(value, dict) else value
+        wrong = [v for v in items if v not in spec.item_choices]
+        if wrong:
+            return f"values must be among {list(spec.item_choices)}, got {wrong!r}"
     return None
+
+
+def _relation_problems(template: Template, parameters: Mapping[str, Any]) -> list[tuple[str, str]]:
+    """(parameter, why) for every ``requires`` / ``excludes`` rule of the spec the task breaks."""
+    problems: list[tuple[str, str]] = []
+    for name in parameters:
+        spec = template.spec(name)
+        if spec is None:
+            continue
+        for other in spec.excludes:
+            if other in parameters:
+                problems.append((name, f"cannot be given together with {other!r}"))
+        for other, allowed in spec.requires:
+            other_spec = template.spec(other)
+            value = parameters.get(other, other_spec.default if other_spec else None)
+            if allowed is None and value is None:
+                problems.append((name, f"needs {other!r} to be given"))
+            elif allowed is not None and value not in allowed:
+                problems.append((name, f"needs {other!r} in {list(allowed)}, got {value!r}"))
+    return problems
 
 
 def _placeholder_problems(flow_id: str, where: str, value: Any) -> list[FlowProblem]:
@@ -331,6 +366,8 @@ def validate_flow(flow: Flow, templates: Mapping[str, Template]) -> list[FlowPro
             for path, why in literal_secret_problems({name: value}):
                 add(f"{row}.parameters.{path}", why)
             problems.extend(_placeholder_problems(flow.flow_id, where, value))
+        for name, why in _relation_problems(template, task.parameters):
+            add(f"{row}.parameters.{name}", why)
         for spec in template.parameters:
             if spec.required and spec.name not in task.parameters:
                 add(f"{row}.parameters.{spec.name}", f"required by template {template.template_id!r} but missing")

@@ -1,0 +1,287 @@
+"""SCD2 contract rules that a random batch sequence does not reach: re-runs and concurrent runs
+(rules 3, 12), failure atomicity (rules 8, 9), parameters declared in metadata and validated before
+the job starts, and reading a stage table with Spark SQL, PyIceberg and time travel."""
+
+from __future__ import annotations
+
+import json
+import threading
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import psycopg2
+import pytest
+from pyspark.sql import DataFrame, SparkSession
+from pyspark.sql import functions as F
+
+from lakehouse.config import Settings
+from lakehouse.flows import Flow, Template, validate_flow
+from lakehouse_jobs import io, scd2
+from lakehouse_jobs.args import COMMON_ARGS, JobArgumentError, parse_job_args
+from lakehouse_jobs.identifiers import TableName, parse_table_name, sanitize_batch_id
+from lakehouse_jobs.scd2 import Scd2Error, apply_changes
+from lakehouse_jobs.templates import raw_to_stage_scd2
+
+pytestmark = pytest.mark.integration
+
+D1, D2, D3 = datetime(2026, 11, 1, 6), datetime(2026, 11, 2, 6), datetime(2026, 11, 3, 6)
+DDL = "invoice_id string, amount double, changed_at timestamp, _source_file string, _line_number bigint"
+
+
+def _batch(spark: SparkSession, rows: list[tuple[Any, ...]], ddl: str = DDL) -> DataFrame:
+    return spark.createDataFrame(rows, ddl)
+
+
+def _snapshot(spark: SparkSession, table: str) -> int | None:
+    jvm = spark.sparkContext._jvm
+    iceberg = jvm.org.apache.iceberg.spark.Spark3Util.loadIcebergTable(spark._jsparkSession, table)
+    iceberg.refresh()
+    current = iceberg.currentSnapshot()
+    return current.snapshotId() if current is not None else None
+
+
+def _rows(spark: SparkSession, table: str) -> list[dict[str, Any]]:
+    return [r.asDict() for r in spark.table(table).drop("_loaded_at").orderBy("invoice_id", "_valid_from").collect()]
+
+
+def _table(unique: str, stem: str) -> tuple[str, TableName]:
+    name = f"stage.{stem}_{unique}"
+    return name, parse_table_name(name, "table")
+
+
+B1 = [("A", 10.0, D1, "f1", 1), ("B", 20.0, D1, "f1", 2)]
+B2 = [("A", 11.0, D2, "f2", 1), ("B", 20.0, D2, "f2", 2), ("C", 30.0, D2, "f2", 3)]
+
+
+def test_rerun_and_two_concurrent_runs_add_no_version(spark: SparkSession, unique: str) -> None:
+    name, table = _table(unique, "concurrent")
+    apply_changes(spark, table, _batch(spark, B1), ["invoice_id"], "changed_at", "b1")
+    results: list[scd2.Scd2Result] = []
+    errors: list[BaseException] = []
+
+    def run() -> None:
+        try:
+            results.append(apply_changes(spark, table, _batch(spark, B2), ["invoice_id"], "changed_at", "b2"))
+        except BaseException as exc:  # noqa: BLE001 - reported by the assertion below
+            errors.append(exc)
+
+    before = spark.sql(f"SELECT count(*) FROM {name}.snapshots").first()[0]
+    threads = [threading.Thread(target=run) for _ in range(2)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert not errors, errors
+    assert sorted(r.committed for r in results) == [False, True]  # serialised: the second finds nothing to do
+    assert spark.sql(f"SELECT count(*) FROM {name}.snapshots").first()[0] == before + 1
+    rows = _rows(spark, name)
+    assert [(r["invoice_id"], r["amount"], r["_is_current"]) for r in rows] == [
+        ("A", 10.0, False), ("A", 11.0, True), ("B", 20.0, True), ("C", 30.0, True)]
+
+    snapshot = _snapshot(spark, name)
+    rerun = apply_changes(spark, table, _batch(spark, B2), ["invoice_id"], "changed_at", "b2")
+    assert (rerun.committed, rerun.versions_inserted, rerun.versions_closed) == (False, 0, 0)
+    assert _snapshot(spark, name) == snapshot and _rows(spark, name) == rows
+
+
+def test_a_commit_slipping_in_between_fails_instead_of_appending_twice(spark: SparkSession, unique: str,
+                                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    """Without the lock (another catalog), a writer committing while the batch is computed makes the
+    run fail before its MERGE, and a re-run then applies only what is left (rule 12)."""
+    name, table = _table(unique, "slipped")
+    apply_changes(spark, table, _batch(spark, B1), ["invoice_id"], "changed_at", "b1")
+    original = scd2._diff
+    slipped: list[bool] = []
+
+    def diff_then_commit(*args: Any, **kwargs: Any) -> DataFrame:
+        if not slipped:
+            slipped.append(True)
+            apply_changes(spark, table, _batch(spark, [("Z", 1.0, D2, "other", 1)]), ["invoice_id"], "changed_at", "x")
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(scd2, "_table_lock", _no_lock)
+    monkeypatch.setattr(scd2, "_diff", diff_then_commit)
+    with pytest.raises(Scd2Error, match="changed while this batch was computed"):
+        apply_changes(spark, table, _batch(spark, B2), ["invoice_id"], "changed_at", "b2")
+    monkeypatch.setattr(scd2, "_diff", original)
+    apply_changes(spark, table, _batch(spark, B2), ["invoice_id"], "changed_at", "b2")
+    counts = spark.sql(f"SELECT invoice_id, count_if(_is_current) AS n FROM {name} GROUP BY invoice_id").collect()
+    assert sorted((r["invoice_id"], r["n"]) for r in counts) == [("A", 1), ("B", 1), ("C", 1), ("Z", 1)]
+
+
+class _no_lock:  # noqa: N801 - stands in for the context manager function
+    def __init__(self, *args: Any) -> None:
+        pass
+
+    def __enter__(self) -> bool:
+        return False
+
+    def __exit__(self, *args: Any) -> None:
+        return None
+
+
+def test_a_type_the_table_cannot_take_fails_naming_the_column_and_changes_nothing(spark: SparkSession,
+                                                                                 unique: str) -> None:
+    name, table = _table(unique, "badtype")
+    apply_changes(spark, table, _batch(spark, B1), ["invoice_id"], "changed_at", "b1")
+    snapshot, schema, rows = _snapshot(spark, name), spark.table(name).schema, _rows(spark, name)
+    bad = _batch(spark, [("A", "eleven", D2, "f2", 1, "north")],
+                 "invoice_id string, amount string, changed_at timestamp, _source_file string, _line_number bigint, "
+                 "region string")
+    with pytest.raises(Scd2Error, match=r"column 'amount' .* is double but the batch has string"):
+        apply_changes(spark, table, bad, ["invoice_id"], "changed_at", "b2")
+    assert _snapshot(spark, name) == snapshot
+    assert spark.table(name).schema == schema  # the new column 'region' was not added either
+    assert _rows(spark, name) == rows
+
+
+def test_a_batch_failing_inside_its_merge_leaves_table_and_schema_as_before(spark: SparkSession, unique: str,
+                                                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    """The MERGE's Spark job dies while writing (a task raising mid-way): no commit, and the column
+    the batch added is dropped again (rule 9)."""
+    name, table = _table(unique, "midway")
+    apply_changes(spark, table, _batch(spark, B1), ["invoice_id"], "changed_at", "b1")
+    snapshot, schema, rows = _snapshot(spark, name), spark.table(name).schema, _rows(spark, name)
+    original = scd2._merge
+
+    @F.udf("string")
+    def explode(value: str | None) -> str | None:
+        raise RuntimeError("disk full while writing")
+
+    def failing_merge(spark_: SparkSession, table_: TableName, source: DataFrame, *args: Any) -> None:
+        original(spark_, table_, source.withColumn("_batch_id", explode(F.col("_batch_id"))), *args)
+
+    monkeypatch.setattr(scd2, "_merge", failing_merge)
+    evolved = _batch(spark, [("A", 12.0, D2, "f2", 1, "north"), ("D", 40.0, D2, "f2", 2, "south")],
+                     DDL + ", region string")
+    with pytest.raises(Exception, match="disk full while writing"):
+        apply_changes(spark, table, evolved, ["invoice_id"], "changed_at", "b2")
+    assert _snapshot(spark, name) == snapshot
+    assert spark.table(name).schema == schema
+    assert _rows(spark, name) == rows
+
+
+def _catalogue_template(settings: Settings) -> Template:
+    with psycopg2.connect(settings.metadata_dsn) as conn, conn.cursor() as cur:
+        cur.execute("SELECT to_jsonb(t) FROM lakehouse.templates t WHERE template_id = 'raw_to_stage_scd2'")
+        (row,) = cur.fetchone()
+    return Template.from_row(row)
+
+
+def test_parameters_are_declared_in_metadata_and_validated_before_the_job_starts(pg: Settings) -> None:
+    template = _catalogue_template(pg)
+    declared = {(p.name, p.type, p.required) for p in template.parameters}
+    assert declared == {(s.name, s.type, s.required) for s in raw_to_stage_scd2.SPEC}
+    assert template.spec("mode").choices == ("cdc", "snapshot")  # type: ignore[union-attr]
+
+    def problems(parameters: dict[str, Any]) -> list[str]:
+        flow = Flow.from_row({"flow_id": "f", "tasks": [{
+            "flow_id": "f", "task_id": "to_stage", "template_id": "raw_to_stage_scd2",
+            "parameters": {"dataset": "d", "target_table": "stage.t", "keys": ["id"], **parameters}}]})
+        return [str(p) for p in validate_flow(flow, {"raw_to_stage_scd2": template})]
+
+    assert problems({"mode": "cdc", "op_column": "op", "op_mapping": {"c": "I", "u": "U", "d": "D"},
+                     "soft_delete": True, "sequence_by": "changed_at", "track_except": ["note"]}) == []
+    assert problems({"mode": "snapshot", "soft_delete": True}) == []
+    assert problems({"mode": "scd"}) == [
+        "flow 'f': flow_tasks[to_stage].parameters.mode: must be one of ['cdc', 'snapshot'], got 'scd'"]
+    assert problems({"mode": "snapshot", "op_column": "op"}) == [
+        "flow 'f': flow_tasks[to_stage].parameters.op_column: needs 'mode' in ['cdc'], got 'snapshot'"]
+    assert problems({"op_mapping": {"c": "I"}}) == [
+        "flow 'f': flow_tasks[to_stage].parameters.op_mapping: needs 'op_column' to be given"]
+    assert problems({"op_column": "op", "op_mapping": {"c": "X"}}) == [
+        "flow 'f': flow_tasks[to_stage].parameters.op_mapping: values must be among ['I', 'U', 'D'], got ['X']"]
+    assert len(problems({"track_columns": ["a"], "track_except": ["b"]})) == 2
+    assert problems({"soft_delete": "yes"})[0].endswith("expected bool, got str 'yes'")
+
+
+def test_a_hand_run_job_refuses_bad_combinations_before_reading(tmp_path: Path) -> None:
+    """The template repeats the cross-parameter checks for jobs started without the orchestrator."""
+    base = ["--batch_id", "b", "--lake_uri", tmp_path.as_uri(), "--dataset", "d", "--target_table", "stage.t",
+            "--keys", "id"]
+    for extra, message in [
+        (["--mode", "snapshot", "--op_column", "op"], "--op_column is for --mode cdc"),
+        (["--mode", "full"], "--mode must be one of"),
+        (["--op_mapping", '{"c": "I"}'], "--op_mapping needs --op_column"),
+        (["--op_column", "op", "--op_mapping", '{"c": "X"}'], "--op_mapping must be a JSON object"),
+        (["--track_columns", "a", "--track_except", "b"], "not both"),
+    ]:
+        args = parse_job_args([*base, *extra], (*COMMON_ARGS, *raw_to_stage_scd2.SPEC))
+        with pytest.raises(JobArgumentError, match=message):
+            raw_to_stage_scd2.validate(args)
+
+
+def _write_raw(spark: SparkSession, lake_uri: str, dataset: str, batch: str, rows: list[tuple[Any, ...]],
+               ddl: str, ingested_at: datetime = D3) -> None:
+    path = io.lake_path(lake_uri, "raw", dataset, f"_batch_id={sanitize_batch_id(batch)}")
+    frame = spark.createDataFrame(rows, ddl).withColumn("_source_file", F.lit(f"s3://landing/{dataset}/{batch}.csv")) \
+        .withColumn("_line_number", F.monotonically_increasing_id() + 1) \
+        .withColumn("_ingested_at", F.lit(ingested_at).cast("timestamp"))
+    frame.write.mode("overwrite").parquet(path)
+
+
+def _main(tmp_path: Path, lake_uri: str, batch: str, *args: str) -> dict[str, Any]:
+    metrics = tmp_path / f"{batch}.json"
+    raw_to_stage_scd2.main(["--batch_id", batch, "--lake_uri", lake_uri, "--metrics_uri", str(metrics), *args])
+    return json.loads(metrics.read_text())
+
+
+def test_cdc_mode_with_op_mapping_and_soft_delete(spark: SparkSession, tmp_path: Path, lake_uri: str,
+                                                  unique: str) -> None:
+    """The README's cdc example: Debezium-style op letters, deletes kept as tombstones."""
+    dataset, name = f"cdc_{unique}", f"stage.cdc_{unique}"
+    ddl = "customer_id string, email string, op string, ts timestamp"
+    args = ["--dataset", dataset, "--target_table", name, "--keys", "customer_id", "--sequence_by", "ts",
+            "--mode", "cdc", "--op_column", "op", "--op_mapping", '{"c": "I", "u": "U", "d": "D"}',
+            "--soft_delete", "true"]
+    _write_raw(spark, lake_uri, dataset, "b1", [("c1", "a@x", "c", D1), ("c2", "b@x", "c", D1),
+                                                ("c1", "a2@x", "u", D2)], ddl)
+    _main(tmp_path, lake_uri, "b1", *args)
+    _write_raw(spark, lake_uri, dataset, "b2", [("c2", None, "d", D3)], ddl)
+    metrics = _main(tmp_path, lake_uri, "b2", *args)
+    assert (metrics["versions_closed"], metrics["rows_out"]) == (1, 1)
+    rows = [(r["customer_id"], r["email"], r["_is_current"], r["_is_deleted"])
+            for r in spark.table(name).orderBy("customer_id", "_valid_from").collect()]
+    assert rows == [("c1", "a@x", False, False), ("c1", "a2@x", True, False),
+                    ("c2", "b@x", False, False), ("c2", None, True, True)]
+    assert "op" not in spark.table(name).columns
+
+
+def test_snapshot_mode_deletes_missing_keys(spark: SparkSession, tmp_path: Path, lake_uri: str, unique: str) -> None:
+    """The README's snapshot example: each file is the full table; a key missing from it is closed."""
+    dataset, name = f"snap_{unique}", f"stage.snap_{unique}"
+    ddl = "product_id string, price double"
+    args = ["--dataset", dataset, "--target_table", name, "--keys", "product_id", "--mode", "snapshot"]
+    _write_raw(spark, lake_uri, dataset, "b1", [("p1", 1.0), ("p2", 2.0), ("p3", 3.0)], ddl, D1)
+    _main(tmp_path, lake_uri, "b1", *args)
+    _write_raw(spark, lake_uri, dataset, "b2", [("p1", 1.0), ("p3", 3.5)], ddl, D2)
+    metrics = _main(tmp_path, lake_uri, "b2", *args)
+    assert (metrics["versions_closed"], metrics["rows_out"]) == (2, 1)  # p2 deleted, p3 changed
+    current = {r["product_id"]: r["price"] for r in spark.table(name).where("_is_current").collect()}
+    assert current == {"p1": 1.0, "p3": 3.5}
+    [p2] = spark.table(name).where("product_id = 'p2'").collect()
+    assert (p2["_valid_to"], p2["_is_current"], p2["_is_deleted"]) == (D2, False, False)  # closed at load time
+
+
+def test_stage_table_reads_with_spark_sql_pyiceberg_and_time_travel(spark: SparkSession, pg: Settings,
+                                                                     unique: str) -> None:
+    from pyiceberg.catalog.sql import SqlCatalog
+
+    name, table = _table(unique, "readers")
+    first = apply_changes(spark, table, _batch(spark, B1), ["invoice_id"], "changed_at", "b1")
+    apply_changes(spark, table, _batch(spark, B2), ["invoice_id"], "changed_at", "b2")
+
+    current = spark.sql(f"SELECT invoice_id, amount FROM {name} WHERE _is_current ORDER BY invoice_id").collect()
+    assert [tuple(r) for r in current] == [("A", 11.0), ("B", 20.0), ("C", 30.0)]
+    as_of = spark.sql(f"SELECT invoice_id, amount FROM {name} VERSION AS OF {first.snapshot_id} "
+                      f"WHERE _is_current ORDER BY invoice_id").collect()
+    assert [tuple(r) for r in as_of] == [("A", 10.0), ("B", 20.0)]
+
+    catalog = SqlCatalog(pg.catalog_name, uri=pg.catalog_dsn, warehouse=pg.catalog_warehouse_uri)
+    iceberg = catalog.load_table(name)
+    history = iceberg.scan(selected_fields=("invoice_id", "amount", "_is_current")).to_arrow().to_pylist()
+    assert sorted((r["invoice_id"], r["amount"], r["_is_current"]) for r in history) == [
+        ("A", 10.0, False), ("A", 11.0, True), ("B", 20.0, True), ("C", 30.0, True)]
+    earlier = iceberg.scan(snapshot_id=first.snapshot_id, selected_fields=("invoice_id", "amount")).to_arrow()
+    assert sorted(tuple(r.values()) for r in earlier.to_pylist()) == [("A", 10.0), ("B", 20.0)]
