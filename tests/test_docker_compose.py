@@ -252,7 +252,11 @@ def test_volumes_and_files_exist(compose: dict) -> None:
     assert used == declared, f"declared but unused: {declared - used}"
     for name in lakehouse_services(compose):
         assert (ROOT / compose["services"][name]["build"]["dockerfile"]).exists()
-    assert (ROOT / "deploy" / "docker" / "demo.py").is_file()
+    # the documented demo command exists: `lakehouse demo --no-up` runs against a stack started elsewhere
+    from lakehouse.cli import build_parser
+
+    assert "lakehouse demo --no-up" in COMPOSE.read_text()
+    assert build_parser().parse_args(["demo", "--no-up"]).no_up is True
 
 
 # -- agreement with lakehouse/config.py --------------------------------------------------------

@@ -58,7 +58,8 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     from lakehouse.stack import services
 
     settings = load_settings()
-    services.up(settings)
+    if not args.no_up:  # --no-up: a stack that runs elsewhere (docker compose), reached by the settings
+        services.up(settings)
     return run_demo(settings)
 
 
@@ -141,17 +142,43 @@ def _cmd_replay(args: argparse.Namespace) -> int:
     return 1 if counts.get("failed") else 0
 
 
-def _cmd_validate(args: argparse.Namespace) -> int:
-    from lakehouse.flows import validate_flow
-    from lakehouse.metadata.catalogue import load_catalogue
+def _cmd_flow_validate(args: argparse.Namespace) -> int:
+    from lakehouse.metadata.flow_documents import validate_stored_flows
 
-    catalogue = load_catalogue(load_settings().metadata_dsn)
-    flows = [catalogue.flows[args.flow_id]] if args.flow_id else list(catalogue.flows.values())
-    problems = [p for f in flows for p in validate_flow(f, catalogue.templates)]
+    problems = validate_stored_flows(load_settings().metadata_dsn, args.flow_id)
     for problem in problems:
         print(problem)
-    print(f"{len(flows)} flow(s) checked, {len(problems)} problem(s)")
+    flows = len({p.flow_id for p in problems})
+    print(f"{len(problems)} problem(s)" + (f" in {flows} flow(s)" if problems else ": every flow is valid"))
     return 1 if problems else 0
+
+
+def _cmd_flow_apply(args: argparse.Namespace) -> int:
+    from pathlib import Path
+
+    from lakehouse.metadata.flow_documents import FlowDocumentError, apply_flow_document, read_flow_document
+
+    failed = 0
+    for name in args.files:
+        path = Path(name)
+        try:
+            flow = apply_flow_document(load_settings().metadata_dsn, read_flow_document(path), str(path))
+        except FlowDocumentError as exc:
+            failed += 1
+            print(f"{path}: not applied, {len(exc.problems)} problem(s):", file=sys.stderr)
+            for problem in exc.problems:
+                print(f"  {problem}", file=sys.stderr)
+            continue
+        print(f"{path}: flow {flow.flow_id!r} applied ({len(flow.tasks)} task(s)); "
+              f"DAG {flow.effective_dag_id!r} appears at the next dag-processor parse")
+    return 1 if failed else 0
+
+
+def _cmd_flow_export(args: argparse.Namespace) -> int:
+    from lakehouse.metadata.flow_documents import export_flow_document
+
+    sys.stdout.write(export_flow_document(load_settings().metadata_dsn, args.flow_id))
+    return 0
 
 
 def _cmd_runs(args: argparse.Namespace) -> int:
@@ -161,7 +188,7 @@ def _cmd_runs(args: argparse.Namespace) -> int:
     if args.flow:
         where.append("flow_id = %(flow)s")
     if args.failed:
-        where.append("status = 'failed'")
+        where.append("status IN ('failed', 'timeout', 'killed')")
     import psycopg2
 
     conn = psycopg2.connect(load_settings().metadata_dsn)
@@ -188,7 +215,10 @@ def build_parser() -> argparse.ArgumentParser:
     info = sub.add_parser("info", help="endpoints and credentials")
     info.add_argument("--json", action="store_true")
     info.set_defaults(func=_cmd_info)
-    sub.add_parser("demo", help="start the stack and run the sample invoice flow end to end").set_defaults(func=_cmd_demo)
+    demo = sub.add_parser("demo", help="start the stack and run the sample invoice flow end to end")
+    demo.add_argument("--no-up", action="store_true",
+                      help="do not start the local stack: use one that already runs (docker compose)")
+    demo.set_defaults(func=_cmd_demo)
     db = sub.add_parser("db", help="metadata database").add_subparsers(dest="db_command", required=True)
     db.add_parser("migrate", help="apply pending migrations").set_defaults(func=_cmd_db_migrate)
     inv = sub.add_parser("invoker", help="the object-event invoker").add_subparsers(dest="invoker_command", required=True)
@@ -203,9 +233,17 @@ def build_parser() -> argparse.ArgumentParser:
     trig = sub.add_parser("trigger", help="start a flow by flow_id (the scheduled invoker)")
     trig.add_argument("flow_id")
     trig.set_defaults(func=_cmd_trigger)
-    val = sub.add_parser("validate", help="check flows as the DAG factory does")
-    val.add_argument("flow_id", nargs="?")
-    val.set_defaults(func=_cmd_validate)
+    flow = sub.add_parser("flow", help="flows as YAML documents").add_subparsers(dest="flow_command", required=True)
+    apply = flow.add_parser("apply", help="validate and upsert flows from YAML files, one transaction each")
+    apply.add_argument("files", nargs="+", metavar="FILE.yaml")
+    apply.set_defaults(func=_cmd_flow_apply)
+    export = flow.add_parser("export", help="print a stored flow as YAML (apply accepts it unchanged)")
+    export.add_argument("flow_id")
+    export.set_defaults(func=_cmd_flow_export)
+    for parent, name in ((flow, "validate"), (sub, "validate")):  # `lakehouse validate`: the short form
+        val = parent.add_parser(name, help="check stored flows (paused ones too) as the DAG factory does")
+        val.add_argument("flow_id", nargs="?")
+        val.set_defaults(func=_cmd_flow_validate)
     runs = sub.add_parser("runs", help="task-run audit")
     runs.add_argument("--flow")
     runs.add_argument("--failed", action="store_true")
