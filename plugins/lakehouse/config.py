@@ -51,6 +51,9 @@ LAKEHOUSE_RUNNER                   ``local`` (spark-submit) or ``glue``        l
 LAKEHOUSE_SPARK_MASTER             Spark master for the local runner           local[2]
 LAKEHOUSE_SPARK_DRIVER_MEMORY      driver memory of the local runner           2g
 LAKEHOUSE_GLUE_ROLE_ARN            IAM role of generated Glue jobs             (none)
+LAKEHOUSE_GLUE_CONNECTIONS         Glue connections every job gets, comma-     (none)
+                                   separated (a NETWORK one reaches a VPC:
+                                   the private Redshift warehouse)
 LAKEHOUSE_ALERT_WEBHOOK_URL        extra webhook for failure alerts            (none)
 LAKEHOUSE_ALERT_SNS_TOPIC_ARN      SNS topic for failure alerts (AWS)          (none)
 AWS_DEFAULT_REGION                 region of the AWS path                      us-east-1
@@ -152,6 +155,7 @@ class Settings:
     invoker_catalogue_ttl: float = 5.0
     invoker_dispatch_workers: int = 8
     invoker_lease: float = 30.0
+    glue_connections: tuple[str, ...] = ()
     _explicit_secrets: dict[str, str] = field(default_factory=dict, repr=False)
 
     # -- derived locations -------------------------------------------------------------------
@@ -306,6 +310,8 @@ def load_settings() -> Settings:
         spark_master=_env("LAKEHOUSE_SPARK_MASTER", "local[2]"),
         spark_driver_memory=_env("LAKEHOUSE_SPARK_DRIVER_MEMORY", "2g"),
         glue_role_arn=os.environ.get("LAKEHOUSE_GLUE_ROLE_ARN") or None,
+        glue_connections=tuple(c.strip() for c in os.environ.get("LAKEHOUSE_GLUE_CONNECTIONS", "").split(",")
+                               if c.strip()),
         alert_webhook_url=os.environ.get("LAKEHOUSE_ALERT_WEBHOOK_URL") or None,
         alert_sns_topic_arn=os.environ.get("LAKEHOUSE_ALERT_SNS_TOPIC_ARN") or None,
         aws_region=_env("AWS_DEFAULT_REGION", "us-east-1"),

@@ -189,7 +189,8 @@ def test_mwaa_environment_reads_the_packaged_bundle(template: dict[str, Any]) ->
     _, parameter = only(template, "AWS::SSM::Parameter")
     text = json.dumps(parameter["Properties"]["Value"])
     names = set(re.findall(r"LAKEHOUSE_[A-Z0-9_]+", text))
-    assert names <= known and {"LAKEHOUSE_RUNNER", "LAKEHOUSE_GLUE_ROLE_ARN", "LAKEHOUSE_PG_PASSWORD"} <= names
+    assert names <= known and {"LAKEHOUSE_RUNNER", "LAKEHOUSE_GLUE_ROLE_ARN", "LAKEHOUSE_PG_PASSWORD",
+                               "LAKEHOUSE_GLUE_CONNECTIONS"} <= names
     assert "resolve:secretsmanager" not in text  # the startup script resolves the secret at start
 
 

@@ -38,7 +38,6 @@ from pathlib import Path
 from typing import Any
 
 import psycopg2
-import yaml
 
 from lakehouse.flows import Catalogue, Flow, FlowProblem, validate_flow
 
@@ -167,6 +166,8 @@ def flow_from_document(document: Any, source: str = "<document>") -> Flow:
 
 
 def read_flow_document(path: Path) -> Any:
+    import yaml  # here, not at the top: the migrations (and the Lambda zip that runs them) need no YAML
+
     try:
         return yaml.safe_load(path.read_text())
     except yaml.YAMLError as exc:
@@ -279,6 +280,8 @@ def export_flow_document(dsn: str, flow_id: str) -> str:
         task["parameters"] = t.get("parameters") or {}
         tasks.append(task)
     out["tasks"] = tasks
+    import yaml
+
     return yaml.safe_dump(out, sort_keys=False, allow_unicode=True, width=120)
 
 

@@ -45,6 +45,7 @@ class GlueRunner:
     worker_type: str = "G.1X"
     number_of_workers: int = 2
     poll_seconds: float = 15.0
+    connections: tuple[str, ...] = ()  # e.g. the NETWORK connection into the warehouse's VPC
     client: Any = None
     s3: Any = None
     name: str = field(default="glue", init=False)
@@ -60,7 +61,7 @@ class GlueRunner:
         if not settings.templates_uri.startswith("s3://") or not settings.lake_uri.startswith("s3://"):
             raise ValueError("LAKEHOUSE_TEMPLATES_URI and LAKEHOUSE_LAKE_URI must be s3:// URIs for Glue")
         return cls(settings.glue_role_arn, settings.templates_uri, settings.lake_uri,
-                   settings.catalog_name, settings.aws_region)
+                   settings.catalog_name, settings.aws_region, connections=settings.glue_connections)
 
     def _script_uri(self, script_location: str) -> str:
         if script_location.startswith("s3://"):
@@ -86,6 +87,7 @@ class GlueRunner:
                 "--enable-metrics": "true",
             },
             Tags={"lakehouse:flow_id": request.flow_id, "lakehouse:task_id": request.task_id},
+            **({"Connections": {"Connections": list(self.connections)}} if self.connections else {}),
         )
         arguments = {f"--{k}": v for k, v in job_arguments(request, self.lake_uri, metrics_uri).items()}
         run_id = self.client.start_job_run(JobName=job_name, Arguments=arguments)["JobRunId"]

@@ -118,3 +118,27 @@ def test_orchestrator_arguments_cannot_be_overridden(aws: None) -> None:
     bad = JobRequest(**{**request().__dict__, "arguments": {"batch_id": "evil"}})
     with pytest.raises(ValueError, match="batch_id"):
         runner.run(bad)
+
+
+def test_configured_connections_are_attached_to_every_job(aws: None, monkeypatch: pytest.MonkeyPatch) -> None:
+    """On AWS the warehouse is in a VPC: jobs reach it only through the NETWORK connection."""
+    from lakehouse.config import load_settings
+
+    monkeypatch.setenv("LAKEHOUSE_GLUE_CONNECTIONS", "lakehouse-warehouse-network, other")
+    monkeypatch.setenv("LAKEHOUSE_GLUE_ROLE_ARN", "arn:aws:iam::123456789012:role/lakehouse-glue")
+    monkeypatch.setenv("LAKEHOUSE_TEMPLATES_URI", "s3://templates-bucket/templates")
+    monkeypatch.setenv("LAKEHOUSE_LAKE_URI", "s3://lake-bucket/lake")
+    configured = GlueRunner.from_settings(load_settings())
+    assert configured.connections == ("lakehouse-warehouse-network", "other")
+    runner, glue = make_runner()
+    runner.connections = configured.connections
+    created: list[dict[str, Any]] = []
+    original = glue.create_job
+
+    def spy(**kwargs: Any) -> Any:
+        created.append(kwargs)
+        return original(**kwargs)
+
+    runner.client._client.create_job = spy  # type: ignore[attr-defined]
+    runner.run(request())
+    assert created[0]["Connections"] == {"Connections": ["lakehouse-warehouse-network", "other"]}
