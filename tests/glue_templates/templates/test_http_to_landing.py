@@ -89,7 +89,9 @@ def s3_env(landing: Settings, monkeypatch: pytest.MonkeyPatch) -> Settings:
     monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", landing.s3_secret_access_key)
     monkeypatch.setenv("AWS_DEFAULT_REGION", landing.aws_region or "us-east-1")
     monkeypatch.setenv("LAKEHOUSE_LANDING_BUCKET", landing.landing_bucket)
-    monkeypatch.setenv("LAKEHOUSE_SECRETS_JSON", json.dumps({"api": {"Authorization": "Bearer t0ken"}}))
+    monkeypatch.setenv("LAKEHOUSE_SECRETS_JSON", json.dumps({
+        "api": {"engine": "postgres", "host": "", "username": "", "password": "t0ken"},
+        "basic": {"username": "ann", "password": "pw"}, "custom": {"headers": {"Authorization": "Bearer t0ken"}}})))
     return landing
 
 
@@ -128,8 +130,13 @@ def test_downloads_into_the_landing_bucket(http_server: str, s3_env: Settings, t
     assert again["unchanged"] is True and again["rows_out"] == 0
 
     private = _run(tmp_path, lake_uri, f"{http_server}/private.csv", f"rates_{unique}/private.csv",
-                   "--headers_secret_id", "api")
+                   "--secret_id", "api")  # an Airflow connection with only a password: a bearer token
     assert private["bytes"] == 5 and SEEN[-1]["auth"] == "Bearer t0ken"
+    _run(tmp_path, lake_uri, f"{http_server}/private.csv", f"rates_{unique}/p2.csv", "--secret_id", "custom")
+    assert SEEN[-1]["auth"] == "Bearer t0ken"
+    with pytest.raises(FetchError, match="HTTP 401"):  # basic auth is sent, and refused by this endpoint
+        _run(tmp_path, lake_uri, f"{http_server}/private.csv", f"rates_{unique}/p3.csv", "--secret_id", "basic")
+    assert SEEN[-1]["auth"] == "Basic YW5uOnB3"
 
 
 @pytest.mark.parametrize(("path", "problem"), [
