@@ -91,7 +91,7 @@ def s3_env(landing: Settings, monkeypatch: pytest.MonkeyPatch) -> Settings:
     monkeypatch.setenv("LAKEHOUSE_LANDING_BUCKET", landing.landing_bucket)
     monkeypatch.setenv("LAKEHOUSE_SECRETS_JSON", json.dumps({
         "api": {"engine": "postgres", "host": "", "username": "", "password": "t0ken"},
-        "basic": {"username": "ann", "password": "pw"}, "custom": {"headers": {"Authorization": "Bearer t0ken"}}})))
+        "basic": {"username": "ann", "password": "pw"}, "custom": {"headers": {"Authorization": "Bearer t0ken"}}}))
     return landing
 
 
