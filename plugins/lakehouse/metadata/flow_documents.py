@@ -32,10 +32,10 @@ Document shape (every key but ``flow_id`` and ``tasks`` optional; defaults as in
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import psycopg2
 
@@ -51,6 +51,7 @@ __all__ = [
     "stored_flow_problems",
 ]
 
+_T = TypeVar("_T")
 _FLOW_KEYS = {"flow_id", "dag_id", "description", "schedule", "trigger", "owner", "alert_target", "tags",
               "max_active_runs", "active", "tasks"}
 _TRIGGER_KEYS = {"bucket", "key_pattern", "syntax", "multi_match"}
@@ -187,14 +188,18 @@ _PINNED_TEMPLATE_VERSIONS = """,
     '[]'::json)"""  # every version: a document being applied may pin one no stored task uses yet
 
 
-def _stored(dsn: str, flow_id: str | None) -> dict[str, Any]:
-    """Flows active or not (validation and export must see paused flows too), and all templates."""
+def _with_cursor(dsn: str, read: Callable[[Any], _T]) -> _T:
     conn = psycopg2.connect(dsn)
     try:
         with conn.cursor() as cur:
-            return _stored_with(cur, flow_id)
+            return read(cur)
     finally:
         conn.close()
+
+
+def _stored(dsn: str, flow_id: str | None) -> dict[str, Any]:
+    """Flows active or not (validation and export must see paused flows too), and all templates."""
+    return _with_cursor(dsn, lambda cur: _stored_with(cur, flow_id))
 
 
 def _stored_with(cur: Any, flow_id: str | None) -> dict[str, Any]:
@@ -287,12 +292,7 @@ def export_flow_document(dsn: str, flow_id: str) -> str:
 
 def validate_stored_flows(dsn: str, flow_id: str | None = None) -> list[FlowProblem]:
     """Every problem of the stored flows (active or not) as the DAG factory would find them."""
-    conn = psycopg2.connect(dsn)
-    try:
-        with conn.cursor() as cur:
-            return stored_flow_problems(cur, flow_id)
-    finally:
-        conn.close()
+    return _with_cursor(dsn, lambda cur: stored_flow_problems(cur, flow_id))
 
 
 def stored_flow_problems(cur: Any, flow_id: str | None = None) -> list[FlowProblem]:

@@ -21,15 +21,20 @@ def test_migration_files_are_named_and_ordered(settings: Settings, tmp_path) -> 
         discover(tmp_path)
 
 
-def test_repeatable_migration_reapplies_on_change(pg: Settings, tmp_path) -> None:
-    # an isolated migrations folder applied to a scratch database keeps the real schema untouched
-    scratch = "mig_scratch"
+def fresh_database(pg: Settings, name: str) -> str:
+    """An empty scratch database: isolated migrations there leave the real schema untouched."""
     admin = psycopg2.connect(pg.dsn("postgres"))
     admin.autocommit = True
     with admin.cursor() as cur:
-        cur.execute(f"DROP DATABASE IF EXISTS {scratch}")
-        cur.execute(f"CREATE DATABASE {scratch}")
+        cur.execute(f"DROP DATABASE IF EXISTS {name}")
+        cur.execute(f"CREATE DATABASE {name}")
     admin.close()
+    return name
+
+
+def test_repeatable_migration_reapplies_on_change(pg: Settings, tmp_path) -> None:
+    # an isolated migrations folder applied to a scratch database keeps the real schema untouched
+    scratch = fresh_database(pg, "mig_scratch")
     (tmp_path / "V001__t.sql").write_text("CREATE TABLE lakehouse.t (x int);")
     (tmp_path / "R__rows.sql").write_text("DELETE FROM lakehouse.t; INSERT INTO lakehouse.t VALUES (1);")
     dsn = pg.dsn(scratch)
@@ -72,13 +77,7 @@ def test_a_template_change_that_breaks_stored_flows_is_refused_and_names_them(pg
 
     from lakehouse.metadata.migrations import TemplateChangeBreaksFlowsError
 
-    scratch = "mig_templates"
-    admin = psycopg2.connect(pg.dsn("postgres"))
-    admin.autocommit = True
-    with admin.cursor() as cur:
-        cur.execute(f"DROP DATABASE IF EXISTS {scratch}")
-        cur.execute(f"CREATE DATABASE {scratch}")
-    admin.close()
+    scratch = fresh_database(pg, "mig_templates")
     real = pg.root / "metadata" / "migrations"
     for path in real.glob("V*.sql"):
         shutil.copy(path, tmp_path / path.name)

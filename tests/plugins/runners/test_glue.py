@@ -67,8 +67,8 @@ def make_runner(fail: bool = False) -> tuple[GlueRunner, Any]:
     return runner, glue
 
 
-def test_glue_job_is_created_run_and_deleted(aws: None) -> None:
-    runner, glue = make_runner()
+def spy_on_create_job(runner: GlueRunner, glue: Any) -> list[dict[str, Any]]:
+    """The create_job calls the runner makes (moto still creates the jobs)."""
     created: list[dict[str, Any]] = []
     original = glue.create_job
 
@@ -77,6 +77,12 @@ def test_glue_job_is_created_run_and_deleted(aws: None) -> None:
         return original(**kwargs)
 
     runner.client._client.create_job = spy  # type: ignore[attr-defined]
+    return created
+
+
+def test_glue_job_is_created_run_and_deleted(aws: None) -> None:
+    runner, glue = make_runner()
+    created = spy_on_create_job(runner, glue)
     result = runner.run(request())
     assert result.metrics == {"rows_in": 5, "rows_out": 4}
     (job,) = created
@@ -132,13 +138,6 @@ def test_configured_connections_are_attached_to_every_job(aws: None, monkeypatch
     assert configured.connections == ("lakehouse-warehouse-network", "other")
     runner, glue = make_runner()
     runner.connections = configured.connections
-    created: list[dict[str, Any]] = []
-    original = glue.create_job
-
-    def spy(**kwargs: Any) -> Any:
-        created.append(kwargs)
-        return original(**kwargs)
-
-    runner.client._client.create_job = spy  # type: ignore[attr-defined]
+    created = spy_on_create_job(runner, glue)
     runner.run(request())
     assert created[0]["Connections"] == {"Connections": ["lakehouse-warehouse-network", "other"]}
