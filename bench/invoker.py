@@ -92,25 +92,6 @@ def pct(values: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, int(round(q * (len(ordered) - 1))))] if ordered else float("nan")
 
 
-def processes_of(home: Path) -> list[str]:
-    """Live processes whose command line or environment names the bench home."""
-    marker = str(home).encode()
-    found = []
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit() or int(entry.name) == os.getpid():
-            continue
-        try:
-            cmdline = (entry / "cmdline").read_bytes()
-            environ = (entry / "environ").read_bytes()
-            state = (entry / "stat").read_text().rsplit(")", 1)[1].split()[0]
-        except OSError:
-            continue
-        if state != "Z" and (marker in cmdline or b"LAKEHOUSE_HOME=" + marker + b"\0" in environ):
-            command = cmdline.replace(b"\0", b" ")[:100].decode(errors="replace")
-            found.append(f"{entry.name}: {command}")
-    return found
-
-
 @dataclass
 class PhaseResult:
     name: str
@@ -218,7 +199,9 @@ class Bench:
         if self.started_pg:
             postgres.stop(self.settings)
         time.sleep(0.5)
-        return processes_of(self.home)
+        from lakehouse.stack.processes import processes_using_home
+
+        return processes_using_home(self.home)
 
     def install_flow(self) -> None:
         import psycopg2

@@ -16,48 +16,9 @@ from lakehouse.config import Settings
 from lakehouse.demo import airflow_client, drop_file_and_wait, install_sample_flow, sample_dir, stage_history, wait_for_dag
 from lakehouse.hooks.airflow_api import AirflowApiClient
 from lakehouse.stack import services
+from lakehouse.stack.processes import processes_using_home
 
 pytestmark = pytest.mark.e2e
-
-
-def _parents() -> dict[int, int]:
-    parents = {}
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            try:
-                parents[int(entry.name)] = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
-            except (OSError, IndexError, ValueError):
-                continue
-    return parents
-
-
-def _descends_from(pid: int, ancestor: int, parents: dict[int, int]) -> bool:
-    while pid > 1:
-        if pid == ancestor:
-            return True
-        pid = parents.get(pid, 1)
-    return False
-
-
-def processes_of(home: Path) -> list[str]:
-    """Every live process started for this stack: its command line or environment names its home.
-    The test session's own children (its shared Spark session) are not part of the stack."""
-    marker = str(home).encode()
-    parents = _parents()
-    found = []
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit() or _descends_from(int(entry.name), os.getpid(), parents):
-            continue
-        try:
-            cmdline = (entry / "cmdline").read_bytes()
-            environ = (entry / "environ").read_bytes()
-            state = (entry / "stat").read_text().rsplit(")", 1)[1].split()[0]
-        except OSError:
-            continue
-        if state != "Z" and (marker in cmdline or b"LAKEHOUSE_HOME=" + marker + b"\0" in environ):
-            command = cmdline.replace(b"\0", b" ")[:120].decode(errors="replace")
-            found.append(f"{entry.name}: {command}")
-    return found
 
 
 @pytest.fixture(scope="module")
@@ -65,7 +26,8 @@ def stack(pg: Settings) -> Iterator[Settings]:
     services.up(pg)
     yield pg
     services.down(pg)
-    left = processes_of(pg.home)
+    # the test session's own children (its shared Spark session) are not part of the stack
+    left = processes_using_home(pg.home, exclude_descendants_of=os.getpid())
     assert left == [], "processes left after stop: " + "; ".join(left)
 
 

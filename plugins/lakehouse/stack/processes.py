@@ -14,7 +14,8 @@ import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
-__all__ = ["start_group", "stop_group", "group_alive", "pid_file", "read_pid", "group_members"]
+__all__ = ["start_group", "stop_group", "group_alive", "pid_file", "read_pid", "group_members",
+           "processes_using_home"]
 
 
 def pid_file(run_dir: Path, name: str) -> Path:
@@ -102,3 +103,44 @@ def _signal_group(pgid: int, sig: signal.Signals) -> None:
         os.killpg(pgid, sig)
     except ProcessLookupError:
         pass
+
+
+def _parent_pids() -> dict[int, int]:
+    parents = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                parents[int(entry.name)] = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
+            except (OSError, IndexError, ValueError):
+                continue
+    return parents
+
+
+def processes_using_home(home: Path, exclude_descendants_of: int | None = None) -> list[str]:
+    """Every live process started for the stack in ``home``: its command line or environment names
+    the home. How a stop is checked for orphans (zombies are dead and skipped). A caller that
+    itself runs things under that home (a test session's Spark) excludes its own process tree."""
+    marker = str(home).encode()
+    parents = _parent_pids() if exclude_descendants_of is not None else {}
+
+    def excluded(pid: int) -> bool:
+        while exclude_descendants_of is not None and pid > 1:
+            if pid == exclude_descendants_of:
+                return True
+            pid = parents.get(pid, 1)
+        return False
+
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit() or int(entry.name) == os.getpid() or excluded(int(entry.name)):
+            continue
+        try:
+            cmdline = (entry / "cmdline").read_bytes()
+            environ = (entry / "environ").read_bytes()
+            state = (entry / "stat").read_text().rsplit(")", 1)[1].split()[0]
+        except OSError:
+            continue
+        if state != "Z" and (marker in cmdline or b"LAKEHOUSE_HOME=" + marker + b"\0" in environ):
+            command = cmdline.replace(b"\0", b" ")[:120].decode(errors="replace")
+            found.append(f"{entry.name}: {command}")
+    return found

@@ -7,7 +7,7 @@ import sys
 import time
 from pathlib import Path
 
-from lakehouse.stack.processes import group_alive, group_members, start_group, stop_group
+from lakehouse.stack.processes import group_alive, group_members, processes_using_home, start_group, stop_group
 
 STUBBORN = """
 import os, signal, subprocess, sys, time
@@ -30,3 +30,21 @@ def test_stop_kills_the_whole_group(tmp_path: Path) -> None:
     assert group_members(pgid) == []
     assert not group_alive(run, "stubborn") and not (run / "stubborn.pid").exists()
     assert stop_group(run, "stubborn") is False
+
+
+def test_processes_using_home_finds_a_process_by_its_environment(tmp_path: Path) -> None:
+    """How a stop is checked for orphans: whatever runs with LAKEHOUSE_HOME=<home> counts."""
+    import subprocess
+
+    home = tmp_path / "home"
+    child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"],
+                             env={**os.environ, "LAKEHOUSE_HOME": str(home)})
+    try:
+        found = processes_using_home(home)
+        assert any(line.startswith(f"{child.pid}: ") for line in found), found
+        assert processes_using_home(home, exclude_descendants_of=os.getpid()) == []
+        assert processes_using_home(tmp_path / "other") == []
+    finally:
+        child.kill()
+        child.wait()
+    assert processes_using_home(home) == []
