@@ -193,7 +193,7 @@ def main(argv: list[str] | None = None) -> int:
         shutil.rmtree(home, ignore_errors=True)
 
     print(f"\nDAG factory, {args.flows} flows x {args.tasks} tasks, {args.repeat} parses each "
-          f"(python {sys.version.split()[0]}, {os.cpu_count()} cpus)")
+          f"(python {sys.version.split()[0]}, {os.cpu_count()} cpus, load average {os.getloadavg()[0]:.1f})")
     print(f"{'reader':<34} {'median s':>9} {'best s':>8} {'queries':>8} {'DAGs':>6}")
     for r in results:
         print(f"{r['name']:<34} {r['median_s']:>9.3f} {r['best_s']:>8.3f} {r['queries_per_parse']:>8.0f} {r['dags']:>6}")
