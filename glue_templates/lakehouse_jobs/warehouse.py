@@ -261,9 +261,9 @@ def _existing_columns(conn: Any, table: TableName) -> list[tuple[str, str]] | No
 # SQL of the two modes (the same for Postgres and Redshift)
 # ---------------------------------------------------------------------------------------------
 
-def create_table_statement(table: TableName, columns: Sequence[tuple[str, str]]) -> str:
+def create_table_statement(table: TableName, columns: Sequence[tuple[str, str]], unlogged: bool = False) -> str:
     body = ", ".join(f"{quote_postgres(c)} {t}" for c, t in columns)
-    return f"CREATE TABLE {table.postgres} ({body})"
+    return f"CREATE {'UNLOGGED ' if unlogged else ''}TABLE {table.postgres} ({body})"
 
 
 def swap_statements(target: TableName, staging: TableName) -> list[str]:
@@ -407,7 +407,9 @@ def load(spark: SparkSession, df: DataFrame, target: TableName, batch_id: str, c
                                       f"on_schema_change is refuse: {diff.describe()}")
         _execute(conn, [f"CREATE SCHEMA IF NOT EXISTS {quote_postgres(target.namespace)}",
                         f"DROP TABLE IF EXISTS {staging.postgres}",  # left over by a failed earlier run
-                        create_table_statement(staging, columns)])
+                        # a merge's staging table is dropped after the upsert: Postgres need not log it
+                        create_table_statement(staging, columns, unlogged=engine == "postgres"
+                                               and options.mode == "merge" and existing is not None)])
         conn.commit()
     if not options.work_uri:
         raise ValueError("the load needs a work folder (work_uri) for the files COPY reads")

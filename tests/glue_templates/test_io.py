@@ -61,3 +61,18 @@ def test_localize_input_passes_local_files_and_refuses_missing_ones(spark: Spark
     with pytest.raises(FileNotFoundError, match="missing.txt"):
         with io.localize_input(spark, str(tmp_path / "missing.txt")):
             pass
+
+
+def test_read_text_and_file_head_locally_and_on_s3(tmp_path: Path, fake_s3) -> None:
+    source = tmp_path / "f.bin"
+    source.write_bytes(b"0123456789")
+    assert io.file_head(str(source), length=4, tail=3) == (b"0123", b"789", 10)
+    assert io.file_head(source.as_uri(), length=100) == (b"0123456789", b"", 10)
+    fake_s3.put_object(Bucket="landing", Key="a/f.bin", Body=b"0123456789")
+    fake_s3.put_object(Bucket="landing", Key="a/empty.bin", Body=b"")
+    assert io.file_head("s3://landing/a/f.bin", length=4, tail=3) == (b"0123", b"789", 10)
+    assert io.file_head("s3://landing/a/empty.bin") == (b"", b"", 0)
+    io.write_text("s3://landing/_watermarks/x.json", '{"w": 1}')
+    assert io.read_text("s3://landing/_watermarks/x.json") == '{"w": 1}'
+    assert io.read_text("s3://landing/_watermarks/missing.json") is None
+    assert io.read_text(str(tmp_path / "missing.json")) is None
