@@ -65,8 +65,11 @@ def _read_split(spark: SparkSession, table: str) -> DataFrame:
     Iceberg packs small files into 128 MB splits, so a table of a few hundred MB is read (and its
     CSV written) by one or two tasks; the split size comes from the table's size instead.
     """
-    try:
-        total = spark.sql(f"SELECT coalesce(sum(file_size_in_bytes), 0) AS b FROM {table}.files").first()["b"]
+    try:  # the snapshot summary, read through Iceberg's API: no Spark job
+        loaded = spark.sparkContext._jvm.org.apache.iceberg.spark.Spark3Util.loadIcebergTable(
+            spark._jsparkSession, table.replace("`", ""))
+        snapshot = loaded.currentSnapshot()
+        total = int(snapshot.summary().get("total-files-size") or 0) if snapshot is not None else 0
     except Exception:  # not an Iceberg table: Spark's own splitting
         return spark.table(table)
     cores = max(1, spark.sparkContext.defaultParallelism)
