@@ -311,7 +311,8 @@ def _affected(spark: SparkSession, target: DataFrame, records: DataFrame, keys: 
             *keys, *[F.lit(None).cast(records.schema[c].dataType).alias(c) for c in records.columns
                      if c not in (*keys, _SEQ, _HASH, "_source_file", _LINE)],
             F.lit(delete_at).cast("timestamp").alias(_SEQ), F.lit(None).cast("long").alias(_LINE),
-            F.lit(None).cast("string").alias("_source_file"), F.lit(DELETED).alias(_HASH))
+            F.lit(None).cast("string").alias("_source_file"), F.lit(DELETED).alias(_HASH),
+            *[c for c in current.columns if c.startswith("__cur_")], F.lit(1).alias("__n"))
         joined = joined.filter(~missing)
     else:
         joined = records.join(current, list(keys), "left")
@@ -320,9 +321,50 @@ def _affected(spark: SparkSession, target: DataFrame, records: DataFrame, keys: 
     unchanged = _all([F.col("__cur_from").isNotNull(), F.col(_SEQ) >= F.col("__cur_from"),
                       F.col(_HASH) == F.col("__cur_hash"), *untracked_equal])
     by_key = Window.partitionBy(*keys)
-    flagged = joined.withColumn("__changes", F.max(F.when(unchanged, 0).otherwise(1)).over(by_key))
-    pending = flagged.filter(F.col("__changes") == 1).select(*records.columns)
-    return pending.unionByName(deletes) if deletes is not None else pending
+    flagged = joined.withColumn("__changes", F.max(F.when(unchanged, 0).otherwise(1)).over(by_key)) \
+        .withColumn("__n", F.count(F.lit(1)).over(by_key))
+    pending = flagged.filter(F.col("__changes") == 1).select(
+        *records.columns, *[c for c in current.columns if c.startswith("__cur_")], "__n")
+    pending = pending.unionByName(deletes) if deletes is not None else pending
+    # one record, later than the key's open version: its effect needs no history (see _direct)
+    return pending.withColumn("__simple", (F.col("__n") == 1) & F.col("__cur_from").isNotNull()
+                              & (F.col(_SEQ) > F.col("__cur_from")))
+
+
+def _direct(simple: DataFrame, keys: Sequence[str], data_fields: Sequence[StructField], attributes: Sequence[str],
+            untracked: Sequence[str], soft_delete: bool, batch_id: str, loaded_at: datetime) -> DataFrame:
+    """MERGE source rows for keys whose one record is later than their open version.
+
+    That is most changed keys of a batch, and for them the history rebuild reduces to: a record
+    equal to the open version updates its untracked columns in place; any other closes the open
+    version at the record's sequence value and opens a new version (a delete opens a tombstone only
+    with ``soft_delete``). Computed with no history read, no sort: the same rows :func:`_diff`
+    would give, which the property tests check against the reference model.
+    """
+    same = F.col(_HASH) == F.col("__cur_hash")
+    deleted = F.col(_HASH) == F.lit(DELETED)
+    batch_columns = set(attributes)
+    mk = [*[F.col(k).alias(f"{_MK}{k}") for k in keys], F.col("__cur_from").alias(f"{_MK}valid_from")]
+    # the open row keeps its data; only untracked columns change (to the record's when equal)
+    stored = [(F.when(same, F.col(f.name)).otherwise(F.col(f"__cur_{f.name}")) if f.name in untracked
+               else F.lit(None)).cast(f.dataType).alias(f.name) for f in data_fields]
+    no_lineage = [F.lit(None).cast("string").alias("_row_hash"), F.lit(None).cast("string").alias("_batch_id"),
+                  F.lit(None).cast("string").alias("_source_file"), F.lit(None).cast("timestamp").alias("_loaded_at")]
+    updates = simple.select(
+        *mk, F.lit("update").alias("__action"), *keys, *stored,
+        F.col("__cur_from").alias("_valid_from"), F.when(~same, F.col(_SEQ)).cast("timestamp").alias("_valid_to"),
+        same.alias("_is_current"), (F.col("__cur_hash") == F.lit(DELETED)).alias("_is_deleted"), *no_lineage,
+        (~same).alias("__closed"))
+    opened = simple.filter(~same & (~deleted | F.lit(soft_delete))).select(
+        *[F.lit(None).cast(simple.schema[k].dataType).alias(f"{_MK}{k}") for k in keys],
+        F.lit(None).cast("timestamp").alias(f"{_MK}valid_from"), F.lit("insert").alias("__action"), *keys,
+        *[(F.col(f.name) if f.name in batch_columns else F.lit(None)).cast(f.dataType).alias(f.name)
+          for f in data_fields],
+        F.col(_SEQ).alias("_valid_from"), F.lit(None).cast("timestamp").alias("_valid_to"),
+        F.lit(True).alias("_is_current"), deleted.alias("_is_deleted"),
+        F.when(~deleted, F.col(_HASH)).alias("_row_hash"), F.lit(batch_id).alias("_batch_id"),
+        F.col("_source_file"), F.lit(loaded_at).cast("timestamp").alias("_loaded_at"), F.lit(False).alias("__closed"))
+    return updates.unionByName(opened)
 
 
 def _rebuild(target: DataFrame, pending: DataFrame, keys: Sequence[str], attributes: Sequence[str],
@@ -397,8 +439,9 @@ def _diff(events: DataFrame, keys: Sequence[str], data_fields: Sequence[StructFi
         F.min_by(F.struct(*[F.col(c) for c in untracked], F.lit(0).alias("__pad")), F.col(_SEQ)).alias("__first_untracked"),
     )
     successor = Window.partitionBy(*keys).orderBy("__run")
+    # materialised: the inserts, updates and replaced rows below are three readers of it
     runs = runs.withColumn("_valid_to", F.lead("_valid_from").over(successor)) \
-        .withColumn("_is_current", F.lead("_valid_from").over(successor).isNull())
+        .withColumn("_is_current", F.lead("_valid_from").over(successor).isNull()).localCheckpoint(eager=True)
     deleted = F.col("__first." + _HASH) == F.lit(DELETED)
     old = F.col("__first.__old_from").isNotNull()
     # a delete run becomes a tombstone when soft_delete asks (or one is already stored); never as
@@ -449,6 +492,7 @@ def _current_snapshot(spark: SparkSession, table: TableName) -> int | None:
 
 
 ROWS_PER_SHUFFLE_PARTITION = 250_000
+BROADCAST_ROWS = 2_000_000  # MERGE sources up to this many rows are broadcast (a few hundred MB at most)
 
 
 def _table_rows(spark: SparkSession, table: TableName) -> int:
@@ -624,10 +668,12 @@ def _apply(spark: SparkSession, table: TableName, records: DataFrame, keys: Sequ
         spark.read.option("snapshot-id", read_snapshot).table(str(table))
     # the records that can change anything: usually a small part of the batch, read once from here
     pending = _affected(spark, target, records, keys, untracked, mode, delete_at).localCheckpoint(eager=True)
-    runs, conflicts = _rebuild(target, pending, keys, attributes, untracked, sequence_by, table_schema, batch_id,
-                               loaded_at)
     data_fields = [f for f in table_schema.fields if f.name not in _SYSTEM_NAMES and f.name not in keys]
-    diff = _diff(runs, keys, data_fields, untracked, soft_delete)
+    direct = _direct(pending.filter(F.col("__simple")), keys, data_fields, attributes, untracked, soft_delete,
+                     batch_id, loaded_at)
+    runs, conflicts = _rebuild(target, pending.filter(~F.col("__simple")).select(*records.columns), keys, attributes,
+                               untracked, sequence_by, table_schema, batch_id, loaded_at)
+    diff = _diff(runs, keys, data_fields, untracked, soft_delete).unionByName(direct)
     conflict_rows = conflicts.select(
         *[F.col(k).alias(f"{_MK}{k}") for k in keys], F.col(_SEQ).alias(f"{_MK}valid_from"),
         F.when(F.col("__with_table"), F.lit("conflict_table")).otherwise(F.lit("conflict")).alias("__action"),
@@ -657,16 +703,18 @@ def _apply(spark: SparkSession, table: TableName, records: DataFrame, keys: Sequ
             raise Scd2Error(f"{table} changed while this batch was computed (snapshot {read_snapshot} → {now}): "
                             f"another run committed; re-run this batch, it will apply only what is left")
         spark.sql(f"REFRESH TABLE {table.spark}")
-        _merge(spark, table, source, keys, table_schema, untracked)
+        _merge(spark, table, source, keys, table_schema, untracked, inserted + updates + replaced)
     return Scd2Result(rows_in, inserted, closed, updates - closed, replaced, committed, _current_snapshot(spark, table))
 
 
 def _merge(spark: SparkSession, table: TableName, source: DataFrame, keys: Sequence[str],
-           table_schema: StructType, untracked: Sequence[str]) -> None:
+           table_schema: StructType, untracked: Sequence[str], source_rows: int) -> None:
     """The single commit. Insert rows carry NULL merge keys, so ``=`` never matches them; the other
     rows match exactly one stored row by key and ``_valid_from``."""
     view = f"scd2_source_{uuid.uuid4().hex}"
-    source.createOrReplaceTempView(view)
+    # the difference is usually a small part of the table: broadcast it, so the MERGE's join reads
+    # the table's files in place instead of shuffling every row of the table by key
+    (F.broadcast(source) if source_rows <= BROADCAST_ROWS else source).createOrReplaceTempView(view)
     try:
         on = " AND ".join([*(f"t.{quote_spark(k)} = s.{quote_spark(_MK + k)}" for k in keys),
                            f"t._valid_from = s.{_MK}valid_from"])

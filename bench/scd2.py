@@ -1,0 +1,330 @@
+"""SCD2 benchmark: one batch into a stage table of N keys, three engines side by side.
+
+For each N a stage table of N keys (one open version each) is built, then one batch is applied:
+every existing key once (89.5 % unchanged, 10 % changed, 0.5 % deleted through the op column) plus
+1 % new keys, so the batch has 1.01 N records, as a full daily extract with an op column does.
+Engines, each on its own copy of the table, on the same batch parquet:
+
+* ``template``  - ``lakehouse_jobs.scd2.apply_changes`` (the raw_to_stage_scd2 template's core);
+* ``textbook``  - the usual single ``MERGE INTO`` SCD2 on Spark: the batch unioned with its changed
+  rows under a NULL merge key, so one statement closes old versions and inserts new ones (table
+  defaults: copy-on-write);
+* ``pyiceberg`` - PyIceberg's ``Table.upsert`` on a current-state table (no history kept, deletes
+  not applied: a lower bound on the work a Python user would do).
+
+Printed per engine and N: seconds, batch rows per second, peak memory (the JVM's peak RSS for the
+Spark engines, this Python process's for PyIceberg, each reset before the run through
+``/proc/<pid>/clear_refs``) and the data and delete files the batch's commit(s) added. The template
+run is checked: its versions must equal the textbook MERGE's (same keys, ranges and hashes).
+
+    .venv/bin/python bench/scd2.py [--sizes 100000,1000000,5000000] [--engines template,textbook,pyiceberg]
+                                   [--driver-memory 12g] [--warmup 20000]
+
+It starts its own Postgres (catalog) in a temporary home on port 47300 and stops it, and the Spark
+session, at the end, whatever happens.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "plugins"))
+sys.path.insert(0, str(ROOT / "glue_templates"))
+
+PG_PORT = 47300
+T0 = datetime(2026, 11, 1, tzinfo=timezone.utc)
+T1 = datetime(2026, 11, 2, tzinfo=timezone.utc)
+ENGINES = ("template", "textbook", "pyiceberg")
+
+
+@dataclass
+class Result:
+    engine: str
+    n: int
+    rows: int
+    seconds: float
+    peak_mib: float
+    data_files: int
+    delete_files: int
+
+    def line(self) -> str:
+        return (f"{self.engine:<10} N={self.n:>9,}  rows={self.rows:>9,}  {self.seconds:7.1f} s  "
+                f"{self.rows / self.seconds:>9,.0f} rows/s  peak {self.peak_mib:7,.0f} MiB  "
+                f"files written: {self.data_files} data + {self.delete_files} delete")
+
+
+def _reset_peak(pid: int) -> None:
+    """Reset the process's peak RSS (VmHWM) so the next reading is this run's peak (Linux >= 4.0)."""
+    Path(f"/proc/{pid}/clear_refs").write_text("5")
+
+
+def _peak_mib(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+def _added_files(spark: Any, table: str, after: int | None) -> tuple[int, int]:
+    """Data and delete files added by the snapshots committed after snapshot ``after``."""
+    rows = spark.sql(f"SELECT snapshot_id, summary FROM {table}.snapshots ORDER BY committed_at").collect()
+    ids = [r["snapshot_id"] for r in rows]
+    start = ids.index(after) + 1 if after in ids else 0
+    data = deletes = 0
+    for r in rows[start:]:
+        data += int(r["summary"].get("added-data-files", 0))
+        deletes += int(r["summary"].get("added-delete-files", 0))
+    return data, deletes
+
+
+def _snapshot(spark: Any, table: str) -> int | None:
+    row = spark.sql(f"SELECT snapshot_id FROM {table}.snapshots ORDER BY committed_at DESC LIMIT 1").first()
+    return row[0] if row else None
+
+
+def build_data(spark: Any, work: Path, n: int) -> tuple[str, str]:
+    """The initial state (N keys) and the batch (1.01 N records) as parquet; returns their paths."""
+    from pyspark.sql import functions as F
+
+    base = spark.range(n).select(
+        F.col("id"),
+        (F.col("id") % 10_000 / 100).cast("decimal(12,2)").alias("amount"),
+        F.concat(F.lit("cust-"), (F.col("id") % 9973).cast("string")).alias("customer"),
+        F.when(F.col("id") % 3 == 0, "paid").otherwise("open").alias("status"),
+        F.lit(T0).cast("timestamp").alias("updated_at"),
+    )
+    initial = str(work / f"initial_{n}")
+    base.write.mode("overwrite").parquet(initial)
+    bucket = F.col("id") % 1000  # 0-99 changed (10 %), 100-104 deleted (0.5 %), rest unchanged
+    existing = spark.read.parquet(initial).select(
+        "id",
+        F.when(bucket < 100, F.col("amount") + F.lit(1)).otherwise(F.col("amount")).cast("decimal(12,2)").alias("amount"),
+        "customer", "status",
+        F.when(bucket < 105, F.lit(T1)).otherwise(F.lit(T0)).cast("timestamp").alias("updated_at"),
+        F.when(bucket < 100, "U").when(bucket < 105, "D").otherwise("U").alias("op"),
+    )
+    new = spark.range(n, n + n // 100).select(
+        "id", F.lit(1).cast("decimal(12,2)").alias("amount"), F.lit("cust-new").alias("customer"),
+        F.lit("open").alias("status"), F.lit(T1).cast("timestamp").alias("updated_at"), F.lit("I").alias("op"))
+    batch = str(work / f"batch_{n}")
+    existing.unionByName(new).withColumn("_line_number", F.monotonically_increasing_id()) \
+        .withColumn("_source_file", F.lit("bench.csv")).write.mode("overwrite").parquet(batch)
+    return initial, batch
+
+
+def load_stage(spark: Any, table: str, initial: str, properties: dict[str, str]) -> None:
+    """A stage table as the template leaves it after one load: one open version per key."""
+    from pyspark.sql import functions as F
+
+    from lakehouse_jobs.scd2 import row_hash
+
+    spark.sql(f"DROP TABLE IF EXISTS {table} PURGE")
+    frame = spark.read.parquet(initial)
+    stage = frame.select(
+        "id", "amount", "customer", "status", "updated_at",
+        F.col("updated_at").alias("_valid_from"), F.lit(None).cast("timestamp").alias("_valid_to"),
+        F.lit(True).alias("_is_current"), F.lit(False).alias("_is_deleted"),
+        row_hash(["amount", "customer", "status"]).alias("_row_hash"), F.lit("b0").alias("_batch_id"),
+        F.lit("initial.csv").alias("_source_file"), F.current_timestamp().alias("_loaded_at"))
+    writer = stage.writeTo(table).using("iceberg")
+    for key, value in properties.items():
+        writer = writer.tableProperty(key, value)
+    writer.create()
+
+
+def run_template(spark: Any, n: int, initial: str, batch: str, jvm_pid: int) -> Result:
+    from lakehouse_jobs.identifiers import parse_table_name
+    from lakehouse_jobs.scd2 import TABLE_PROPERTIES, apply_changes
+
+    name = f"bench.template_{n}"
+    load_stage(spark, name, initial, TABLE_PROPERTIES)
+    before = _snapshot(spark, name)
+    frame = spark.read.parquet(batch)
+    rows = frame.count()
+    _reset_peak(jvm_pid)
+    started = time.perf_counter()
+    result = apply_changes(spark, parse_table_name(name, "table"), frame, ["id"], "updated_at", "b1",
+                           mode="cdc", op_column="op")
+    seconds = time.perf_counter() - started
+    expected = (n // 1000 * 100 + n // 100, n // 1000 * 105)  # inserted (changed + new), closed
+    assert (result.versions_inserted, result.versions_closed) == expected, result
+    return Result("template", n, rows, seconds, _peak_mib(jvm_pid), *_added_files(spark, name, before))
+
+
+def run_textbook(spark: Any, n: int, initial: str, batch: str, jvm_pid: int) -> Result:
+    """The single-MERGE SCD2 as tutorials write it; copy-on-write (Iceberg's default)."""
+    from lakehouse_jobs.scd2 import row_hash
+
+    name = f"bench.textbook_{n}"
+    load_stage(spark, name, initial, {"format-version": "2"})
+    before = _snapshot(spark, name)
+    frame = spark.read.parquet(batch)
+    rows = frame.count()
+    _reset_peak(jvm_pid)
+    started = time.perf_counter()
+    frame.withColumn("_row_hash", row_hash(["amount", "customer", "status"])).createOrReplaceTempView("bench_batch")
+    spark.sql(f"""
+        MERGE INTO {name} AS t
+        USING (
+            SELECT b.id AS merge_key, b.* FROM bench_batch b
+            UNION ALL
+            SELECT NULL AS merge_key, b.* FROM bench_batch b
+            JOIN {name} c ON b.id = c.id AND c._is_current
+            WHERE b.op <> 'D' AND b._row_hash <> c._row_hash
+        ) AS s
+        ON t.id = s.merge_key AND t._is_current
+        WHEN MATCHED AND (s.op = 'D' OR t._row_hash <> s._row_hash) THEN
+            UPDATE SET t._valid_to = s.updated_at, t._is_current = false
+        WHEN NOT MATCHED AND s.op <> 'D' THEN INSERT
+            (id, amount, customer, status, updated_at, _valid_from, _valid_to, _is_current, _is_deleted,
+             _row_hash, _batch_id, _source_file, _loaded_at)
+            VALUES (s.id, s.amount, s.customer, s.status, s.updated_at, s.updated_at, NULL, true, false,
+                    s._row_hash, 'b1', s._source_file, current_timestamp())
+    """)
+    seconds = time.perf_counter() - started
+    result = Result("textbook", n, rows, seconds, _peak_mib(jvm_pid), *_added_files(spark, name, before))
+    template = spark.table(f"bench.template_{n}") if spark.catalog.tableExists(f"bench.template_{n}") else None
+    if template is not None:  # the two engines must agree on every version
+        columns = ["id", "_valid_from", "_valid_to", "_is_current", "_row_hash"]
+        diff = spark.table(name).select(*columns).exceptAll(template.select(*columns)).count() + \
+            template.select(*columns).exceptAll(spark.table(name).select(*columns)).count()
+        assert diff == 0, f"template and textbook MERGE disagree on {diff} rows"
+    return result
+
+
+def _microseconds(table: Any) -> Any:
+    """Spark writes timestamps as INT96 (read as nanoseconds), Iceberg v2 stores microseconds; and
+    every column optional, as in the batch (upsert refuses a nullability mismatch)."""
+    import pyarrow as pa
+
+    fields = [pa.field(f.name, pa.timestamp("us", tz="UTC")) if pa.types.is_timestamp(f.type) else f.with_nullable(True)
+              for f in table.schema]
+    return table.cast(pa.schema(fields))
+
+
+def run_pyiceberg(settings: Any, n: int, initial: str, batch: str) -> Result:
+    import pyarrow.compute as pc
+    import pyarrow.parquet as pq
+    from pyiceberg.catalog.sql import SqlCatalog
+
+    catalog = SqlCatalog(settings.catalog_name, uri=settings.catalog_dsn, warehouse=settings.catalog_warehouse_uri)
+    name = f"bench.pyiceberg_{n}"
+    if catalog.table_exists(name):
+        catalog.drop_table(name)
+    state = _microseconds(pq.read_table(initial.removeprefix("file://")))
+    table = catalog.create_table(name, schema=state.schema)
+    table.append(state)
+    del state
+    before = table.current_snapshot().snapshot_id
+    changes = _microseconds(pq.read_table(batch.removeprefix("file://")))
+    rows = changes.num_rows
+    _reset_peak(os.getpid())
+    started = time.perf_counter()
+    upserts = changes.filter(pc.not_equal(changes["op"], "D")).select(table.schema().column_names)
+    table.upsert(upserts, join_cols=["id"])
+    seconds = time.perf_counter() - started
+    table = catalog.load_table(name)
+    data = deletes = 0
+    seen = False
+    for snapshot in table.snapshots():
+        if seen:
+            summary = snapshot.summary
+            data += int(summary.get("added-data-files", 0) or 0) if summary else 0
+            deletes += int(summary.get("added-delete-files", 0) or 0) if summary else 0
+        seen = seen or snapshot.snapshot_id == before
+    return Result("pyiceberg", n, rows, seconds, _peak_mib(os.getpid()), data, deletes)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--sizes", default="100000,1000000,5000000", help="comma-separated N (stage table keys)")
+    parser.add_argument("--engines", default=",".join(ENGINES), help=f"subset of {','.join(ENGINES)}")
+    parser.add_argument("--warmup", type=int, default=20_000, help="N of an unreported first run of the Spark "
+                        "engines (0: none)")
+    parser.add_argument("--driver-memory", default="12g", help="Spark driver (local mode: all of Spark) memory")
+    args = parser.parse_args()
+    sizes = [int(s.replace("_", "")) for s in args.sizes.split(",") if s]
+    engines = [e for e in args.engines.split(",") if e]
+    unknown = set(engines) - set(ENGINES)
+    if unknown:
+        parser.error(f"unknown engines {sorted(unknown)}")
+
+    home = Path(tempfile.mkdtemp(prefix="lakehouse-bench-scd2-"))
+    home.chmod(0o755)  # the Postgres server runs as user postgres and must reach its data dir
+    os.environ.update({"LAKEHOUSE_HOME": str(home), "LAKEHOUSE_PG_PORT": str(PG_PORT),
+                       "LAKEHOUSE_SPARK_DRIVER_MEMORY": args.driver_memory})
+    for variable in ("LAKEHOUSE_CATALOG_DSN", "LAKEHOUSE_LAKE_URI", "LAKEHOUSE_METADATA_DSN"):
+        os.environ.pop(variable, None)
+    from lakehouse.config import load_settings
+    from lakehouse.runners.spark_conf import local_spark_conf
+    from lakehouse.stack import postgres
+    from lakehouse.stack.jars import provision_jars
+
+    settings = load_settings()
+    started_pg = False
+    spark = None
+    results: list[Result] = []
+    try:
+        started_pg = postgres.start(settings)
+        postgres.ensure_databases(settings)
+        provision_jars(settings.jars_dir)
+        from pyspark.sql import SparkSession
+
+        builder = SparkSession.builder.appName("bench-scd2")
+        for key, value in local_spark_conf(settings).items():
+            builder = builder.config(key, value)
+        spark = builder.getOrCreate()
+        spark.sparkContext.setLogLevel("ERROR")
+        spark.sql("CREATE NAMESPACE IF NOT EXISTS bench")
+        jvm_pid = int(spark.sparkContext._gateway.proc.pid)  # type: ignore[union-attr]
+        print(f"Spark {spark.version} {settings.spark_master}, driver memory {args.driver_memory}; "
+              f"sizes {sizes}; engines {engines}", flush=True)
+        work = home / "data"
+        work.mkdir()
+        if args.warmup:  # JIT, class loading and first-use costs out of the measured runs
+            initial, batch = build_data(spark, work, args.warmup)
+            for engine in ("template", "textbook"):
+                runner = run_template if engine == "template" else run_textbook
+                print("(warm-up) " + runner(spark, args.warmup, Path(initial).as_uri(), Path(batch).as_uri(),
+                                            jvm_pid).line(), flush=True)
+                spark.sql(f"DROP TABLE IF EXISTS bench.{engine}_{args.warmup} PURGE")
+        for n in sizes:
+            initial, batch = build_data(spark, work, n)
+            initial_uri, batch_uri = Path(initial).as_uri(), Path(batch).as_uri()
+            for engine in engines:
+                if engine == "template":
+                    result = run_template(spark, n, initial_uri, batch_uri, jvm_pid)
+                elif engine == "textbook":
+                    result = run_textbook(spark, n, initial_uri, batch_uri, jvm_pid)
+                else:
+                    result = run_pyiceberg(settings, n, initial_uri, batch_uri)
+                results.append(result)
+                print(result.line(), flush=True)
+            for engine in engines:
+                spark.sql(f"DROP TABLE IF EXISTS bench.{engine}_{n} PURGE")
+            shutil.rmtree(work, ignore_errors=True)
+            work.mkdir()
+        print("\nsummary")
+        for result in results:
+            print(result.line())
+        return 0
+    finally:
+        if spark is not None:
+            spark.stop()
+        if started_pg:
+            postgres.stop(settings)
+        shutil.rmtree(home, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
