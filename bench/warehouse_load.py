@@ -12,7 +12,8 @@ process and the same run:
 * ``template``: ``presentation_to_warehouse.main`` in replace mode: CSV files by Spark, streamed
   with COPY through the JDBC driver's CopyManager, then the atomic swap.
 
-Both read the same Iceberg table and are timed from the first read to the rows committed; each
+Both read the same Iceberg table and are timed from the first read to the rows committed, and the
+CPU time both use (Spark's JVM plus the Postgres server, from /proc) is measured too; each
 size runs ``--repeat`` rounds, the two methods alternating, so a busy machine slows both alike. It
 prints rows per second side by side (best and median round) and the ratio of the best rounds (goal
 from issue 6: at least 3x).
@@ -32,25 +33,55 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def _round(spark, settings, table: str, n: int, template) -> list[tuple[int, str, float]]:  # noqa: ANN001
-    """One load of each kind, plain JDBC first."""
+def _ticks(pid: int, children: bool = False) -> int:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    own = int(fields[11]) + int(fields[12])  # utime, stime
+    return own + (int(fields[13]) + int(fields[14]) if children else 0)  # + reaped children
+
+
+def cpu_seconds(jvm_pid: int, postmaster_pid: int) -> tuple[float, float]:
+    """CPU used so far by Spark's JVM and by the Postgres server (postmaster, live and exited
+    backends, background workers): a measure a busy shared machine does not distort."""
+    hz = os.sysconf("SC_CLK_TCK")
+    pg = _ticks(postmaster_pid, children=True)
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                stat = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+                if int(stat[1]) == postmaster_pid:
+                    pg += int(stat[11]) + int(stat[12])
+            except (OSError, IndexError, ValueError):
+                continue
+    return _ticks(jvm_pid) / hz, pg / hz
+
+
+def _round(spark, settings, table: str, n: int, template) -> list[tuple[int, str, float, float]]:  # noqa: ANN001
+    """One load of each kind, plain JDBC first; (rows, method, seconds, CPU seconds)."""
+    jvm_pid = int(spark.sparkContext._jvm.java.lang.ProcessHandle.current().pid())
+    postmaster = int((settings.home / "postgres" / "data" / "postmaster.pid").read_text().split()[0]) \
+        if (settings.home / "postgres" / "data" / "postmaster.pid").exists() else None
+    cpu = (lambda: sum(cpu_seconds(jvm_pid, postmaster))) if postmaster else (lambda: float("nan"))
+    cpu_before = cpu()
     started = time.monotonic()
     (spark.table(table).write.format("jdbc").option("url", settings.jdbc_url(settings.warehouse_db))
         .option("driver", "org.postgresql.Driver").option("dbtable", "bench.plain_jdbc")
         .option("user", settings.pg_user).option("password", settings.pg_password)
         .mode("overwrite").save())
     plain = time.monotonic() - started
-    print(f"  spark jdbc  {plain:8.1f} s  {n / plain:>12,.0f} rows/s", flush=True)
+    plain_cpu = cpu() - cpu_before
+    print(f"  spark jdbc  {plain:8.1f} s  {n / plain:>12,.0f} rows/s  cpu {plain_cpu:6.1f} s", flush=True)
 
+    cpu_before = cpu()
     started = time.monotonic()
     metrics = template.main(["--batch_id", f"bench_{n}", "--lake_uri", settings.lake_uri, "--source_table", table,
                              "--target_table", "bench.template_copy"])
     took = time.monotonic() - started
+    took_cpu = cpu() - cpu_before
     assert metrics["rows_out"] == n, metrics
-    print(f"  template    {took:8.1f} s  {n / took:>12,.0f} rows/s  (spark writes files "
+    print(f"  template    {took:8.1f} s  {n / took:>12,.0f} rows/s  cpu {took_cpu:6.1f} s  (spark writes files "
           f"{metrics.get('write_seconds')} s, COPY of {metrics.get('copy_files')} files "
           f"{metrics.get('copy_seconds')} s, count + swap {metrics.get('commit_seconds')} s)", flush=True)
-    return [(n, "spark jdbc", plain), (n, "template", took)]
+    return [(n, "spark jdbc", plain, plain_cpu), (n, "template", took, took_cpu)]
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -76,7 +107,7 @@ def main(argv: list[str] | None = None) -> int:
     provision_jars(settings.jars_dir)
     postgres.start(settings)
     spark = None
-    results: list[tuple[int, str, float]] = []
+    results: list[tuple[int, str, float, float]] = []
     try:
         postgres.ensure_databases(settings)
         from pyspark.sql import SparkSession
@@ -124,14 +155,17 @@ def main(argv: list[str] | None = None) -> int:
     print(f"\npresentation -> Postgres warehouse (python {sys.version.split()[0]}, {os.cpu_count()} cpus, "
           f"Spark local[2])")
     print(f"{'rows':>10} {'spark jdbc rows/s (best / median)':>34} {'template rows/s (best / median)':>32} "
-          f"{'speed-up':>9}")
-    by_size: dict[int, dict[str, list[float]]] = {}
-    for n, name, seconds in results:
-        by_size.setdefault(n, {}).setdefault(name, []).append(n / seconds)
-    for n, rates in by_size.items():
-        jdbc, copy = rates["spark jdbc"], rates["template"]
+          f"{'speed-up':>9} {'CPU s jdbc / template (median)':>31}")
+    by_size: dict[int, dict[str, list[tuple[float, float]]]] = {}
+    for n, name, seconds, cpu in results:
+        by_size.setdefault(n, {}).setdefault(name, []).append((n / seconds, cpu))
+    for n, rounds in by_size.items():
+        jdbc = [r for r, _ in rounds["spark jdbc"]]
+        copy = [r for r, _ in rounds["template"]]
+        jdbc_cpu = statistics.median(c for _, c in rounds["spark jdbc"])
+        copy_cpu = statistics.median(c for _, c in rounds["template"])
         print(f"{n:>10,} {max(jdbc):>20,.0f} / {statistics.median(jdbc):>11,.0f} {max(copy):>18,.0f} / "
-              f"{statistics.median(copy):>11,.0f} {max(copy) / max(jdbc):>8.1f}x")
+              f"{statistics.median(copy):>11,.0f} {max(copy) / max(jdbc):>8.1f}x {jdbc_cpu:>20.1f} / {copy_cpu:.1f}")
     return 0
 
 
