@@ -28,7 +28,7 @@ TEMPLATE = "presentation_to_warehouse"
 SPEC: tuple[ArgSpec, ...] = (
     ArgSpec("source_table", required=True, description="Iceberg presentation table, namespace.table"),
     ArgSpec("target_table", required=True, description="warehouse table, schema.table"),
-    ArgSpec("secret_id", description="AWS Secrets Manager secret of the warehouse login"),
+    ArgSpec("secret_id", description="the warehouse login: an Airflow connection locally, Secrets Manager on AWS"),
     ArgSpec("mode", default="replace", description="replace (atomic swap) | merge (upsert by merge_keys)"),
     ArgSpec("merge_keys", "list", description="mode=merge: key columns"),
     ArgSpec("on_schema_change", default="apply", description="apply | refuse"),
