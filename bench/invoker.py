@@ -532,16 +532,20 @@ def main() -> int:
     configure_environment(home)
     bench = Bench(args, home)
     results: list[PhaseResult] = []
+    completed = False
     try:
         print(f"bench home {home}: starting Postgres, Airflow (api-server, dag-processor), SeaweedFS ...", flush=True)
         bench.start()
         for phase in phases:
             results.append(bench.run_phase(phase))
+        completed = True
     finally:
         left = bench.stop_all()
         print("stopped everything the bench started" if not left else "STILL RUNNING: " + "; ".join(left))
-        if not left:
+        if not left and completed:
             shutil.rmtree(home, ignore_errors=True)
+        elif not completed:
+            print(f"kept {home} for its logs ({home}/log)")
     report(results, args)
     ok = all(r.lost == 0 and r.burst_lost == 0 and r.paced_lost == 0 and r.runs == r.s3_distinct for r in results) and (
         not results or results[-1].dag_runs_total == sum(r.distinct for r in results))
