@@ -17,14 +17,6 @@ from lakehouse_jobs.templates import presentation_to_warehouse
 pytestmark = pytest.mark.integration
 
 
-@pytest.fixture
-def warehouse_env(pg: Settings, monkeypatch: pytest.MonkeyPatch) -> Settings:
-    monkeypatch.setenv("LAKEHOUSE_WAREHOUSE_JDBC_URL", pg.jdbc_url(pg.warehouse_db))
-    monkeypatch.setenv("LAKEHOUSE_WAREHOUSE_USER", pg.pg_user)
-    monkeypatch.setenv("LAKEHOUSE_WAREHOUSE_PASSWORD", pg.pg_password)
-    return pg
-
-
 def _source(spark: SparkSession, name: str, rows: int) -> None:
     spark.sql("CREATE NAMESPACE IF NOT EXISTS presentation")
     spark.sql(f"CREATE OR REPLACE TABLE {name} USING iceberg AS "

@@ -28,14 +28,6 @@ from lakehouse_jobs.warehouse import (
 ROLE = "arn:aws:iam::123456789012:role/redshift-copy"
 
 
-@pytest.fixture
-def warehouse_env(pg: Settings, monkeypatch: pytest.MonkeyPatch) -> Settings:
-    monkeypatch.setenv("LAKEHOUSE_WAREHOUSE_JDBC_URL", pg.jdbc_url(pg.warehouse_db))
-    monkeypatch.setenv("LAKEHOUSE_WAREHOUSE_USER", pg.pg_user)
-    monkeypatch.setenv("LAKEHOUSE_WAREHOUSE_PASSWORD", pg.pg_password)
-    return pg
-
-
 def _load(tmp_path: Path, lake_uri: str, source: str, target: str, batch: str, *extra: str) -> dict:
     metrics_file = tmp_path / f"{batch}.json"
     presentation_to_warehouse.main(["--batch_id", batch, "--lake_uri", lake_uri, "--metrics_uri", str(metrics_file),
