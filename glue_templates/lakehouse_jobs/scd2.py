@@ -326,9 +326,32 @@ def _affected(spark: SparkSession, target: DataFrame, records: DataFrame, keys: 
     pending = flagged.filter(F.col("__changes") == 1).select(
         *records.columns, *[c for c in current.columns if c.startswith("__cur_")], "__n")
     pending = pending.unionByName(deletes) if deletes is not None else pending
-    # one record, later than the key's open version: its effect needs no history (see _direct)
+    # one record, later than the key's open version: its effect needs no history (see _direct);
+    # one record of a key with no open version may be a new key, see _mark_new_keys
     return pending.withColumn("__simple", (F.col("__n") == 1) & F.col("__cur_from").isNotNull()
-                              & (F.col(_SEQ) > F.col("__cur_from")))
+                              & (F.col(_SEQ) > F.col("__cur_from"))) \
+        .withColumn("__maybe_new", (F.col("__n") == 1) & F.col("__cur_from").isNull())
+
+
+def _mark_new_keys(target: DataFrame | None, pending: DataFrame, keys: Sequence[str], maybe_new: int) -> DataFrame:
+    """Set ``__new`` on the records of keys the table has no row for, and count them as simple.
+
+    A key without an open version is either new or was hard-deleted earlier; only the latter has a
+    history the record must be placed in. Telling them apart reads the table's key columns only
+    (a semi-join against the few candidate keys), instead of rebuilding every new key's history
+    from a read of the whole table.
+    """
+    if maybe_new == 0 or target is None:
+        return pending.withColumn("__new", F.col("__maybe_new")).withColumn(
+            "__simple", F.col("__simple") | F.col("__new"))
+    candidates = pending.filter(F.col("__maybe_new")).select(*keys)
+    if maybe_new <= BROADCAST_ROWS:
+        candidates = F.broadcast(candidates)
+    known = target.select(*keys).join(candidates, list(keys), "left_semi").distinct() \
+        .withColumn("__known", F.lit(True))
+    marked = pending.join(known, list(keys), "left").withColumn(
+        "__new", F.col("__maybe_new") & F.col("__known").isNull()).drop("__known")
+    return marked.withColumn("__simple", F.col("__simple") | F.col("__new"))
 
 
 def _direct(simple: DataFrame, keys: Sequence[str], data_fields: Sequence[StructField], attributes: Sequence[str],
@@ -341,7 +364,8 @@ def _direct(simple: DataFrame, keys: Sequence[str], data_fields: Sequence[Struct
     with ``soft_delete``). Computed with no history read, no sort: the same rows :func:`_diff`
     would give, which the property tests check against the reference model.
     """
-    same = F.col(_HASH) == F.col("__cur_hash")
+    # a new key (``__new``: no row at all) has no open version to compare with or close
+    same = F.coalesce(F.col(_HASH) == F.col("__cur_hash"), F.lit(False))
     deleted = F.col(_HASH) == F.lit(DELETED)
     batch_columns = set(attributes)
     mk = [*[F.col(k).alias(f"{_MK}{k}") for k in keys], F.col("__cur_from").alias(f"{_MK}valid_from")]
@@ -350,12 +374,13 @@ def _direct(simple: DataFrame, keys: Sequence[str], data_fields: Sequence[Struct
                else F.lit(None)).cast(f.dataType).alias(f.name) for f in data_fields]
     no_lineage = [F.lit(None).cast("string").alias("_row_hash"), F.lit(None).cast("string").alias("_batch_id"),
                   F.lit(None).cast("string").alias("_source_file"), F.lit(None).cast("timestamp").alias("_loaded_at")]
-    updates = simple.select(
+    updates = simple.filter(~F.col("__new")).select(
         *mk, F.lit("update").alias("__action"), *keys, *stored,
         F.col("__cur_from").alias("_valid_from"), F.when(~same, F.col(_SEQ)).cast("timestamp").alias("_valid_to"),
         same.alias("_is_current"), (F.col("__cur_hash") == F.lit(DELETED)).alias("_is_deleted"), *no_lineage,
         (~same).alias("__closed"))
-    opened = simple.filter(~same & (~deleted | F.lit(soft_delete))).select(
+    # deleting a key the table never had records nothing, not even a tombstone
+    opened = simple.filter(~same & (~deleted | (F.lit(soft_delete) & ~F.col("__new")))).select(
         *[F.lit(None).cast(simple.schema[k].dataType).alias(f"{_MK}{k}") for k in keys],
         F.lit(None).cast("timestamp").alias(f"{_MK}valid_from"), F.lit("insert").alias("__action"), *keys,
         *[(F.col(f.name) if f.name in batch_columns else F.lit(None)).cast(f.dataType).alias(f.name)
@@ -660,29 +685,39 @@ def _apply(spark: SparkSession, table: TableName, records: DataFrame, keys: Sequ
            delete_at: datetime | None, rows_in: int) -> Scd2Result:
     """Read at one snapshot, compute the difference, MERGE it if there is one.
 
-    The difference and any conflict are computed by one Spark job (a local checkpoint that the
-    MERGE then reads), so the batch's records and the table are read once for it.
+    The records that can change anything are found by one join with the open versions; keys with
+    one record later than their open version, and new keys, are applied directly; only the rest
+    (several records per key, late records, keys coming back) have their history read and rebuilt.
+    The difference is materialised once (a local checkpoint) for the counts and the MERGE.
     """
     read_snapshot = _current_snapshot(spark, table)
     target = spark.table(table.spark) if read_snapshot is None else \
         spark.read.option("snapshot-id", read_snapshot).table(str(table))
     # the records that can change anything: usually a small part of the batch, read once from here
     pending = _affected(spark, target, records, keys, untracked, mode, delete_at).localCheckpoint(eager=True)
+    shape = pending.agg(F.sum(F.col("__maybe_new").cast("int")).alias("maybe_new"),
+                        F.sum((~F.col("__simple") & ~F.col("__maybe_new")).cast("int")).alias("complex")).first()
+    maybe_new, complex_rows = int(shape["maybe_new"] or 0), int(shape["complex"] or 0)
+    pending = _mark_new_keys(target if read_snapshot is not None else None, pending, keys, maybe_new)
+    if maybe_new and read_snapshot is not None:  # some candidates had rows: their history is rebuilt
+        pending = pending.localCheckpoint(eager=True)
+        complex_rows += pending.filter(F.col("__maybe_new") & ~F.col("__new")).count()
     data_fields = [f for f in table_schema.fields if f.name not in _SYSTEM_NAMES and f.name not in keys]
-    direct = _direct(pending.filter(F.col("__simple")), keys, data_fields, attributes, untracked, soft_delete,
-                     batch_id, loaded_at)
-    runs, conflicts = _rebuild(target, pending.filter(~F.col("__simple")).select(*records.columns), keys, attributes,
-                               untracked, sequence_by, table_schema, batch_id, loaded_at)
-    diff = _diff(runs, keys, data_fields, untracked, soft_delete).unionByName(direct)
-    conflict_rows = conflicts.select(
-        *[F.col(k).alias(f"{_MK}{k}") for k in keys], F.col(_SEQ).alias(f"{_MK}valid_from"),
-        F.when(F.col("__with_table"), F.lit("conflict_table")).otherwise(F.lit("conflict")).alias("__action"),
-        *keys, *[F.lit(None).cast(f.dataType).alias(f.name) for f in data_fields],
-        *[(F.col(_SEQ) if f.name == "_valid_from" else F.col("_source_file") if f.name == "_source_file"
-           else F.lit(None).cast(f.dataType)).alias(f.name) for f in SYSTEM_COLUMNS],
-        F.lit(False).alias("__closed"), F.col(_LINE).alias("_line_number"))
-    source = diff.withColumn("_line_number", F.lit(None).cast("long")).unionByName(conflict_rows) \
-        .localCheckpoint(eager=True)
+    diff = _direct(pending.filter(F.col("__simple")), keys, data_fields, attributes, untracked, soft_delete,
+                   batch_id, loaded_at).withColumn("_line_number", F.lit(None).cast("long"))
+    if complex_rows:  # only then is any history read: several records, late records, returning keys
+        runs, conflicts = _rebuild(target, pending.filter(~F.col("__simple")).select(*records.columns), keys,
+                                   attributes, untracked, sequence_by, table_schema, batch_id, loaded_at)
+        conflict_rows = conflicts.select(
+            *[F.col(k).alias(f"{_MK}{k}") for k in keys], F.col(_SEQ).alias(f"{_MK}valid_from"),
+            F.when(F.col("__with_table"), F.lit("conflict_table")).otherwise(F.lit("conflict")).alias("__action"),
+            *keys, *[F.lit(None).cast(f.dataType).alias(f.name) for f in data_fields],
+            *[(F.col(_SEQ) if f.name == "_valid_from" else F.col("_source_file") if f.name == "_source_file"
+               else F.lit(None).cast(f.dataType)).alias(f.name) for f in SYSTEM_COLUMNS],
+            F.lit(False).alias("__closed"), F.col(_LINE).alias("_line_number"))
+        diff = _diff(runs, keys, data_fields, untracked, soft_delete) \
+            .withColumn("_line_number", F.lit(None).cast("long")).unionByName(diff).unionByName(conflict_rows)
+    source = diff.localCheckpoint(eager=True)
     counts = {r["__action"]: (int(r["n"]), int(r["closed"] or 0)) for r in source.groupBy("__action").agg(
         F.count(F.lit(1)).alias("n"), F.sum(F.col("__closed").cast("int")).alias("closed")).collect()}
     if "conflict" in counts or "conflict_table" in counts:

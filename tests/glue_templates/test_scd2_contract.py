@@ -91,20 +91,20 @@ def test_a_commit_slipping_in_between_fails_instead_of_appending_twice(spark: Sp
     run fail before its MERGE, and a re-run then applies only what is left (rule 12)."""
     name, table = _table(unique, "slipped")
     apply_changes(spark, table, _batch(spark, B1), ["invoice_id"], "changed_at", "b1")
-    original = scd2._diff
+    original = scd2._direct
     slipped: list[bool] = []
 
-    def diff_then_commit(*args: Any, **kwargs: Any) -> DataFrame:
+    def direct_then_commit(*args: Any, **kwargs: Any) -> DataFrame:
         if not slipped:
             slipped.append(True)
             apply_changes(spark, table, _batch(spark, [("Z", 1.0, D2, "other", 1)]), ["invoice_id"], "changed_at", "x")
         return original(*args, **kwargs)
 
     monkeypatch.setattr(scd2, "_table_lock", _no_lock)
-    monkeypatch.setattr(scd2, "_diff", diff_then_commit)
+    monkeypatch.setattr(scd2, "_direct", direct_then_commit)
     with pytest.raises(Scd2Error, match="changed while this batch was computed"):
         apply_changes(spark, table, _batch(spark, B2), ["invoice_id"], "changed_at", "b2")
-    monkeypatch.setattr(scd2, "_diff", original)
+    monkeypatch.setattr(scd2, "_direct", original)
     apply_changes(spark, table, _batch(spark, B2), ["invoice_id"], "changed_at", "b2")
     counts = spark.sql(f"SELECT invoice_id, count_if(_is_current) AS n FROM {name} GROUP BY invoice_id").collect()
     assert sorted((r["invoice_id"], r["n"]) for r in counts) == [("A", 1), ("B", 1), ("C", 1), ("Z", 1)]
@@ -285,3 +285,38 @@ def test_stage_table_reads_with_spark_sql_pyiceberg_and_time_travel(spark: Spark
         ("A", 10.0, False), ("A", 11.0, True), ("B", 20.0, True), ("C", 30.0, True)]
     earlier = iceberg.scan(snapshot_id=first.snapshot_id, selected_fields=("invoice_id", "amount")).to_arrow()
     assert sorted(tuple(r.values()) for r in earlier.to_pylist()) == [("A", 10.0), ("B", 20.0)]
+
+
+OP_DDL = "invoice_id string, amount double, changed_at timestamp, op string, _source_file string, _line_number bigint"
+
+
+def test_new_keys_returning_keys_and_unknown_deletes(spark: SparkSession, unique: str) -> None:
+    """The direct path for keys the table has no open version of: a new key opens a version, a
+    hard-deleted key coming back opens one after its gap (its history kept), and deleting a key the
+    table never had records nothing, not even a tombstone with ``soft_delete``."""
+    name, table = _table(unique, "newkeys")
+
+    def apply(rows: list[tuple[Any, ...]], batch_id: str, soft_delete: bool = False) -> Any:
+        return apply_changes(spark, table, _batch(spark, rows, OP_DDL), ["invoice_id"], "changed_at", batch_id,
+                             op_column="op", soft_delete=soft_delete)
+
+    apply([("A", 10.0, D1, "I", "f1", 1), ("B", 20.0, D1, "I", "f1", 2)], "b1")
+    apply([("B", None, D2, "D", "f2", 1)], "b2")
+    result = apply([("B", 25.0, D3, "U", "f3", 1), ("C", 30.0, D3, "I", "f3", 2), ("X", None, D3, "D", "f3", 3)],
+                   "b3")
+    assert (result.versions_inserted, result.versions_closed) == (2, 0)
+    rows = [(r["invoice_id"], r["amount"], r["_valid_from"], r["_valid_to"], r["_is_current"], r["_is_deleted"])
+            for r in _rows(spark, name)]
+    assert rows == [("A", 10.0, D1, None, True, False),
+                    ("B", 20.0, D1, D2, False, False), ("B", 25.0, D3, None, True, False),
+                    ("C", 30.0, D3, None, True, False)]
+    # a late record for the deleted interval is placed in the history, never made current
+    late = datetime(2026, 11, 1, 18)
+    apply([("B", 21.0, late, "U", "f4", 1)], "b4")
+    rows = [(r["invoice_id"], r["amount"], r["_valid_from"], r["_valid_to"], r["_is_current"])
+            for r in _rows(spark, name) if r["invoice_id"] == "B"]
+    assert rows == [("B", 20.0, D1, late, False), ("B", 21.0, late, D2, False), ("B", 25.0, D3, None, True)]
+    # with soft_delete, deleting keys the table never had changes nothing: no commit
+    before = _snapshot(spark, name)
+    result = apply([("X", None, D3, "D", "f5", 1), ("Y", None, D3, "D", "f5", 2)], "b5", soft_delete=True)
+    assert not result.committed and _snapshot(spark, name) == before
