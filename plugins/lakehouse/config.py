@@ -36,6 +36,10 @@ LAKEHOUSE_INVOKER_LEASE            seconds a row being triggered is held       3
                                    before the retry loop may take it over
 LAKEHOUSE_INVOKER_CATALOGUE_TTL    seconds the invoker caches the flows        5
 LAKEHOUSE_AIRFLOW_PORT             Airflow api-server port                     8080
+LAKEHOUSE_AIRFLOW_API_WORKERS      uvicorn worker processes of the local       2
+                                   api-server (one Python process runs on one
+                                   core: the rate at which it creates DAG
+                                   runs scales with the cores, not beyond)
 LAKEHOUSE_AIRFLOW_URL              Airflow base URL (MWAA or remote)           http://127.0.0.1:$PORT
 LAKEHOUSE_AIRFLOW_USERNAME         Airflow login                               admin
 LAKEHOUSE_AIRFLOW_PASSWORD         Airflow password                            generated
@@ -155,6 +159,7 @@ class Settings:
     invoker_catalogue_ttl: float = 5.0
     invoker_dispatch_workers: int = 8
     invoker_lease: float = 30.0
+    airflow_api_workers: int = 2
     glue_connections: tuple[str, ...] = ()
     _explicit_secrets: dict[str, str] = field(default_factory=dict, repr=False)
 
@@ -323,5 +328,6 @@ def load_settings() -> Settings:
         invoker_catalogue_ttl=_number("LAKEHOUSE_INVOKER_CATALOGUE_TTL", "5", float),
         invoker_dispatch_workers=_number("LAKEHOUSE_INVOKER_WORKERS", "8", int),
         invoker_lease=_number("LAKEHOUSE_INVOKER_LEASE", "30", float, minimum=1),
+        airflow_api_workers=_number("LAKEHOUSE_AIRFLOW_API_WORKERS", "2", int, minimum=1),
         _explicit_secrets=explicit,
     )

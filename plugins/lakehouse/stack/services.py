@@ -25,13 +25,24 @@ from lakehouse.stack import postgres
 from lakehouse.stack.jars import provision_jars
 from lakehouse.stack.processes import group_alive, group_members, read_pid, start_group, stop_group
 
-__all__ = ["up", "down", "status", "stack_environment", "AIRFLOW_COMPONENTS", "SERVICE_NAMES"]
+__all__ = ["up", "down", "status", "stack_environment", "airflow_component_environment", "AIRFLOW_COMPONENTS",
+           "SERVICE_NAMES"]
 
 AIRFLOW_COMPONENTS = ("api-server", "scheduler", "dag-processor", "triggerer")
 SERVICE_NAMES = ("seaweedfs", "invoker", *(f"airflow-{c}" for c in AIRFLOW_COMPONENTS))
 
 #: How often the dag-processor re-parses the DAG file: a new flow row shows up within this.
 DAG_REFRESH_SECONDS = 15
+
+#: Database pool of each api-server worker: (pool_size, max_overflow). Airflow 3.3 checks every
+#: request's JWT against ``revoked_token`` with a *blocking* query on the worker's event loop,
+#: while the endpoints themselves (e.g. POST dagRuns) each hold a connection in one of anyio's 40
+#: threads. With Airflow's default 5 + 10 connections, 16 or more requests in flight take the
+#: whole pool, the event loop then blocks waiting for a connection that only the event loop
+#: could free, and every request stalls until ``pool_timeout`` (30 s) — measured with
+#: bench/airflow_trigger_rate.py: 1.4 runs/s at 32 concurrent clients instead of ~30. More
+#: connections than threads (40 + the event loop) rule that out; idle ones are capped at 10.
+API_SERVER_DB_POOL = (10, 40)
 
 
 def _bin(name: str) -> str:
@@ -82,7 +93,7 @@ def stack_environment(settings: Settings) -> dict[str, str]:
             "AIRFLOW__API__HOST": "127.0.0.1",
             "AIRFLOW__API__PORT": str(settings.airflow_port),
             "AIRFLOW__API__BASE_URL": settings.airflow_url,
-            "AIRFLOW__API__WORKERS": "1",
+            "AIRFLOW__API__WORKERS": str(settings.airflow_api_workers),
             "AIRFLOW__API__SECRET_KEY": settings.secret("api_secret_key"),
             "AIRFLOW__API_AUTH__JWT_SECRET": settings.secret("jwt_secret"),
             "AIRFLOW__DAG_PROCESSOR__MIN_FILE_PROCESS_INTERVAL": str(DAG_REFRESH_SECONDS),
@@ -93,6 +104,16 @@ def stack_environment(settings: Settings) -> dict[str, str]:
         }
     )
     return env
+
+
+def airflow_component_environment(env: dict[str, str], component: str) -> dict[str, str]:
+    """The stack environment as one Airflow component gets it: the api-server gets the DB pool of
+    :data:`API_SERVER_DB_POOL` unless the environment sets Airflow's pool variables itself."""
+    if component != "api-server":
+        return env
+    pool_size, max_overflow = API_SERVER_DB_POOL
+    return {"AIRFLOW__DATABASE__SQL_ALCHEMY_POOL_SIZE": str(pool_size),
+            "AIRFLOW__DATABASE__SQL_ALCHEMY_MAX_OVERFLOW": str(max_overflow), **env}
 
 
 @dataclass(frozen=True)
@@ -201,7 +222,8 @@ def _start_airflow(settings: Settings, env: dict[str, str], echo: Callable[[str]
     _prepare_airflow(settings, env, echo)
     for component in missing:
         echo(f"starting airflow {component}")
-        start_group(settings.run_dir, settings.log_dir, f"airflow-{component}", [_bin("airflow"), component], env)
+        start_group(settings.run_dir, settings.log_dir, f"airflow-{component}", [_bin("airflow"), component],
+                    airflow_component_environment(env, component))
     _wait("Airflow (api-server, scheduler, dag-processor)", lambda: _airflow_healthy(settings), 180,
           settings.log_dir / "airflow-api-server.log")
 

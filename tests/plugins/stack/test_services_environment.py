@@ -1,0 +1,42 @@
+"""What the stack's Airflow components are started with: api-server workers and its DB pool."""
+
+from __future__ import annotations
+
+import pytest
+
+from lakehouse.config import load_settings
+from lakehouse.stack import services
+
+
+def test_api_server_workers_follow_the_setting(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("LAKEHOUSE_AIRFLOW_API_WORKERS", raising=False)
+    assert services.stack_environment(load_settings())["AIRFLOW__API__WORKERS"] == "2"
+    monkeypatch.setenv("LAKEHOUSE_AIRFLOW_API_WORKERS", "1")
+    assert services.stack_environment(load_settings())["AIRFLOW__API__WORKERS"] == "1"
+
+
+def test_api_server_workers_must_be_at_least_one(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("LAKEHOUSE_AIRFLOW_API_WORKERS", "0")
+    with pytest.raises(ValueError, match="LAKEHOUSE_AIRFLOW_API_WORKERS must be at least 1"):
+        load_settings()
+
+
+def test_api_server_pool_has_more_connections_than_request_threads(monkeypatch: pytest.MonkeyPatch) -> None:
+    # anyio runs sync endpoints in 40 threads, each holding a connection; the JWT revocation check
+    # on the event loop needs one more, or it waits for a connection only the event loop can free
+    for name in ("AIRFLOW__DATABASE__SQL_ALCHEMY_POOL_SIZE", "AIRFLOW__DATABASE__SQL_ALCHEMY_MAX_OVERFLOW"):
+        monkeypatch.delenv(name, raising=False)
+    env = services.stack_environment(load_settings())
+    api = services.airflow_component_environment(env, "api-server")
+    size = int(api["AIRFLOW__DATABASE__SQL_ALCHEMY_POOL_SIZE"])
+    overflow = int(api["AIRFLOW__DATABASE__SQL_ALCHEMY_MAX_OVERFLOW"])
+    assert size + overflow > 40
+    assert {k: v for k, v in api.items() if "SQL_ALCHEMY_POOL_SIZE" not in k and "MAX_OVERFLOW" not in k} == env
+    for component in ("scheduler", "dag-processor", "triggerer"):
+        assert services.airflow_component_environment(env, component) == env
+
+
+def test_an_explicit_airflow_pool_setting_wins(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("AIRFLOW__DATABASE__SQL_ALCHEMY_POOL_SIZE", "3")
+    env = services.stack_environment(load_settings())
+    assert services.airflow_component_environment(env, "api-server")["AIRFLOW__DATABASE__SQL_ALCHEMY_POOL_SIZE"] == "3"
