@@ -127,6 +127,8 @@ class Bench:
         self.home = home
         self.settings = load_settings()
         self.env = services.stack_environment(self.settings)
+        if args.airflow_api_workers is None:
+            args.airflow_api_workers = self.settings.airflow_api_workers
         self.env["AIRFLOW__API__WORKERS"] = str(args.airflow_api_workers)
         self.started_pg = False
 
@@ -154,10 +156,10 @@ class Bench:
 
     def start_airflow_component(self, component: str) -> None:
         from lakehouse.stack.processes import start_group
-        from lakehouse.stack.services import _bin
+        from lakehouse.stack.services import _bin, airflow_component_environment
 
         start_group(self.settings.run_dir, self.settings.log_dir, f"airflow-{component}",
-                    [_bin("airflow"), component], self.env)
+                    [_bin("airflow"), component], airflow_component_environment(self.env, component))
 
     def airflow(self) -> Any:
         from lakehouse.hooks.airflow_api import AirflowApiClient
@@ -518,8 +520,9 @@ def main() -> int:
     parser.add_argument("--paced-rate", type=float, default=20.0,
                         help="events/s of the paced part (below Airflow's run-creation rate)")
     parser.add_argument("--paced-seconds", type=float, default=20.0, help="length of the paced part (0: none)")
-    parser.add_argument("--airflow-api-workers", type=int, default=1,
-                        help="uvicorn workers of Airflow's api-server (the stack runs 1)")
+    parser.add_argument("--airflow-api-workers", type=int, default=None,
+                        help="uvicorn workers of Airflow's api-server (default: what the stack runs, "
+                             "LAKEHOUSE_AIRFLOW_API_WORKERS, 2)")
     parser.add_argument("--drain-timeout", type=float, default=300.0,
                         help="longest wait for the runs after the last upload")
     args = parser.parse_args()
