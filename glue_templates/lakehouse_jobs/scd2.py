@@ -39,9 +39,12 @@ Columns left out of tracking are SCD1: a version shows the values of its latest 
 count at their ``_valid_from``), so a later record with equal tracked columns updates them in place.
 
 Speed: most records of a batch usually equal their key's open version. They are recognised by one
-join with the open versions (narrow columns only) and never reach the history rebuild or the
-MERGE, whose source is only the real difference. New tables are merge-on-read, so a MERGE writes
-position deletes for the rows it closes instead of rewriting every data file it touches.
+join with the open versions (narrow columns, hashes as 32-byte digests) and never reach the MERGE,
+whose source is only the real difference. Most of the rest need no history either: a key's one
+record later than its open version, or a new key's record, is applied directly; the table's history
+is read only for keys that need it (several records, late records, keys coming back after a hard
+delete). New tables are merge-on-read, so a MERGE writes position deletes for the rows it closes
+instead of rewriting every data file it touches.
 """
 
 from __future__ import annotations
@@ -291,6 +294,21 @@ def _prepare(batch: DataFrame, keys: Sequence[str], attributes: Sequence[str], t
     return events, rows_in, (stats["latest"] if stats is not None else None)
 
 
+def _deleted_digest() -> Column:
+    """The delete marker as a digest: one byte, so it equals no SHA-256 digest (32 bytes)."""
+    return F.lit(bytearray(b"\x00"))
+
+
+def _digest(hashed: Column) -> Column:
+    """``__hash`` (hex, or the delete marker) as bytes."""
+    return F.when(hashed == F.lit(DELETED), _deleted_digest()).otherwise(F.unhex(hashed))
+
+
+def _hex(digest: Column) -> Column:
+    """Back from :func:`_digest`: lower-case hex as ``sha2`` writes it, or the delete marker."""
+    return F.when(digest == _deleted_digest(), F.lit(DELETED)).otherwise(F.lower(F.hex(digest)))
+
+
 def _affected(spark: SparkSession, target: DataFrame, records: DataFrame, keys: Sequence[str],
               untracked: Sequence[str], mode: str, delete_at: datetime | None) -> DataFrame:
     """The events that can change the table: all records of keys that have at least one record not
@@ -299,19 +317,22 @@ def _affected(spark: SparkSession, target: DataFrame, records: DataFrame, keys: 
     A key's records are kept or dropped together: a record equal to the open version still matters
     when the same batch changes the key in between (A→B→A).
     """
+    # the join compares hashes as 32-byte digests, not 64-character hex: every record of the batch
+    # and every open version crosses the shuffle, and the hash is most of a narrow row
+    records = records.withColumn(_HASH, _digest(F.col(_HASH)))
     current = target.filter(F.col("_is_current")).select(
         *keys, F.col("_valid_from").alias("__cur_from"),
-        F.when(F.col("_is_deleted"), F.lit(DELETED)).otherwise(F.col("_row_hash")).alias("__cur_hash"),
+        F.when(F.col("_is_deleted"), _deleted_digest()).otherwise(F.unhex("_row_hash")).alias("__cur_hash"),
         *[F.col(c).alias(f"__cur_{c}") for c in untracked])
     if mode == "snapshot":
         joined = records.withColumn("__present", F.lit(True)).join(current, list(keys), "full_outer")
         missing = F.col("__present").isNull()
         # a key absent from the snapshot whose open version is not already a tombstone: a delete
-        deletes = joined.filter(missing & (F.col("__cur_hash") != F.lit(DELETED))).select(
+        deletes = joined.filter(missing & (F.col("__cur_hash") != _deleted_digest())).select(
             *keys, *[F.lit(None).cast(records.schema[c].dataType).alias(c) for c in records.columns
                      if c not in (*keys, _SEQ, _HASH, "_source_file", _LINE)],
             F.lit(delete_at).cast("timestamp").alias(_SEQ), F.lit(None).cast("long").alias(_LINE),
-            F.lit(None).cast("string").alias("_source_file"), F.lit(DELETED).alias(_HASH),
+            F.lit(None).cast("string").alias("_source_file"), _deleted_digest().alias(_HASH),
             *[c for c in current.columns if c.startswith("__cur_")], F.lit(1).alias("__n"))
         joined = joined.filter(~missing)
     else:
@@ -326,6 +347,7 @@ def _affected(spark: SparkSession, target: DataFrame, records: DataFrame, keys: 
     pending = flagged.filter(F.col("__changes") == 1).select(
         *records.columns, *[c for c in current.columns if c.startswith("__cur_")], "__n")
     pending = pending.unionByName(deletes) if deletes is not None else pending
+    pending = pending.withColumn(_HASH, _hex(F.col(_HASH))).withColumn("__cur_hash", _hex(F.col("__cur_hash")))
     # one record, later than the key's open version: its effect needs no history (see _direct);
     # one record of a key with no open version may be a new key, see _mark_new_keys
     return pending.withColumn("__simple", (F.col("__n") == 1) & F.col("__cur_from").isNotNull()
@@ -517,7 +539,7 @@ def _current_snapshot(spark: SparkSession, table: TableName) -> int | None:
 
 
 ROWS_PER_SHUFFLE_PARTITION = 250_000
-BROADCAST_ROWS = 2_000_000  # MERGE sources up to this many rows are broadcast (a few hundred MB at most)
+BROADCAST_ROWS = 2_000_000  # key sets up to this many rows are broadcast to a join (tens of MB)
 
 
 def _table_rows(spark: SparkSession, table: TableName) -> int:
@@ -738,18 +760,18 @@ def _apply(spark: SparkSession, table: TableName, records: DataFrame, keys: Sequ
             raise Scd2Error(f"{table} changed while this batch was computed (snapshot {read_snapshot} → {now}): "
                             f"another run committed; re-run this batch, it will apply only what is left")
         spark.sql(f"REFRESH TABLE {table.spark}")
-        _merge(spark, table, source, keys, table_schema, untracked, inserted + updates + replaced)
+        _merge(spark, table, source, keys, table_schema, untracked)
     return Scd2Result(rows_in, inserted, closed, updates - closed, replaced, committed, _current_snapshot(spark, table))
 
 
 def _merge(spark: SparkSession, table: TableName, source: DataFrame, keys: Sequence[str],
-           table_schema: StructType, untracked: Sequence[str], source_rows: int) -> None:
+           table_schema: StructType, untracked: Sequence[str]) -> None:
     """The single commit. Insert rows carry NULL merge keys, so ``=`` never matches them; the other
     rows match exactly one stored row by key and ``_valid_from``."""
     view = f"scd2_source_{uuid.uuid4().hex}"
-    # the difference is usually a small part of the table: broadcast it, so the MERGE's join reads
-    # the table's files in place instead of shuffling every row of the table by key
-    (F.broadcast(source) if source_rows <= BROADCAST_ROWS else source).createOrReplaceTempView(view)
+    # Not broadcast: a MERGE with an insert clause joins the table RIGHT OUTER the source, and
+    # Spark can only broadcast the non-preserved side, so a hint on the source would be ignored.
+    source.createOrReplaceTempView(view)
     try:
         on = " AND ".join([*(f"t.{quote_spark(k)} = s.{quote_spark(_MK + k)}" for k in keys),
                            f"t._valid_from = s.{_MK}valid_from"])
