@@ -20,12 +20,14 @@ columns; merge: new columns are added, changed types altered, dropped ones kept 
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
+import queue
 import re
+import threading
 import time
 from collections.abc import Iterator, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
@@ -305,7 +307,10 @@ class LoadOptions:
     on_schema_change: str = "apply"  # apply | refuse
     work_uri: str = ""  # where Spark writes the files COPY reads (lake folder; s3:// for Redshift)
     iam_role: str = ""  # Redshift: role COPY assumes to read work_uri
-    parallelism: int = 2  # Postgres: files copied at once, each on its own connection
+    parallelism: int = 2  # Postgres logging every write: files copied at once, each on its own connection
+    # Postgres: copy on one connection inside the publishing transaction (None: when wal_level is
+    # minimal, i.e. that transaction's COPY writes no WAL)
+    single_transaction: bool | None = None
     extra: dict[str, Any] = field(default_factory=dict)
 
 
@@ -322,13 +327,16 @@ def _csv_ready(df: DataFrame) -> DataFrame:
     return df.select(*cols)
 
 
-def _write_csv(df: DataFrame, uri: str) -> None:
-    (_csv_ready(df).write.mode("overwrite")
-        .option("header", False).option("quote", '"').option("escape", '"').option("emptyValue", '""')
-        .option("nullValue", "").option("ignoreLeadingWhiteSpace", False).option("ignoreTrailingWhiteSpace", False)
-        .option("dateFormat", "yyyy-MM-dd").option("timestampFormat", "yyyy-MM-dd HH:mm:ss.SSSSSS")
-        .option("timestampNTZFormat", "yyyy-MM-dd HH:mm:ss.SSSSSS").option("encoding", "UTF-8")
-        .csv(uri))
+def _write_csv(df: DataFrame, uri: str, rows_per_file: int = 0) -> None:
+    writer = (_csv_ready(df).write.mode("overwrite")
+              .option("header", False).option("quote", '"').option("escape", '"').option("emptyValue", '""')
+              .option("nullValue", "").option("ignoreLeadingWhiteSpace", False)
+              .option("ignoreTrailingWhiteSpace", False)
+              .option("dateFormat", "yyyy-MM-dd").option("timestampFormat", "yyyy-MM-dd HH:mm:ss.SSSSSS")
+              .option("timestampNTZFormat", "yyyy-MM-dd HH:mm:ss.SSSSSS").option("encoding", "UTF-8"))
+    if rows_per_file:
+        writer = writer.option("maxRecordsPerFile", rows_per_file)
+    writer.csv(uri)
 
 
 def _data_files(spark: SparkSession, uri: str) -> list[Any]:
@@ -339,31 +347,152 @@ def _data_files(spark: SparkSession, uri: str) -> list[Any]:
             if s.isFile() and not s.getPath().getName().startswith(("_", ".")) and s.getLen() > 0]
 
 
-def _copy_files_postgres(spark: SparkSession, connection: WarehouseConnection, staging: TableName,
-                         columns: Sequence[str], files: Sequence[Any], parallelism: int) -> int:
-    """Stream every CSV file into ``staging`` with COPY, ``parallelism`` connections at once."""
-    sql = f"COPY {staging.postgres} ({', '.join(quote_postgres(c) for c in columns)}) FROM STDIN WITH (FORMAT csv)"
-    hadoop_conf = spark.sparkContext._jsc.hadoopConfiguration()
+_ROWS_PER_FILE = 100_000
+_PART_COUNTER = re.compile(r"^part-.*-c(\d+)(\.[^/]*)?$")
 
-    def copy_some(paths: Sequence[Any]) -> int:
-        copied = 0
-        with _jdbc(spark, connection) as conn:
-            manager = conn.getCopyAPI()  # org.postgresql.PGConnection: no class lookup through py4j
-            for path in paths:
-                stream = path.getFileSystem(hadoop_conf).open(path)
+
+def _complete_files(spark: SparkSession, uri: str) -> dict[str, tuple[Any, int]]:
+    """CSV files of a running Spark write into ``uri`` that are complete, by name (path, length).
+
+    Spark's file committer writes a task's files into
+    ``_temporary/<job>/_temporary/attempt_*/`` one after the other (``maxRecordsPerFile``), moves
+    them to ``_temporary/<job>/task_*/`` when the task commits and into ``uri`` when the job
+    commits, keeping their names. A file in an attempt folder is complete once the writer has
+    opened the next one (a higher ``-cNNN`` counter); files in a task folder are. Any other layout
+    (another committer) shows nothing until the job has committed.
+    """
+    jvm = spark.sparkContext._jvm
+    root = jvm.org.apache.hadoop.fs.Path(uri)
+    fs = root.getFileSystem(spark.sparkContext._jsc.hadoopConfiguration())
+
+    def folders(parent: Any, prefix: str) -> list[Any]:
+        return [st.getPath() for st in fs.listStatus(parent)
+                if st.isDirectory() and st.getPath().getName().startswith(prefix)]
+
+    complete: dict[str, tuple[Any, int]] = {}
+    try:  # the committer renames folders while we look: whatever vanished is found next time
+        for job in folders(jvm.org.apache.hadoop.fs.Path(root, "_temporary"), ""):
+            for task in folders(job, "task_"):
+                for st in fs.listStatus(task):
+                    if st.getPath().getName().startswith("part-") and st.getLen() > 0:
+                        complete[st.getPath().getName()] = (st.getPath(), st.getLen())
+            for attempt in folders(jvm.org.apache.hadoop.fs.Path(job, "_temporary"), "attempt_"):
+                parts = []
+                for st in fs.listStatus(attempt):
+                    match = _PART_COUNTER.match(st.getPath().getName())
+                    if match:
+                        parts.append((int(match.group(1)), st))
+                newest = max((c for c, _ in parts), default=0)
+                for counter, st in parts:
+                    if counter < newest and st.getLen() > 0:
+                        complete[st.getPath().getName()] = (st.getPath(), st.getLen())
+    except Exception:  # noqa: BLE001 - FileNotFound through py4j; the final listing is strict
+        pass
+    return complete
+
+
+def _copy_while_writing(spark: SparkSession, df: DataFrame, work: str, sql: str,
+                        connections: Sequence[Any], pipeline: bool) -> tuple[int, int, float]:
+    """Write ``df`` as CSV files into ``work`` and COPY every file with ``sql``, each connection
+    in ``connections`` taking the next file; returns (rows copied, files, seconds of the write).
+
+    With ``pipeline`` Spark writes files of ``_ROWS_PER_FILE`` rows and a file is copied as soon as
+    it is complete (see ``_complete_files``), while Spark writes the next ones, so the warehouse
+    parses while Spark formats. That needs a file system where a file being read stays readable
+    when the committer moves it (local files); elsewhere (S3) copying starts after the write.
+    Every file is copied once, by name; a file copied early must be in the committed output with
+    the same length, else the load fails (and its transactions roll back).
+    """
+    hadoop_conf = spark.sparkContext._jsc.hadoopConfiguration()
+    todo: queue.Queue = queue.Queue()
+    failures: list[BaseException] = []
+    copied_rows = [0] * len(connections)
+    write_done = threading.Event()
+    write_seconds = [0.0]
+    group = f"warehouse-load-{id(todo)}"
+
+    def write() -> None:
+        started = time.monotonic()
+        try:
+            spark.sparkContext.setJobGroup(group, "CSV files for COPY", interruptOnCancel=True)
+            _write_csv(df, work, _ROWS_PER_FILE if pipeline else 0)
+        except BaseException as exc:
+            failures.append(exc)
+        finally:
+            write_seconds[0] = time.monotonic() - started
+            write_done.set()
+
+    def open_file(name: str) -> Any:
+        """Open ``name`` wherever the committer has moved it by now (an open file stays readable)."""
+        for attempt in range(50):
+            path = where[name]
+            try:
+                return path.getFileSystem(hadoop_conf).open(path)
+            except Exception as exc:  # noqa: BLE001 - moved between listing and opening
+                if "FileNotFound" not in str(exc) or attempt == 49:
+                    raise
+            moved = _complete_files(spark, work)
+            if name not in moved:
+                moved = {p.getName(): (p, 0) for p in _data_files(spark, work)}
+            if name in moved:
+                where[name] = moved[name][0]
+            else:
+                time.sleep(0.02)
+        raise AssertionError("unreachable")
+
+    def consume(i: int) -> None:
+        manager = connections[i].getCopyAPI()
+        try:
+            while True:
+                name = todo.get()
+                if name is None or failures:
+                    return
+                stream = open_file(name)
                 try:
-                    copied += int(manager.copyIn(sql, stream, 1 << 20))
+                    copied_rows[i] += int(manager.copyIn(sql, stream, 1 << 20))
                 finally:
                     stream.close()
-            conn.commit()
-        return copied
+        except BaseException as exc:
+            failures.append(exc)
 
-    workers = max(1, min(parallelism, len(files)))
-    shares = [list(files[i::workers]) for i in range(workers)]
-    if workers == 1:
-        return copy_some(shares[0])
-    with ThreadPoolExecutor(max_workers=workers) as pool:
-        return sum(pool.map(copy_some, shares))
+    writer = threading.Thread(target=write, name="warehouse-csv-write", daemon=True)
+    consumers = [threading.Thread(target=consume, args=(i,), name=f"warehouse-copy-{i}", daemon=True)
+                 for i in range(len(connections))]
+    writer.start()
+    for c in consumers:
+        c.start()
+    seen: dict[str, int] = {}
+    where: dict[str, Any] = {}
+    try:
+        while pipeline and not write_done.wait(0.1) and not failures:
+            for name, (path, length) in sorted(_complete_files(spark, work).items()):
+                if name not in seen:
+                    seen[name], where[name] = length, path
+                    todo.put(name)
+        writer.join()
+        if failures:
+            raise failures[0]
+        final = {p.getName(): (p, p.getFileSystem(hadoop_conf).getFileStatus(p).getLen())
+                 for p in _data_files(spark, work)}
+        for name, length in seen.items():
+            if final.get(name, (None, -1))[1] != length:  # a retried task wrote other content
+                raise RuntimeError(f"CSV file {name} changed after it was copied; the load is rolled back")
+        for name, (path, length) in sorted(final.items()):
+            where[name] = path
+            if name not in seen:
+                seen[name] = length
+                todo.put(name)
+    finally:
+        for _ in consumers:
+            todo.put(None)
+        if failures or not write_done.is_set():
+            spark.sparkContext.cancelJobGroup(group)
+        for c in consumers:
+            c.join()
+        writer.join()
+    if failures:
+        raise failures[0]
+    return sum(copied_rows), len(seen), write_seconds[0]
 
 
 def _check_keys(df: DataFrame, keys: Sequence[str]) -> None:
@@ -382,6 +511,25 @@ def _check_keys(df: DataFrame, keys: Sequence[str]) -> None:
                          f"{[r.asDict() for r in dupes]}")
 
 
+def _publish(conn: Any, target: TableName, staging: TableName, names: Sequence[str], existing: Any,
+             diff: SchemaDiff, options: LoadOptions, engine: str, rows: int) -> dict[str, Any]:
+    """The statements that make the staged rows visible (caller commits)."""
+    if options.mode == "replace" or existing is None:
+        _execute(conn, swap_statements(target, staging))
+        if options.mode == "merge" and engine != "redshift":
+            key_names = ", ".join(quote_postgres(k) for k in options.keys)
+            _execute(conn, [f"CREATE UNIQUE INDEX {quote_postgres(target.table + '__merge_key')} "
+                            f"ON {target.postgres} ({key_names})"])
+        return {"rows_replaced": 0, "rows_inserted": rows}
+    _execute(conn, schema_change_statements(target, diff))
+    replaced, written, _ = _execute(conn, merge_statements(target, staging, names, options.keys))
+    return {"rows_replaced": replaced, "rows_inserted": written - replaced}
+
+
+def _wal_level(conn: Any) -> str:
+    return str(_query(conn, "SELECT current_setting('wal_level')")[0][0])
+
+
 def load(spark: SparkSession, df: DataFrame, target: TableName, batch_id: str, connection: WarehouseConnection,
          options: LoadOptions) -> dict[str, Any]:
     """Load ``df`` into ``target`` (see the module docstring); returns counts for the metrics."""
@@ -393,6 +541,8 @@ def load(spark: SparkSession, df: DataFrame, target: TableName, batch_id: str, c
         if not options.keys:
             raise ValueError("--mode merge needs --merge_keys")
         _check_keys(df, options.keys)
+    if not options.work_uri:
+        raise ValueError("the load needs a work folder (work_uri) for the files COPY reads")
     engine = connection.engine
     columns = [(validate_identifier(f.name, "presentation column"), warehouse_type(f.dataType, engine))
                for f in df.schema.fields]
@@ -405,17 +555,37 @@ def load(spark: SparkSession, df: DataFrame, target: TableName, batch_id: str, c
         if diff and options.on_schema_change == "refuse":
             raise SchemaChangeRefused(f"warehouse table {target} differs from the presentation table and "
                                       f"on_schema_change is refuse: {diff.describe()}")
+        single = engine == "postgres" and (options.single_transaction if options.single_transaction is not None
+                                           else _wal_level(conn) == "minimal")
+        # a merge's staging table is dropped after the upsert: Postgres need not log it
+        create_staging = create_table_statement(staging, columns, unlogged=engine == "postgres"
+                                                and options.mode == "merge" and existing is not None)
         _execute(conn, [f"CREATE SCHEMA IF NOT EXISTS {quote_postgres(target.namespace)}",
                         f"DROP TABLE IF EXISTS {staging.postgres}",  # left over by a failed earlier run
-                        # a merge's staging table is dropped after the upsert: Postgres need not log it
-                        create_table_statement(staging, columns, unlogged=engine == "postgres"
-                                               and options.mode == "merge" and existing is not None)])
+                        *([] if single else [create_staging])])
         conn.commit()
-    if not options.work_uri:
-        raise ValueError("the load needs a work folder (work_uri) for the files COPY reads")
     work = f"{options.work_uri.rstrip('/')}/{target.namespace}.{target.table}/{staging.table}"
     result: dict[str, Any] = {"mode": options.mode, "schema_changes": diff.describe() or None}
+    copy_sql = (f"COPY {staging.postgres} ({', '.join(quote_postgres(c) for c in names)}) FROM STDIN "
+                f"WITH (FORMAT csv{', FREEZE' if single else ''})")
+    pipeline = work.startswith("file:")  # see _copy_while_writing: a local file stays readable when moved
     try:
+        if single:
+            # One transaction creates the staging table, copies into it and publishes it: with
+            # wal_level=minimal Postgres writes no WAL for a table created in the same transaction
+            # (it syncs the file at commit instead), and FREEZE spares readers the hint-bit writes.
+            # A failure anywhere rolls it all back; there is no staging table to clean up.
+            started = time.monotonic()
+            with _jdbc(spark, connection) as conn:
+                _execute(conn, [create_staging])
+                rows, files, write_seconds = _copy_while_writing(spark, df, work, copy_sql, [conn], pipeline)
+                result.update(write_seconds=round(write_seconds, 3), copy_files=files,
+                              copy_seconds=round(time.monotonic() - started, 3))
+                started = time.monotonic()
+                result.update(_publish(conn, target, staging, names, existing, diff, options, engine, rows))
+                conn.commit()
+            result.update(rows=rows, commit_seconds=round(time.monotonic() - started, 3))
+            return result
         if engine == "redshift":
             previous = spark.conf.get("spark.sql.parquet.outputTimestampType", None)
             spark.conf.set("spark.sql.parquet.outputTimestampType", "TIMESTAMP_MICROS")
@@ -429,35 +599,28 @@ def load(spark: SparkSession, df: DataFrame, target: TableName, batch_id: str, c
             with _jdbc(spark, connection) as conn:
                 _execute(conn, [redshift_copy_statement(staging, names, work, options.iam_role)])
                 conn.commit()
-        else:
+            copied = None
+        else:  # Postgres that logs every write (e.g. a replica source): several connections at once
             started = time.monotonic()
-            _write_csv(df, work)
-            files = _data_files(spark, work)
-            result["write_seconds"] = round(time.monotonic() - started, 3)
-            started = time.monotonic()
-            _copy_files_postgres(spark, connection, staging, names, files, options.parallelism)
-            result.update(copy_seconds=round(time.monotonic() - started, 3), copy_files=len(files))
+            with contextlib.ExitStack() as stack:
+                conns = [stack.enter_context(_jdbc(spark, connection)) for _ in range(max(1, options.parallelism))]
+                copied, files, write_seconds = _copy_while_writing(spark, df, work, copy_sql, conns, pipeline)
+                for each in conns:
+                    each.commit()
+            result.update(write_seconds=round(write_seconds, 3), copy_files=files,
+                          copy_seconds=round(time.monotonic() - started, 3))
         started = time.monotonic()
         with _jdbc(spark, connection) as conn:
-            rows = _count(conn, staging)  # what readers will see, counted inside the transaction
-            if options.mode == "replace" or existing is None:
-                _execute(conn, swap_statements(target, staging))
-                if options.mode == "merge":
-                    key_names = ", ".join(quote_postgres(k) for k in options.keys)
-                    if engine != "redshift":
-                        _execute(conn, [f"CREATE UNIQUE INDEX {quote_postgres(target.table + '__merge_key')} "
-                                        f"ON {target.postgres} ({key_names})"])
-                result.update(rows_replaced=0, rows_inserted=rows)
-            else:
-                _execute(conn, schema_change_statements(target, diff))
-                replaced, written, _ = _execute(conn, merge_statements(target, staging, names, options.keys))
-                result.update(rows_replaced=replaced, rows_inserted=written - replaced)
+            # the staging table is this load's alone: what COPY reported is what readers will see
+            rows = _count(conn, staging) if copied is None else copied
+            result.update(_publish(conn, target, staging, names, existing, diff, options, engine, rows))
             conn.commit()
         result.update(rows=rows, commit_seconds=round(time.monotonic() - started, 3))
     except BaseException:
-        with _jdbc(spark, connection) as conn:  # do not leave the staging copy behind
-            _execute(conn, [f"DROP TABLE IF EXISTS {staging.postgres}"])
-            conn.commit()
+        if not single:
+            with _jdbc(spark, connection) as conn:  # do not leave the staging copy behind
+                _execute(conn, [f"DROP TABLE IF EXISTS {staging.postgres}"])
+                conn.commit()
         raise
     finally:
         try:

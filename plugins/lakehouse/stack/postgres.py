@@ -109,9 +109,12 @@ def start(settings: Settings) -> bool:
     bindir = postgres_bindir()
     assert bindir is not None
     log = settings.home / "postgres" / "server.log"
+    # wal_level=minimal: no replica or WAL archive hangs off this cluster, and a table created and
+    # filled in one transaction (the warehouse load's COPY) then writes no WAL at all
     options = (
         f"-p {settings.pg_port} -c listen_addresses={settings.pg_host} "
-        "-c unix_socket_directories='' -c max_connections=300 -c shared_buffers=256MB"
+        "-c unix_socket_directories='' -c max_connections=300 -c shared_buffers=256MB "
+        "-c wal_level=minimal -c max_wal_senders=0"
     )
     try:
         subprocess.run(
