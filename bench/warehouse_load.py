@@ -9,8 +9,10 @@ process and the same run:
 
 * ``spark jdbc``: ``df.write.jdbc(..., mode="overwrite")``, the plain Spark JDBC writer (batched
   INSERTs, Spark's defaults);
-* ``template``: ``presentation_to_warehouse.main`` in replace mode: CSV files by Spark, streamed
-  with COPY through the JDBC driver's CopyManager, then the atomic swap.
+* ``template``: ``presentation_to_warehouse.main`` in replace mode: CSV files by Spark, each
+  streamed with COPY through the JDBC driver's CopyManager as soon as Spark has finished it, into
+  a staging table created by the same transaction that swaps it in (the Postgres runs with the
+  stack's own settings, wal_level=minimal: that COPY writes no WAL).
 
 Both read the same Iceberg table and are timed from the first read to the rows committed, and the
 CPU time both use (Spark's JVM plus the Postgres server, from /proc) is measured too; each
@@ -79,8 +81,9 @@ def _round(spark, settings, table: str, n: int, template) -> list[tuple[int, str
     took_cpu = cpu() - cpu_before
     assert metrics["rows_out"] == n, metrics
     print(f"  template    {took:8.1f} s  {n / took:>12,.0f} rows/s  cpu {took_cpu:6.1f} s  (spark writes files "
-          f"{metrics.get('write_seconds')} s, COPY of {metrics.get('copy_files')} files "
-          f"{metrics.get('copy_seconds')} s, count + swap {metrics.get('commit_seconds')} s)", flush=True)
+          f"{metrics.get('write_seconds')} s, COPY of {metrics.get('copy_files')} files done after "
+          f"{metrics.get('copy_seconds')} s, swap + commit {metrics.get('commit_seconds')} s)  "
+          f"load {os.getloadavg()[0]:.1f}", flush=True)
     return [(n, "spark jdbc", plain, plain_cpu), (n, "template", took, took_cpu)]
 
 
@@ -152,8 +155,9 @@ def main(argv: list[str] | None = None) -> int:
         postgres.stop(settings)
         shutil.rmtree(home, ignore_errors=True)
 
+    load = ", ".join(f"{x:.1f}" for x in os.getloadavg())
     print(f"\npresentation -> Postgres warehouse (python {sys.version.split()[0]}, {os.cpu_count()} cpus, "
-          f"Spark local[2])")
+          f"Spark local[2], load average at the end {load})")
     print(f"{'rows':>10} {'spark jdbc rows/s (best / median)':>34} {'template rows/s (best / median)':>32} "
           f"{'speed-up':>9} {'CPU s jdbc / template (median)':>31}")
     by_size: dict[int, dict[str, list[tuple[float, float]]]] = {}

@@ -568,7 +568,10 @@ def load(spark: SparkSession, df: DataFrame, target: TableName, batch_id: str, c
     result: dict[str, Any] = {"mode": options.mode, "schema_changes": diff.describe() or None}
     copy_sql = (f"COPY {staging.postgres} ({', '.join(quote_postgres(c) for c in names)}) FROM STDIN "
                 f"WITH (FORMAT csv{', FREEZE' if single else ''})")
-    pipeline = work.startswith("file:")  # see _copy_while_writing: a local file stays readable when moved
+    # copy while Spark writes (see _copy_while_writing) only where it pays: on one connection Postgres
+    # parses on one core while Spark formats on the other; with several connections (and the WAL)
+    # the two compete for the same cores and the overlap measured slower than one step after the other
+    pipeline = single and work.startswith("file:")
     try:
         if single:
             # One transaction creates the staging table, copies into it and publishes it: with
