@@ -46,7 +46,7 @@ INSERT INTO lakehouse.templates (template_id, version, script_location, descript
    {"name": "on_schema_change", "type": "str", "required": false, "default": "apply", "choices": ["apply", "refuse"], "description": "when the presentation columns differ from the warehouse table"},
    {"name": "temp_uri", "type": "str", "required": false, "description": "folder for the files COPY reads (default <lake>/_tmp/warehouse; an s3:// prefix for Redshift)"},
    {"name": "iam_role", "type": "str", "required": false, "requires": {"temp_uri": null}, "description": "Redshift: IAM role ARN COPY assumes to read temp_uri"},
-   {"name": "copy_parallelism", "type": "int", "required": false, "default": 2, "description": "Postgres: files copied at once"}]'),
+   {"name": "copy_parallelism", "type": "int", "required": false, "default": 2, "description": "Postgres logging every write (wal_level above minimal, e.g. RDS): files copied at once; on wal_level=minimal one connection loads in one transaction"}]'),
 ('quality_check', 1, 'quality_check.py',
  'Declared data-quality checks on a stage/presentation table or a raw batch; fails with a report naming each failed check and sample offending rows.',
  '[{"name": "table", "type": "str", "required": false, "excludes": ["dataset"], "description": "catalog table, namespace.table (or dataset)"},

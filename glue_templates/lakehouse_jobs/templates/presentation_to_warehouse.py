@@ -35,7 +35,9 @@ SPEC: tuple[ArgSpec, ...] = (
     ArgSpec("temp_uri", description="folder for the files COPY reads (default {lake_uri}/_tmp/warehouse; "
                                     "s3:// for Redshift)"),
     ArgSpec("iam_role", description="Redshift: IAM role ARN that COPY assumes to read temp_uri"),
-    ArgSpec("copy_parallelism", "int", default=2, description="Postgres: files copied at once"),
+    ArgSpec("copy_parallelism", "int", default=2,
+            description="Postgres logging every write (wal_level above minimal, e.g. RDS): files copied at once; "
+                        "on wal_level=minimal one connection loads in one transaction"),
 )
 
 
