@@ -42,7 +42,7 @@ sys.path.insert(0, str(ROOT / "plugins"))
 sys.path.insert(0, str(ROOT / "bench"))
 
 BASE_PORT = 47120  # Postgres 47120, SeaweedFS 47121-47126 (not started), invoker 47127, Airflow 47128
-FLOW = "bench_flow"
+from invoker import FLOW, configure_environment, install_bench_flow, pct  # noqa: E402 - bench/invoker.py
 
 
 @dataclass(frozen=True)
@@ -72,28 +72,6 @@ VARIANTS: dict[str, Variant] = {
     "no-preping": Variant(dict(_NO_PING), description="no SELECT 1 at each pool checkout"),
     "lean": Variant({**_QUIET, **_NO_PING}, description="quiet log and no pre-ping"),
 }
-
-
-def configure_environment(home: Path) -> None:
-    """Own home and ports before the package reads its configuration (as bench/invoker.py)."""
-    p = BASE_PORT
-    os.environ.update({
-        "LAKEHOUSE_HOME": str(home),
-        "LAKEHOUSE_PG_PORT": str(p),
-        "LAKEHOUSE_SEAWEED_PORTS": ",".join(str(p + i) for i in range(1, 7)),
-        "LAKEHOUSE_S3_ENDPOINT_URL": f"http://127.0.0.1:{p + 4}",
-        "LAKEHOUSE_INVOKER_PORT": str(p + 7),
-        "LAKEHOUSE_AIRFLOW_PORT": str(p + 8),
-        "LAKEHOUSE_INVOKER_TOKEN": "bench-token",
-        "AIRFLOW_HOME": str(home / "airflow"),
-    })
-    for name in ("LAKEHOUSE_METADATA_DSN", "LAKEHOUSE_AIRFLOW_API", "LAKEHOUSE_AIRFLOW_URL", "LAKEHOUSE_PG_HOST"):
-        os.environ.pop(name, None)
-
-
-def pct(values: list[float], q: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(round(q * (len(ordered) - 1))))] if ordered else float("nan")
 
 
 # -- CPU accounting from /proc -------------------------------------------------------------------
@@ -228,16 +206,7 @@ class TriggerBench:
         return client._fetch_token()
 
     def install_flow(self) -> None:
-        import psycopg2
-
-        conn = psycopg2.connect(self.settings.metadata_dsn)
-        with conn, conn.cursor() as cur:
-            cur.execute("INSERT INTO lakehouse.flows (flow_id, trigger_bucket, trigger_key_pattern) "
-                        "VALUES (%s, 'landing', 'bench/*') ON CONFLICT DO NOTHING", (FLOW,))
-            cur.execute("INSERT INTO lakehouse.flow_tasks (flow_id, task_id, template_id, parameters) VALUES "
-                        "(%s, 'a', 'stage_to_presentation', '{\"sql\": \"select 1\", \"target_table\": \"p.t\"}') "
-                        "ON CONFLICT DO NOTHING", (FLOW,))
-        conn.close()
+        install_bench_flow(self.settings.metadata_dsn)
 
     def stop_all(self) -> list[str]:
         from lakehouse.stack import postgres
@@ -439,7 +408,7 @@ def main() -> int:
         args.profile_dir.mkdir(parents=True, exist_ok=True)
     home = Path(tempfile.mkdtemp(prefix="lakehouse-trigger-"))
     home.chmod(0o755)  # the Postgres server runs as user postgres and must reach its data dir
-    configure_environment(home)
+    configure_environment(home, BASE_PORT)
     bench = TriggerBench(args, home)
     trials: list[Trial] = []
     completed = False

@@ -67,9 +67,10 @@ PHASES: dict[str, dict[str, str]] = {
 }
 
 
-def configure_environment(home: Path) -> None:
-    """Own home and ports before the package reads its configuration."""
-    p = BASE_PORT
+def configure_environment(home: Path, base_port: int = BASE_PORT, extra: dict[str, str] | None = None) -> None:
+    """Own home and ports before the package reads its configuration (also used by
+    bench/airflow_trigger_rate.py, on its own ``base_port``)."""
+    p = base_port
     os.environ.update({
         "LAKEHOUSE_HOME": str(home),
         "LAKEHOUSE_PG_PORT": str(p),
@@ -78,13 +79,25 @@ def configure_environment(home: Path) -> None:
         "LAKEHOUSE_INVOKER_PORT": str(p + 7),
         "LAKEHOUSE_AIRFLOW_PORT": str(p + 8),
         "LAKEHOUSE_INVOKER_TOKEN": TOKEN,
-        # a short backoff so the outbox drains within seconds of Airflow coming back
-        "LAKEHOUSE_INVOKER_RETRY_BASE": "0.5",
-        "LAKEHOUSE_INVOKER_RETRY_MAX": "2",
         "AIRFLOW_HOME": str(home / "airflow"),
+        **(extra or {}),
     })
     for name in ("LAKEHOUSE_METADATA_DSN", "LAKEHOUSE_AIRFLOW_API", "LAKEHOUSE_AIRFLOW_URL", "LAKEHOUSE_PG_HOST"):
         os.environ.pop(name, None)
+
+
+def install_bench_flow(metadata_dsn: str) -> None:
+    """The flow both Airflow benchmarks trigger: files under ``bench/`` of the landing bucket."""
+    import psycopg2
+
+    conn = psycopg2.connect(metadata_dsn)
+    with conn, conn.cursor() as cur:
+        cur.execute("INSERT INTO lakehouse.flows (flow_id, trigger_bucket, trigger_key_pattern) "
+                    "VALUES (%s, 'landing', 'bench/*') ON CONFLICT DO NOTHING", (FLOW,))
+        cur.execute("INSERT INTO lakehouse.flow_tasks (flow_id, task_id, template_id, parameters) VALUES "
+                    "(%s, 'a', 'stage_to_presentation', '{\"sql\": \"select 1\", \"target_table\": \"p.t\"}') "
+                    "ON CONFLICT DO NOTHING", (FLOW,))
+    conn.close()
 
 
 def pct(values: list[float], q: float) -> float:
@@ -206,16 +219,7 @@ class Bench:
         return processes_using_home(self.home)
 
     def install_flow(self) -> None:
-        import psycopg2
-
-        conn = psycopg2.connect(self.settings.metadata_dsn)
-        with conn, conn.cursor() as cur:
-            cur.execute("INSERT INTO lakehouse.flows (flow_id, trigger_bucket, trigger_key_pattern) "
-                        "VALUES (%s, 'landing', 'bench/*') ON CONFLICT DO NOTHING", (FLOW,))
-            cur.execute("INSERT INTO lakehouse.flow_tasks (flow_id, task_id, template_id, parameters) VALUES "
-                        "(%s, 'a', 'stage_to_presentation', '{\"sql\": \"select 1\", \"target_table\": \"p.t\"}') "
-                        "ON CONFLICT DO NOTHING", (FLOW,))
-        conn.close()
+        install_bench_flow(self.settings.metadata_dsn)
 
     # -- one phase ---------------------------------------------------------------------------------
     def plan(self, prefix: str) -> list[tuple[str, bytes]]:
@@ -532,7 +536,8 @@ def main() -> int:
         parser.error(f"--phases: unknown {unknown}; choose from {sorted(PHASES)}")
     home = Path(tempfile.mkdtemp(prefix="lakehouse-bench-"))
     home.chmod(0o755)  # the Postgres server runs as user postgres and must reach its data dir
-    configure_environment(home)
+    # a short backoff so the outbox drains within seconds of Airflow coming back
+    configure_environment(home, extra={"LAKEHOUSE_INVOKER_RETRY_BASE": "0.5", "LAKEHOUSE_INVOKER_RETRY_MAX": "2"})
     bench = Bench(args, home)
     results: list[PhaseResult] = []
     completed = False
