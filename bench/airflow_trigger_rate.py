@@ -42,7 +42,8 @@ sys.path.insert(0, str(ROOT / "plugins"))
 sys.path.insert(0, str(ROOT / "bench"))
 
 BASE_PORT = 47120  # Postgres 47120, SeaweedFS 47121-47126 (not started), invoker 47127, Airflow 47128
-from invoker import FLOW, configure_environment, install_bench_flow, pct  # noqa: E402 - bench/invoker.py
+from invoker import (FLOW, configure_environment, install_bench_flow, pct,  # noqa: E402 - bench/invoker.py
+                     wait_airflow_healthy, wait_for_bench_dag)
 
 
 @dataclass(frozen=True)
@@ -146,11 +147,7 @@ class TriggerBench:
             self.start_component("scheduler", self.env)
         self.start_api_server("stack")
         client = self.client()
-        deadline = time.monotonic() + 240
-        while client.get_dag(FLOW) is None:
-            if time.monotonic() > deadline:
-                raise TimeoutError(f"DAG {FLOW} not parsed after 240 s; see {s.log_dir}")
-            time.sleep(1)
+        wait_for_bench_dag(client, s.log_dir)
         if self.args.paused:
             client.set_paused(FLOW, True)
 
@@ -175,19 +172,7 @@ class TriggerBench:
         self.warm_up()
 
     def wait_airflow(self, timeout: float) -> None:
-        import requests
-
-        deadline = time.monotonic() + timeout
-        while True:
-            try:
-                health = requests.get(f"{self.settings.airflow_url}/api/v2/monitor/health", timeout=2).json()
-                if health.get("metadatabase", {}).get("status") == "healthy":
-                    return
-            except (requests.RequestException, ValueError):
-                pass
-            if time.monotonic() > deadline:
-                raise TimeoutError(f"Airflow api-server not healthy after {timeout:.0f} s")
-            time.sleep(0.3)
+        wait_airflow_healthy(self.settings.airflow_url, timeout)
 
     def warm_up(self) -> None:
         """A few triggers per worker first, so every worker has imported, connected and cached the DAG."""

@@ -100,6 +100,32 @@ def install_bench_flow(metadata_dsn: str) -> None:
     conn.close()
 
 
+def wait_airflow_healthy(airflow_url: str, timeout: float) -> float:
+    """Poll the api-server's health until its metadatabase is healthy; returns that moment (epoch)."""
+    import requests
+
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            health = requests.get(f"{airflow_url}/api/v2/monitor/health", timeout=2).json()
+            if health.get("metadatabase", {}).get("status") == "healthy":
+                return time.time()
+        except (requests.RequestException, ValueError):
+            pass
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"Airflow api-server not healthy after {timeout:.0f} s")
+        time.sleep(0.2)
+
+
+def wait_for_bench_dag(client: Any, log_dir: Path, timeout: float = 240) -> None:
+    """Until the dag-processor has parsed the bench flow's DAG."""
+    deadline = time.monotonic() + timeout
+    while client.get_dag(FLOW) is None:
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"DAG {FLOW} not parsed after {timeout:.0f} s; see {log_dir}")
+        time.sleep(1)
+
+
 def pct(values: list[float], q: float) -> float:
     ordered = sorted(values)
     return ordered[min(len(ordered) - 1, int(round(q * (len(ordered) - 1))))] if ordered else float("nan")
@@ -159,12 +185,7 @@ class Bench:
         for component in ("dag-processor", "api-server"):
             self.start_airflow_component(component)
         self.wait_airflow(timeout=240)
-        client = self.airflow()
-        deadline = time.monotonic() + 240
-        while client.get_dag(FLOW) is None:
-            if time.monotonic() > deadline:
-                raise TimeoutError(f"DAG {FLOW} not parsed after 240 s; see {s.log_dir}")
-            time.sleep(1)
+        wait_for_bench_dag(self.airflow(), s.log_dir)
         services._start_seaweedfs(s, self.env, print)
 
     def start_airflow_component(self, component: str) -> None:
@@ -181,19 +202,7 @@ class Bench:
                                 self.settings.airflow_password, timeout=30)
 
     def wait_airflow(self, timeout: float) -> float:
-        import requests
-
-        deadline = time.monotonic() + timeout
-        while True:
-            try:
-                health = requests.get(f"{self.settings.airflow_url}/api/v2/monitor/health", timeout=2).json()
-                if health.get("metadatabase", {}).get("status") == "healthy":
-                    return time.time()
-            except (requests.RequestException, ValueError):
-                pass
-            if time.monotonic() > deadline:
-                raise TimeoutError(f"Airflow api-server not healthy after {timeout:.0f} s")
-            time.sleep(0.2)
+        return wait_airflow_healthy(self.settings.airflow_url, timeout)
 
     def start_invoker(self, phase: str) -> None:
         from lakehouse.stack import services
