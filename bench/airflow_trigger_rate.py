@@ -42,8 +42,8 @@ sys.path.insert(0, str(ROOT / "plugins"))
 sys.path.insert(0, str(ROOT / "bench"))
 
 BASE_PORT = 47120  # Postgres 47120, SeaweedFS 47121-47126 (not started), invoker 47127, Airflow 47128
-from invoker import (FLOW, configure_environment, install_bench_flow, pct,  # noqa: E402 - bench/invoker.py
-                     wait_airflow_healthy, wait_for_bench_dag)
+from invoker import (FLOW, configure_environment, pct, prepare_bench_stack,  # noqa: E402 - bench/invoker.py
+                     start_airflow_component, wait_airflow_healthy, wait_for_bench_dag)
 
 
 @dataclass(frozen=True)
@@ -133,15 +133,8 @@ class TriggerBench:
 
     # -- stack -------------------------------------------------------------------------------
     def start(self) -> None:
-        from lakehouse.metadata.migrations import migrate
-        from lakehouse.stack import postgres, services
-
         s = self.settings
-        self.started_pg = postgres.start(s)
-        postgres.ensure_databases(s)
-        migrate(s.metadata_dsn, ROOT / "metadata" / "migrations")
-        self.install_flow()
-        services._prepare_airflow(s, self.env, print)
+        self.started_pg = prepare_bench_stack(s, self.env)
         self.start_component("dag-processor", self.env)
         if self.args.scheduler:
             self.start_component("scheduler", self.env)
@@ -152,11 +145,7 @@ class TriggerBench:
             client.set_paused(FLOW, True)
 
     def start_component(self, component: str, env: dict[str, str]) -> None:
-        from lakehouse.stack.processes import start_group
-        from lakehouse.stack.services import _bin, airflow_component_environment
-
-        start_group(self.settings.run_dir, self.settings.log_dir, f"airflow-{component}",
-                    [_bin("airflow"), component], airflow_component_environment(env, component))
+        start_airflow_component(self.settings, env, component)
 
     def start_api_server(self, variant: str) -> None:
         """(Re)start the api-server with the variant's environment, unless it already runs so."""
@@ -189,9 +178,6 @@ class TriggerBench:
     def token(self) -> str:
         client = self.client()
         return client._fetch_token()
-
-    def install_flow(self) -> None:
-        install_bench_flow(self.settings.metadata_dsn)
 
     def stop_all(self) -> list[str]:
         from lakehouse.stack import postgres

@@ -100,6 +100,29 @@ def install_bench_flow(metadata_dsn: str) -> None:
     conn.close()
 
 
+def prepare_bench_stack(settings: Any, env: dict[str, str]) -> bool:
+    """Postgres, the metadata schema, the bench flow and Airflow's database, as both Airflow
+    benchmarks need them before any component starts; True when this call started Postgres."""
+    from lakehouse.metadata.migrations import migrate
+    from lakehouse.stack import postgres, services
+
+    started = postgres.start(settings)
+    postgres.ensure_databases(settings)
+    migrate(settings.metadata_dsn, ROOT / "metadata" / "migrations")
+    install_bench_flow(settings.metadata_dsn)
+    services._prepare_airflow(settings, env, print)
+    return started
+
+
+def start_airflow_component(settings: Any, env: dict[str, str], component: str) -> None:
+    """One Airflow component in its own process group, with the environment the stack gives it."""
+    from lakehouse.stack.processes import start_group
+    from lakehouse.stack.services import _bin, airflow_component_environment
+
+    start_group(settings.run_dir, settings.log_dir, f"airflow-{component}", [_bin("airflow"), component],
+                airflow_component_environment(env, component))
+
+
 def wait_airflow_healthy(airflow_url: str, timeout: float) -> float:
     """Poll the api-server's health until its metadatabase is healthy; returns that moment (epoch)."""
     import requests
@@ -173,15 +196,10 @@ class Bench:
 
     # -- stack ---------------------------------------------------------------------------------
     def start(self) -> None:
-        from lakehouse.metadata.migrations import migrate
-        from lakehouse.stack import postgres, services
+        from lakehouse.stack import services
 
         s = self.settings
-        self.started_pg = postgres.start(s)
-        postgres.ensure_databases(s)
-        migrate(s.metadata_dsn, ROOT / "metadata" / "migrations")
-        self.install_flow()
-        services._prepare_airflow(s, self.env, print)
+        self.started_pg = prepare_bench_stack(s, self.env)
         for component in ("dag-processor", "api-server"):
             self.start_airflow_component(component)
         self.wait_airflow(timeout=240)
@@ -189,11 +207,7 @@ class Bench:
         services._start_seaweedfs(s, self.env, print)
 
     def start_airflow_component(self, component: str) -> None:
-        from lakehouse.stack.processes import start_group
-        from lakehouse.stack.services import _bin, airflow_component_environment
-
-        start_group(self.settings.run_dir, self.settings.log_dir, f"airflow-{component}",
-                    [_bin("airflow"), component], airflow_component_environment(self.env, component))
+        start_airflow_component(self.settings, self.env, component)
 
     def airflow(self) -> Any:
         from lakehouse.hooks.airflow_api import AirflowApiClient
@@ -226,9 +240,6 @@ class Bench:
         from lakehouse.stack.processes import processes_using_home
 
         return processes_using_home(self.home)
-
-    def install_flow(self) -> None:
-        install_bench_flow(self.settings.metadata_dsn)
 
     # -- one phase ---------------------------------------------------------------------------------
     def plan(self, prefix: str) -> list[tuple[str, bytes]]:
