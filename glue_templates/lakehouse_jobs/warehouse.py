@@ -1,11 +1,21 @@
 """Loading a table into the warehouse (Postgres locally, Redshift on AWS) so readers never see half.
 
-Rows never go row by row. Spark writes the table as files (CSV for Postgres, parquet on S3 for
-Redshift) and the warehouse bulk-loads them with ``COPY`` into a staging table next to the target:
-for Postgres the driver streams each file through the JDBC driver's ``CopyManager`` (several at
-once, each on its own connection), for Redshift one ``COPY ... FORMAT AS PARQUET`` reads them from S3.
-Then one transaction, over a plain JDBC connection from the driver JVM (no Python database driver
-needed on Glue), makes the rows visible:
+Rows never go row by row. Spark writes the table as files and the warehouse bulk-loads them with
+``COPY`` into a staging table next to the target:
+
+* Postgres with ``wal_level=minimal`` (the local stack): Spark writes uncompressed parquet files on
+  local disk and the driver sends each one, as soon as Spark has finished it, with ADBC (Apache
+  Arrow's database API, ``adbc-driver-postgresql``) as ``COPY ... FORMAT binary``, all in the one
+  transaction that creates the staging table and publishes it. Binary COPY spares Postgres the
+  text parsing of CSV (its dates, timestamps, numbers and line splitting were half of the load's
+  CPU) and parquet is cheaper for Spark to write than CSV.
+* Postgres that logs every write (e.g. RDS, where Glue runs without a Python database driver):
+  Spark writes CSV files and the driver streams them through the JDBC driver's ``CopyManager``,
+  several at once, each on its own connection.
+* Redshift: Spark writes parquet to S3 and one ``COPY ... FORMAT AS PARQUET`` reads it.
+
+Then one transaction (over a plain JDBC connection from the driver JVM, or the ADBC connection
+that loaded the rows) makes them visible:
 
 * ``replace``: drop the old table and rename the staging table into its place (atomic swap). A
   reader blocked on the table's lock during the swap resumes on the new table.
@@ -27,10 +37,11 @@ import queue
 import re
 import threading
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
+from urllib.parse import quote
 
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
@@ -46,6 +57,7 @@ __all__ = [
     "WarehouseConnection",
     "connection_from_env",
     "connection_from_secret",
+    "libpq_uri",
     "load",
     "load_atomically",
     "merge_statements",
@@ -137,8 +149,77 @@ def _jdbc(spark: SparkSession, connection: WarehouseConnection) -> Iterator[Any]
         conn.close()
 
 
+# pgJDBC URL parameters with a libpq equivalent (pgJDBC name -> libpq name)
+_LIBPQ_PARAMETERS = {"sslmode": "sslmode", "sslrootcert": "sslrootcert", "sslcert": "sslcert", "sslkey": "sslkey",
+                     "connectTimeout": "connect_timeout", "ApplicationName": "application_name",
+                     "options": "options"}
+
+
+def libpq_uri(connection: WarehouseConnection) -> str:
+    """The libpq URI (what ADBC connects with) of a ``jdbc:postgresql://host[:port]/db[?...]`` URL.
+
+    A URL parameter without a libpq equivalent fails here rather than be dropped: it could be the
+    one that makes the connection safe (e.g. pgJDBC's ``ssl=true``; write ``sslmode=require``).
+    """
+    match = re.fullmatch(r"jdbc:postgresql://([^/?]+)(?:/([^?]*))?(?:\?(.*))?", connection.url)
+    if connection.engine != "postgres" or not match:
+        raise ValueError(f"not a jdbc:postgresql:// URL with one host: {connection.url!r}")
+    host, database, query = match.groups()
+    params = []
+    for pair in filter(None, (query or "").split("&")):
+        key, _, value = pair.partition("=")
+        if key not in _LIBPQ_PARAMETERS:
+            raise ValueError(f"warehouse URL parameter {key!r} has no libpq equivalent for the binary load; "
+                             f"use one of {sorted(_LIBPQ_PARAMETERS)}")
+        params.append(f"{_LIBPQ_PARAMETERS[key]}={value}")
+    login = f"{quote(connection.user, safe='')}:{quote(connection.password, safe='')}@"
+    return f"postgresql://{login}{host}/{database or ''}" + (f"?{'&'.join(params)}" if params else "")
+
+
+class _ArrowConnection:
+    """A libpq connection through ADBC for the binary load, in one transaction until ``commit``
+    (like the JDBC connections in manual-commit mode), with the same update counts."""
+
+    def __init__(self, conn: Any) -> None:
+        self._conn = conn
+        self._cursor = conn.cursor()
+
+    def execute(self, statements: Sequence[str]) -> list[int]:
+        counts = []
+        for sql in statements:
+            self._cursor.execute(sql)
+            counts.append(int(self._cursor.rowcount))
+        return counts
+
+    def ingest(self, table: TableName, data: Any) -> int:
+        """Append an Arrow table to ``table`` (columns matched by name) with ``COPY ... FORMAT binary``;
+        returns the rows it copied."""
+        return int(self._cursor.adbc_ingest(table.table, data, mode="append", db_schema_name=table.namespace))
+
+    def commit(self) -> None:
+        self._conn.commit()
+
+
+@contextmanager
+def _arrow(connection: WarehouseConnection) -> Iterator[_ArrowConnection]:
+    """An ADBC connection whose statements form one transaction; rolled back unless committed."""
+    from adbc_driver_postgresql import dbapi  # the binary load's alone: Glue's jobs never import it
+
+    conn = dbapi.connect(libpq_uri(connection))
+    try:
+        yield _ArrowConnection(conn)
+    except BaseException:
+        with contextlib.suppress(Exception):  # a broken connection must not hide why the load failed
+            conn.rollback()
+        raise
+    finally:
+        conn.close()
+
+
 def _execute(conn: Any, statements: Sequence[str]) -> list[int]:
     """Run statements in order; returns each one's update count (-1 for DDL and queries)."""
+    if isinstance(conn, _ArrowConnection):
+        return conn.execute(statements)
     statement = conn.createStatement()
     counts = []
     try:
@@ -339,6 +420,37 @@ def _write_csv(df: DataFrame, uri: str, rows_per_file: int = 0) -> None:
     writer.csv(uri)
 
 
+def _arrow_ready(df: DataFrame) -> DataFrame:
+    """Columns whose parquet form, read back by pyarrow, ADBC sends in their warehouse type's binary
+    layout (it matches Arrow types to Postgres ones: int8/int16 -> smallint, decimal -> numeric,
+    date32 -> date, timestamp -> timestamp, binary -> bytea as is).
+
+    Timestamps become ``timestamp_ntz``, the wall-clock time in the session time zone: what the
+    CSV files carry and a ``timestamp without time zone`` column keeps (parquet would hold the UTC
+    instant). Nested values become their JSON text in jsonb's binary layout, a version byte 1 and
+    then the text, which ADBC passes on as bytes.
+    """
+    cols = []
+    for f in df.schema.fields:
+        col = F.col(f"`{f.name}`")
+        if isinstance(f.dataType, T.TimestampType):
+            col = col.cast(T.TimestampNTZType())
+        elif isinstance(f.dataType, (T.ArrayType, T.MapType, T.StructType)):
+            col = F.concat(F.unhex(F.lit("01")), F.to_json(col).cast(T.BinaryType()))
+        cols.append(col.alias(f.name))
+    return df.select(*cols)
+
+
+def _write_parquet(df: DataFrame, uri: str, rows_per_file: int = 0) -> None:
+    """Parquet for the binary load: neither compressed nor dictionary-encoded, which measured the
+    cheapest for Spark to write (the files are read once, right away, from local disk)."""
+    writer = (_arrow_ready(df).write.mode("overwrite").option("compression", "none")
+              .option("parquet.enable.dictionary", "false"))
+    if rows_per_file:
+        writer = writer.option("maxRecordsPerFile", rows_per_file)
+    writer.parquet(uri)
+
+
 def _data_files(spark: SparkSession, uri: str) -> list[Any]:
     jvm = spark.sparkContext._jvm
     path = jvm.org.apache.hadoop.fs.Path(uri)
@@ -352,7 +464,7 @@ _PART_COUNTER = re.compile(r"^part-.*-c(\d+)(\.[^/]*)?$")
 
 
 def _complete_files(spark: SparkSession, uri: str) -> dict[str, tuple[Any, int]]:
-    """CSV files of a running Spark write into ``uri`` that are complete, by name (path, length).
+    """Files of a running Spark write into ``uri`` that are complete, by name (path, length).
 
     Spark's file committer writes a task's files into
     ``_temporary/<job>/_temporary/attempt_*/`` one after the other (``maxRecordsPerFile``), moves
@@ -391,45 +503,52 @@ def _complete_files(spark: SparkSession, uri: str) -> dict[str, tuple[Any, int]]
     return complete
 
 
-def _copy_while_writing(spark: SparkSession, df: DataFrame, work: str, sql: str,
-                        connections: Sequence[Any], pipeline: bool) -> tuple[int, int, float]:
-    """Write ``df`` as CSV files into ``work`` and COPY every file with ``sql``, each connection
-    in ``connections`` taking the next file; returns (rows copied, files, seconds of the write).
+def _moved(exc: BaseException) -> bool:
+    """Whether opening a file failed because it is not (or no longer) where it was listed."""
+    return isinstance(exc, FileNotFoundError) or "FileNotFound" in str(exc)
 
-    With ``pipeline`` Spark writes files of ``_ROWS_PER_FILE`` rows and a file is copied as soon as
+
+def _load_while_writing(spark: SparkSession, write: Callable[[str, int], None], work: str,
+                        open_file: Callable[[Any], Any], load_file: Callable[[int, Any], int], consumers: int,
+                        pipeline: bool) -> tuple[int, int, float]:
+    """Let ``write(work, rows_per_file)`` write files into ``work`` and load every file: consumer
+    ``i`` of ``consumers`` takes the next one, opens it with ``open_file(hadoop_path)`` and loads
+    it with ``load_file(i, opened)`` (which returns the rows); returns (rows loaded, files,
+    seconds of the write).
+
+    With ``pipeline`` Spark writes files of ``_ROWS_PER_FILE`` rows and a file is loaded as soon as
     it is complete (see ``_complete_files``), while Spark writes the next ones, so the warehouse
-    parses while Spark formats. That needs a file system where a file being read stays readable
-    when the committer moves it (local files); elsewhere (S3) copying starts after the write.
-    Every file is copied once, by name; a file copied early must be in the committed output with
-    the same length, else the load fails (and its transactions roll back).
+    stores rows while Spark encodes. That needs a file system where a file being read stays
+    readable when the committer moves it (local files); elsewhere (S3) loading starts after the
+    write. Every file is loaded once, by name; a file loaded early must be in the committed output
+    with the same length, else the load fails (and its transactions roll back).
     """
     hadoop_conf = spark.sparkContext._jsc.hadoopConfiguration()
     todo: queue.Queue = queue.Queue()
     failures: list[BaseException] = []
-    copied_rows = [0] * len(connections)
+    copied_rows = [0] * consumers
     write_done = threading.Event()
     write_seconds = [0.0]
     group = f"warehouse-load-{id(todo)}"
 
-    def write() -> None:
+    def run_write() -> None:
         started = time.monotonic()
         try:
-            spark.sparkContext.setJobGroup(group, "CSV files for COPY", interruptOnCancel=True)
-            _write_csv(df, work, _ROWS_PER_FILE if pipeline else 0)
+            spark.sparkContext.setJobGroup(group, "files for COPY", interruptOnCancel=True)
+            write(work, _ROWS_PER_FILE if pipeline else 0)
         except BaseException as exc:
             failures.append(exc)
         finally:
             write_seconds[0] = time.monotonic() - started
             write_done.set()
 
-    def open_file(name: str) -> Any:
+    def open_named(name: str) -> Any:
         """Open ``name`` wherever the committer has moved it by now (an open file stays readable)."""
         for attempt in range(50):
-            path = where[name]
             try:
-                return path.getFileSystem(hadoop_conf).open(path)
+                return open_file(where[name])
             except Exception as exc:  # noqa: BLE001 - moved between listing and opening
-                if "FileNotFound" not in str(exc) or attempt == 49:
+                if not _moved(exc) or attempt == 49:
                     raise
             moved = _complete_files(spark, work)
             if name not in moved:
@@ -441,25 +560,24 @@ def _copy_while_writing(spark: SparkSession, df: DataFrame, work: str, sql: str,
         raise AssertionError("unreachable")
 
     def consume(i: int) -> None:
-        manager = connections[i].getCopyAPI()
         try:
             while True:
                 name = todo.get()
                 if name is None or failures:
                     return
-                stream = open_file(name)
+                opened = open_named(name)
                 try:
-                    copied_rows[i] += int(manager.copyIn(sql, stream, 1 << 20))
+                    copied_rows[i] += load_file(i, opened)
                 finally:
-                    stream.close()
+                    opened.close()
         except BaseException as exc:
             failures.append(exc)
 
-    writer = threading.Thread(target=write, name="warehouse-csv-write", daemon=True)
-    consumers = [threading.Thread(target=consume, args=(i,), name=f"warehouse-copy-{i}", daemon=True)
-                 for i in range(len(connections))]
+    writer = threading.Thread(target=run_write, name="warehouse-file-write", daemon=True)
+    threads = [threading.Thread(target=consume, args=(i,), name=f"warehouse-copy-{i}", daemon=True)
+               for i in range(consumers)]
     writer.start()
-    for c in consumers:
+    for c in threads:
         c.start()
     seen: dict[str, int] = {}
     where: dict[str, Any] = {}
@@ -476,23 +594,50 @@ def _copy_while_writing(spark: SparkSession, df: DataFrame, work: str, sql: str,
                  for p in _data_files(spark, work)}
         for name, length in seen.items():
             if final.get(name, (None, -1))[1] != length:  # a retried task wrote other content
-                raise RuntimeError(f"CSV file {name} changed after it was copied; the load is rolled back")
+                raise RuntimeError(f"file {name} changed after it was loaded; the load is rolled back")
         for name, (path, length) in sorted(final.items()):
             where[name] = path
             if name not in seen:
                 seen[name] = length
                 todo.put(name)
     finally:
-        for _ in consumers:
+        for _ in threads:
             todo.put(None)
         if failures or not write_done.is_set():
             spark.sparkContext.cancelJobGroup(group)
-        for c in consumers:
+        for c in threads:
             c.join()
         writer.join()
     if failures:
         raise failures[0]
     return sum(copied_rows), len(seen), write_seconds[0]
+
+
+def _copy_csv(spark: SparkSession, df: DataFrame, work: str, sql: str,
+              connections: Sequence[Any]) -> tuple[int, int, float]:
+    """CSV files streamed with ``sql`` (``COPY ... FROM STDIN``) through the JDBC driver's
+    CopyManager of each connection, after the write: on a server that logs every write the
+    connections and Spark compete for the same cores, and overlapping them measured slower."""
+    hadoop_conf = spark.sparkContext._jsc.hadoopConfiguration()
+    managers = [c.getCopyAPI() for c in connections]
+    return _load_while_writing(
+        spark, lambda uri, rows_per_file: _write_csv(df, uri, rows_per_file), work,
+        lambda path: path.getFileSystem(hadoop_conf).open(path),
+        lambda i, stream: int(managers[i].copyIn(sql, stream, 1 << 20)), len(connections), pipeline=False)
+
+
+def _ingest_parquet(spark: SparkSession, df: DataFrame, work: str, conn: _ArrowConnection,
+                    staging: TableName) -> tuple[int, int, float]:
+    """Parquet files in the local folder ``work``, each read by pyarrow and sent on ``conn`` with
+    binary COPY as soon as Spark has finished it (one connection: Postgres stores on one core
+    while Spark encodes on the other)."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    return _load_while_writing(
+        spark, lambda uri, rows_per_file: _write_parquet(df, uri, rows_per_file), work,
+        lambda path: pa.memory_map(str(path.toUri().getPath())),  # stays readable when the committer moves it
+        lambda _, source: conn.ingest(staging, pq.read_table(source)), 1, pipeline=True)
 
 
 def _check_keys(df: DataFrame, keys: Sequence[str]) -> None:
@@ -568,20 +713,21 @@ def load(spark: SparkSession, df: DataFrame, target: TableName, batch_id: str, c
     result: dict[str, Any] = {"mode": options.mode, "schema_changes": diff.describe() or None}
     copy_sql = (f"COPY {staging.postgres} ({', '.join(quote_postgres(c) for c in names)}) FROM STDIN "
                 f"WITH (FORMAT csv{', FREEZE' if single else ''})")
-    # copy while Spark writes (see _copy_while_writing) only where it pays: on one connection Postgres
-    # parses on one core while Spark formats on the other; with several connections (and the WAL)
-    # the two compete for the same cores and the overlap measured slower than one step after the other
-    pipeline = single and work.startswith("file:")
+    # binary COPY of parquet files read by the driver: needs the files on the driver's disk
+    binary = single and work.startswith("file:")
+    result["copy_format"] = "binary" if binary else "csv" if engine == "postgres" else "parquet"
     try:
         if single:
             # One transaction creates the staging table, copies into it and publishes it: with
             # wal_level=minimal Postgres writes no WAL for a table created in the same transaction
-            # (it syncs the file at commit instead), and FREEZE spares readers the hint-bit writes.
-            # A failure anywhere rolls it all back; there is no staging table to clean up.
+            # (it syncs the file at commit instead). A failure anywhere rolls it all back; there is
+            # no staging table to clean up. (CSV's COPY also FREEZEs, sparing readers the hint-bit
+            # writes; ADBC's binary COPY has no such option, so the first reader sets them.)
             started = time.monotonic()
-            with _jdbc(spark, connection) as conn:
+            with _arrow(connection) if binary else _jdbc(spark, connection) as conn:
                 _execute(conn, [create_staging])
-                rows, files, write_seconds = _copy_while_writing(spark, df, work, copy_sql, [conn], pipeline)
+                rows, files, write_seconds = (_ingest_parquet(spark, df, work, conn, staging) if binary
+                                              else _copy_csv(spark, df, work, copy_sql, [conn]))
                 result.update(write_seconds=round(write_seconds, 3), copy_files=files,
                               copy_seconds=round(time.monotonic() - started, 3))
                 started = time.monotonic()
@@ -607,7 +753,7 @@ def load(spark: SparkSession, df: DataFrame, target: TableName, batch_id: str, c
             started = time.monotonic()
             with contextlib.ExitStack() as stack:
                 conns = [stack.enter_context(_jdbc(spark, connection)) for _ in range(max(1, options.parallelism))]
-                copied, files, write_seconds = _copy_while_writing(spark, df, work, copy_sql, conns, pipeline)
+                copied, files, write_seconds = _copy_csv(spark, df, work, copy_sql, conns)
                 for each in conns:
                     each.commit()
             result.update(write_seconds=round(write_seconds, 3), copy_files=files,

@@ -9,7 +9,13 @@ import pytest
 from moto import mock_aws
 
 from lakehouse_jobs.identifiers import validate_identifier
-from lakehouse_jobs.warehouse import connection_from_env, connection_from_secret, staging_table_name
+from lakehouse_jobs.warehouse import (
+    WarehouseConnection,
+    connection_from_env,
+    connection_from_secret,
+    libpq_uri,
+    staging_table_name,
+)
 
 
 def test_staging_names_fit_postgres_and_differ_per_batch() -> None:
@@ -29,6 +35,18 @@ def test_connection_from_env_and_its_repr_hides_the_password() -> None:
     assert "s3cret" not in repr(conn)
     with pytest.raises(ValueError, match="--secret_id"):
         connection_from_env({})
+
+
+def test_the_binary_load_connects_with_the_same_login_through_libpq() -> None:
+    login = ("u@x", "p:/?#@ss")
+    assert libpq_uri(WarehouseConnection("jdbc:postgresql://h:5432/warehouse", *login)) == \
+        "postgresql://u%40x:p%3A%2F%3F%23%40ss@h:5432/warehouse"
+    assert libpq_uri(WarehouseConnection("jdbc:postgresql://h/wh?sslmode=require&connectTimeout=5", *login)) == \
+        "postgresql://u%40x:p%3A%2F%3F%23%40ss@h/wh?sslmode=require&connect_timeout=5"
+    with pytest.raises(ValueError, match="'ssl' has no libpq equivalent"):  # dropping it would drop TLS
+        libpq_uri(WarehouseConnection("jdbc:postgresql://h/wh?ssl=true", *login))
+    with pytest.raises(ValueError, match="one host"):
+        libpq_uri(WarehouseConnection("jdbc:redshift://h:5439/dev", *login))
 
 
 def test_connection_from_a_secrets_manager_secret(monkeypatch: pytest.MonkeyPatch) -> None:
