@@ -44,7 +44,8 @@ whose source is only the real difference. Most of the rest need no history eithe
 record later than its open version, or a new key's record, is applied directly; the table's history
 is read only for keys that need it (several records, late records, keys coming back after a hard
 delete). New tables are merge-on-read, so a MERGE writes position deletes for the rows it closes
-instead of rewriting every data file it touches.
+instead of rewriting every data file it touches, and the MERGE's scan of the table is cut down by a
+runtime bloom filter of the source's keys before anything is shuffled.
 """
 
 from __future__ import annotations
@@ -570,6 +571,32 @@ def _shuffle_partitions(spark: SparkSession, rows: int) -> Iterator[int]:
         spark.conf.set("spark.sql.shuffle.partitions", str(configured))
 
 
+# While the MERGE is planned: Spark injects a bloom filter of the source's merge keys into the table
+# scan only when it thinks the join is a shuffle join and the scan is big; see _merge.
+_MERGE_SESSION_CONF: dict[str, str] = {
+    "spark.sql.optimizer.runtime.bloomFilter.enabled": "true",
+    "spark.sql.optimizer.runtime.bloomFilter.applicationSideScanSizeThreshold": "0",
+    "spark.sql.optimizer.runtime.bloomFilter.creationSideThreshold": str(2**63 - 1),
+    "spark.sql.autoBroadcastJoinThreshold": "-1",
+}
+
+
+@contextmanager
+def _session_conf(spark: SparkSession, settings: dict[str, str]) -> Iterator[None]:
+    """Set session settings for one statement, then put back what was there (or unset it)."""
+    previous = {key: spark.conf.get(key, None) for key in settings}
+    for key, value in settings.items():
+        spark.conf.set(key, value)
+    try:
+        yield
+    finally:
+        for key, value in previous.items():
+            if value is None:
+                spark.conf.unset(key)
+            else:
+                spark.conf.set(key, value)
+
+
 @contextmanager
 def _table_lock(spark: SparkSession, table: TableName) -> Iterator[bool]:
     """Serialise runs on one table with a Postgres advisory lock held on the catalog database.
@@ -769,9 +796,12 @@ def _merge(spark: SparkSession, table: TableName, source: DataFrame, keys: Seque
     """The single commit. Insert rows carry NULL merge keys, so ``=`` never matches them; the other
     rows match exactly one stored row by key and ``_valid_from``."""
     view = f"scd2_source_{uuid.uuid4().hex}"
-    # Not broadcast: a MERGE with an insert clause joins the table RIGHT OUTER the source, and
-    # Spark can only broadcast the non-preserved side, so a hint on the source would be ignored.
-    source.createOrReplaceTempView(view)
+    # A MERGE with an insert clause joins the table RIGHT OUTER the source, and Spark never
+    # broadcasts the preserved side: every table row would be shuffled and sorted to meet the few
+    # that match. A runtime bloom filter of the source's keys drops the others right after the
+    # scan. Spark injects one only for a filtered source and a join it does not expect to
+    # broadcast, hence the (always true) action filter and _MERGE_SESSION_CONF.
+    source.filter(F.col("__action").isin("update", "delete", "insert")).createOrReplaceTempView(view)
     try:
         on = " AND ".join([*(f"t.{quote_spark(k)} = s.{quote_spark(_MK + k)}" for k in keys),
                            f"t._valid_from = s.{_MK}valid_from"])
@@ -779,7 +809,8 @@ def _merge(spark: SparkSession, table: TableName, source: DataFrame, keys: Seque
         names = [f.name for f in table_schema.fields]
         insert_columns = ", ".join(quote_spark(n) for n in names)
         insert_values = ", ".join(f"s.{quote_spark(n)}" for n in names)
-        spark.sql(f"""
+        with _session_conf(spark, _MERGE_SESSION_CONF):
+            spark.sql(f"""
             MERGE INTO {table.spark} AS t
             USING {quote_spark(view)} AS s
             ON {on}
