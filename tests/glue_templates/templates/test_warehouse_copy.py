@@ -26,7 +26,7 @@ def _query(settings: Settings, sql: str) -> list[tuple]:
         return cur.fetchall()
 
 
-def test_complete_files_follow_the_committer_layout(spark: SparkSession, tmp_path: Path) -> None:
+def test_complete_files_follow_the_committer_layout(tmp_path: Path) -> None:
     job = tmp_path / "_temporary" / "0"
     attempt = job / "_temporary" / "attempt_202611230000_0001_m_000000_0"
     task = job / "task_202611230000_0001_m_000001"
@@ -39,11 +39,13 @@ def test_complete_files_follow_the_committer_layout(spark: SparkSession, tmp_pat
     (task / "part-00001-u-c001.csv").write_text("")  # empty: nothing to copy
     (tmp_path / "elsewhere" / "part-00002-u-c000.csv").write_text("4\n")  # not the committer's
 
-    found = warehouse._complete_files(spark, tmp_path.as_uri())
+    found = warehouse._complete_files(warehouse._local_folder(tmp_path.as_uri()))
 
-    assert {name: length for name, (_, length) in found.items()} == {
-        "part-00000-u-c000.csv": 2, "part-00000-u-c001.csv": 2, "part-00001-u-c000.csv": 2}
-    assert warehouse._complete_files(spark, (tmp_path / "missing").as_uri()) == {}
+    assert found == {"part-00000-u-c000.csv": (str(attempt / "part-00000-u-c000.csv"), 2),
+                     "part-00000-u-c001.csv": (str(attempt / "part-00000-u-c001.csv"), 2),
+                     "part-00001-u-c000.csv": (str(task / "part-00001-u-c000.csv"), 2)}
+    assert warehouse._complete_files(str(tmp_path / "missing")) == {}
+    assert warehouse._local_folder("file:/tmp/a%20b") == warehouse._local_folder("file:///tmp/a%20b") == "/tmp/a b"
 
 
 @pytest.mark.parametrize("single", [True, False], ids=["one transaction", "parallel connections"])
