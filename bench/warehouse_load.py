@@ -9,13 +9,14 @@ process and the same run:
 
 * ``spark jdbc``: ``df.write.jdbc(..., mode="overwrite")``, the plain Spark JDBC writer (batched
   INSERTs, Spark's defaults);
-* ``template``: ``presentation_to_warehouse.main`` in replace mode: CSV files by Spark, each
-  streamed with COPY through the JDBC driver's CopyManager as soon as Spark has finished it, into
-  a staging table created by the same transaction that swaps it in (the Postgres runs with the
-  stack's own settings, wal_level=minimal: that COPY writes no WAL).
+* ``template``: ``presentation_to_warehouse.main`` in replace mode: parquet files by Spark, each
+  read by this driver process with pyarrow and sent with binary COPY through ADBC as soon as Spark
+  has finished it, into a staging table created by the same transaction that swaps it in (the
+  Postgres runs with the stack's own settings, wal_level=minimal: that COPY writes no WAL).
 
 Both read the same Iceberg table and are timed from the first read to the rows committed, and the
-CPU time both use (Spark's JVM plus the Postgres server, from /proc) is measured too; each
+CPU time both use (Spark's JVM, the Postgres server, both from /proc, and this Python process,
+where the template's ADBC load runs) is measured too; each
 size runs ``--repeat`` rounds, the two methods alternating, so a busy machine slows both alike. It
 prints rows per second side by side (best and median round) and the ratio of the best rounds (goal
 from issue 6: at least 3x).
@@ -25,6 +26,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import resource
 import shutil
 import statistics
 import sys
@@ -57,12 +59,19 @@ def cpu_seconds(jvm_pid: int, postmaster_pid: int) -> tuple[float, float]:
     return _ticks(jvm_pid) / hz, pg / hz
 
 
+def _own_cpu_seconds() -> float:
+    """CPU used so far by this Python process (the Spark driver's Python side; ADBC runs here)."""
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
+
+
 def _round(spark, settings, table: str, n: int, template) -> list[tuple[int, str, float, float]]:  # noqa: ANN001
     """One load of each kind, plain JDBC first; (rows, method, seconds, CPU seconds)."""
     jvm_pid = int(spark.sparkContext._jvm.java.lang.ProcessHandle.current().pid())
     postmaster = int((settings.home / "postgres" / "data" / "postmaster.pid").read_text().split()[0]) \
         if (settings.home / "postgres" / "data" / "postmaster.pid").exists() else None
-    cpu = (lambda: sum(cpu_seconds(jvm_pid, postmaster))) if postmaster else (lambda: float("nan"))
+    cpu = (lambda: sum(cpu_seconds(jvm_pid, postmaster)) + _own_cpu_seconds()) if postmaster \
+        else (lambda: float("nan"))
     cpu_before = cpu()
     started = time.monotonic()
     (spark.table(table).write.format("jdbc").option("url", settings.jdbc_url(settings.warehouse_db))
@@ -81,7 +90,8 @@ def _round(spark, settings, table: str, n: int, template) -> list[tuple[int, str
     took_cpu = cpu() - cpu_before
     assert metrics["rows_out"] == n, metrics
     print(f"  template    {took:8.1f} s  {n / took:>12,.0f} rows/s  cpu {took_cpu:6.1f} s  (spark writes files "
-          f"{metrics.get('write_seconds')} s, COPY of {metrics.get('copy_files')} files done after "
+          f"{metrics.get('write_seconds')} s, {metrics.get('copy_format')} COPY of {metrics.get('copy_files')} files "
+          f"done after "
           f"{metrics.get('copy_seconds')} s, swap + commit {metrics.get('commit_seconds')} s)  "
           f"load {os.getloadavg()[0]:.1f}", flush=True)
     return [(n, "spark jdbc", plain, plain_cpu), (n, "template", took, took_cpu)]
