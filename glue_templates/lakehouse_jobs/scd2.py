@@ -581,6 +581,24 @@ _MERGE_SESSION_CONF: dict[str, str] = {
 }
 
 
+def _without_size_estimate(spark: SparkSession, checkpoint: DataFrame) -> DataFrame:
+    """The same rows with no inherited size estimate, so the MERGE gets its bloom filter.
+
+    A checkpoint keeps the size Spark estimated for its plan, and Spark estimates a join as the
+    product of its inputs' sizes: after the joins that computed the difference, that is more than
+    the largest size Spark accepts for a bloom filter's source, however few rows there are. Falls
+    back to the checkpoint itself (the MERGE is then planned without the filter, still correct)
+    where Spark has no such internal method.
+    """
+    jdf = checkpoint._jdf
+    try:
+        fresh = spark._jsparkSession.internalCreateDataFrame(  # type: ignore[attr-defined]
+            jdf.queryExecution().toRdd(), jdf.schema(), False)
+    except Exception:  # noqa: BLE001 - an internal API; without it the plan only loses the filter
+        return checkpoint
+    return DataFrame(fresh, spark)
+
+
 @contextmanager
 def _session_conf(spark: SparkSession, settings: dict[str, str]) -> Iterator[None]:
     """Set session settings for one statement, then put back what was there (or unset it)."""
@@ -787,21 +805,22 @@ def _apply(spark: SparkSession, table: TableName, records: DataFrame, keys: Sequ
             raise Scd2Error(f"{table} changed while this batch was computed (snapshot {read_snapshot} → {now}): "
                             f"another run committed; re-run this batch, it will apply only what is left")
         spark.sql(f"REFRESH TABLE {table.spark}")
-        _merge(spark, table, source, keys, table_schema, untracked)
+        _merge(spark, table, source, keys, table_schema, untracked, updates + replaced)
     return Scd2Result(rows_in, inserted, closed, updates - closed, replaced, committed, _current_snapshot(spark, table))
 
 
 def _merge(spark: SparkSession, table: TableName, source: DataFrame, keys: Sequence[str],
-           table_schema: StructType, untracked: Sequence[str]) -> None:
+           table_schema: StructType, untracked: Sequence[str], matched: int) -> None:
     """The single commit. Insert rows carry NULL merge keys, so ``=`` never matches them; the other
-    rows match exactly one stored row by key and ``_valid_from``."""
+    (``matched``) rows match exactly one stored row by key and ``_valid_from``."""
     view = f"scd2_source_{uuid.uuid4().hex}"
     # A MERGE with an insert clause joins the table RIGHT OUTER the source, and Spark never
     # broadcasts the preserved side: every table row would be shuffled and sorted to meet the few
     # that match. A runtime bloom filter of the source's keys drops the others right after the
     # scan. Spark injects one only for a filtered source and a join it does not expect to
     # broadcast, hence the (always true) action filter and _MERGE_SESSION_CONF.
-    source.filter(F.col("__action").isin("update", "delete", "insert")).createOrReplaceTempView(view)
+    _without_size_estimate(spark, source).filter(F.col("__action").isin("update", "delete", "insert")) \
+        .createOrReplaceTempView(view)
     try:
         on = " AND ".join([*(f"t.{quote_spark(k)} = s.{quote_spark(_MK + k)}" for k in keys),
                            f"t._valid_from = s.{_MK}valid_from"])
@@ -809,7 +828,10 @@ def _merge(spark: SparkSession, table: TableName, source: DataFrame, keys: Seque
         names = [f.name for f in table_schema.fields]
         insert_columns = ", ".join(quote_spark(n) for n in names)
         insert_values = ", ".join(f"s.{quote_spark(n)}" for n in names)
-        with _session_conf(spark, _MERGE_SESSION_CONF):
+        # sized for the rows that match: 16 bits each keeps false positives near 0.05 %
+        sizing = {"spark.sql.optimizer.runtime.bloomFilter.expectedNumItems": str(max(1, matched)),
+                  "spark.sql.optimizer.runtime.bloomFilter.numBits": str(min(1 << 26, max(1 << 16, 16 * matched)))}
+        with _session_conf(spark, {**_MERGE_SESSION_CONF, **sizing}):
             spark.sql(f"""
             MERGE INTO {table.spark} AS t
             USING {quote_spark(view)} AS s

@@ -320,3 +320,32 @@ def test_new_keys_returning_keys_and_unknown_deletes(spark: SparkSession, unique
     before = _snapshot(spark, name)
     result = apply([("X", None, D3, "D", "f5", 1), ("Y", None, D3, "D", "f5", 2)], "b5", soft_delete=True)
     assert not result.committed and _snapshot(spark, name) == before
+
+
+def test_the_merge_scan_is_filtered_by_the_source_keys_and_session_settings_come_back(
+        spark: SparkSession, unique: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The MERGE's table scan carries a runtime bloom filter of the batch's keys, so table rows the
+    batch does not touch are dropped before the shuffle; the settings that make Spark plan it are
+    the session's own again afterwards."""
+    name, table = _table(unique, "bloom")
+    apply_changes(spark, table, _batch(spark, B1), ["invoice_id"], "changed_at", "b1")
+    plans: list[str] = []
+    original_sql = SparkSession.sql
+
+    def explaining_sql(self: SparkSession, query: str, *args: Any, **kwargs: Any) -> DataFrame:
+        if query.lstrip().startswith("MERGE"):
+            plans.append(original_sql(self, "EXPLAIN " + query).collect()[0][0])
+        return original_sql(self, query, *args, **kwargs)
+
+    settings = [*scd2._MERGE_SESSION_CONF, "spark.sql.optimizer.runtime.bloomFilter.expectedNumItems",
+                "spark.sql.optimizer.runtime.bloomFilter.numBits"]
+    before = {key: spark.conf.get(key, None) for key in settings}
+    monkeypatch.setattr(SparkSession, "sql", explaining_sql)
+    result = apply_changes(spark, table, _batch(spark, B2), ["invoice_id"], "changed_at", "b2")
+    monkeypatch.undo()
+    assert result.committed and len(plans) == 1
+    scan_filter = [line for line in plans[0].splitlines() if "might_contain" in line and "invoice_id" in line]
+    assert scan_filter, plans[0]
+    assert {key: spark.conf.get(key, None) for key in settings} == before
+    assert [(r["invoice_id"], r["_is_current"]) for r in _rows(spark, name)] == [
+        ("A", False), ("A", True), ("B", True), ("C", True)]
