@@ -3,9 +3,11 @@
 The connection comes from ``--secret_id`` (AWS Secrets Manager on Glue; locally the runner hands
 the Airflow connection over) or from the ``LAKEHOUSE_WAREHOUSE_*`` environment the local runner
 sets. ``--mode replace`` swaps the whole table atomically; ``--mode merge`` upserts by
-``--merge_keys`` in one transaction. Postgres is bulk-loaded with ``COPY ... FROM STDIN`` (CSV files
-streamed by the driver), Redshift with ``COPY ... FORMAT AS PARQUET`` from ``--temp_uri`` on S3 with
-``--iam_role``. See lakehouse_jobs.warehouse.
+``--merge_keys`` in one transaction. Postgres is bulk-loaded with ``COPY ... FROM STDIN``: on
+``wal_level=minimal`` parquet files sent by the driver as binary COPY (ADBC) in the one transaction
+that also publishes them, elsewhere CSV files streamed through the JDBC driver; Redshift with
+``COPY ... FORMAT AS PARQUET`` from ``--temp_uri`` on S3 with ``--iam_role``. See
+lakehouse_jobs.warehouse.
 """
 
 from __future__ import annotations
@@ -62,7 +64,7 @@ def run(spark: SparkSession, args: dict[str, Any]) -> dict[str, Any]:
 
 
 def _read_split(spark: SparkSession, table: str) -> DataFrame:
-    """The Iceberg table read in enough splits to keep every core busy writing COPY files.
+    """The Iceberg table read in enough splits to keep every core busy writing the files COPY loads.
 
     Iceberg packs small files into 128 MB splits, so a table of a few hundred MB is read (and its
     CSV written) by one or two tasks; the split size comes from the table's size instead.
