@@ -3,12 +3,14 @@
 Rows never go row by row. Spark writes the table as files and the warehouse bulk-loads them with
 ``COPY`` into a staging table next to the target:
 
-* Postgres with ``wal_level=minimal`` (the local stack): Spark writes uncompressed parquet files on
-  local disk and the driver sends each one, as soon as Spark has finished it, with ADBC (Apache
-  Arrow's database API, ``adbc-driver-postgresql``) as ``COPY ... FORMAT binary``, all in the one
-  transaction that creates the staging table and publishes it. Binary COPY spares Postgres the
-  text parsing of CSV (its dates, timestamps, numbers and line splitting were half of the load's
-  CPU) and parquet is cheaper for Spark to write than CSV.
+* Postgres with ``wal_level=minimal`` (the local stack) and the work folder on the driver's disk:
+  Spark writes uncompressed parquet files and the driver reads each with pyarrow as soon as Spark
+  has finished it and streams it into one ``COPY ... FORMAT binary`` through ADBC (Apache Arrow's
+  database API, ``adbc-driver-postgresql``), in the one transaction that creates the staging
+  table and publishes it. Binary COPY spares Postgres the text parsing of CSV (its dates,
+  timestamps, numbers and line splitting were half of the load's CPU) and parquet is cheaper for
+  Spark to write than CSV. (On such a server with the work folder elsewhere: CSV as below, on one
+  connection in that one transaction.)
 * Postgres that logs every write (e.g. RDS, where Glue runs without a Python database driver):
   Spark writes CSV files and the driver streams them through the JDBC driver's ``CopyManager``,
   several at once, each on its own connection.
