@@ -128,6 +128,26 @@ def test_binary_and_csv_loads_store_the_same_values(
                                      "timestamp without time zone", "boolean", "bytea", "jsonb", "jsonb", "jsonb"]
 
 
+def test_decimals_of_every_shape_keep_their_value(
+        spark: SparkSession, warehouse_env: Settings, tmp_path: Path, unique: str) -> None:
+    shapes = {"d4_4": (4, 4), "d5_1": (5, 1), "d12_2": (12, 2), "d18_0": (18, 0), "d18_9": (18, 9),
+              "d18_18": (18, 18), "d19_2": (19, 2), "d38_10": (38, 10)}
+    values = ["0", "-0", "1", "-1", "0.1", "-0.0001", "9999.5", "123456789012345678", "-99999999.999999999",
+              "0.123456789012345678", "12345678901234567.8", "-1234567890123456789012345678.0123456789", None]
+    rows = [f"({i}, " + ", ".join(f"CAST({v or 'NULL'} AS decimal({p},{q}))" for p, q in shapes.values()) + ")"
+            for i, v in enumerate(values)]
+    # a value that does not fit a shape is NULL there (Spark's cast outside ANSI mode)
+    df = spark.sql(f"SELECT * FROM VALUES {', '.join(rows)} AS t(id, {', '.join(shapes)})")
+    for single in (True, False):
+        load(spark, df, TableName(f"wh_{unique}", "binary" if single else "csv"), f"b_{unique}",
+             connection_from_env(), LoadOptions(work_uri=(tmp_path / "work").as_uri(), single_transaction=single))
+
+    expected = sorted(tuple(r) for r in df.collect())
+    assert sum(v is not None for row in expected for v in row[1:]) > 50  # most values fit most shapes
+    for table in ("binary", "csv"):
+        assert sorted(_query(warehouse_env, f"SELECT * FROM wh_{unique}.{table}")) == expected
+
+
 @pytest.mark.parametrize("single", [True, False], ids=["one transaction", "parallel connections"])
 @pytest.mark.parametrize("mode", ["replace", "merge"])
 def test_a_failed_load_leaves_the_target_as_it_was(
