@@ -536,8 +536,9 @@ def _load_while_writing(spark: SparkSession, write: Callable[[str, int], None], 
     ``_complete_files``), while Spark writes the next ones, so the warehouse stores rows while
     Spark encodes; such a file reaches ``open_file`` as a local path, any other as a Hadoop path.
     That needs a file system where a file being read stays readable when the committer moves it
-    (local files); elsewhere (S3) loading starts after the write. Every file is loaded once, by name; a file loaded early must be in the committed output
-    with the same length, else the load fails (and its transactions roll back).
+    (local files); elsewhere (S3) loading starts after the write. Every file is loaded once, by
+    name; a file loaded early must be in the committed output with the same length, else the load
+    fails (and its transactions roll back).
     """
     hadoop_conf = spark.sparkContext._jsc.hadoopConfiguration()
     todo: queue.Queue = queue.Queue()
