@@ -556,21 +556,19 @@ def _table_rows(spark: SparkSession, table: TableName) -> int:
 
 @contextmanager
 def _shuffle_partitions(spark: SparkSession, rows: int) -> Iterator[int]:
-    """Size shuffles to the batch for the duration of one apply, then restore the session's values.
+    """Size shuffles to the batch for the duration of one apply, then restore the session's value.
 
     Every shuffle stage costs a task per partition; a small batch spread over the session's default
-    (sized for big jobs) pays that overhead several times per stage for nothing. The count is a
-    multiple of the cores, and adaptive execution does not coalesce it again: three equal tasks on
-    two cores leave one core idle for a third of every stage. Never more than the session's own
-    setting, never fewer than one partition.
+    (sized for big jobs) pays that overhead several times per stage for nothing. Never more than the
+    session's own setting, never fewer than one partition.
     """
     configured = int(spark.conf.get("spark.sql.shuffle.partitions", "200") or "200")
-    cores = max(1, spark.sparkContext.defaultParallelism)
-    needed = max(1, -(-rows // ROWS_PER_SHUFFLE_PARTITION))
-    wanted = max(1, min(configured, -(-needed // cores) * cores))
-    with _session_conf(spark, {"spark.sql.shuffle.partitions": str(wanted),
-                               "spark.sql.adaptive.coalescePartitions.enabled": "false"}):
+    wanted = max(1, min(configured, -(-rows // ROWS_PER_SHUFFLE_PARTITION)))
+    spark.conf.set("spark.sql.shuffle.partitions", str(wanted))
+    try:
         yield wanted
+    finally:
+        spark.conf.set("spark.sql.shuffle.partitions", str(configured))
 
 
 # While the MERGE is planned: Spark injects a bloom filter of the source's merge keys into the table
