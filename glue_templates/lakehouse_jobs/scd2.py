@@ -564,11 +564,8 @@ def _shuffle_partitions(spark: SparkSession, rows: int) -> Iterator[int]:
     """
     configured = int(spark.conf.get("spark.sql.shuffle.partitions", "200") or "200")
     wanted = max(1, min(configured, -(-rows // ROWS_PER_SHUFFLE_PARTITION)))
-    spark.conf.set("spark.sql.shuffle.partitions", str(wanted))
-    try:
+    with _session_conf(spark, {"spark.sql.shuffle.partitions": str(wanted)}):
         yield wanted
-    finally:
-        spark.conf.set("spark.sql.shuffle.partitions", str(configured))
 
 
 # While the MERGE is planned: Spark injects a bloom filter of the source's merge keys into the table
@@ -601,7 +598,7 @@ def _without_size_estimate(spark: SparkSession, checkpoint: DataFrame) -> DataFr
 
 @contextmanager
 def _session_conf(spark: SparkSession, settings: dict[str, str]) -> Iterator[None]:
-    """Set session settings for one statement, then put back what was there (or unset it)."""
+    """Set session settings for a while, then put back what was there (or unset it)."""
     previous = {key: spark.conf.get(key, None) for key in settings}
     for key, value in settings.items():
         spark.conf.set(key, value)
