@@ -19,8 +19,8 @@ from urllib.parse import unquote, urlparse
 
 from pyspark.sql import SparkSession
 
-__all__ = ["STAGE_S3_CONF", "delete_path", "file_head", "lake_path", "localize_input", "path_exists", "read_text",
-           "s3_client", "write_text"]
+__all__ = ["STAGE_S3_CONF", "delete_path", "file_head", "lake_path", "local_path", "localize_input", "path_exists",
+           "read_text", "s3_client", "write_text"]
 
 STAGE_S3_CONF = "spark.lakehouse.stage_s3_through_boto3"
 _S3_SCHEMES = ("s3", "s3a", "s3n")
@@ -41,7 +41,7 @@ def _split_s3(uri: str) -> tuple[str, str]:
     return parsed.netloc, key
 
 
-def _local_path(uri: str) -> Path | None:
+def local_path(uri: str) -> Path | None:
     """The filesystem path of a plain path or ``file:`` URI; None for remote URIs."""
     parsed = urlparse(uri)
     if parsed.scheme == "file":
@@ -53,7 +53,7 @@ def _local_path(uri: str) -> Path | None:
 
 def lake_path(lake_uri: str, *parts: str) -> str:
     """``lake_uri`` joined with path segments; a plain local path becomes a ``file://`` URI."""
-    local = _local_path(lake_uri)
+    local = local_path(lake_uri)
     base = local.resolve().as_uri() if local is not None else lake_uri
     return "/".join([base.rstrip("/"), *(p.strip("/") for p in parts)])
 
@@ -76,7 +76,7 @@ def localize_input(spark: SparkSession, uri: str) -> Iterator[str]:
         finally:
             shutil.rmtree(folder, ignore_errors=True)
         return
-    local = _local_path(uri)
+    local = local_path(uri)
     if local is not None:
         if not local.is_file():
             raise FileNotFoundError(f"source file {uri} does not exist")
@@ -91,7 +91,7 @@ def write_text(uri: str, text: str) -> None:
         bucket, key = _split_s3(uri)
         s3_client().put_object(Bucket=bucket, Key=key, Body=text.encode("utf-8"), ContentType="application/json")
         return
-    local = _local_path(uri)
+    local = local_path(uri)
     if local is None:
         raise ValueError(f"cannot write to {uri!r}: use a local path, file:// or s3:// URI")
     local.parent.mkdir(parents=True, exist_ok=True)
@@ -110,7 +110,7 @@ def read_text(uri: str) -> str | None:
             return client.get_object(Bucket=bucket, Key=key)["Body"].read().decode("utf-8")
         except client.exceptions.NoSuchKey:
             return None
-    local = _local_path(uri)
+    local = local_path(uri)
     if local is None:
         raise ValueError(f"cannot read {uri!r}: use a local path, file:// or s3:// URI")
     return local.read_text(encoding="utf-8") if local.is_file() else None
@@ -130,7 +130,7 @@ def file_head(uri: str, length: int = 65536, tail: int = 0) -> tuple[bytes, byte
         if tail:
             end = client.get_object(Bucket=bucket, Key=key, Range=f"bytes=-{min(size, tail)}")["Body"].read()
         return head, end, size
-    local = _local_path(uri)
+    local = local_path(uri)
     if local is None:
         raise ValueError(f"cannot read {uri!r}: use a local path, file:// or s3:// URI")
     size = local.stat().st_size

@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import sys
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from typing import Any
 
 from pyspark.sql import SparkSession
@@ -17,7 +18,7 @@ from pyspark.sql import SparkSession
 from lakehouse_jobs.args import COMMON_ARGS, ArgSpec, JobArgumentError, parse_job_args
 from lakehouse_jobs.metrics import JobFailure, summary_line, write_metrics
 
-__all__ = ["TemplateBody", "run_template"]
+__all__ = ["TemplateBody", "run_template", "spark_settings"]
 
 TemplateBody = Callable[[SparkSession, dict[str, Any]], Mapping[str, Any]]
 
@@ -64,3 +65,20 @@ def _report_bad_arguments(template: str, argv: Sequence[str], error: JobArgument
     except Exception as write_error:
         print(f"[{template}] could not write failure metrics: {write_error}", file=sys.stderr)
     print(summary_line(template, failed), flush=True)
+
+
+@contextmanager
+def spark_settings(spark: SparkSession, settings: Mapping[str, str]) -> Iterator[None]:
+    """Set session settings for a while, then put back what was there (or unset it): a template
+    tunes Spark for one statement without changing the session the next template runs in."""
+    previous = {key: spark.conf.get(key, None) for key in settings}
+    for key, value in settings.items():
+        spark.conf.set(key, value)
+    try:
+        yield
+    finally:
+        for key, value in previous.items():
+            if value is None:
+                spark.conf.unset(key)
+            else:
+                spark.conf.set(key, value)

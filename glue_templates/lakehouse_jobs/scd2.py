@@ -77,6 +77,7 @@ from pyspark.sql.types import (
 )
 
 from lakehouse_jobs.identifiers import TableName, quote_spark, validate_identifier
+from lakehouse_jobs.job import spark_settings
 
 __all__ = [
     "DEFAULT_OP_MAPPING",
@@ -564,7 +565,7 @@ def _shuffle_partitions(spark: SparkSession, rows: int) -> Iterator[int]:
     """
     configured = int(spark.conf.get("spark.sql.shuffle.partitions", "200") or "200")
     wanted = max(1, min(configured, -(-rows // ROWS_PER_SHUFFLE_PARTITION)))
-    with _session_conf(spark, {"spark.sql.shuffle.partitions": str(wanted)}):
+    with spark_settings(spark, {"spark.sql.shuffle.partitions": str(wanted)}):
         yield wanted
 
 
@@ -594,22 +595,6 @@ def _without_size_estimate(spark: SparkSession, checkpoint: DataFrame) -> DataFr
     except Exception:  # noqa: BLE001 - an internal API; without it the plan only loses the filter
         return checkpoint
     return DataFrame(fresh, spark)
-
-
-@contextmanager
-def _session_conf(spark: SparkSession, settings: dict[str, str]) -> Iterator[None]:
-    """Set session settings for a while, then put back what was there (or unset it)."""
-    previous = {key: spark.conf.get(key, None) for key in settings}
-    for key, value in settings.items():
-        spark.conf.set(key, value)
-    try:
-        yield
-    finally:
-        for key, value in previous.items():
-            if value is None:
-                spark.conf.unset(key)
-            else:
-                spark.conf.set(key, value)
 
 
 @contextmanager
@@ -828,7 +813,7 @@ def _merge(spark: SparkSession, table: TableName, source: DataFrame, keys: Seque
         # sized for the rows that match: 16 bits each keeps false positives near 0.05 %
         sizing = {"spark.sql.optimizer.runtime.bloomFilter.expectedNumItems": str(max(1, matched)),
                   "spark.sql.optimizer.runtime.bloomFilter.numBits": str(min(1 << 26, max(1 << 16, 16 * matched)))}
-        with _session_conf(spark, {**_MERGE_SESSION_CONF, **sizing}):
+        with spark_settings(spark, {**_MERGE_SESSION_CONF, **sizing}):
             spark.sql(f"""
             MERGE INTO {table.spark} AS t
             USING {quote_spark(view)} AS s

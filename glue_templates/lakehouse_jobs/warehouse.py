@@ -43,13 +43,15 @@ from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
-from urllib.parse import quote, unquote, urlparse
+from urllib.parse import quote
 
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 from pyspark.sql import types as T
 
+from lakehouse_jobs import io
 from lakehouse_jobs.identifiers import TableName, quote_postgres, validate_identifier
+from lakehouse_jobs.job import spark_settings
 from lakehouse_jobs.secrets import read_secret
 
 __all__ = [
@@ -473,11 +475,6 @@ _ROWS_PER_FILE = 100_000
 _PART_COUNTER = re.compile(r"^part-.*-c(\d+)(\.[^/]*)?$")
 
 
-def _local_folder(uri: str) -> str:
-    """The local path of a ``file:`` URI as Spark/Hadoop spell it (``file:/x`` or ``file:///x``)."""
-    return unquote(urlparse(uri).path)
-
-
 def _complete_files(folder: str) -> dict[str, tuple[str, int]]:
     """Files of a running Spark write into the local ``folder`` that are complete, by name (path,
     length). Listed with ``os`` rather than Hadoop's file system: polled ten times a second
@@ -547,6 +544,7 @@ def _load_while_writing(spark: SparkSession, write: Callable[[str, int], None], 
     write_done = threading.Event()
     write_seconds = [0.0]
     group = f"warehouse-load-{id(todo)}"
+    folder = io.local_path(work)  # None on S3: the files are listed after the write only
 
     def run_write() -> None:
         started = time.monotonic()
@@ -567,7 +565,7 @@ def _load_while_writing(spark: SparkSession, write: Callable[[str, int], None], 
             except Exception as exc:  # noqa: BLE001 - moved between listing and opening
                 if not _moved(exc) or attempt == 49:
                     raise
-            moved: dict[str, tuple[Any, int]] = dict(_complete_files(_local_folder(work)))
+            moved: dict[str, tuple[Any, int]] = dict(_complete_files(str(folder))) if folder else {}
             if name not in moved:
                 moved = {p.getName(): (p, 0) for p in _data_files(spark, work)}
             if name in moved:
@@ -603,7 +601,7 @@ def _load_while_writing(spark: SparkSession, write: Callable[[str, int], None], 
     where: dict[str, Any] = {}
     try:
         while pipeline and not write_done.wait(0.1) and not failures:
-            for name, (path, length) in sorted(_complete_files(_local_folder(work)).items()):
+            for name, (path, length) in sorted(_complete_files(str(folder)).items()):
                 if name not in seen:
                     seen[name], where[name] = length, path
                     todo.put(name)
@@ -769,15 +767,8 @@ def load(spark: SparkSession, df: DataFrame, target: TableName, batch_id: str, c
             result.update(rows=rows, commit_seconds=round(time.monotonic() - started, 3))
             return result
         if engine == "redshift":
-            previous = spark.conf.get("spark.sql.parquet.outputTimestampType", None)
-            spark.conf.set("spark.sql.parquet.outputTimestampType", "TIMESTAMP_MICROS")
-            try:
+            with spark_settings(spark, {"spark.sql.parquet.outputTimestampType": "TIMESTAMP_MICROS"}):
                 df.select(*[F.col(f"`{c}`") for c in names]).write.mode("overwrite").parquet(work)
-            finally:
-                if previous is None:
-                    spark.conf.unset("spark.sql.parquet.outputTimestampType")
-                else:
-                    spark.conf.set("spark.sql.parquet.outputTimestampType", previous)
             with _jdbc(spark, connection) as conn:
                 _execute(conn, [redshift_copy_statement(staging, names, work, options.iam_role)])
                 conn.commit()
@@ -806,9 +797,7 @@ def load(spark: SparkSession, df: DataFrame, target: TableName, batch_id: str, c
         raise
     finally:
         try:
-            jvm = spark.sparkContext._jvm
-            path = jvm.org.apache.hadoop.fs.Path(work)
-            path.getFileSystem(spark.sparkContext._jsc.hadoopConfiguration()).delete(path, True)
+            io.delete_path(spark, work)
         except Exception:  # cleaning the work folder must not hide the load's own outcome
             pass
     return result

@@ -13,7 +13,7 @@ import pytest
 from pyspark.sql import SparkSession
 
 from lakehouse.config import Settings
-from lakehouse_jobs import warehouse
+from lakehouse_jobs import io, warehouse
 from lakehouse_jobs.identifiers import TableName
 from lakehouse_jobs.warehouse import LoadOptions, connection_from_env, load
 
@@ -39,13 +39,13 @@ def test_complete_files_follow_the_committer_layout(tmp_path: Path) -> None:
     (task / "part-00001-u-c001.csv").write_text("")  # empty: nothing to copy
     (tmp_path / "elsewhere" / "part-00002-u-c000.csv").write_text("4\n")  # not the committer's
 
-    found = warehouse._complete_files(warehouse._local_folder(tmp_path.as_uri()))
+    found = warehouse._complete_files(str(io.local_path(tmp_path.as_uri())))
 
     assert found == {"part-00000-u-c000.csv": (str(attempt / "part-00000-u-c000.csv"), 2),
                      "part-00000-u-c001.csv": (str(attempt / "part-00000-u-c001.csv"), 2),
                      "part-00001-u-c000.csv": (str(task / "part-00001-u-c000.csv"), 2)}
     assert warehouse._complete_files(str(tmp_path / "missing")) == {}
-    assert warehouse._local_folder("file:/tmp/a%20b") == warehouse._local_folder("file:///tmp/a%20b") == "/tmp/a b"
+    assert str(io.local_path("file:/tmp/a%20b")) == str(io.local_path("file:///tmp/a%20b")) == "/tmp/a b"
 
 
 @pytest.mark.parametrize("single", [True, False], ids=["one transaction", "parallel connections"])
