@@ -52,7 +52,7 @@ from __future__ import annotations
 
 import operator
 import uuid
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -118,6 +118,7 @@ TABLE_PROPERTIES: dict[str, str] = {
 }
 _MK = "__mk_"  # prefix of the merge-key copies of the key columns in the MERGE source
 _SEQ, _LINE, _HASH, _OLD = "__seq", "__line", "__hash", "__old"
+_PROBLEM = "__problem"  # cdc mode: the record is invalid (see _prepare); never dropped as unchanged
 
 
 class Scd2Error(ValueError):
@@ -252,16 +253,21 @@ def _first(frame: DataFrame, condition: Column) -> dict[str, Any] | None:
 
 
 def _prepare(batch: DataFrame, keys: Sequence[str], attributes: Sequence[str], tracked: Sequence[str],
-             sequence_by: str | None, op_column: str | None, op_mapping: dict[str, str]
-             ) -> tuple[DataFrame, int, datetime | None]:
+             sequence_by: str | None, op_column: str | None, op_mapping: dict[str, str], mode: str
+             ) -> tuple[DataFrame, int, datetime | None, Callable[[], None] | None]:
     """Batch → events: keys, attributes, ``__seq``, ``__line``, ``_source_file``, ``__hash``.
 
-    One Spark job validates and counts at once (NULL keys, NULL or unparsable sequence values, op
-    values the mapping does not know), because on small batches Spark's per-job overhead, not the
-    data, is the cost; the offending row is looked up only when there is one. Records are not
-    collapsed here: :func:`_rebuild` orders them with the stored history in one sort, which also
-    finds two different records at one sequence value. Returns the events, the number of records
-    and the latest sequence value.
+    Records are checked for NULL keys, NULL or unparsable sequence values and op values the mapping
+    does not know; the offending row is looked up only when there is one. In ``snapshot`` mode one
+    Spark job checks and counts before anything else, because the batch's latest sequence value is
+    the time of its deletes. In ``cdc`` mode the count comes from the files' metadata, and the
+    events carry a ``__problem`` flag instead: a bad record is never taken for unchanged (see
+    :func:`_affected`), so :func:`_apply` counts it with the difference, before anything is
+    written, and then calls the returned function, which raises for the first. That saves a full
+    read of the batch and a Spark job. Records are not collapsed here: :func:`_rebuild` orders them with the
+    stored history in one sort, which also finds two different records at one sequence value.
+    Returns the events, the number of records, the latest sequence value (snapshot mode) and, in
+    cdc mode, the function that raises for the first bad record.
     """
     columns = set(batch.columns)
     line = F.col("_line_number").cast("long") if "_line_number" in columns else F.lit(None).cast("long")
@@ -273,11 +279,10 @@ def _prepare(batch: DataFrame, keys: Sequence[str], attributes: Sequence[str], t
     named = batch.select(*keys, *attributes, sequence.alias(_SEQ), line.alias("_line_number"),
                          source.alias("_source_file"), op_value.alias("__op_value"), action.alias("__action"))
     problem = _any([*(F.col(k).isNull() for k in keys), F.col(_SEQ).isNull(), F.col("__action").isNull()])
-    stats = named.agg(F.count(F.lit(1)).alias("n"), F.max(_SEQ).alias("latest"),
-                      F.sum(problem.cast("int")).alias("problems")).first()
-    if stats is not None and stats["problems"]:
+
+    def raise_for_first_problem() -> None:
         bad = _first(named, problem)
-        assert bad is not None
+        assert bad is not None, "a record was counted as bad but none is"
         nulls = [k for k in keys if bad[k] is None]
         if nulls:
             raise Scd2Error(f"NULL in key column(s) {nulls} at {_describe(bad, keys)}")
@@ -286,14 +291,27 @@ def _prepare(batch: DataFrame, keys: Sequence[str], attributes: Sequence[str], t
                             f"{_describe(bad, keys)}")
         raise Scd2Error(f"op_column {op_column!r} has value {bad['__op_value']!r} at {_describe(bad, keys)}, "
                         f"which op_mapping {op_mapping} does not map to I, U or D")
+
+    deferred: Callable[[], None] | None = None
+    latest: datetime | None = None
+    if mode == "snapshot":
+        stats = named.agg(F.count(F.lit(1)).alias("n"), F.max(_SEQ).alias("latest"),
+                          F.sum(problem.cast("int")).alias("problems")).first()
+        if stats is not None and stats["problems"]:
+            raise_for_first_problem()
+        rows_in = int(stats["n"]) if stats is not None else 0
+        latest = stats["latest"] if stats is not None else None
+    else:
+        rows_in = named.count()  # parquet answers it from the file footers
+        deferred = raise_for_first_problem
     # a delete carries only its key: the tombstone it may open has no attribute values
     is_delete = F.col("__action") == F.lit("D")
     events = named.select(
         *keys, *[F.when(~is_delete, F.col(c)).alias(c) for c in attributes],
         _SEQ, F.col("_line_number").alias(_LINE), "_source_file",
-        F.when(is_delete, F.lit(DELETED)).otherwise(row_hash(tracked)).alias(_HASH))
-    rows_in = int(stats["n"]) if stats is not None else 0
-    return events, rows_in, (stats["latest"] if stats is not None else None)
+        F.when(is_delete, F.lit(DELETED)).otherwise(row_hash(tracked)).alias(_HASH),
+        *([problem.alias(_PROBLEM)] if deferred is not None else []))
+    return events, rows_in, latest, deferred
 
 
 def _deleted_digest() -> Column:
@@ -342,7 +360,8 @@ def _affected(spark: SparkSession, target: DataFrame, records: DataFrame, keys: 
         deletes = None
     untracked_equal = [F.col(c).eqNullSafe(F.col(f"__cur_{c}")) for c in untracked]
     unchanged = _all([F.col("__cur_from").isNotNull(), F.col(_SEQ) >= F.col("__cur_from"),
-                      F.col(_HASH) == F.col("__cur_hash"), *untracked_equal])
+                      F.col(_HASH) == F.col("__cur_hash"), *untracked_equal,
+                      *([~F.col(_PROBLEM)] if _PROBLEM in records.columns else [])])
     by_key = Window.partitionBy(*keys)
     flagged = joined.withColumn("__changes", F.max(F.when(unchanged, 0).otherwise(1)).over(by_key)) \
         .withColumn("__n", F.count(F.lit(1)).over(by_key))
@@ -357,19 +376,16 @@ def _affected(spark: SparkSession, target: DataFrame, records: DataFrame, keys: 
         .withColumn("__maybe_new", (F.col("__n") == 1) & F.col("__cur_from").isNull())
 
 
-def _mark_new_keys(target: DataFrame | None, pending: DataFrame, keys: Sequence[str], maybe_new: int) -> DataFrame:
+def _mark_new_keys(target: DataFrame, pending: DataFrame, keys: Sequence[str], broadcast: bool) -> DataFrame:
     """Set ``__new`` on the records of keys the table has no row for, and count them as simple.
 
     A key without an open version is either new or was hard-deleted earlier; only the latter has a
     history the record must be placed in. Telling them apart reads the table's key columns only
-    (a semi-join against the few candidate keys), instead of rebuilding every new key's history
-    from a read of the whole table.
+    (a semi-join against the few candidate keys, broadcast when ``broadcast`` says they are few
+    enough), instead of rebuilding every new key's history from a read of the whole table.
     """
-    if maybe_new == 0 or target is None:
-        return pending.withColumn("__new", F.col("__maybe_new")).withColumn(
-            "__simple", F.col("__simple") | F.col("__new"))
     candidates = pending.filter(F.col("__maybe_new")).select(*keys)
-    if maybe_new <= BROADCAST_ROWS:
+    if broadcast:
         candidates = F.broadcast(candidates)
     known = target.select(*keys).join(candidates, list(keys), "left_semi").distinct() \
         .withColumn("__known", F.lit(True))
@@ -713,7 +729,8 @@ def apply_changes(
     with _table_lock(spark, table):
         if spark.catalog.tableExists(str(table)):
             spark.sql(f"REFRESH TABLE {table.spark}")  # see commits made while waiting for the lock
-        records, rows_in, delete_at = _prepare(batch_df, keys, attributes, tracked, sequence_by, op_column, mapping)
+        records, rows_in, delete_at, raise_for_first_problem = _prepare(
+            batch_df, keys, attributes, tracked, sequence_by, op_column, mapping, mode)
         if mode == "snapshot" and rows_in == 0:
             raise Scd2Error("the snapshot batch is empty; refusing to delete every key (load an empty "
                             "snapshot deliberately by deleting through mode 'cdc')")
@@ -722,7 +739,7 @@ def apply_changes(
         try:
             with _shuffle_partitions(spark, rows_in + _table_rows(spark, table)):
                 return _apply(spark, table, records, keys, attributes, untracked, sequence_by, table_schema,
-                              batch_id, loaded_at, mode, soft_delete, delete_at, rows_in)
+                              batch_id, loaded_at, mode, soft_delete, delete_at, rows_in, raise_for_first_problem)
         except BaseException:
             _undo_schema_change(spark, table, change)
             raise
@@ -731,30 +748,43 @@ def apply_changes(
 def _apply(spark: SparkSession, table: TableName, records: DataFrame, keys: Sequence[str],
            attributes: Sequence[str], untracked: Sequence[str], sequence_by: str | None,
            table_schema: StructType, batch_id: str, loaded_at: datetime, mode: str, soft_delete: bool,
-           delete_at: datetime | None, rows_in: int) -> Scd2Result:
+           delete_at: datetime | None, rows_in: int, raise_for_first_problem: Callable[[], None] | None
+           ) -> Scd2Result:
     """Read at one snapshot, compute the difference, MERGE it if there is one.
 
     The records that can change anything are found by one join with the open versions; keys with
     one record later than their open version, and new keys, are applied directly; only the rest
     (several records per key, late records, keys coming back) have their history read and rebuilt.
-    The difference is materialised once (a local checkpoint) for the counts and the MERGE.
+    When every changed key is simple (the usual batch), the difference is computed straight from the
+    checkpointed records and counted in the same job that tells whether any key is not; otherwise it
+    is materialised once (a local checkpoint) for the counts and the MERGE. Small Spark jobs cost
+    more in planning and scheduling than in work here, so there are as few as the plan allows.
     """
     read_snapshot = _current_snapshot(spark, table)
     target = spark.table(table.spark) if read_snapshot is None else \
         spark.read.option("snapshot-id", read_snapshot).table(str(table))
     # the records that can change anything: usually a small part of the batch, read once from here
     pending = _affected(spark, target, records, keys, untracked, mode, delete_at).localCheckpoint(eager=True)
-    shape = pending.agg(F.sum(F.col("__maybe_new").cast("int")).alias("maybe_new"),
-                        F.sum((~F.col("__simple") & ~F.col("__maybe_new")).cast("int")).alias("complex")).first()
-    maybe_new, complex_rows = int(shape["maybe_new"] or 0), int(shape["complex"] or 0)
-    pending = _mark_new_keys(target if read_snapshot is not None else None, pending, keys, maybe_new)
-    if maybe_new and read_snapshot is not None:  # some candidates had rows: their history is rebuilt
-        pending = pending.localCheckpoint(eager=True)
-        complex_rows += pending.filter(F.col("__maybe_new") & ~F.col("__new")).count()
+    if read_snapshot is None:  # an empty table: every key is new
+        pending = pending.withColumn("__new", F.col("__maybe_new")).withColumn(
+            "__simple", F.col("__simple") | F.col("__new"))
+    else:
+        pending = _mark_new_keys(target, pending, keys, broadcast=rows_in <= BROADCAST_ROWS).localCheckpoint(eager=True)
     data_fields = [f for f in table_schema.fields if f.name not in _SYSTEM_NAMES and f.name not in keys]
     diff = _direct(pending.filter(F.col("__simple")), keys, data_fields, attributes, untracked, soft_delete,
                    batch_id, loaded_at).withColumn("_line_number", F.lit(None).cast("long"))
-    if complex_rows:  # only then is any history read: several records, late records, returning keys
+    # one job: the direct difference's counts, and how many records need their key's history
+    not_simple = pending.filter(~F.col("__simple")).select(F.lit("complex").alias("__action"),
+                                                           F.lit(False).alias("__closed"))
+    if raise_for_first_problem is not None:  # cdc mode: bad records are counted here, before anything else
+        not_simple = not_simple.unionByName(pending.filter(F.col(_PROBLEM)).select(
+            F.lit("problem").alias("__action"), F.lit(False).alias("__closed")))
+    counts = _count_actions(diff.select("__action", "__closed").unionByName(not_simple))
+    if "problem" in counts:
+        assert raise_for_first_problem is not None
+        raise_for_first_problem()
+    source = diff
+    if "complex" in counts:  # only then is any history read: several records, late records, returning keys
         runs, conflicts = _rebuild(target, pending.filter(~F.col("__simple")).select(*records.columns), keys,
                                    attributes, untracked, sequence_by, table_schema, batch_id, loaded_at)
         conflict_rows = conflicts.select(
@@ -766,9 +796,8 @@ def _apply(spark: SparkSession, table: TableName, records: DataFrame, keys: Sequ
             F.lit(False).alias("__closed"), F.col(_LINE).alias("_line_number"))
         diff = _diff(runs, keys, data_fields, untracked, soft_delete) \
             .withColumn("_line_number", F.lit(None).cast("long")).unionByName(diff).unionByName(conflict_rows)
-    source = diff.localCheckpoint(eager=True)
-    counts = {r["__action"]: (int(r["n"]), int(r["closed"] or 0)) for r in source.groupBy("__action").agg(
-        F.count(F.lit(1)).alias("n"), F.sum(F.col("__closed").cast("int")).alias("closed")).collect()}
+        source = diff.localCheckpoint(eager=True)
+        counts = _count_actions(source)
     if "conflict" in counts or "conflict_table" in counts:
         bad = _first(source, F.col("__action").startswith("conflict"))
         assert bad is not None
@@ -789,6 +818,12 @@ def _apply(spark: SparkSession, table: TableName, records: DataFrame, keys: Sequ
         spark.sql(f"REFRESH TABLE {table.spark}")
         _merge(spark, table, source, keys, table_schema, untracked, updates + replaced)
     return Scd2Result(rows_in, inserted, closed, updates - closed, replaced, committed, _current_snapshot(spark, table))
+
+
+def _count_actions(source: DataFrame) -> dict[str, tuple[int, int]]:
+    """MERGE source rows per ``__action``: (rows, rows that close an open version)."""
+    return {r["__action"]: (int(r["n"]), int(r["closed"] or 0)) for r in source.groupBy("__action").agg(
+        F.count(F.lit(1)).alias("n"), F.sum(F.col("__closed").cast("int")).alias("closed")).collect()}
 
 
 def _merge(spark: SparkSession, table: TableName, source: DataFrame, keys: Sequence[str],

@@ -136,6 +136,42 @@ def test_a_type_the_table_cannot_take_fails_naming_the_column_and_changes_nothin
     assert _rows(spark, name) == rows
 
 
+RAW_OP_DDL = "invoice_id string, amount double, changed_at string, op string, _source_file string, " \
+             "_line_number bigint, region string"  # sequence values as the raw layer has them: strings
+
+
+@pytest.mark.parametrize(("bad_record", "message"), [
+    ((None, 1.0, "2026-11-02T06:00:00", "U"), r"NULL in key column\(s\) \['invoice_id'\] at f2 line 2"),
+    (("C", 1.0, "yesterday", "U"), r"sequence_by 'changed_at' is NULL or not a timestamp at f2 line 2 "
+                                   r"\(key invoice_id='C'\)"),
+    (("C", 1.0, "2026-11-02T06:00:00", "X"), r"op_column 'op' has value 'X' at f2 line 2 \(key invoice_id='C'\), "
+                                             r"which op_mapping .* does not map"),
+])
+def test_a_bad_record_in_cdc_mode_is_named_and_changes_nothing(spark: SparkSession, unique: str,
+                                                               bad_record: tuple[Any, ...], message: str) -> None:
+    """In cdc mode records are checked by the first job over the batch (see ``_prepare``), after the
+    table took the batch's new column: the error still names the record, and the table keeps its
+    snapshot, rows and schema. A bad record equal to its open version is not dropped as unchanged."""
+    name, table = _table(unique, "badrecord")
+    first = [("A", 10.0, "2026-11-01T06:00:00", "I", "f1", 1, None), ("B", 20.0, "2026-11-01T06:00:00", "I", "f1", 2, None)]
+    apply_changes(spark, table, _batch(spark, first, RAW_OP_DDL).drop("region"), ["invoice_id"], "changed_at", "b1",
+                  op_column="op")
+    snapshot, schema, rows = _snapshot(spark, name), spark.table(name).schema, _rows(spark, name)
+    # line 1 changes A, line 2 is the bad record, line 3 repeats B unchanged
+    batch = _batch(spark, [("A", 11.0, "2026-11-02T06:00:00", "U", "f2", 1, "north"), (*bad_record, "f2", 2, "south"),
+                           ("B", 20.0, "2026-11-02T06:00:00", "U", "f2", 3, None)], RAW_OP_DDL)
+    with pytest.raises(Scd2Error, match=message):
+        apply_changes(spark, table, batch, ["invoice_id"], "changed_at", "b2", op_column="op")
+    assert _snapshot(spark, name) == snapshot
+    assert spark.table(name).schema == schema  # 'region' was added for the batch and dropped again
+    assert _rows(spark, name) == rows
+    # the same bad record alone, equal to an open version in everything but its op value
+    unchanged_but_bad = _batch(spark, [("B", 20.0, "2026-11-02T06:00:00", "X", "f3", 7, None)], RAW_OP_DDL).drop("region")
+    with pytest.raises(Scd2Error, match=r"op_column 'op' has value 'X' at f3 line 7"):
+        apply_changes(spark, table, unchanged_but_bad, ["invoice_id"], "changed_at", "b3", op_column="op")
+    assert _snapshot(spark, name) == snapshot
+
+
 def test_a_batch_failing_inside_its_merge_leaves_table_and_schema_as_before(spark: SparkSession, unique: str,
                                                                            monkeypatch: pytest.MonkeyPatch) -> None:
     """The MERGE's Spark job dies while writing (a task raising mid-way): no commit, and the column
