@@ -18,7 +18,13 @@ Spark engines, this Python process's for PyIceberg, each reset before the run th
 run is checked: its versions must equal the textbook MERGE's (same keys, ranges and hashes).
 
     .venv/bin/python bench/scd2.py [--sizes 100000,1000000,5000000] [--engines template,textbook,pyiceberg]
-                                   [--driver-memory 12g] [--warmup 20000] [--repeat 1]
+                                   [--driver-memory 12g] [--warmup 20000] [--repeat 1] [--conf KEY=VALUE ...]
+
+``--conf`` sets a Spark setting for the whole session, so both Spark engines run with it. One worth
+knowing: every batch makes Spark generate and compile new code, and a long-lived session keeps only
+``spark.sql.codegen.cache.maxEntries`` (100) compiled classes; a batch makes more than that, so
+each repeat compiles (and the JIT optimises) its code again, as a fresh job would. Raising it shows
+the steady state of a session that runs the same flow again and again.
 
 It starts its own Postgres (catalog) in a temporary home on port 47300 and stops it, and the Spark
 session, at the end, whatever happens.
@@ -252,6 +258,8 @@ def main() -> int:
     parser.add_argument("--warmup", type=int, default=20_000, help="N of an unreported first run of the Spark "
                         "engines (0: none)")
     parser.add_argument("--driver-memory", default="12g", help="Spark driver (local mode: all of Spark) memory")
+    parser.add_argument("--conf", action="append", default=[], metavar="KEY=VALUE",
+                        help="a Spark setting for the session (both Spark engines); repeatable")
     parser.add_argument("--repeat", type=int, default=1, help="rounds per size, the engines taking turns in each "
                         "(the JIT keeps improving over the first large runs); the summary gives best and median")
     args = parser.parse_args()
@@ -260,6 +268,12 @@ def main() -> int:
     unknown = set(engines) - set(ENGINES)
     if unknown:
         parser.error(f"unknown engines {sorted(unknown)}")
+    extra_conf: dict[str, str] = {}
+    for item in args.conf:
+        key, sep, value = item.partition("=")
+        if not sep or not key.startswith("spark."):
+            parser.error(f"--conf takes spark.KEY=VALUE, got {item!r}")
+        extra_conf[key] = value
 
     home = Path(tempfile.mkdtemp(prefix="lakehouse-bench-scd2-"))
     home.chmod(0o755)  # the Postgres server runs as user postgres and must reach its data dir
@@ -283,14 +297,14 @@ def main() -> int:
         from pyspark.sql import SparkSession
 
         builder = SparkSession.builder.appName("bench-scd2")
-        for key, value in local_spark_conf(settings).items():
+        for key, value in {**local_spark_conf(settings), **extra_conf}.items():
             builder = builder.config(key, value)
         spark = builder.getOrCreate()
         spark.sparkContext.setLogLevel("ERROR")
         spark.sql("CREATE NAMESPACE IF NOT EXISTS bench")
         jvm_pid = int(spark.sparkContext._gateway.proc.pid)  # type: ignore[union-attr]
         print(f"Spark {spark.version} {settings.spark_master}, driver memory {args.driver_memory}; "
-              f"sizes {sizes}; engines {engines}", flush=True)
+              f"sizes {sizes}; engines {engines}; extra settings {extra_conf or 'none'}", flush=True)
         work = home / "data"
         work.mkdir()
         if args.warmup:  # JIT, class loading and first-use costs out of the measured runs
