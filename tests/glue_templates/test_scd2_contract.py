@@ -149,9 +149,10 @@ RAW_OP_DDL = "invoice_id string, amount double, changed_at string, op string, _s
 ])
 def test_a_bad_record_in_cdc_mode_is_named_and_changes_nothing(spark: SparkSession, unique: str,
                                                                bad_record: tuple[Any, ...], message: str) -> None:
-    """In cdc mode records are checked by the first job over the batch (see ``_prepare``), after the
-    table took the batch's new column: the error still names the record, and the table keeps its
-    snapshot, rows and schema. A bad record equal to its open version is not dropped as unchanged."""
+    """In cdc mode records are checked with the difference, not by a read of the batch first (see
+    ``_prepare``), so after the table took the batch's new column: the error still names the record,
+    and the table keeps its snapshot, rows and schema. A bad record equal to its open version is not
+    dropped as unchanged."""
     name, table = _table(unique, "badrecord")
     first = [("A", 10.0, "2026-11-01T06:00:00", "I", "f1", 1, None), ("B", 20.0, "2026-11-01T06:00:00", "I", "f1", 2, None)]
     apply_changes(spark, table, _batch(spark, first, RAW_OP_DDL).drop("region"), ["invoice_id"], "changed_at", "b1",
