@@ -264,8 +264,9 @@ def _prepare(batch: DataFrame, keys: Sequence[str], attributes: Sequence[str], t
     events carry a ``__problem`` flag instead: a bad record is never taken for unchanged (see
     :func:`_affected`), so :func:`_apply` counts it with the difference, before anything is
     written, and then calls the returned function, which raises for the first. That saves a full
-    read of the batch and a Spark job. Records are not collapsed here: :func:`_rebuild` orders them with the
-    stored history in one sort, which also finds two different records at one sequence value.
+    read of the batch and a Spark job. Records are not collapsed here: :func:`_rebuild` orders
+    them with the stored history in one sort, which also finds two different records at one
+    sequence value.
     Returns the events, the number of records, the latest sequence value (snapshot mode) and, in
     cdc mode, the function that raises for the first bad record.
     """
