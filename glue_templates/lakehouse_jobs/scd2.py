@@ -39,8 +39,10 @@ Columns left out of tracking are SCD1: a version shows the values of its latest 
 count at their ``_valid_from``), so a later record with equal tracked columns updates them in place.
 
 Speed: most records of a batch usually equal their key's open version. They are recognised by one
-join with the open versions (narrow columns, hashes as 32-byte digests) and never reach the MERGE,
-whose source is only the real difference. Most of the rest need no history either: a key's one
+join with the open versions and never reach the MERGE, whose source is only the real difference.
+The join compares the tracked values themselves wherever that is the same as comparing hashes (see
+``_compare_values``), so only the records kept are hashed; otherwise it compares hashes as 32-byte
+digests. Most of the rest need no history either: a key's one
 record later than its open version, or a new key's record, is applied directly; the table's history
 is read only for keys that need it (several records, late records, keys coming back after a hard
 delete). New tables are merge-on-read, so a MERGE writes position deletes for the rows it closes
@@ -63,6 +65,7 @@ from pyspark.sql import Column, DataFrame, SparkSession, Window
 from pyspark.sql import functions as F
 from pyspark.sql.types import (
     BooleanType,
+    ByteType,
     DataType,
     DateType,
     DecimalType,
@@ -70,6 +73,7 @@ from pyspark.sql.types import (
     FloatType,
     IntegerType,
     LongType,
+    ShortType,
     StringType,
     StructField,
     StructType,
@@ -119,6 +123,7 @@ TABLE_PROPERTIES: dict[str, str] = {
 _MK = "__mk_"  # prefix of the merge-key copies of the key columns in the MERGE source
 _SEQ, _LINE, _HASH, _OLD = "__seq", "__line", "__hash", "__old"
 _PROBLEM = "__problem"  # cdc mode: the record is invalid (see _prepare); never dropped as unchanged
+_DELETE = "__delete"  # the record is a delete (until _affected turns it into the DELETED "hash")
 
 
 class Scd2Error(ValueError):
@@ -252,10 +257,10 @@ def _first(frame: DataFrame, condition: Column) -> dict[str, Any] | None:
     return found[0].asDict() if found else None
 
 
-def _prepare(batch: DataFrame, keys: Sequence[str], attributes: Sequence[str], tracked: Sequence[str],
-             sequence_by: str | None, op_column: str | None, op_mapping: dict[str, str], mode: str
+def _prepare(batch: DataFrame, keys: Sequence[str], attributes: Sequence[str], sequence_by: str | None,
+             op_column: str | None, op_mapping: dict[str, str], mode: str
              ) -> tuple[DataFrame, int, datetime | None, Callable[[], None] | None]:
-    """Batch → events: keys, attributes, ``__seq``, ``__line``, ``_source_file``, ``__hash``.
+    """Batch → events: keys, attributes, ``__seq``, ``__line``, ``_source_file``, ``__delete``.
 
     Records are checked for NULL keys, NULL or unparsable sequence values and op values the mapping
     does not know; the offending row is looked up only when there is one. In ``snapshot`` mode one
@@ -266,7 +271,7 @@ def _prepare(batch: DataFrame, keys: Sequence[str], attributes: Sequence[str], t
     written, and then calls the returned function, which raises for the first. That saves a full
     read of the batch and a Spark job. Records are not collapsed here: :func:`_rebuild` orders
     them with the stored history in one sort, which also finds two different records at one
-    sequence value.
+    sequence value. Nor are they hashed: :func:`_affected` hashes only the records it keeps.
     Returns the events, the number of records, the latest sequence value (snapshot mode) and, in
     cdc mode, the function that raises for the first bad record.
     """
@@ -309,10 +314,46 @@ def _prepare(batch: DataFrame, keys: Sequence[str], attributes: Sequence[str], t
     is_delete = F.col("__action") == F.lit("D")
     events = named.select(
         *keys, *[F.when(~is_delete, F.col(c)).alias(c) for c in attributes],
-        _SEQ, F.col("_line_number").alias(_LINE), "_source_file",
-        F.when(is_delete, F.lit(DELETED)).otherwise(row_hash(tracked)).alias(_HASH),
+        _SEQ, F.col("_line_number").alias(_LINE), "_source_file", is_delete.alias(_DELETE),
         *([problem.alias(_PROBLEM)] if deferred is not None else []))
     return events, rows_in, latest, deferred
+
+
+# Types whose values are equal exactly when Spark renders them as the same string (what row_hash
+# hashes), so comparing them is comparing hashes. Not floats (0.0 and -0.0 are equal but render
+# differently), binaries (rendered lossily as UTF-8), or nested types (maps cannot be compared).
+# Timestamps render in the session time zone (UTC in these jobs); in a zone with daylight saving,
+# two instants an hour apart can render alike, and comparing values tells them apart.
+_COMPARABLE_TYPES = (StringType, BooleanType, ByteType, ShortType, IntegerType, LongType, DecimalType,
+                     DateType, TimestampType)
+
+
+def _compare_values(batch_schema: StructType, table_schema: StructType, tracked: Sequence[str]) -> bool:
+    """Whether a record can be told equal to its open version by comparing tracked values.
+
+    That is the same test as comparing ``_row_hash`` when every tracked column is of a type whose
+    equality is its rendering's (integer widths and decimal precisions may differ between batch
+    and table, scales may not) and the batch has every data column of the table (a column the
+    batch lacks is NULL in its records but may be part of the stored hash). Then no record needs
+    hashing to be recognised as unchanged, only the ones kept; otherwise hashes are compared.
+    """
+    batch_names = set(batch_schema.fieldNames())
+    if any(f.name not in batch_names for f in table_schema.fields if f.name not in _SYSTEM_NAMES):
+        return False
+    stored = {f.name: f.dataType for f in table_schema.fields}
+    for name in tracked:
+        mine, theirs = batch_schema[name].dataType, stored[name]
+        if not (isinstance(mine, _COMPARABLE_TYPES) and isinstance(theirs, _COMPARABLE_TYPES)):
+            return False
+        integral = (ByteType, ShortType, IntegerType, LongType)
+        if isinstance(mine, integral) and isinstance(theirs, integral):
+            continue
+        if isinstance(mine, DecimalType) and isinstance(theirs, DecimalType):
+            if mine.scale != theirs.scale:
+                return False
+        elif type(mine) is not type(theirs):
+            return False
+    return True
 
 
 def _deleted_digest() -> Column:
@@ -320,56 +361,62 @@ def _deleted_digest() -> Column:
     return F.lit(bytearray(b"\x00"))
 
 
-def _digest(hashed: Column) -> Column:
-    """``__hash`` (hex, or the delete marker) as bytes."""
-    return F.when(hashed == F.lit(DELETED), _deleted_digest()).otherwise(F.unhex(hashed))
-
-
-def _hex(digest: Column) -> Column:
-    """Back from :func:`_digest`: lower-case hex as ``sha2`` writes it, or the delete marker."""
-    return F.when(digest == _deleted_digest(), F.lit(DELETED)).otherwise(F.lower(F.hex(digest)))
-
-
 def _affected(spark: SparkSession, target: DataFrame, records: DataFrame, keys: Sequence[str],
-              untracked: Sequence[str], mode: str, delete_at: datetime | None) -> DataFrame:
+              tracked: Sequence[str], untracked: Sequence[str], mode: str, delete_at: datetime | None,
+              compare_values: bool) -> DataFrame:
     """The events that can change the table: all records of keys that have at least one record not
     already equal to the key's open version, plus (snapshot mode) deletes for missing keys.
 
     A key's records are kept or dropped together: a record equal to the open version still matters
-    when the same batch changes the key in between (A→B→A).
+    when the same batch changes the key in between (A→B→A). The kept events get their ``__hash``
+    (hex, or the delete marker) and ``__same`` (the record equals the open version it would
+    follow); most records are dropped here, so hashing only the kept ones saves most of the hashing
+    when the tracked values can be compared instead (see :func:`_compare_values`).
     """
-    # the join compares hashes as 32-byte digests, not 64-character hex: every record of the batch
-    # and every open version crosses the shuffle, and the hash is most of a narrow row
-    records = records.withColumn(_HASH, _digest(F.col(_HASH)))
-    current = target.filter(F.col("_is_current")).select(
-        *keys, F.col("_valid_from").alias("__cur_from"),
-        F.when(F.col("_is_deleted"), _deleted_digest()).otherwise(F.unhex("_row_hash")).alias("__cur_hash"),
-        *[F.col(c).alias(f"__cur_{c}") for c in untracked])
+    deleted = F.col(_DELETE)
+    current_columns = [F.col("_valid_from").alias("__cur_from"), F.col("_is_deleted").alias("__cur_deleted"),
+                       *[F.col(c).alias(f"__cur_{c}") for c in untracked]]
+    if compare_values:
+        current = target.filter(F.col("_is_current")).select(
+            *keys, *current_columns, *[F.col(c).alias(f"__cur_{c}") for c in tracked])
+        equal_content = _all([F.lit(True), *(F.col(c).eqNullSafe(F.col(f"__cur_{c}")) for c in tracked)])
+        same = F.when(deleted, F.col("__cur_deleted")).otherwise(~F.col("__cur_deleted") & equal_content)
+    else:
+        # hashes compared as 32-byte digests, not 64-character hex: every record of the batch and
+        # every open version crosses the shuffle, and the hash is most of a narrow row
+        records = records.withColumn("__digest", F.when(deleted, _deleted_digest())
+                                     .otherwise(F.unhex(row_hash(tracked))))
+        current = target.filter(F.col("_is_current")).select(
+            *keys, *current_columns,
+            F.when(F.col("_is_deleted"), _deleted_digest()).otherwise(F.unhex("_row_hash")).alias("__cur_digest"))
+        same = F.col("__digest") == F.col("__cur_digest")
+    same = F.coalesce(F.col("__cur_from").isNotNull() & same, F.lit(False))
+    kept_current = ["__cur_from", "__cur_deleted", *(f"__cur_{c}" for c in untracked)]
+    event_columns = [c for c in records.columns if c != "__digest"]
     if mode == "snapshot":
         joined = records.withColumn("__present", F.lit(True)).join(current, list(keys), "full_outer")
         missing = F.col("__present").isNull()
         # a key absent from the snapshot whose open version is not already a tombstone: a delete
-        deletes = joined.filter(missing & (F.col("__cur_hash") != _deleted_digest())).select(
-            *keys, *[F.lit(None).cast(records.schema[c].dataType).alias(c) for c in records.columns
-                     if c not in (*keys, _SEQ, _HASH, "_source_file", _LINE)],
+        deletes = joined.filter(missing & ~F.col("__cur_deleted")).select(
+            *keys, *[F.lit(None).cast(records.schema[c].dataType).alias(c) for c in event_columns
+                     if c not in (*keys, _SEQ, _DELETE, "_source_file", _LINE)],
             F.lit(delete_at).cast("timestamp").alias(_SEQ), F.lit(None).cast("long").alias(_LINE),
-            F.lit(None).cast("string").alias("_source_file"), _deleted_digest().alias(_HASH),
-            *[c for c in current.columns if c.startswith("__cur_")], F.lit(1).alias("__n"))
+            F.lit(None).cast("string").alias("_source_file"), F.lit(True).alias(_DELETE),
+            *kept_current, F.lit(False).alias("__same"), F.lit(1).alias("__n"))
         joined = joined.filter(~missing)
     else:
         joined = records.join(current, list(keys), "left")
         deletes = None
     untracked_equal = [F.col(c).eqNullSafe(F.col(f"__cur_{c}")) for c in untracked]
-    unchanged = _all([F.col("__cur_from").isNotNull(), F.col(_SEQ) >= F.col("__cur_from"),
-                      F.col(_HASH) == F.col("__cur_hash"), *untracked_equal,
+    joined = joined.withColumn("__same", same)
+    unchanged = _all([F.col("__same"), F.col(_SEQ) >= F.col("__cur_from"), *untracked_equal,
                       *([~F.col(_PROBLEM)] if _PROBLEM in records.columns else [])])
     by_key = Window.partitionBy(*keys)
     flagged = joined.withColumn("__changes", F.max(F.when(unchanged, 0).otherwise(1)).over(by_key)) \
         .withColumn("__n", F.count(F.lit(1)).over(by_key))
-    pending = flagged.filter(F.col("__changes") == 1).select(
-        *records.columns, *[c for c in current.columns if c.startswith("__cur_")], "__n")
+    pending = flagged.filter(F.col("__changes") == 1).select(*event_columns, *kept_current, "__same", "__n")
     pending = pending.unionByName(deletes) if deletes is not None else pending
-    pending = pending.withColumn(_HASH, _hex(F.col(_HASH))).withColumn("__cur_hash", _hex(F.col("__cur_hash")))
+    pending = pending.withColumn(_HASH, F.when(deleted, F.lit(DELETED)).otherwise(row_hash(tracked))).drop(_DELETE)
     # one record, later than the key's open version: its effect needs no history (see _direct);
     # one record of a key with no open version may be a new key, see _mark_new_keys
     return pending.withColumn("__simple", (F.col("__n") == 1) & F.col("__cur_from").isNotNull()
@@ -406,7 +453,7 @@ def _direct(simple: DataFrame, keys: Sequence[str], data_fields: Sequence[Struct
     would give, which the property tests check against the reference model.
     """
     # a new key (``__new``: no row at all) has no open version to compare with or close
-    same = F.coalesce(F.col(_HASH) == F.col("__cur_hash"), F.lit(False))
+    same = F.col("__same")
     deleted = F.col(_HASH) == F.lit(DELETED)
     batch_columns = set(attributes)
     mk = [*[F.col(k).alias(f"{_MK}{k}") for k in keys], F.col("__cur_from").alias(f"{_MK}valid_from")]
@@ -418,7 +465,7 @@ def _direct(simple: DataFrame, keys: Sequence[str], data_fields: Sequence[Struct
     updates = simple.filter(~F.col("__new")).select(
         *mk, F.lit("update").alias("__action"), *keys, *stored,
         F.col("__cur_from").alias("_valid_from"), F.when(~same, F.col(_SEQ)).cast("timestamp").alias("_valid_to"),
-        same.alias("_is_current"), (F.col("__cur_hash") == F.lit(DELETED)).alias("_is_deleted"), *no_lineage,
+        same.alias("_is_current"), F.col("__cur_deleted").alias("_is_deleted"), *no_lineage,
         (~same).alias("__closed"))
     # deleting a key the table never had records nothing, not even a tombstone
     opened = simple.filter(~same & (~deleted | (F.lit(soft_delete) & ~F.col("__new")))).select(
@@ -731,7 +778,7 @@ def apply_changes(
         if spark.catalog.tableExists(str(table)):
             spark.sql(f"REFRESH TABLE {table.spark}")  # see commits made while waiting for the lock
         records, rows_in, delete_at, raise_for_first_problem = _prepare(
-            batch_df, keys, attributes, tracked, sequence_by, op_column, mapping, mode)
+            batch_df, keys, attributes, sequence_by, op_column, mapping, mode)
         if mode == "snapshot" and rows_in == 0:
             raise Scd2Error("the snapshot batch is empty; refusing to delete every key (load an empty "
                             "snapshot deliberately by deleting through mode 'cdc')")
@@ -739,15 +786,16 @@ def apply_changes(
         table_schema, change = _ensure_table(spark, table, data_fields)
         try:
             with _shuffle_partitions(spark, rows_in + _table_rows(spark, table)):
-                return _apply(spark, table, records, keys, attributes, untracked, sequence_by, table_schema,
-                              batch_id, loaded_at, mode, soft_delete, delete_at, rows_in, raise_for_first_problem)
+                return _apply(spark, table, records, keys, attributes, tracked, untracked, sequence_by,
+                              table_schema, batch_id, loaded_at, mode, soft_delete, delete_at, rows_in,
+                              raise_for_first_problem)
         except BaseException:
             _undo_schema_change(spark, table, change)
             raise
 
 
 def _apply(spark: SparkSession, table: TableName, records: DataFrame, keys: Sequence[str],
-           attributes: Sequence[str], untracked: Sequence[str], sequence_by: str | None,
+           attributes: Sequence[str], tracked: Sequence[str], untracked: Sequence[str], sequence_by: str | None,
            table_schema: StructType, batch_id: str, loaded_at: datetime, mode: str, soft_delete: bool,
            delete_at: datetime | None, rows_in: int, raise_for_first_problem: Callable[[], None] | None
            ) -> Scd2Result:
@@ -765,7 +813,9 @@ def _apply(spark: SparkSession, table: TableName, records: DataFrame, keys: Sequ
     target = spark.table(table.spark) if read_snapshot is None else \
         spark.read.option("snapshot-id", read_snapshot).table(str(table))
     # the records that can change anything: usually a small part of the batch, read once from here
-    pending = _affected(spark, target, records, keys, untracked, mode, delete_at).localCheckpoint(eager=True)
+    compare_values = _compare_values(records.schema, table_schema, tracked)
+    pending = _affected(spark, target, records, keys, tracked, untracked, mode, delete_at,
+                        compare_values).localCheckpoint(eager=True)
     if read_snapshot is None:  # an empty table: every key is new
         pending = pending.withColumn("__new", F.col("__maybe_new")).withColumn(
             "__simple", F.col("__simple") | F.col("__new"))
@@ -786,7 +836,8 @@ def _apply(spark: SparkSession, table: TableName, records: DataFrame, keys: Sequ
         raise_for_first_problem()
     source = diff
     if "complex" in counts:  # only then is any history read: several records, late records, returning keys
-        runs, conflicts = _rebuild(target, pending.filter(~F.col("__simple")).select(*records.columns), keys,
+        events = [*keys, *attributes, _SEQ, _LINE, "_source_file", _HASH]
+        runs, conflicts = _rebuild(target, pending.filter(~F.col("__simple")).select(*events), keys,
                                    attributes, untracked, sequence_by, table_schema, batch_id, loaded_at)
         conflict_rows = conflicts.select(
             *[F.col(k).alias(f"{_MK}{k}") for k in keys], F.col(_SEQ).alias(f"{_MK}valid_from"),
