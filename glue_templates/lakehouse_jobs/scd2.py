@@ -42,12 +42,12 @@ Speed: most records of a batch usually equal their key's open version. They are 
 join with the open versions and never reach the MERGE, whose source is only the real difference.
 The join compares the tracked values themselves wherever that is the same as comparing hashes (see
 ``_compare_values``), so only the records kept are hashed; otherwise it compares hashes as 32-byte
-digests. Most of the rest need no history either: a key's one
-record later than its open version, or a new key's record, is applied directly; the table's history
-is read only for keys that need it (several records, late records, keys coming back after a hard
-delete). New tables are merge-on-read, so a MERGE writes position deletes for the rows it closes
-instead of rewriting every data file it touches, and the MERGE's scan of the table is cut down by a
-runtime bloom filter of the source's keys before anything is shuffled.
+digests. Most of the rest need no history either: a key's one record later than its open version,
+or a new key's record, is applied directly; the table's history is read only for keys that need it
+(several records, late records, keys coming back after a hard delete). New tables are
+merge-on-read, so a MERGE writes position deletes for the rows it closes instead of rewriting every
+data file it touches, and the MERGE's scan of the table is cut down by a runtime bloom filter of
+the source's keys before anything is shuffled.
 """
 
 from __future__ import annotations
