@@ -30,7 +30,8 @@ def test_row_hash_tells_null_empty_and_values_apart(spark: SparkSession) -> None
     assert three[5] != two[5]
 
 
-# Pairs of (batch value, stored value) per type the template compares by value instead of by hash.
+# Per type the template compares by value: the batch's type, the table's (maybe wider) type, and
+# values every pair of which is checked.
 COMPARABLE_SAMPLES: dict[str, tuple[str, str, list[Any]]] = {
     "string": ("string", "string", [None, "", "a", "A", "a ", "é", "e\u0301"]),
     "boolean": ("boolean", "boolean", [None, True, False]),

@@ -16,10 +16,10 @@ from __future__ import annotations
 
 import os
 import uuid
-from unittest import mock
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
+from unittest import mock
 
 import pytest
 from hypothesis import HealthCheck, given, settings
