@@ -324,8 +324,8 @@ def _prepare(batch: DataFrame, keys: Sequence[str], attributes: Sequence[str], s
 # differently), binaries (rendered lossily as UTF-8), or nested types (maps cannot be compared).
 # Timestamps render in the session time zone (UTC in these jobs); in a zone with daylight saving,
 # two instants an hour apart can render alike, and comparing values tells them apart.
-_COMPARABLE_TYPES = (StringType, BooleanType, ByteType, ShortType, IntegerType, LongType, DecimalType,
-                     DateType, TimestampType)
+_INTEGRAL_TYPES = (ByteType, ShortType, IntegerType, LongType)
+_COMPARABLE_TYPES = (StringType, BooleanType, *_INTEGRAL_TYPES, DecimalType, DateType, TimestampType)
 
 
 def _compare_values(batch_schema: StructType, table_schema: StructType, tracked: Sequence[str]) -> bool:
@@ -345,8 +345,7 @@ def _compare_values(batch_schema: StructType, table_schema: StructType, tracked:
         mine, theirs = batch_schema[name].dataType, stored[name]
         if not (isinstance(mine, _COMPARABLE_TYPES) and isinstance(theirs, _COMPARABLE_TYPES)):
             return False
-        integral = (ByteType, ShortType, IntegerType, LongType)
-        if isinstance(mine, integral) and isinstance(theirs, integral):
+        if isinstance(mine, _INTEGRAL_TYPES) and isinstance(theirs, _INTEGRAL_TYPES):
             continue
         if isinstance(mine, DecimalType) and isinstance(theirs, DecimalType):
             if mine.scale != theirs.scale:
@@ -416,6 +415,8 @@ def _affected(spark: SparkSession, target: DataFrame, records: DataFrame, keys: 
         .withColumn("__n", F.count(F.lit(1)).over(by_key))
     pending = flagged.filter(F.col("__changes") == 1).select(*event_columns, *kept_current, "__same", "__n")
     pending = pending.unionByName(deletes) if deletes is not None else pending
+    # hex, as stored. Where digests were compared, the kept records (a small part of the batch) are
+    # hashed a second time instead of turning their digest back into hex: one way for both paths.
     pending = pending.withColumn(_HASH, F.when(deleted, F.lit(DELETED)).otherwise(row_hash(tracked))).drop(_DELETE)
     # one record, later than the key's open version: its effect needs no history (see _direct);
     # one record of a key with no open version may be a new key, see _mark_new_keys
