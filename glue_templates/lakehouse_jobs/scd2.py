@@ -61,7 +61,7 @@ from datetime import datetime, timezone
 from functools import reduce
 from typing import Any, Literal
 
-from pyspark.sql import Column, DataFrame, SparkSession, Window
+from pyspark.sql import Column, DataFrame, Observation, SparkSession, Window
 from pyspark.sql import functions as F
 from pyspark.sql.types import (
     BooleanType,
@@ -443,6 +443,18 @@ def _mark_new_keys(target: DataFrame, pending: DataFrame, keys: Sequence[str], b
     return marked.withColumn("__simple", F.col("__simple") | F.col("__new"))
 
 
+def _direct_rows(soft_delete: bool) -> tuple[Column, Column, Column]:
+    """Which simple records (see :func:`_direct`) give which MERGE rows: (an update of the key's
+    open version, an update that closes it, a new version). One definition for :func:`_direct`,
+    which writes these rows, and :func:`_apply`, which counts them in the job that checkpoints the
+    records, so that counting them needs no job of its own."""
+    # a new key (``__new``: no row at all) has no open version to compare with or close
+    same, new = F.col("__same"), F.col("__new")
+    deleted = F.col(_HASH) == F.lit(DELETED)
+    # deleting a key the table never had records nothing, not even a tombstone
+    return ~new, ~new & ~same, ~same & (~deleted | (F.lit(soft_delete) & ~new))
+
+
 def _direct(simple: DataFrame, keys: Sequence[str], data_fields: Sequence[StructField], attributes: Sequence[str],
             untracked: Sequence[str], soft_delete: bool, batch_id: str, loaded_at: datetime) -> DataFrame:
     """MERGE source rows for keys whose one record is later than their open version.
@@ -453,9 +465,9 @@ def _direct(simple: DataFrame, keys: Sequence[str], data_fields: Sequence[Struct
     with ``soft_delete``). Computed with no history read, no sort: the same rows :func:`_diff`
     would give, which the property tests check against the reference model.
     """
-    # a new key (``__new``: no row at all) has no open version to compare with or close
     same = F.col("__same")
     deleted = F.col(_HASH) == F.lit(DELETED)
+    updated, _, opens = _direct_rows(soft_delete)
     batch_columns = set(attributes)
     mk = [*[F.col(k).alias(f"{_MK}{k}") for k in keys], F.col("__cur_from").alias(f"{_MK}valid_from")]
     # the open row keeps its data; only untracked columns change (to the record's when equal)
@@ -463,13 +475,12 @@ def _direct(simple: DataFrame, keys: Sequence[str], data_fields: Sequence[Struct
                else F.lit(None)).cast(f.dataType).alias(f.name) for f in data_fields]
     no_lineage = [F.lit(None).cast("string").alias("_row_hash"), F.lit(None).cast("string").alias("_batch_id"),
                   F.lit(None).cast("string").alias("_source_file"), F.lit(None).cast("timestamp").alias("_loaded_at")]
-    updates = simple.filter(~F.col("__new")).select(
+    updates = simple.filter(updated).select(
         *mk, F.lit("update").alias("__action"), *keys, *stored,
         F.col("__cur_from").alias("_valid_from"), F.when(~same, F.col(_SEQ)).cast("timestamp").alias("_valid_to"),
         same.alias("_is_current"), F.col("__cur_deleted").alias("_is_deleted"), *no_lineage,
         (~same).alias("__closed"))
-    # deleting a key the table never had records nothing, not even a tombstone
-    opened = simple.filter(~same & (~deleted | (F.lit(soft_delete) & ~F.col("__new")))).select(
+    opened = simple.filter(opens).select(
         *[F.lit(None).cast(simple.schema[k].dataType).alias(f"{_MK}{k}") for k in keys],
         F.lit(None).cast("timestamp").alias(f"{_MK}valid_from"), F.lit("insert").alias("__action"), *keys,
         *[(F.col(f.name) if f.name in batch_columns else F.lit(None)).cast(f.dataType).alias(f.name)
@@ -806,32 +817,38 @@ def _apply(spark: SparkSession, table: TableName, records: DataFrame, keys: Sequ
     one record later than their open version, and new keys, are applied directly; only the rest
     (several records per key, late records, keys coming back) have their history read and rebuilt.
     When every changed key is simple (the usual batch), the difference is computed straight from the
-    checkpointed records and counted in the same job that tells whether any key is not; otherwise it
-    is materialised once (a local checkpoint) for the counts and the MERGE. Small Spark jobs cost
-    more in planning and scheduling than in work here, so there are as few as the plan allows.
+    checkpointed records, and counted while they are checkpointed (an observation, no job of its
+    own); otherwise it is materialised once (a local checkpoint) for the counts and the MERGE.
+    Small Spark jobs cost more in planning and scheduling than in work here, so there are as few as
+    the plan allows.
     """
     read_snapshot = _current_snapshot(spark, table)
     target = spark.table(table.spark) if read_snapshot is None else \
         spark.read.option("snapshot-id", read_snapshot).table(str(table))
     # the records that can change anything: usually a small part of the batch, read once from here
     compare_values = _compare_values(records.schema, table_schema, tracked)
-    pending = _affected(spark, target, records, keys, tracked, untracked, mode, delete_at,
-                        compare_values).localCheckpoint(eager=True)
+    pending = _affected(spark, target, records, keys, tracked, untracked, mode, delete_at, compare_values)
     if read_snapshot is None:  # an empty table: every key is new
         pending = pending.withColumn("__new", F.col("__maybe_new")).withColumn(
             "__simple", F.col("__simple") | F.col("__new"))
     else:
-        pending = _mark_new_keys(target, pending, keys, broadcast=rows_in <= BROADCAST_ROWS).localCheckpoint(eager=True)
+        pending = _mark_new_keys(target, pending.localCheckpoint(eager=True), keys, broadcast=rows_in <= BROADCAST_ROWS)
+    # counted in the job that materialises the records: what the direct difference will write, how
+    # many records need their key's history, and (cdc mode) how many are bad, before anything else
+    tally = Observation()  # unnamed: a unique name, so concurrent runs in one session never mix
+    simple = F.col("__simple")
+    updated, closes, opens = _direct_rows(soft_delete)
+    pending = pending.observe(
+        tally, F.count_if(simple & updated).alias("update"), F.count_if(simple & closes).alias("closed"),
+        F.count_if(simple & opens).alias("insert"), F.count_if(~simple).alias("complex"),
+        F.count_if(F.col(_PROBLEM) if raise_for_first_problem is not None else F.lit(False)).alias("problem"),
+    ).localCheckpoint(eager=True)
+    observed = tally.get
+    counts = {action: (int(observed[action]), int(observed["closed"]) if action == "update" else 0)
+              for action in ("update", "insert", "complex", "problem") if observed[action]}
     data_fields = [f for f in table_schema.fields if f.name not in _SYSTEM_NAMES and f.name not in keys]
     diff = _direct(pending.filter(F.col("__simple")), keys, data_fields, attributes, untracked, soft_delete,
                    batch_id, loaded_at).withColumn("_line_number", F.lit(None).cast("long"))
-    # one job: the direct difference's counts, and how many records need their key's history
-    not_simple = pending.filter(~F.col("__simple")).select(F.lit("complex").alias("__action"),
-                                                           F.lit(False).alias("__closed"))
-    if raise_for_first_problem is not None:  # cdc mode: bad records are counted here, before anything else
-        not_simple = not_simple.unionByName(pending.filter(F.col(_PROBLEM)).select(
-            F.lit("problem").alias("__action"), F.lit(False).alias("__closed")))
-    counts = _count_actions(diff.select("__action", "__closed").unionByName(not_simple))
     if "problem" in counts:
         assert raise_for_first_problem is not None
         raise_for_first_problem()
