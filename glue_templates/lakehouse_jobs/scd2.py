@@ -407,22 +407,23 @@ def _affected(spark: SparkSession, target: DataFrame, records: DataFrame, keys: 
         joined = records.join(current, list(keys), "left")
         deletes = None
     untracked_equal = [F.col(c).eqNullSafe(F.col(f"__cur_{c}")) for c in untracked]
-    joined = joined.withColumn("__same", same)
-    unchanged = _all([F.col("__same"), F.col(_SEQ) >= F.col("__cur_from"), *untracked_equal,
+    unchanged = _all([same, F.col(_SEQ) >= F.col("__cur_from"), *untracked_equal,
                       *([~F.col(_PROBLEM)] if _PROBLEM in records.columns else [])])
     by_key = Window.partitionBy(*keys)
-    flagged = joined.withColumn("__changes", F.max(F.when(unchanged, 0).otherwise(1)).over(by_key)) \
-        .withColumn("__n", F.count(F.lit(1)).over(by_key))
-    pending = flagged.filter(F.col("__changes") == 1).select(*event_columns, *kept_current, "__same", "__n")
-    pending = pending.unionByName(deletes) if deletes is not None else pending
-    # hex, as stored. Where digests were compared, the kept records (a small part of the batch) are
-    # hashed a second time instead of turning their digest back into hex: one way for both paths.
-    pending = pending.withColumn(_HASH, F.when(deleted, F.lit(DELETED)).otherwise(row_hash(tracked))).drop(_DELETE)
+    # few DataFrame calls on purpose: each one analyses the whole plan again on the driver
+    pending = joined.withColumns({"__same": same, "__changes": F.max(F.when(unchanged, 0).otherwise(1)).over(by_key),
+                                  "__n": F.count(F.lit(1)).over(by_key)}).filter(F.col("__changes") == 1)
+    if deletes is not None:
+        pending = pending.select(*event_columns, *kept_current, "__same", "__n").unionByName(deletes)
     # one record, later than the key's open version: its effect needs no history (see _direct);
     # one record of a key with no open version may be a new key, see _mark_new_keys
-    return pending.withColumn("__simple", (F.col("__n") == 1) & F.col("__cur_from").isNotNull()
-                              & (F.col(_SEQ) > F.col("__cur_from"))) \
-        .withColumn("__maybe_new", (F.col("__n") == 1) & F.col("__cur_from").isNull())
+    one = F.col("__n") == 1
+    simple = one & F.col("__cur_from").isNotNull() & (F.col(_SEQ) > F.col("__cur_from"))
+    # hex, as stored. Where digests were compared, the kept records (a small part of the batch) are
+    # hashed a second time instead of turning their digest back into hex: one way for both paths.
+    return pending.select(*[c for c in event_columns if c != _DELETE], *kept_current, "__same", "__n",
+                          F.when(deleted, F.lit(DELETED)).otherwise(row_hash(tracked)).alias(_HASH),
+                          simple.alias("__simple"), (one & F.col("__cur_from").isNull()).alias("__maybe_new"))
 
 
 def _mark_new_keys(target: DataFrame, pending: DataFrame, keys: Sequence[str], broadcast: bool) -> DataFrame:
@@ -437,10 +438,10 @@ def _mark_new_keys(target: DataFrame, pending: DataFrame, keys: Sequence[str], b
     if broadcast:
         candidates = F.broadcast(candidates)
     known = target.select(*keys).join(candidates, list(keys), "left_semi").distinct() \
-        .withColumn("__known", F.lit(True))
-    marked = pending.join(known, list(keys), "left").withColumn(
-        "__new", F.col("__maybe_new") & F.col("__known").isNull()).drop("__known")
-    return marked.withColumn("__simple", F.col("__simple") | F.col("__new"))
+        .select(*keys, F.lit(True).alias("__known"))
+    new = F.col("__maybe_new") & F.col("__known").isNull()
+    return pending.join(known, list(keys), "left").select(
+        *[c for c in pending.columns if c != "__simple"], new.alias("__new"), (F.col("__simple") | new).alias("__simple"))
 
 
 def _direct_rows(soft_delete: bool) -> tuple[Column, Column, Column]:
@@ -829,8 +830,7 @@ def _apply(spark: SparkSession, table: TableName, records: DataFrame, keys: Sequ
     compare_values = _compare_values(records.schema, table_schema, tracked)
     pending = _affected(spark, target, records, keys, tracked, untracked, mode, delete_at, compare_values)
     if read_snapshot is None:  # an empty table: every key is new
-        pending = pending.withColumn("__new", F.col("__maybe_new")).withColumn(
-            "__simple", F.col("__simple") | F.col("__new"))
+        pending = pending.withColumns({"__new": F.col("__maybe_new"), "__simple": F.col("__simple") | F.col("__maybe_new")})
     else:
         pending = _mark_new_keys(target, pending.localCheckpoint(eager=True), keys, broadcast=rows_in <= BROADCAST_ROWS)
     # counted in the job that materialises the records: what the direct difference will write, how
@@ -915,9 +915,12 @@ def _merge(spark: SparkSession, table: TableName, source: DataFrame, keys: Seque
         names = [f.name for f in table_schema.fields]
         insert_columns = ", ".join(quote_spark(n) for n in names)
         insert_values = ", ".join(f"s.{quote_spark(n)}" for n in names)
-        # sized for the rows that match: 16 bits each keeps false positives near 0.05 %
+        # sized for the rows that match: 16 bits each keeps false positives near 0.05 %. One filter
+        # per key column, none for _valid_from: a key's few versions cost nothing to let through,
+        # a filter on it costs a hash of every row of the table (filters follow the ON's order)
         sizing = {"spark.sql.optimizer.runtime.bloomFilter.expectedNumItems": str(max(1, matched)),
-                  "spark.sql.optimizer.runtime.bloomFilter.numBits": str(min(1 << 26, max(1 << 16, 16 * matched)))}
+                  "spark.sql.optimizer.runtime.bloomFilter.numBits": str(min(1 << 26, max(1 << 16, 16 * matched))),
+                  "spark.sql.optimizer.runtimeFilter.number.threshold": str(len(keys))}
         with spark_settings(spark, {**_MERGE_SESSION_CONF, **sizing}):
             spark.sql(f"""
             MERGE INTO {table.spark} AS t
