@@ -33,8 +33,10 @@ session, at the end, whatever happens.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import shutil
+import signal
 import sys
 import tempfile
 import time
@@ -275,6 +277,8 @@ def main() -> int:
             parser.error(f"--conf takes spark.KEY=VALUE, got {item!r}")
         extra_conf[key] = value
 
+    # a TERM (timeout, kill) unwinds like Ctrl-C, so the finally below stops Spark and Postgres
+    signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
     home = Path(tempfile.mkdtemp(prefix="lakehouse-bench-scd2-"))
     home.chmod(0o755)  # the Postgres server runs as user postgres and must reach its data dir
     os.environ.update({"LAKEHOUSE_HOME": str(home), "LAKEHOUSE_PG_PORT": str(PG_PORT),
@@ -340,7 +344,10 @@ def main() -> int:
         return 0
     finally:
         if spark is not None:
-            spark.stop()
+            # a TERM in the middle of a py4j call leaves the gateway unusable; the JVM then ends with
+            # this process, and Postgres must still be stopped
+            with contextlib.suppress(Exception):
+                spark.stop()
         if started_pg:
             postgres.stop(settings)
         shutil.rmtree(home, ignore_errors=True)

@@ -25,9 +25,11 @@ from issue 6: at least 3x).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import resource
 import shutil
+import signal
 import statistics
 import sys
 import tempfile
@@ -105,6 +107,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     sizes = [int(s.replace("_", "")) for s in args.rows.split(",") if s.strip()]
 
+    # a TERM (timeout, kill) unwinds like Ctrl-C, so the finally below stops Spark and Postgres
+    signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
     home = Path(tempfile.mkdtemp(prefix="lakehouse-bench-wh-"))
     home.chmod(0o755)
     os.environ.update({"LAKEHOUSE_HOME": str(home), "LAKEHOUSE_PG_PORT": str(args.port)})
@@ -161,7 +165,10 @@ def main(argv: list[str] | None = None) -> int:
         assert last == (sizes[-1], sizes[-1]), last
     finally:
         if spark is not None:
-            spark.stop()
+            # a TERM in the middle of a py4j call leaves the gateway unusable; the JVM then ends with
+            # this process, and Postgres must still be stopped
+            with contextlib.suppress(Exception):
+                spark.stop()
         postgres.stop(settings)
         shutil.rmtree(home, ignore_errors=True)
 
