@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import os
 import uuid
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
@@ -154,6 +155,19 @@ def _sorted(rows: list[Row], columns: list[str]) -> list[tuple[Any, ...]]:
     return sorted(tuples, key=lambda t: tuple((v is None, str(v)) for v in t))
 
 
+def _expected_counts(before: list[Row], after: list[Row], keys: Sequence[str]) -> tuple[int, int, int, int]:
+    """What a batch did, from the reference's rows before and after it: (versions inserted, open
+    versions closed, other rows changed in place, rows removed). A row is known by its key and
+    ``_valid_from``; the template counts the rows of its MERGE, these count the rows' fates."""
+    def by_id(rows: list[Row]) -> dict[tuple[Any, ...], Row]:
+        return {(*(r[k] for k in keys), r["_valid_from"]): r for r in rows}
+    old, new = by_id(before), by_id(after)
+    changed = [(old[i], new[i]) for i in old.keys() & new.keys()
+               if any(old[i].get(c) != new[i].get(c) for c in old[i].keys() | new[i].keys())]
+    closed = sum(1 for o, n in changed if o["_is_current"] and not n["_is_current"])
+    return len(new.keys() - old.keys()), closed, len(changed) - closed, len(old.keys() - new.keys())
+
+
 def _snapshot(spark: SparkSession, table: str) -> int | None:
     """The current snapshot id from Iceberg's API (a metadata-table query would be a Spark job)."""
     if not spark.catalog.tableExists(table):
@@ -200,12 +214,16 @@ def _run(spark: SparkSession, p: Params, plan: list[Batch]) -> None:
                 continue
             assert refused is None, f"template accepted batch {index} the reference refuses: {refused}"
             changed = _sorted(expected_next, columns_next) != _sorted(expected, columns_next)
+            counts = _expected_counts(expected, expected_next, p.keys)
             expected, columns = expected_next, columns_next
             actual = _table_rows(spark, name)
             assert _sorted(actual, columns) == _sorted(expected, columns), f"after batch {index}"
             check_invariants(expected, p.keys)
             check_invariants(actual, p.keys)
             assert result.committed == changed
+            # counted while the records are checkpointed (direct changes) or from the MERGE source
+            assert (result.versions_inserted, result.versions_closed, result.versions_updated,
+                    result.versions_replaced) == counts, f"counts after batch {index}"
             if not changed:  # rule 3: nothing to do, no new snapshot
                 assert _snapshot(spark, name) == before
     finally:
