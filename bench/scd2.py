@@ -21,10 +21,11 @@ run is checked: its versions must equal the textbook MERGE's (same keys, ranges 
                                    [--driver-memory 12g] [--warmup 20000] [--repeat 1] [--conf KEY=VALUE ...]
 
 ``--conf`` sets a Spark setting for the whole session, so both Spark engines run with it. One worth
-knowing: every batch makes Spark generate and compile new code, and a long-lived session keeps only
-``spark.sql.codegen.cache.maxEntries`` (100) compiled classes; a batch makes more than that, so
-each repeat compiles (and the JIT optimises) its code again, as a fresh job would. Raising it shows
-the steady state of a session that runs the same flow again and again.
+knowing: every batch makes Spark generate and compile code, and a long-lived session keeps only
+``spark.sql.codegen.cache.maxEntries`` (100) compiled classes; the other engine's round, the table
+loads and the check between the engines make more than that, so each round's batch compiles (and
+the JIT optimises) its code again, as a fresh job would. Raising it shows the steady state of a
+session that runs the same flow again and again.
 
 It starts its own Postgres (catalog) in a temporary home on port 47300 and stops it, and the Spark
 session, at the end, whatever happens.
@@ -256,7 +257,9 @@ def run_pyiceberg(settings: Any, n: int, initial: str, batch: str) -> Result:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--sizes", default="100000,1000000,5000000", help="comma-separated N (stage table keys)")
-    parser.add_argument("--engines", default=",".join(ENGINES), help=f"subset of {','.join(ENGINES)}")
+    parser.add_argument("--engines", default=",".join(ENGINES), help=f"subset of {','.join(ENGINES)}, run in this "
+                        "order each round; one listed twice runs twice (textbook,template,template shows what the "
+                        "other engine's round costs the template's next batch)")
     parser.add_argument("--warmup", type=int, default=20_000, help="N of an unreported first run of the Spark "
                         "engines (0: none)")
     parser.add_argument("--driver-memory", default="12g", help="Spark driver (local mode: all of Spark) memory")
@@ -331,13 +334,13 @@ def main() -> int:
                         result = run_pyiceberg(settings, n, initial_uri, batch_uri)
                     results.append(result)
                     print(f"(round {round_ + 1}) " + result.line(), flush=True)
-            for engine in engines:
+            for engine in dict.fromkeys(engines):
                 spark.sql(f"DROP TABLE IF EXISTS bench.{engine}_{n} PURGE")
             shutil.rmtree(work, ignore_errors=True)
             work.mkdir()
         print(f"\nsummary: best (fewest seconds) of {max(1, args.repeat)} round(s), then the median's seconds")
         for n in sizes:
-            for engine in engines:
+            for engine in dict.fromkeys(engines):  # an engine listed twice (see --engines) once
                 runs = sorted((r for r in results if r.engine == engine and r.n == n), key=lambda r: r.seconds)
                 median = runs[(len(runs) - 1) // 2]
                 print(f"{runs[0].line()}  median {median.seconds:.1f} s, {median.rows / median.seconds:,.0f} rows/s")
