@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import signal
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -16,6 +17,15 @@ import pytest
 
 _TEST_HOME = Path(tempfile.mkdtemp(prefix="lakehouse-test-"))
 _TEST_HOME.chmod(0o755)  # the Postgres server runs as user postgres and must reach its data dir
+
+
+def _interrupt(signum: int, frame: object) -> None:
+    """A TERM (CI timeout, ``timeout``, kill) ends the run like Ctrl-C: pytest then tears the
+    session down, so the services, Postgres and Spark it started are stopped, not orphaned."""
+    raise KeyboardInterrupt
+
+
+signal.signal(signal.SIGTERM, _interrupt)
 
 # LAKEHOUSE_TEST_PORT_OFFSET shifts every port, so two test sessions can run side by side. The
 # ports (and SeaweedFS's gRPC ports, 10000 higher) stay below Linux's ephemeral range (32768+):
@@ -58,6 +68,10 @@ def pg(settings: Settings) -> Iterator[Settings]:
     yield settings
     if started:
         postgres.stop(settings)
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    """The run's home goes when the run ends, after every fixture's teardown, whichever tests ran."""
     shutil.rmtree(_TEST_HOME, ignore_errors=True)
 
 
