@@ -45,6 +45,15 @@ def _start(tmp_path: Path, test: str) -> tuple[subprocess.Popen[str], Path]:
     return process, ready
 
 
+def _finish(process: subprocess.Popen[str]) -> str:
+    """The run's output once it has ended; a run that does not end is killed and fails the test."""
+    try:
+        return process.communicate(timeout=120)[0]
+    except subprocess.TimeoutExpired:
+        process.kill()
+        pytest.fail(f"the inner run did not end:\n{process.communicate()[0]}")
+
+
 def _wait_for(ready: Path, process: subprocess.Popen[str]) -> Path:
     deadline = time.monotonic() + 180
     while not ready.exists():
@@ -60,7 +69,7 @@ def test_a_run_killed_with_term_stops_its_postgres_and_removes_its_home(tmp_path
     home = _wait_for(ready, process)
     assert processes_using_home(home), "the inner run should have its Postgres running"
     process.terminate()
-    output = process.communicate(timeout=120)[0]
+    output = _finish(process)
     assert process.returncode == pytest.ExitCode.INTERRUPTED, output
     assert processes_using_home(home) == [], output
     assert not home.exists(), output
@@ -68,7 +77,7 @@ def test_a_run_killed_with_term_stops_its_postgres_and_removes_its_home(tmp_path
 
 def test_a_run_without_services_removes_its_home(tmp_path: Path) -> None:
     process, ready = _start(tmp_path, "test_needs_no_service")
-    output = process.communicate(timeout=120)[0]
+    output = _finish(process)
     assert process.returncode == 0, output
     home = Path(ready.read_text())
     assert home.name.startswith("lakehouse-test-")
