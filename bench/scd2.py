@@ -14,8 +14,10 @@ Engines, each on its own copy of the table, on the same batch parquet:
 
 Printed per engine and N: seconds, batch rows per second, peak memory (the JVM's peak RSS for the
 Spark engines, this Python process's for PyIceberg, each reset before the run through
-``/proc/<pid>/clear_refs``) and the data and delete files the batch's commit(s) added. The template
-run is checked: its versions must equal the textbook MERGE's (same keys, ranges and hashes).
+``/proc/<pid>/clear_refs``) and the data and delete files the batch's commit(s) added; for the Spark
+engines also what the JVM spent meanwhile: generated classes compiled, and CPU seconds in all, in
+the JIT compiler's threads and in the garbage collector's (``jvm:``). The template run is checked:
+its versions must equal the textbook MERGE's (same keys, ranges and hashes).
 
     .venv/bin/python bench/scd2.py [--sizes 100000,1000000,5000000] [--engines template,textbook,pyiceberg]
                                    [--driver-memory 12g] [--warmup 20000] [--repeat 1] [--conf KEY=VALUE ...]
@@ -56,6 +58,72 @@ T1 = datetime(2026, 11, 2, tzinfo=timezone.utc)
 ENGINES = ("template", "textbook", "pyiceberg")
 
 
+@dataclass(frozen=True)
+class JvmWork:
+    """What the Spark JVM spent during one timed run: CPU in all, and the parts of it that compiled
+    code or collected garbage instead of processing rows.
+
+    The round-to-round spread of a Spark engine is mostly this: a batch whose generated classes are
+    not in Spark's codegen cache compiles them (Janino, on the driver, before its tasks start; about
+    13 ms each here) and HotSpot's JIT then compiles their hot methods, on the same two cores.
+    """
+
+    classes_compiled: int  # generated classes Spark compiled (codegen cache misses)
+    cpu_seconds: float  # the whole JVM process
+    jit_cpu_seconds: float  # HotSpot's C1 and C2 compiler threads
+    gc_cpu_seconds: float  # the garbage collector's threads
+
+    def text(self) -> str:
+        return (f"  jvm: {self.classes_compiled} classes compiled; CPU {self.cpu_seconds:.1f} s, "
+                f"of it JIT {self.jit_cpu_seconds:.1f} s, GC {self.gc_cpu_seconds:.1f} s")
+
+
+_JIT_THREADS = ("C1 CompilerThre", "C2 CompilerThre")  # thread names, cut to 15 characters by Linux
+_GC_THREADS = ("GC Thread#", "G1 ")
+
+
+def _cpu_seconds(stat: str) -> float:
+    """utime + stime of a /proc ``stat`` line; the name field may hold spaces, so split after it."""
+    fields = stat[stat.rindex(")") + 2:].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+class JvmCounters:
+    """Cumulative counters of the Spark JVM (codegen metrics through py4j, CPU per thread from
+    Linux's /proc); ``work`` is their change since creation.
+
+    The JIT and GC figures add up each thread's own change, so a compiler thread HotSpot starts or
+    ends meanwhile is never counted negative (one that ended is left out: a lower bound).
+    """
+
+    def __init__(self, spark: Any, pid: int) -> None:
+        self._jvm = spark.sparkContext._jvm
+        self._pid = pid
+        self._start = self._read()
+
+    def _read(self) -> tuple[int, float, dict[int, tuple[str, float]]]:
+        classes = int(self._jvm.org.apache.spark.metrics.source.CodegenMetrics.METRIC_COMPILATION_TIME().getCount())
+        threads: dict[int, tuple[str, float]] = {}
+        for task in Path(f"/proc/{self._pid}/task").iterdir():
+            try:
+                name = (task / "comm").read_text().rstrip("\n")
+                kind = "jit" if name.startswith(_JIT_THREADS) else "gc" if name.startswith(_GC_THREADS) else None
+                if kind is not None:
+                    threads[int(task.name)] = (kind, _cpu_seconds((task / "stat").read_text()))
+            except FileNotFoundError:  # the thread ended meanwhile
+                continue
+        return classes, _cpu_seconds(Path(f"/proc/{self._pid}/stat").read_text()), threads
+
+    def work(self) -> JvmWork:
+        classes, cpu, threads = self._read()
+        spent = {"jit": 0.0, "gc": 0.0}
+        for tid, (kind, seconds) in threads.items():
+            before = self._start[2].get(tid)
+            spent[kind] += seconds - (before[1] if before is not None and before[0] == kind else 0.0)
+        return JvmWork(classes - self._start[0], round(cpu - self._start[1], 2), round(spent["jit"], 2),
+                       round(spent["gc"], 2))
+
+
 @dataclass
 class Result:
     engine: str
@@ -65,11 +133,13 @@ class Result:
     peak_mib: float
     data_files: int
     delete_files: int
+    jvm: JvmWork | None = None  # Spark engines only
 
     def line(self) -> str:
         return (f"{self.engine:<10} N={self.n:>9,}  rows={self.rows:>9,}  {self.seconds:7.1f} s  "
                 f"{self.rows / self.seconds:>9,.0f} rows/s  peak {self.peak_mib:7,.0f} MiB  "
-                f"files written: {self.data_files} data + {self.delete_files} delete")
+                f"files written: {self.data_files} data + {self.delete_files} delete"
+                + (self.jvm.text() if self.jvm is not None else ""))
 
 
 def _reset_peak(pid: int) -> None:
@@ -161,13 +231,15 @@ def run_template(spark: Any, n: int, initial: str, batch: str, jvm_pid: int) -> 
     frame = spark.read.parquet(batch)
     rows = frame.count()
     _reset_peak(jvm_pid)
+    counters = JvmCounters(spark, jvm_pid)
     started = time.perf_counter()
     result = apply_changes(spark, parse_table_name(name, "table"), frame, ["id"], "updated_at", "b1",
                            mode="cdc", op_column="op")
     seconds = time.perf_counter() - started
+    jvm = counters.work()
     expected = (n // 1000 * 100 + n // 100, n // 1000 * 105)  # inserted (changed + new), closed
     assert (result.versions_inserted, result.versions_closed) == expected, result
-    return Result("template", n, rows, seconds, _peak_mib(jvm_pid), *_added_files(spark, name, before))
+    return Result("template", n, rows, seconds, _peak_mib(jvm_pid), *_added_files(spark, name, before), jvm)
 
 
 def run_textbook(spark: Any, n: int, initial: str, batch: str, jvm_pid: int) -> Result:
@@ -180,6 +252,7 @@ def run_textbook(spark: Any, n: int, initial: str, batch: str, jvm_pid: int) -> 
     frame = spark.read.parquet(batch)
     rows = frame.count()
     _reset_peak(jvm_pid)
+    counters = JvmCounters(spark, jvm_pid)
     started = time.perf_counter()
     frame.withColumn("_row_hash", row_hash(["amount", "customer", "status"])).createOrReplaceTempView("bench_batch")
     spark.sql(f"""
@@ -201,7 +274,8 @@ def run_textbook(spark: Any, n: int, initial: str, batch: str, jvm_pid: int) -> 
                     s._row_hash, 'b1', s._source_file, current_timestamp())
     """)
     seconds = time.perf_counter() - started
-    result = Result("textbook", n, rows, seconds, _peak_mib(jvm_pid), *_added_files(spark, name, before))
+    jvm = counters.work()
+    result = Result("textbook", n, rows, seconds, _peak_mib(jvm_pid), *_added_files(spark, name, before), jvm)
     template = spark.table(f"bench.template_{n}") if spark.catalog.tableExists(f"bench.template_{n}") else None
     if template is not None:  # the two engines must agree on every version
         columns = ["id", "_valid_from", "_valid_to", "_is_current", "_row_hash"]
