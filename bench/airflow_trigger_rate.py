@@ -42,6 +42,7 @@ sys.path.insert(0, str(ROOT / "plugins"))
 sys.path.insert(0, str(ROOT / "bench"))
 
 BASE_PORT = 47120  # Postgres 47120, SeaweedFS 47121-47126 (not started), invoker 47127, Airflow 47128
+from cpu_time import cpu_seconds as process_cpu_seconds, stat_fields  # noqa: E402 - bench/cpu_time.py
 from invoker import (FLOW, configure_environment, pct, prepare_bench_stack,  # noqa: E402 - bench/invoker.py
                      start_airflow_component, wait_airflow_healthy, wait_for_bench_dag)
 
@@ -76,31 +77,15 @@ VARIANTS: dict[str, Variant] = {
 
 
 # -- CPU accounting from /proc -------------------------------------------------------------------
-_TICK = os.sysconf("SC_CLK_TCK")
-
-
-def _stat(pid: int) -> list[str] | None:
-    try:
-        text = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return None
-    return text[text.rfind(")") + 2:].split()
-
-
 def cpu_seconds(pids: list[int]) -> float:
-    total = 0.0
-    for pid in pids:
-        fields = _stat(pid)
-        if fields:  # utime, stime are fields 14 and 15 (1-based) = index 11, 12 after the comm
-            total += (int(fields[11]) + int(fields[12])) / _TICK
-    return total
+    return sum(process_cpu_seconds(Path(f"/proc/{pid}/stat")) for pid in pids)
 
 
 def children_of(parent: int) -> list[int]:
     out = []
     for entry in Path("/proc").iterdir():
         if entry.name.isdigit():
-            fields = _stat(int(entry.name))
+            fields = stat_fields(entry / "stat")
             if fields and int(fields[1]) == parent:
                 out.append(int(entry.name))
     return out

@@ -52,6 +52,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "plugins"))
 sys.path.insert(0, str(ROOT / "glue_templates"))
 
+from cpu_time import CLOCK_TICKS, cpu_seconds, cpu_ticks, stat_fields  # noqa: E402 - bench/cpu_time.py
+
 PG_PORT = 47300
 T0 = datetime(2026, 11, 1, tzinfo=timezone.utc)
 T1 = datetime(2026, 11, 2, tzinfo=timezone.utc)
@@ -82,12 +84,6 @@ _JIT_THREADS = ("C1 CompilerThre", "C2 CompilerThre")  # thread names, cut to 15
 _GC_THREADS = ("GC Thread#", "G1 ")
 
 
-def _cpu_seconds(stat: str) -> float:
-    """utime + stime of a /proc ``stat`` line; the name field may hold spaces, so split after it."""
-    fields = stat[stat.rindex(")") + 2:].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
 class JvmCounters:
     """Cumulative counters of the Spark JVM (codegen metrics through py4j, CPU per thread from
     Linux's /proc); ``work`` is their change since creation.
@@ -108,11 +104,12 @@ class JvmCounters:
             try:
                 name = (task / "comm").read_text().rstrip("\n")
                 kind = "jit" if name.startswith(_JIT_THREADS) else "gc" if name.startswith(_GC_THREADS) else None
-                if kind is not None:
-                    threads[int(task.name)] = (kind, _cpu_seconds((task / "stat").read_text()))
+                fields = stat_fields(task / "stat") if kind is not None else None
+                if kind is not None and fields:
+                    threads[int(task.name)] = (kind, cpu_ticks(fields) / CLOCK_TICKS)
             except FileNotFoundError:  # the thread ended meanwhile
                 continue
-        return classes, _cpu_seconds(Path(f"/proc/{self._pid}/stat").read_text()), threads
+        return classes, cpu_seconds(Path(f"/proc/{self._pid}/stat")), threads
 
     def work(self) -> JvmWork:
         classes, cpu, threads = self._read()

@@ -36,29 +36,26 @@ import tempfile
 import time
 from pathlib import Path
 
+from cpu_time import CLOCK_TICKS, cpu_ticks, stat_fields  # bench/cpu_time.py
+from cpu_time import cpu_seconds as process_cpu_seconds
+
 ROOT = Path(__file__).resolve().parents[1]
-
-
-def _ticks(pid: int, children: bool = False) -> int:
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    own = int(fields[11]) + int(fields[12])  # utime, stime
-    return own + (int(fields[13]) + int(fields[14]) if children else 0)  # + reaped children
 
 
 def cpu_seconds(jvm_pid: int, postmaster_pid: int) -> tuple[float, float]:
     """CPU used so far by Spark's JVM and by the Postgres server (postmaster, live and exited
     backends, background workers): a measure a busy shared machine does not distort."""
-    hz = os.sysconf("SC_CLK_TCK")
-    pg = _ticks(postmaster_pid, children=True)
+    postmaster = stat_fields(Path(f"/proc/{postmaster_pid}/stat"))
+    pg = cpu_ticks(postmaster, children=True) if postmaster else 0
     for entry in Path("/proc").iterdir():
         if entry.name.isdigit():
             try:
-                stat = (entry / "stat").read_text().rsplit(")", 1)[1].split()
-                if int(stat[1]) == postmaster_pid:
-                    pg += int(stat[11]) + int(stat[12])
-            except (OSError, IndexError, ValueError):
+                stat = stat_fields(entry / "stat")
+                if stat and int(stat[1]) == postmaster_pid:
+                    pg += cpu_ticks(stat)
+            except (IndexError, ValueError):
                 continue
-    return _ticks(jvm_pid) / hz, pg / hz
+    return process_cpu_seconds(Path(f"/proc/{jvm_pid}/stat")), pg / CLOCK_TICKS
 
 
 def _own_cpu_seconds() -> float:
