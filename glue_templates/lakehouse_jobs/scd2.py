@@ -27,31 +27,37 @@ difference. Hence:
   set, ``_row_hash`` NULL); a key that comes back opens a new version (rule 6);
 * NULL is a value in the hash (rule 7); new columns are added, missing ones load as NULL, a type
   Iceberg cannot promote is refused before any write (rule 8);
-* the whole difference (inserts, closes, in-place updates, replaced rows) is ONE ``MERGE INTO``,
-  and a failure after a schema change undoes the change (rule 9);
+* the whole difference (inserts, closes, in-place updates, replaced rows) is ONE commit: a row
+  delta (see below), or on a table that cannot take one a ``MERGE INTO``; a failure after a schema
+  change undoes the change (rule 9);
 * composite keys are joined column by column; a NULL key is an error naming the row (rule 11);
 * runs on one table are serialised by a Postgres advisory lock when the catalog is the JDBC
-  catalog, the table must still be at the snapshot that was read when the MERGE starts, and the
-  MERGE runs with ``serializable`` isolation so a commit that slips in between fails Iceberg's
-  conflict check (rule 12).
+  catalog, the table must still be at the snapshot that was read when the commit starts, and the
+  commit is validated as ``serializable`` (no data or delete files added since that snapshot), so
+  a commit that slips in between fails Iceberg's conflict check (rule 12).
 
 Columns left out of tracking are SCD1: a version shows the values of its latest event (old rows
 count at their ``_valid_from``), so a later record with equal tracked columns updates them in place.
 
 Speed: most records of a batch usually equal their key's open version. They are recognised by one
-join with the open versions and never reach the MERGE, whose source is only the real difference.
+join with the open versions and never reach the commit, whose input is only the real difference.
 The join compares the tracked values themselves wherever that is the same as comparing hashes (see
 ``_compare_values``), so only the records kept are hashed; otherwise it compares hashes as 32-byte
 digests. Most of the rest need no history either: a key's one record later than its open version,
 or a new key's record, is applied directly; the table's history is read only for keys that need it
-(several records, late records, keys coming back after a hard delete). New tables are
-merge-on-read, so a MERGE writes position deletes for the rows it closes instead of rewriting every
-data file it touches, and the MERGE's scan of the table is cut down by a runtime bloom filter of
-the source's keys before anything is shuffled.
+(several records, late records, keys coming back after a hard delete). The joins that find the
+changes also carry each stored row's position (``_file``, ``_pos``), so the commit needs no second
+look at the table: the rows to store are written, the positions of the rows they replace are
+written as position delete files, and one Iceberg row delta commits both (``_commit_row_delta``;
+a MERGE would join the table with the difference again to find those rows). That needs a table
+that keeps position deletes in files and has no partitions, which is how this template creates
+tables (format 2, merge-on-read); any other table gets the MERGE, its scan of the table cut down
+by a runtime bloom filter of the source's keys before anything is shuffled.
 """
 
 from __future__ import annotations
 
+import json
 import operator
 import uuid
 from collections.abc import Callable, Iterable, Iterator, Sequence
@@ -362,7 +368,7 @@ def _deleted_digest() -> Column:
 
 def _affected(spark: SparkSession, target: DataFrame, records: DataFrame, keys: Sequence[str],
               tracked: Sequence[str], untracked: Sequence[str], mode: str, delete_at: datetime | None,
-              compare_values: bool) -> DataFrame:
+              compare_values: bool, positions: bool) -> DataFrame:
     """The events that can change the table: all records of keys that have at least one record not
     already equal to the key's open version, plus (snapshot mode) deletes for missing keys.
 
@@ -371,10 +377,15 @@ def _affected(spark: SparkSession, target: DataFrame, records: DataFrame, keys: 
     (hex, or the delete marker) and ``__same`` (the record equals the open version it would
     follow); most records are dropped here, so hashing only the kept ones saves most of the hashing
     when the tracked values can be compared instead (see :func:`_compare_values`).
+
+    With ``positions`` the kept events also carry their open version's position in the table
+    (``__cur_file_id``, ``__cur_pos``, see :func:`_position`), which is how a row delta finds the
+    rows it changes (see :func:`_commit_row_delta`).
     """
     deleted = F.col(_DELETE)
+    position = [c.alias(f"__cur_{c_name}") for c, c_name in zip(_position(), ("file_id", "pos"))] if positions else []
     current_columns = [F.col("_valid_from").alias("__cur_from"), F.col("_is_deleted").alias("__cur_deleted"),
-                       *[F.col(c).alias(f"__cur_{c}") for c in untracked]]
+                       *[F.col(c).alias(f"__cur_{c}") for c in untracked], *position]
     if compare_values:
         current = target.filter(F.col("_is_current")).select(
             *keys, *current_columns, *[F.col(c).alias(f"__cur_{c}") for c in tracked])
@@ -390,7 +401,8 @@ def _affected(spark: SparkSession, target: DataFrame, records: DataFrame, keys: 
             F.when(F.col("_is_deleted"), _deleted_digest()).otherwise(F.unhex("_row_hash")).alias("__cur_digest"))
         same = F.col("__digest") == F.col("__cur_digest")
     same = F.coalesce(F.col("__cur_from").isNotNull() & same, F.lit(False))
-    kept_current = ["__cur_from", "__cur_deleted", *(f"__cur_{c}" for c in untracked)]
+    kept_current = ["__cur_from", "__cur_deleted", *(f"__cur_{c}" for c in untracked),
+                    *(["__cur_file_id", "__cur_pos"] if positions else [])]
     event_columns = [c for c in records.columns if c != "__digest"]
     if mode == "snapshot":
         joined = records.withColumn("__present", F.lit(True)).join(current, list(keys), "full_outer")
@@ -465,6 +477,9 @@ def _direct(simple: DataFrame, keys: Sequence[str], data_fields: Sequence[Struct
     version at the record's sequence value and opens a new version (a delete opens a tombstone only
     with ``soft_delete``). Computed with no history read, no sort: the same rows :func:`_diff`
     would give, which the property tests check against the reference model.
+
+    An update row carries the open version's position (``__file_id``, ``__pos``) when the records
+    do (see :func:`_affected`).
     """
     same = F.col("__same")
     deleted = F.col(_HASH) == F.lit(DELETED)
@@ -476,11 +491,13 @@ def _direct(simple: DataFrame, keys: Sequence[str], data_fields: Sequence[Struct
                else F.lit(None)).cast(f.dataType).alias(f.name) for f in data_fields]
     no_lineage = [F.lit(None).cast("string").alias("_row_hash"), F.lit(None).cast("string").alias("_batch_id"),
                   F.lit(None).cast("string").alias("_source_file"), F.lit(None).cast("timestamp").alias("_loaded_at")]
+    known = "__cur_pos" in simple.columns
+    position = [(F.col(f"__cur_{name}") if known else F.lit(None)).cast("long").alias(f"__{name}") for name in ("file_id", "pos")]
     updates = simple.filter(updated).select(
         *mk, F.lit("update").alias("__action"), *keys, *stored,
         F.col("__cur_from").alias("_valid_from"), F.when(~same, F.col(_SEQ)).cast("timestamp").alias("_valid_to"),
         same.alias("_is_current"), F.col("__cur_deleted").alias("_is_deleted"), *no_lineage,
-        (~same).alias("__closed"))
+        (~same).alias("__closed"), *position)
     opened = simple.filter(opens).select(
         *[F.lit(None).cast(simple.schema[k].dataType).alias(f"{_MK}{k}") for k in keys],
         F.lit(None).cast("timestamp").alias(f"{_MK}valid_from"), F.lit("insert").alias("__action"), *keys,
@@ -489,13 +506,25 @@ def _direct(simple: DataFrame, keys: Sequence[str], data_fields: Sequence[Struct
         F.col(_SEQ).alias("_valid_from"), F.lit(None).cast("timestamp").alias("_valid_to"),
         F.lit(True).alias("_is_current"), deleted.alias("_is_deleted"),
         F.when(~deleted, F.col(_HASH)).alias("_row_hash"), F.lit(batch_id).alias("_batch_id"),
-        F.col("_source_file"), F.lit(loaded_at).cast("timestamp").alias("_loaded_at"), F.lit(False).alias("__closed"))
+        F.col("_source_file"), F.lit(loaded_at).cast("timestamp").alias("_loaded_at"), F.lit(False).alias("__closed"),
+        *_no_position())
     return updates.unionByName(opened)
+
+
+def _position() -> tuple[Column, Column]:
+    """A stored row's position, as :func:`_commit_row_delta` finds the row again: its data file, as
+    a 64-bit hash of the file's location (8 bytes instead of a long path in every row the joins
+    shuffle), and its row number in that file. Only valid on the table itself, before any join."""
+    return F.xxhash64("_file"), F.col("_pos")
+
+
+def _no_position() -> tuple[Column, Column]:
+    return F.lit(None).cast("long").alias("__file_id"), F.lit(None).cast("long").alias("__pos")
 
 
 def _rebuild(target: DataFrame, pending: DataFrame, keys: Sequence[str], attributes: Sequence[str],
              untracked: Sequence[str], sequence_by: str | None, table_schema: StructType, batch_id: str,
-             loaded_at: datetime) -> tuple[DataFrame, DataFrame]:
+             loaded_at: datetime, positions: bool) -> tuple[DataFrame, DataFrame]:
     """The affected keys' stored rows turned back into events and merged with the batch's.
 
     Events are ordered by sequence value, then the table's own event first (a re-applied record
@@ -503,21 +532,27 @@ def _rebuild(target: DataFrame, pending: DataFrame, keys: Sequence[str], attribu
     counts; a later one with other content is a conflict: with the stored history always, between
     two records of the batch only when ``sequence_by`` orders them (without it, the file's last
     line is the key's state at load time). Returns (events with ``__run`` numbers, conflicts).
+    With ``positions`` the stored rows' events carry their positions (``__old_file_id``,
+    ``__old_pos``).
     """
     data_fields = [f for f in table_schema.fields if f.name not in _SYSTEM_NAMES and f.name not in keys]
     data_names = [f.name for f in data_fields]
     affected_keys = pending.select(*keys).distinct()
-    history = target.join(affected_keys, list(keys), "left_semi")
+    # metadata columns resolve only on the table itself: taken before the join
+    stored = target.select("*", *[c.alias(f"__old_{name}") for c, name in zip(_position(), ("file_id", "pos"))]) \
+        if positions else target.select("*", *[c.alias(f"__old_{name}") for c, name in zip(_no_position(), ("file_id", "pos"))])
+    history = stored.join(affected_keys, list(keys), "left_semi")
     successor = Window.partitionBy(*keys).orderBy("_valid_from")
     history = history.withColumn("__next_from", F.lead("_valid_from").over(successor))
     no_old = (F.lit(None).cast("timestamp").alias("__old_from"), F.lit(None).cast("timestamp").alias("__old_to"),
-              F.lit(None).cast("boolean").alias("__old_current"))
+              F.lit(None).cast("boolean").alias("__old_current"), F.lit(None).cast("long").alias("__old_file_id"),
+              F.lit(None).cast("long").alias("__old_pos"))
     old_events = history.select(
         *keys, *data_names, F.col("_valid_from").alias(_SEQ),
         F.when(F.col("_is_deleted"), F.lit(DELETED)).otherwise(F.col("_row_hash")).alias(_HASH),
         F.lit(0).alias("__prio"), F.lit(None).cast("long").alias(_LINE), F.col("_valid_from").alias("__old_from"),
-        F.col("_valid_to").alias("__old_to"), F.col("_is_current").alias("__old_current"), "_batch_id",
-        "_source_file", "_loaded_at")
+        F.col("_valid_to").alias("__old_to"), F.col("_is_current").alias("__old_current"), "__old_file_id", "__old_pos",
+        "_batch_id", "_source_file", "_loaded_at")
     # a version closed with nothing starting at its end was hard-deleted there: a delete event
     gaps = history.filter(F.col("_valid_to").isNotNull() & (F.col("__next_from").isNull()
                                                             | (F.col("__next_from") != F.col("_valid_to")))).select(
@@ -553,14 +588,17 @@ def _rebuild(target: DataFrame, pending: DataFrame, keys: Sequence[str], attribu
     return runs, conflicts
 
 
+_OLD_ROW = ("__old_from", "__old_file_id", "__old_pos")  # a stored row: its _valid_from and position
+
+
 def _diff(events: DataFrame, keys: Sequence[str], data_fields: Sequence[StructField], untracked: Sequence[str],
           soft_delete: bool) -> DataFrame:
     """Collapsed runs → versions, compared with the rows they came from."""
     first_fields = [f.name for f in data_fields if f.name not in untracked]
     runs = events.groupBy(*keys, "__run").agg(
         F.min(_SEQ).alias("_valid_from"),
-        F.min_by(F.struct(*first_fields, _HASH, "__old_from", "__old_to", "__old_current", "_batch_id",
-                          "_source_file", "_loaded_at"), F.col(_SEQ)).alias("__first"),
+        F.min_by(F.struct(*first_fields, _HASH, "__old_from", "__old_to", "__old_current", "__old_file_id",
+                          "__old_pos", "_batch_id", "_source_file", "_loaded_at"), F.col(_SEQ)).alias("__first"),
         F.max_by(F.struct(*[F.col(c) for c in untracked], F.lit(0).alias("__pad")), F.col(_SEQ)).alias("__last"),
         F.min_by(F.struct(*[F.col(c) for c in untracked], F.lit(0).alias("__pad")), F.col(_SEQ)).alias("__first_untracked"),
     )
@@ -582,7 +620,7 @@ def _diff(events: DataFrame, keys: Sequence[str], data_fields: Sequence[StructFi
         *data_values, "_valid_from", "_valid_to", "_is_current", deleted.alias("_is_deleted"),
         F.when(~deleted, F.col("__first." + _HASH)).alias("_row_hash"), F.col("__first._batch_id").alias("_batch_id"),
         F.col("__first._source_file").alias("_source_file"), F.col("__first._loaded_at").alias("_loaded_at"),
-        F.lit(False).alias("__closed"))
+        F.lit(False).alias("__closed"), *_no_position())
     changed_untracked = [~F.col(f"__last.{c}").eqNullSafe(F.col(f"__first_untracked.{c}")) for c in untracked]
     differs = _any([~F.col("_valid_to").eqNullSafe(F.col("__first.__old_to")),
                     F.col("_is_current") != F.col("__first.__old_current"), *changed_untracked])
@@ -592,15 +630,17 @@ def _diff(events: DataFrame, keys: Sequence[str], data_fields: Sequence[StructFi
         deleted.alias("_is_deleted"), F.lit(None).cast("string").alias("_row_hash"),
         F.lit(None).cast("string").alias("_batch_id"), F.lit(None).cast("string").alias("_source_file"),
         F.lit(None).cast("timestamp").alias("_loaded_at"),
-        (F.col("__first.__old_current") & ~F.col("_is_current")).alias("__closed"))
+        (F.col("__first.__old_current") & ~F.col("_is_current")).alias("__closed"),
+        F.col("__first.__old_file_id").alias("__file_id"), F.col("__first.__old_pos").alias("__pos"))
     # a stored row whose event is no longer a run's first (a late record now starts its version),
     # or a stored tombstone that is now a key's first run, is replaced
-    dropped_runs = runs.filter(~keep & old).select(*keys, F.col("__first.__old_from").alias("__old_from"))
-    swallowed = events.filter(F.col("__old_from").isNotNull() & (F.col("__starts") == 0)).select(*keys, "__old_from")
+    dropped_runs = runs.filter(~keep & old).select(*keys, *[F.col(f"__first.{c}").alias(c) for c in _OLD_ROW])
+    swallowed = events.filter(F.col("__old_from").isNotNull() & (F.col("__starts") == 0)).select(*keys, *_OLD_ROW)
     deletes = dropped_runs.unionByName(swallowed).select(
         *[F.col(k).alias(f"{_MK}{k}") for k in keys], F.col("__old_from").alias(f"{_MK}valid_from"),
         F.lit("delete").alias("__action"), *keys, *[F.lit(None).cast(f.dataType).alias(f.name) for f in data_fields],
-        *[F.lit(None).cast(f.dataType).alias(f.name) for f in SYSTEM_COLUMNS], F.lit(False).alias("__closed"))
+        *[F.lit(None).cast(f.dataType).alias(f.name) for f in SYSTEM_COLUMNS], F.lit(False).alias("__closed"),
+        F.col("__old_file_id").alias("__file_id"), F.col("__old_pos").alias("__pos"))
     return inserts.unionByName(updates).unionByName(deletes)
 
 
@@ -812,7 +852,7 @@ def _apply(spark: SparkSession, table: TableName, records: DataFrame, keys: Sequ
            table_schema: StructType, batch_id: str, loaded_at: datetime, mode: str, soft_delete: bool,
            delete_at: datetime | None, rows_in: int, raise_for_first_problem: Callable[[], None] | None
            ) -> Scd2Result:
-    """Read at one snapshot, compute the difference, MERGE it if there is one.
+    """Read at one snapshot, compute the difference, commit it if there is one.
 
     The records that can change anything are found by one join with the open versions; keys with
     one record later than their open version, and new keys, are applied directly; only the rest
@@ -828,7 +868,9 @@ def _apply(spark: SparkSession, table: TableName, records: DataFrame, keys: Sequ
         spark.read.option("snapshot-id", read_snapshot).table(str(table))
     # the records that can change anything: usually a small part of the batch, read once from here
     compare_values = _compare_values(records.schema, table_schema, tracked)
-    pending = _affected(spark, target, records, keys, tracked, untracked, mode, delete_at, compare_values)
+    row_delta = _row_delta_supported(spark, table)
+    pending = _affected(spark, target, records, keys, tracked, untracked, mode, delete_at, compare_values,
+                        positions=row_delta)
     if read_snapshot is None:  # an empty table: every key is new
         pending = pending.withColumns({"__new": F.col("__maybe_new"), "__simple": F.col("__simple") | F.col("__maybe_new")})
     else:
@@ -856,14 +898,15 @@ def _apply(spark: SparkSession, table: TableName, records: DataFrame, keys: Sequ
     if "complex" in counts:  # only then is any history read: several records, late records, returning keys
         events = [*keys, *attributes, _SEQ, _LINE, "_source_file", _HASH]
         runs, conflicts = _rebuild(target, pending.filter(~F.col("__simple")).select(*events), keys,
-                                   attributes, untracked, sequence_by, table_schema, batch_id, loaded_at)
+                                   attributes, untracked, sequence_by, table_schema, batch_id, loaded_at, row_delta)
         conflict_rows = conflicts.select(
             *[F.col(k).alias(f"{_MK}{k}") for k in keys], F.col(_SEQ).alias(f"{_MK}valid_from"),
             F.when(F.col("__with_table"), F.lit("conflict_table")).otherwise(F.lit("conflict")).alias("__action"),
             *keys, *[F.lit(None).cast(f.dataType).alias(f.name) for f in data_fields],
             *[(F.col(_SEQ) if f.name == "_valid_from" else F.col("_source_file") if f.name == "_source_file"
                else F.lit(None).cast(f.dataType)).alias(f.name) for f in SYSTEM_COLUMNS],
-            F.lit(False).alias("__closed"), F.col(_LINE).alias("_line_number"))
+            F.lit(False).alias("__closed"), F.col(_LINE).alias("_line_number"),
+            *_no_position())
         diff = _diff(runs, keys, data_fields, untracked, soft_delete) \
             .withColumn("_line_number", F.lit(None).cast("long")).unionByName(diff).unionByName(conflict_rows)
         source = diff.localCheckpoint(eager=True)
@@ -886,8 +929,150 @@ def _apply(spark: SparkSession, table: TableName, records: DataFrame, keys: Sequ
             raise Scd2Error(f"{table} changed while this batch was computed (snapshot {read_snapshot} → {now}): "
                             f"another run committed; re-run this batch, it will apply only what is left")
         spark.sql(f"REFRESH TABLE {table.spark}")
-        _merge(spark, table, source, keys, table_schema, untracked, updates + replaced)
+        if not (row_delta and _commit_row_delta(spark, table, read_snapshot, target, source, table_schema,
+                                                untracked, updates + replaced)):
+            _merge(spark, table, source, keys, table_schema, untracked, updates + replaced)
     return Scd2Result(rows_in, inserted, closed, updates - closed, replaced, committed, _current_snapshot(spark, table))
+
+
+# Iceberg's reserved field ids of a position delete file's columns (the spec's file_path and pos)
+_POSITION_DELETE_IDS = {"file_path": 2147483546, "pos": 2147483545}
+
+
+def _iceberg_table(spark: SparkSession, table: TableName) -> Any:
+    jvm = spark.sparkContext._jvm  # type: ignore[attr-defined]
+    return jvm.org.apache.iceberg.spark.Spark3Util.loadIcebergTable(spark._jsparkSession, str(table))  # type: ignore[attr-defined]
+
+
+def _row_delta_supported(spark: SparkSession, table: TableName) -> bool:
+    """Whether a direct batch can be committed by :func:`_commit_row_delta`: the table keeps
+    position deletes in files (format 2; format 3 wants deletion vectors) and is unpartitioned (a
+    delete file then needs no partition value). Tables this template creates are both; any other
+    table is changed through the MERGE, which handles every layout."""
+    iceberg = _iceberg_table(spark, table)
+    jvm = spark.sparkContext._jvm  # type: ignore[attr-defined]
+    return bool(iceberg.spec().isUnpartitioned()) and int(jvm.org.apache.iceberg.TableUtil.formatVersion(iceberg)) == 2
+
+
+def _commit_row_delta(spark: SparkSession, table: TableName, read_snapshot: int | None, target: DataFrame,
+                      source: DataFrame, table_schema: StructType, untracked: Sequence[str], matched: int) -> bool:
+    """The batch's single commit, without a MERGE: the same change as :func:`_merge`'s, as one
+    Iceberg row delta. New rows are added; a stored row that changes is deleted at its position and
+    added again as it is now; a replaced row is deleted at its position.
+
+    A MERGE finds the stored rows it changes by joining the whole table with its source on the key
+    (a shuffle and a sort of every table row its bloom filter lets through). Here each source row
+    that changes a stored row already carries that row's position (``__file_id``, ``__pos``), from
+    the joins that found the change, so the stored rows are read back by position, in one scan
+    joined with the (broadcast) positions, with no shuffle of the table. The rows are written by
+    Iceberg's Spark writer in its staging mode (the one ``rewrite_data_files`` uses: written, not
+    committed), the position deletes by Spark's Parquet writer with Iceberg's field ids, and both
+    are committed together, validated as a serializable MERGE is against commits since
+    ``read_snapshot``. A file of a commit that fails is deleted again.
+
+    Returns False, having written nothing, when positions are ambiguous (two of the table's data
+    files with the same file id, a 64-bit hash: vanishingly rare, but then only the MERGE is right).
+    """
+    names = [f.name for f in table_schema.fields]
+    action = F.col("__action")
+    added = source.filter(action == "insert").select(*names)
+    data_files: list[Any] = []
+    delete_files: list[Any] = []
+    referenced: list[str] = []
+    jvm = spark.sparkContext._jvm  # type: ignore[attr-defined]
+    iceberg = _iceberg_table(spark, table)
+    coordinator = jvm.org.apache.iceberg.spark.FileRewriteCoordinator.get()
+    file_set = f"scd2-{uuid.uuid4().hex}"
+    written: list[str] = []
+    committing = False
+    try:
+        if matched:
+            changes = source.filter(action.isin("update", "delete")).select(
+                "__file_id", "__pos", F.col("__action").alias("__change"),
+                *[F.col(c).alias(f"__new_{c}") for c in ("_valid_to", "_is_current", *untracked)])
+            if matched <= BROADCAST_ROWS:
+                changes = F.broadcast(changes)
+            file_id, pos = _position()
+            found = Observation()
+            stored = target.select("*", file_id.alias("__file_id"), pos.alias("__pos"), F.col("_file").alias("__file")) \
+                .join(changes, ["__file_id", "__pos"]).observe(found, F.count(F.lit(1)).alias("rows")) \
+                .localCheckpoint(eager=True)
+            # a file id is a hash: two files of the table with the same one match too many rows
+            if int(found.get["rows"]) != matched:
+                return False
+            # what the MERGE's UPDATE sets; the rest of the row is as stored (NULL in a column that
+            # this batch added, if the snapshot read does not show it)
+            new_values = {c: F.col(f"__new_{c}") for c in ("_valid_to", "_is_current", *untracked)}
+            changed = stored.filter(F.col("__change") == "update").select(*[
+                new_values.get(f.name, F.col(f.name) if f.name in stored.columns else F.lit(None).cast(f.dataType))
+                .alias(f.name) for f in table_schema.fields])
+            added = added.unionByName(changed)
+            delete_files, referenced = _write_position_deletes(spark, iceberg, stored, written)
+        added.writeTo(table.spark).option("rewritten-file-scan-task-set-id", file_set).append()
+        data_files = list(jvm.java.util.ArrayList(coordinator.fetchNewFiles(iceberg, file_set)))
+        written.extend(str(f.location()) for f in data_files)
+        delta = iceberg.newRowDelta()
+        if read_snapshot is not None:
+            delta = delta.validateFromSnapshot(read_snapshot)
+        delta = delta.validateNoConflictingDataFiles().validateNoConflictingDeleteFiles() \
+            .validateDataFilesExist(jvm.java.util.ArrayList(referenced)).validateDeletedFiles()
+        for data_file in data_files:
+            delta = delta.addRows(data_file)
+        for delete_file in delete_files:
+            delta = delta.addDeletes(delete_file)
+        delta = delta.set("spark.app.id", spark.sparkContext.applicationId)  # as Spark's own commits say
+        committing = True
+        delta.commit()
+        return True
+    except BaseException as exc:
+        # after an unknown commit state the files may be in the table: keep them
+        if not (committing and "CommitStateUnknownException" in str(exc)):
+            for location in written:
+                iceberg.io().deleteFile(location)
+        raise
+    finally:
+        coordinator.clearRewrite(iceberg, file_set)
+
+
+def _write_position_deletes(spark: SparkSession, iceberg: Any, deletes: DataFrame, written: list[str]
+                            ) -> tuple[list[Any], list[str]]:
+    """Write the positions of ``deletes`` (``__file``, ``__pos``) as position delete files in the table's data
+    location, each sorted by file and position as the spec asks; returns Iceberg's descriptions of them
+    (with metrics, so a scan applies each only to the data files its bounds cover) and the data
+    files they reference. Each file written is appended to ``written`` as soon as it exists."""
+    jvm = spark.sparkContext._jvm  # type: ignore[attr-defined]
+    referenced: list[str] = []
+    found = Observation()
+    frame = deletes.select(*[F.col(source).alias(name, metadata={"parquet.field.id": field_id})
+                             for source, (name, field_id) in zip(("__file", "__pos"), _POSITION_DELETE_IDS.items())])
+    directory = str(iceberg.locationProvider().newDataLocation(f"position-deletes-{uuid.uuid4().hex}"))
+    path = jvm.org.apache.hadoop.fs.Path(directory)
+    filesystem = path.getFileSystem(spark.sparkContext._jsc.hadoopConfiguration())  # type: ignore[attr-defined]
+    try:
+        # counted while written, as JSON: an observed array comes back to Python as a Scala object
+        # no shuffle: the rows are few, and each file written is sorted in itself, as the spec asks
+        frame.observe(found, F.to_json(F.collect_set("file_path")).alias("files")) \
+            .sortWithinPartitions("file_path", "pos").write.parquet(directory)
+    except BaseException:
+        filesystem.delete(path, True)  # what the failed job left, if anything
+        raise
+    referenced.extend(json.loads(found.get["files"]))
+    statuses = [s for s in filesystem.listStatus(path) if s.isFile()]
+    written.extend(str(s.getPath().toString()) for s in statuses)
+    for status in statuses:  # the writer's _SUCCESS marker: nothing of the table's
+        if not status.getPath().getName().endswith(".parquet"):
+            filesystem.delete(status.getPath(), False)
+    metrics_config = jvm.org.apache.iceberg.MetricsConfig.forPositionDelete(iceberg)
+    delete_files = []
+    for status in statuses:
+        location = str(status.getPath().toString())
+        if not location.endswith(".parquet"):
+            continue
+        metrics = jvm.org.apache.iceberg.parquet.ParquetUtil.fileMetrics(iceberg.io().newInputFile(location), metrics_config)
+        delete_files.append(jvm.org.apache.iceberg.FileMetadata.deleteFileBuilder(iceberg.spec()).ofPositionDeletes()
+                            .withPath(location).withFormat("parquet").withFileSizeInBytes(status.getLen())
+                            .withMetrics(metrics).build())
+    return delete_files, referenced
 
 
 def _count_actions(source: DataFrame) -> dict[str, tuple[int, int]]:

@@ -173,23 +173,51 @@ def test_a_bad_record_in_cdc_mode_is_named_and_changes_nothing(spark: SparkSessi
     assert _snapshot(spark, name) == snapshot
 
 
-def test_a_batch_failing_inside_its_merge_leaves_table_and_schema_as_before(spark: SparkSession, unique: str,
-                                                                           monkeypatch: pytest.MonkeyPatch) -> None:
-    """The MERGE's Spark job dies while writing (a task raising mid-way): no commit, and the column
-    the batch added is dropped again (rule 9)."""
-    name, table = _table(unique, "midway")
+def _files_on_disk(spark: SparkSession, table: str) -> set[str]:
+    """Every file under the table's data directory (Hadoop's .crc checksum files aside)."""
+    jvm = spark.sparkContext._jvm
+    location = jvm.org.apache.iceberg.spark.Spark3Util.loadIcebergTable(spark._jsparkSession, table).location()
+    data = Path(str(location).removeprefix("file:")) / "data"
+    return {p.as_uri() for p in data.rglob("*") if p.is_file() and not p.name.endswith(".crc")}
+
+
+def _files_of_table(spark: SparkSession, table: str) -> set[str]:
+    return {Path(r[0].removeprefix("file:")).as_uri() for r in spark.sql(f"SELECT file_path FROM {table}.all_files").collect()}
+
+
+@pytest.mark.parametrize("commit", ["row_delta", "merge"])
+def test_a_batch_failing_inside_its_commit_leaves_table_schema_and_files_as_before(
+        spark: SparkSession, unique: str, monkeypatch: pytest.MonkeyPatch, commit: str) -> None:
+    """The commit's Spark job dies while writing (a task raising mid-way): no commit, the column the
+    batch added is dropped again (rule 9), and no file the failed batch wrote is left behind. The
+    row delta fails right after writing its position delete files; the MERGE (a table that cannot
+    take a row delta) inside its own write."""
+    name, table = _table(unique, f"midway_{commit}")
     apply_changes(spark, table, _batch(spark, B1), ["invoice_id"], "changed_at", "b1")
     snapshot, schema, rows = _snapshot(spark, name), spark.table(name).schema, _rows(spark, name)
-    original = scd2._merge
+    files = _files_on_disk(spark, name)
 
     @F.udf("string")
     def explode(value: str | None) -> str | None:
         raise RuntimeError("disk full while writing")
 
-    def failing_merge(spark_: SparkSession, table_: TableName, source: DataFrame, *args: Any) -> None:
-        original(spark_, table_, source.withColumn("_batch_id", explode(F.col("_batch_id"))), *args)
+    if commit == "merge":
+        original_merge = scd2._merge
 
-    monkeypatch.setattr(scd2, "_merge", failing_merge)
+        def failing_merge(spark_: SparkSession, table_: TableName, source: DataFrame, *args: Any) -> None:
+            original_merge(spark_, table_, source.withColumn("_batch_id", explode(F.col("_batch_id"))), *args)
+
+        monkeypatch.setattr(scd2, "_row_delta_supported", lambda *args: False)
+        monkeypatch.setattr(scd2, "_merge", failing_merge)
+    else:
+        original_write = scd2._write_position_deletes
+
+        def failing_write(spark_: SparkSession, iceberg: Any, deletes: DataFrame, written: list[str]) -> Any:
+            original_write(spark_, iceberg, deletes, written)
+            assert written
+            raise RuntimeError("disk full while writing")
+
+        monkeypatch.setattr(scd2, "_write_position_deletes", failing_write)
     evolved = _batch(spark, [("A", 12.0, D2, "f2", 1, "north"), ("D", 40.0, D2, "f2", 2, "south")],
                      DDL + ", region string")
     with pytest.raises(Exception, match="disk full while writing"):
@@ -197,6 +225,42 @@ def test_a_batch_failing_inside_its_merge_leaves_table_and_schema_as_before(spar
     assert _snapshot(spark, name) == snapshot
     assert spark.table(name).schema == schema
     assert _rows(spark, name) == rows
+    assert _files_on_disk(spark, name) == files == _files_of_table(spark, name)
+
+
+def test_a_batch_is_committed_as_one_row_delta_of_its_rows_and_their_old_positions(
+        spark: SparkSession, unique: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """On a table the template created, a batch commits without a MERGE: one snapshot that adds the
+    new and changed rows as data files and the changed rows' old positions as one position delete
+    file, and leaves no file on disk that the table does not list."""
+    name, table = _table(unique, "row_delta")
+    apply_changes(spark, table, _batch(spark, B1), ["invoice_id"], "changed_at", "b1")
+    before = _snapshot(spark, name)
+    merges: list[str] = []
+    original_sql = SparkSession.sql
+
+    def recording_sql(self: SparkSession, query: str, *args: Any, **kwargs: Any) -> DataFrame:
+        if query.lstrip().startswith("MERGE"):
+            merges.append(query)
+        return original_sql(self, query, *args, **kwargs)
+
+    monkeypatch.setattr(SparkSession, "sql", recording_sql)
+    result = apply_changes(spark, table, _batch(spark, B2), ["invoice_id"], "changed_at", "b2")
+    monkeypatch.undo()
+    assert merges == []
+    assert (result.versions_inserted, result.versions_closed) == (2, 1)
+    (snapshot,) = spark.sql(f"SELECT snapshot_id, parent_id, operation, summary FROM {name}.snapshots "
+                            f"WHERE parent_id = {before}").collect()
+    assert snapshot["snapshot_id"] == result.snapshot_id and snapshot["operation"] == "overwrite"
+    summary = snapshot["summary"]
+    # A closed (a rewritten copy) and A's new version and C: 3 rows added; A's old position deleted
+    assert (summary["added-records"], summary["added-position-deletes"], summary["added-delete-files"]) == ("3", "1", "1")
+    assert [(r["invoice_id"], r["amount"], r["_valid_to"], r["_is_current"], r["_batch_id"], r["_source_file"])
+            for r in _rows(spark, name)] == [
+        ("A", 10.0, D2, False, "b1", "f1"), ("A", 11.0, None, True, "b2", "f2"),
+        ("B", 20.0, None, True, "b1", "f1"), ("C", 30.0, None, True, "b2", "f2")]
+    assert _files_on_disk(spark, name) == _files_of_table(spark, name)
+    # PyIceberg applies the position delete file too: test_stage_table_reads_with_spark_sql_pyiceberg...
 
 
 def _catalogue_template(settings: Settings) -> Template:
@@ -361,7 +425,7 @@ def test_new_keys_returning_keys_and_unknown_deletes(spark: SparkSession, unique
 
 def test_the_merge_scan_is_filtered_by_the_source_keys_and_session_settings_come_back(
         spark: SparkSession, unique: str, monkeypatch: pytest.MonkeyPatch) -> None:
-    """The MERGE's table scan carries a runtime bloom filter of the batch's keys, so table rows the
+    """On a table that cannot take a row delta, the MERGE's table scan carries a runtime bloom filter of the batch's keys, so table rows the
     batch does not touch are dropped before the shuffle; the settings that make Spark plan it are
     the session's own again afterwards."""
     name, table = _table(unique, "bloom")
@@ -377,6 +441,7 @@ def test_the_merge_scan_is_filtered_by_the_source_keys_and_session_settings_come
     settings = [*scd2._MERGE_SESSION_CONF, "spark.sql.optimizer.runtime.bloomFilter.expectedNumItems",
                 "spark.sql.optimizer.runtime.bloomFilter.numBits"]
     before = {key: spark.conf.get(key, None) for key in settings}
+    monkeypatch.setattr(scd2, "_row_delta_supported", lambda *args: False)  # a table that needs the MERGE
     monkeypatch.setattr(SparkSession, "sql", explaining_sql)
     result = apply_changes(spark, table, _batch(spark, B2), ["invoice_id"], "changed_at", "b2")
     monkeypatch.undo()

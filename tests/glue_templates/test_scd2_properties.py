@@ -14,6 +14,7 @@ counts are tuned to keep the whole file to a few minutes on two cores.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import uuid
 from collections.abc import Sequence
@@ -241,13 +242,17 @@ def test_template_equals_reference(spark: SparkSession, mode: str, sequence_by: 
     The template recognises unchanged records by comparing tracked values where that equals
     comparing hashes (string and int columns here), and by hashes otherwise (here: a batch
     without the column ``extra`` the table has). ``by_hash`` makes some cases use hashes
-    throughout, so both ways are held to the reference model."""
+    throughout, so both ways are held to the reference model. Likewise ``by_merge`` makes some
+    cases commit through the MERGE, as a table that cannot take a row delta does."""
     p = data.draw(params(mode, sequence_by), label="params")
     plan = data.draw(batches(), label="batches")
     by_hash = data.draw(st.booleans(), label="by_hash")
+    by_merge = data.draw(st.booleans(), label="by_merge")
     event("unchanged records found by hash" if by_hash else "unchanged records found by value where possible")
-    if by_hash:
-        with mock.patch.object(scd2, "_compare_values", return_value=False):
-            _run(spark, p, plan)
-    else:
+    event("committed by MERGE" if by_merge else "committed as a row delta")
+    with contextlib.ExitStack() as patches:
+        if by_hash:
+            patches.enter_context(mock.patch.object(scd2, "_compare_values", return_value=False))
+        if by_merge:
+            patches.enter_context(mock.patch.object(scd2, "_row_delta_supported", return_value=False))
         _run(spark, p, plan)
