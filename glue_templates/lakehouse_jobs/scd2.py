@@ -650,8 +650,7 @@ def _current_snapshot(spark: SparkSession, table: TableName) -> int | None:
     Asked through Iceberg's Java API rather than the ``.history`` metadata table: that is a Spark
     job, and this is called around every commit.
     """
-    jvm = spark.sparkContext._jvm  # type: ignore[attr-defined]
-    iceberg = jvm.org.apache.iceberg.spark.Spark3Util.loadIcebergTable(spark._jsparkSession, str(table))  # type: ignore[attr-defined]
+    iceberg = _iceberg_table(spark, table)
     iceberg.refresh()
     snapshot = iceberg.currentSnapshot()
     return int(snapshot.snapshotId()) if snapshot is not None else None
@@ -663,9 +662,7 @@ BROADCAST_ROWS = 2_000_000  # key sets up to this many rows are broadcast to a j
 
 def _table_rows(spark: SparkSession, table: TableName) -> int:
     """Rows in the table's current snapshot, from its summary (no scan); 0 when unknown."""
-    jvm = spark.sparkContext._jvm  # type: ignore[attr-defined]
-    iceberg = jvm.org.apache.iceberg.spark.Spark3Util.loadIcebergTable(spark._jsparkSession, str(table))  # type: ignore[attr-defined]
-    snapshot = iceberg.currentSnapshot()
+    snapshot = _iceberg_table(spark, table).currentSnapshot()
     if snapshot is None:
         return 0
     total = snapshot.summary().get("total-records")
