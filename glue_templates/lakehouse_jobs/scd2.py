@@ -539,8 +539,8 @@ def _rebuild(target: DataFrame, pending: DataFrame, keys: Sequence[str], attribu
     data_names = [f.name for f in data_fields]
     affected_keys = pending.select(*keys).distinct()
     # metadata columns resolve only on the table itself: taken before the join
-    stored = target.select("*", *[c.alias(f"__old_{name}") for c, name in zip(_position(), ("file_id", "pos"))]) \
-        if positions else target.select("*", *[c.alias(f"__old_{name}") for c, name in zip(_no_position(), ("file_id", "pos"))])
+    position = _position() if positions else _no_position()
+    stored = target.select("*", *[c.alias(f"__old_{name}") for c, name in zip(position, ("file_id", "pos"))])
     history = stored.join(affected_keys, list(keys), "left_semi")
     successor = Window.partitionBy(*keys).orderBy("_valid_from")
     history = history.withColumn("__next_from", F.lead("_valid_from").over(successor))
@@ -942,7 +942,7 @@ def _iceberg_table(spark: SparkSession, table: TableName) -> Any:
 
 
 def _row_delta_supported(spark: SparkSession, table: TableName) -> bool:
-    """Whether a direct batch can be committed by :func:`_commit_row_delta`: the table keeps
+    """Whether a batch can be committed by :func:`_commit_row_delta`: the table keeps
     position deletes in files (format 2; format 3 wants deletion vectors) and is unpartitioned (a
     delete file then needs no partition value). Tables this template creates are both; any other
     table is changed through the MERGE, which handles every layout."""
@@ -1038,7 +1038,6 @@ def _write_position_deletes(spark: SparkSession, iceberg: Any, deletes: DataFram
     (with metrics, so a scan applies each only to the data files its bounds cover) and the data
     files they reference. Each file written is appended to ``written`` as soon as it exists."""
     jvm = spark.sparkContext._jvm  # type: ignore[attr-defined]
-    referenced: list[str] = []
     found = Observation()
     frame = deletes.select(*[F.col(source).alias(name, metadata={"parquet.field.id": field_id})
                              for source, (name, field_id) in zip(("__file", "__pos"), _POSITION_DELETE_IDS.items())])
@@ -1053,18 +1052,18 @@ def _write_position_deletes(spark: SparkSession, iceberg: Any, deletes: DataFram
     except BaseException:
         filesystem.delete(path, True)  # what the failed job left, if anything
         raise
-    referenced.extend(json.loads(found.get["files"]))
-    statuses = [s for s in filesystem.listStatus(path) if s.isFile()]
-    written.extend(str(s.getPath().toString()) for s in statuses)
-    for status in statuses:  # the writer's _SUCCESS marker: nothing of the table's
-        if not status.getPath().getName().endswith(".parquet"):
+    referenced: list[str] = json.loads(found.get["files"])
+    statuses = []
+    for status in filesystem.listStatus(path):
+        if status.getPath().getName().endswith(".parquet"):
+            statuses.append(status)
+            written.append(str(status.getPath().toString()))
+        else:  # the writer's _SUCCESS marker: nothing of the table's
             filesystem.delete(status.getPath(), False)
     metrics_config = jvm.org.apache.iceberg.MetricsConfig.forPositionDelete(iceberg)
     delete_files = []
     for status in statuses:
         location = str(status.getPath().toString())
-        if not location.endswith(".parquet"):
-            continue
         metrics = jvm.org.apache.iceberg.parquet.ParquetUtil.fileMetrics(iceberg.io().newInputFile(location), metrics_config)
         delete_files.append(jvm.org.apache.iceberg.FileMetadata.deleteFileBuilder(iceberg.spec()).ofPositionDeletes()
                             .withPath(location).withFormat("parquet").withFileSizeInBytes(status.getLen())
