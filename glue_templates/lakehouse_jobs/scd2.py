@@ -947,8 +947,8 @@ def _row_delta_supported(spark: SparkSession, table: TableName) -> bool:
     delete file then needs no partition value). Tables this template creates are both; any other
     table is changed through the MERGE, which handles every layout."""
     iceberg = _iceberg_table(spark, table)
-    jvm = spark.sparkContext._jvm  # type: ignore[attr-defined]
-    return bool(iceberg.spec().isUnpartitioned()) and int(jvm.org.apache.iceberg.TableUtil.formatVersion(iceberg)) == 2
+    # through the table's operations: Glue 5.0's Iceberg (1.7) has no TableUtil.formatVersion
+    return bool(iceberg.spec().isUnpartitioned()) and int(iceberg.operations().current().formatVersion()) == 2
 
 
 def _commit_row_delta(spark: SparkSession, table: TableName, read_snapshot: int | None, target: DataFrame,

@@ -263,6 +263,33 @@ def test_a_batch_is_committed_as_one_row_delta_of_its_rows_and_their_old_positio
     # PyIceberg applies the position delete file too: test_stage_table_reads_with_spark_sql_pyiceberg...
 
 
+def test_a_partitioned_table_is_changed_by_the_merge(spark: SparkSession, unique: str,
+                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    """A table a user created partitioned cannot take the row delta (its position deletes would need
+    partition values): the same batches are committed by MERGE, with the same result."""
+    name, table = _table(unique, "partitioned")
+    columns = ", ".join(f"{f.name} {f.dataType.simpleString()}" for f in (
+        *spark.createDataFrame([], DDL).drop("_source_file", "_line_number").schema.fields, *scd2.SYSTEM_COLUMNS))
+    properties = ", ".join(f"'{k}'='{v}'" for k, v in scd2.TABLE_PROPERTIES.items())
+    spark.sql(f"CREATE TABLE {name} ({columns}) USING iceberg PARTITIONED BY (bucket(4, invoice_id)) "
+              f"TBLPROPERTIES ({properties})")
+    merges: list[str] = []
+    original_sql = SparkSession.sql
+
+    def recording_sql(self: SparkSession, query: str, *args: Any, **kwargs: Any) -> DataFrame:
+        if query.lstrip().startswith("MERGE"):
+            merges.append(query)
+        return original_sql(self, query, *args, **kwargs)
+
+    monkeypatch.setattr(SparkSession, "sql", recording_sql)
+    apply_changes(spark, table, _batch(spark, B1), ["invoice_id"], "changed_at", "b1")
+    result = apply_changes(spark, table, _batch(spark, B2), ["invoice_id"], "changed_at", "b2")
+    monkeypatch.undo()
+    assert len(merges) == 2 and (result.versions_inserted, result.versions_closed) == (2, 1)
+    assert [(r["invoice_id"], r["amount"], r["_valid_to"], r["_is_current"]) for r in _rows(spark, name)] == [
+        ("A", 10.0, D2, False), ("A", 11.0, None, True), ("B", 20.0, None, True), ("C", 30.0, None, True)]
+
+
 def _catalogue_template(settings: Settings) -> Template:
     with psycopg2.connect(settings.metadata_dsn) as conn, conn.cursor() as cur:
         cur.execute("SELECT to_jsonb(t) FROM lakehouse.templates t WHERE template_id = 'raw_to_stage_scd2'")
