@@ -185,6 +185,20 @@ def _files_of_table(spark: SparkSession, table: str) -> set[str]:
     return {Path(r[0].removeprefix("file:")).as_uri() for r in spark.sql(f"SELECT file_path FROM {table}.all_files").collect()}
 
 
+def _record_merges(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """The MERGE statements Spark is given from now on (until ``monkeypatch.undo()``)."""
+    merges: list[str] = []
+    original_sql = SparkSession.sql
+
+    def recording_sql(self: SparkSession, query: str, *args: Any, **kwargs: Any) -> DataFrame:
+        if query.lstrip().startswith("MERGE"):
+            merges.append(query)
+        return original_sql(self, query, *args, **kwargs)
+
+    monkeypatch.setattr(SparkSession, "sql", recording_sql)
+    return merges
+
+
 @pytest.mark.parametrize("commit", ["row_delta", "merge"])
 def test_a_batch_failing_inside_its_commit_leaves_table_schema_and_files_as_before(
         spark: SparkSession, unique: str, monkeypatch: pytest.MonkeyPatch, commit: str) -> None:
@@ -236,15 +250,7 @@ def test_a_batch_is_committed_as_one_row_delta_of_its_rows_and_their_old_positio
     name, table = _table(unique, "row_delta")
     apply_changes(spark, table, _batch(spark, B1), ["invoice_id"], "changed_at", "b1")
     before = _snapshot(spark, name)
-    merges: list[str] = []
-    original_sql = SparkSession.sql
-
-    def recording_sql(self: SparkSession, query: str, *args: Any, **kwargs: Any) -> DataFrame:
-        if query.lstrip().startswith("MERGE"):
-            merges.append(query)
-        return original_sql(self, query, *args, **kwargs)
-
-    monkeypatch.setattr(SparkSession, "sql", recording_sql)
+    merges = _record_merges(monkeypatch)
     result = apply_changes(spark, table, _batch(spark, B2), ["invoice_id"], "changed_at", "b2")
     monkeypatch.undo()
     assert merges == []
@@ -273,15 +279,7 @@ def test_a_partitioned_table_is_changed_by_the_merge(spark: SparkSession, unique
     properties = ", ".join(f"'{k}'='{v}'" for k, v in scd2.TABLE_PROPERTIES.items())
     spark.sql(f"CREATE TABLE {name} ({columns}) USING iceberg PARTITIONED BY (bucket(4, invoice_id)) "
               f"TBLPROPERTIES ({properties})")
-    merges: list[str] = []
-    original_sql = SparkSession.sql
-
-    def recording_sql(self: SparkSession, query: str, *args: Any, **kwargs: Any) -> DataFrame:
-        if query.lstrip().startswith("MERGE"):
-            merges.append(query)
-        return original_sql(self, query, *args, **kwargs)
-
-    monkeypatch.setattr(SparkSession, "sql", recording_sql)
+    merges = _record_merges(monkeypatch)
     apply_changes(spark, table, _batch(spark, B1), ["invoice_id"], "changed_at", "b1")
     result = apply_changes(spark, table, _batch(spark, B2), ["invoice_id"], "changed_at", "b2")
     monkeypatch.undo()
