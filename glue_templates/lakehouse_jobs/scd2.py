@@ -973,7 +973,6 @@ def _commit_row_delta(spark: SparkSession, table: TableName, read_snapshot: int 
     names = [f.name for f in table_schema.fields]
     action = F.col("__action")
     added = source.filter(action == "insert").select(*names)
-    data_files: list[Any] = []
     delete_files: list[Any] = []
     referenced: list[str] = []
     jvm = spark.sparkContext._jvm  # type: ignore[attr-defined]
@@ -1000,8 +999,9 @@ def _commit_row_delta(spark: SparkSession, table: TableName, read_snapshot: int 
             # what the MERGE's UPDATE sets; the rest of the row is as stored (NULL in a column that
             # this batch added, if the snapshot read does not show it)
             new_values = {c: F.col(f"__new_{c}") for c in ("_valid_to", "_is_current", *untracked)}
+            read = set(stored.columns)
             changed = stored.filter(F.col("__change") == "update").select(*[
-                new_values.get(f.name, F.col(f.name) if f.name in stored.columns else F.lit(None).cast(f.dataType))
+                new_values.get(f.name, F.col(f.name) if f.name in read else F.lit(None).cast(f.dataType))
                 .alias(f.name) for f in table_schema.fields])
             added = added.unionByName(changed)
             delete_files, referenced = _write_position_deletes(spark, iceberg, stored, written)
