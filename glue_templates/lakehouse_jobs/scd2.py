@@ -46,10 +46,11 @@ The join compares the tracked values themselves wherever that is the same as com
 digests. Most of the rest need no history either: a key's one record later than its open version,
 or a new key's record, is applied directly; the table's history is read only for keys that need it
 (several records, late records, keys coming back after a hard delete). The joins that find the
-changes also carry each stored row's position (``_file``, ``_pos``), so the commit needs no second
-look at the table: the rows to store are written, the positions of the rows they replace are
-written as position delete files, and one Iceberg row delta commits both (``_commit_row_delta``;
-a MERGE would join the table with the difference again to find those rows). That needs a table
+changes also carry each stored row's position (``_file``, ``_pos``), so the commit finds the rows
+it replaces in one scan by position, with no join on the key (a MERGE would join the table with the
+difference again); the same scan checks that the keys taken as new have no rows. The rows to store
+are written, the positions of the rows they replace are written as position delete files, and one
+Iceberg row delta commits both (``_commit_row_delta``). That needs a table
 that keeps position deletes in files and has no partitions, which is how this template creates
 tables (format 2, merge-on-read); any other table gets the MERGE, its scan of the table cut down
 by a runtime bloom filter of the source's keys before anything is shuffled.
@@ -454,6 +455,15 @@ def _mark_new_keys(target: DataFrame, pending: DataFrame, keys: Sequence[str], b
     new = F.col("__maybe_new") & F.col("__known").isNull()
     return pending.join(known, list(keys), "left").select(
         *[c for c in pending.columns if c != "__simple"], new.alias("__new"), (F.col("__simple") | new).alias("__simple"))
+
+
+def _unconfirmed_new_keys_marked(target: DataFrame, pending: DataFrame, keys: Sequence[str], broadcast: bool
+                                 ) -> DataFrame:
+    """``pending`` whose records without an open version were all taken as new keys, with them
+    told apart instead (see :func:`_mark_new_keys`). Taken as new, such a record was made simple;
+    a record of a key with an open version never is one, so the two kinds of simple part again."""
+    undone = pending.drop("__new").withColumn("__simple", F.col("__simple") & ~F.col("__maybe_new"))
+    return _mark_new_keys(target, undone, keys, broadcast)
 
 
 def _direct_rows(soft_delete: bool) -> tuple[Column, Column, Column]:
@@ -868,67 +878,91 @@ def _apply(spark: SparkSession, table: TableName, records: DataFrame, keys: Sequ
     row_delta = _row_delta_supported(spark, table)
     pending = _affected(spark, target, records, keys, tracked, untracked, mode, delete_at, compare_values,
                         positions=row_delta)
-    if read_snapshot is None:  # an empty table: every key is new
+    # Records of keys without an open version: new keys, or keys hard-deleted earlier (see
+    # _mark_new_keys). On an empty table all are new. Before a row delta they are taken as new, and
+    # the commit's own read of the table (see _read_changed_rows) checks that none is in the table,
+    # which saves a scan of the table and a job; if one is, they are told apart and it all goes again.
+    unconfirmed = read_snapshot is not None and row_delta
+    if read_snapshot is None or row_delta:
         pending = pending.withColumns({"__new": F.col("__maybe_new"), "__simple": F.col("__simple") | F.col("__maybe_new")})
     else:
         pending = _mark_new_keys(target, pending.localCheckpoint(eager=True), keys, broadcast=rows_in <= BROADCAST_ROWS)
-    # counted in the job that materialises the records: what the direct difference will write, how
-    # many records need their key's history, and (cdc mode) how many are bad, before anything else
-    tally = Observation()  # unnamed: a unique name, so concurrent runs in one session never mix
-    simple = F.col("__simple")
-    updated, closes, opens = _direct_rows(soft_delete)
-    pending = pending.observe(
-        tally, F.count_if(simple & updated).alias("update"), F.count_if(simple & closes).alias("closed"),
-        F.count_if(simple & opens).alias("insert"), F.count_if(~simple).alias("complex"),
-        F.count_if(F.col(_PROBLEM) if raise_for_first_problem is not None else F.lit(False)).alias("problem"),
-    ).localCheckpoint(eager=True)
-    observed = tally.get
-    counts = {action: (int(observed[action]), int(observed["closed"]) if action == "update" else 0)
-              for action in ("update", "insert", "complex", "problem") if observed[action]}
     data_fields = [f for f in table_schema.fields if f.name not in _SYSTEM_NAMES and f.name not in keys]
-    diff = _direct(pending.filter(F.col("__simple")), keys, data_fields, attributes, untracked, soft_delete,
-                   batch_id, loaded_at).withColumn("_line_number", F.lit(None).cast("long"))
-    if "problem" in counts:
-        assert raise_for_first_problem is not None
-        raise_for_first_problem()
-    source = diff
-    if "complex" in counts:  # only then is any history read: several records, late records, returning keys
-        events = [*keys, *attributes, _SEQ, _LINE, "_source_file", _HASH]
-        runs, conflicts = _rebuild(target, pending.filter(~F.col("__simple")).select(*events), keys,
-                                   attributes, untracked, sequence_by, table_schema, batch_id, loaded_at, row_delta)
-        conflict_rows = conflicts.select(
-            *[F.col(k).alias(f"{_MK}{k}") for k in keys], F.col(_SEQ).alias(f"{_MK}valid_from"),
-            F.when(F.col("__with_table"), F.lit("conflict_table")).otherwise(F.lit("conflict")).alias("__action"),
-            *keys, *[F.lit(None).cast(f.dataType).alias(f.name) for f in data_fields],
-            *[(F.col(_SEQ) if f.name == "_valid_from" else F.col("_source_file") if f.name == "_source_file"
-               else F.lit(None).cast(f.dataType)).alias(f.name) for f in SYSTEM_COLUMNS],
-            F.lit(False).alias("__closed"), F.col(_LINE).alias("_line_number"),
-            *_no_position())
-        diff = _diff(runs, keys, data_fields, untracked, soft_delete) \
-            .withColumn("_line_number", F.lit(None).cast("long")).unionByName(diff).unionByName(conflict_rows)
-        source = diff.localCheckpoint(eager=True)
-        counts = _count_actions(source)
-    if "conflict" in counts or "conflict_table" in counts:
-        bad = _first(source, F.col("__action").startswith("conflict"))
-        assert bad is not None
-        if bad["__action"] == "conflict":
-            raise Scd2Error(f"two records with the same key and the same {sequence_by} {bad['_valid_from']} but "
-                            f"different content, at {_describe(bad, keys)}")
-        raise Scd2Error(f"{table} already has a version from {bad['_valid_from']} with different content than "
-                        f"{_describe(bad, keys)}: same key and sequence value, different content")
-    inserted = counts.get("insert", (0, 0))[0]
-    updates, closed = counts.get("update", (0, 0))
-    replaced = counts.get("delete", (0, 0))[0]
-    committed = bool(inserted or updates or replaced)
+    while True:
+        # counted in the job that materialises the records: what the direct difference will write, how
+        # many records need their key's history, and (cdc mode) how many are bad, before anything else
+        tally = Observation()  # unnamed: a unique name, so concurrent runs in one session never mix
+        simple = F.col("__simple")
+        updated, closes, opens = _direct_rows(soft_delete)
+        pending = pending.observe(
+            tally, F.count_if(simple & updated).alias("update"), F.count_if(simple & closes).alias("closed"),
+            F.count_if(simple & opens).alias("insert"), F.count_if(~simple).alias("complex"),
+            F.count_if(F.col(_PROBLEM) if raise_for_first_problem is not None else F.lit(False)).alias("problem"),
+            F.count_if(F.col("__maybe_new")).alias("maybe_new"),
+        ).localCheckpoint(eager=True)
+        observed = tally.get
+        counts = {action: (int(observed[action]), int(observed["closed"]) if action == "update" else 0)
+                  for action in ("update", "insert", "complex", "problem") if observed[action]}
+        maybe_new = int(observed["maybe_new"])
+        if unconfirmed and maybe_new > BROADCAST_ROWS:  # too many to check by broadcast: told apart now
+            pending, unconfirmed = _unconfirmed_new_keys_marked(target, pending, keys, broadcast=False), False
+            continue
+        diff = _direct(pending.filter(F.col("__simple")), keys, data_fields, attributes, untracked, soft_delete,
+                       batch_id, loaded_at).withColumn("_line_number", F.lit(None).cast("long"))
+        if "problem" in counts:
+            assert raise_for_first_problem is not None
+            raise_for_first_problem()
+        source = diff
+        if "complex" in counts:  # only then is any history read: several records, late records, returning keys
+            events = [*keys, *attributes, _SEQ, _LINE, "_source_file", _HASH]
+            runs, conflicts = _rebuild(target, pending.filter(~F.col("__simple")).select(*events), keys,
+                                       attributes, untracked, sequence_by, table_schema, batch_id, loaded_at, row_delta)
+            conflict_rows = conflicts.select(
+                *[F.col(k).alias(f"{_MK}{k}") for k in keys], F.col(_SEQ).alias(f"{_MK}valid_from"),
+                F.when(F.col("__with_table"), F.lit("conflict_table")).otherwise(F.lit("conflict")).alias("__action"),
+                *keys, *[F.lit(None).cast(f.dataType).alias(f.name) for f in data_fields],
+                *[(F.col(_SEQ) if f.name == "_valid_from" else F.col("_source_file") if f.name == "_source_file"
+                   else F.lit(None).cast(f.dataType)).alias(f.name) for f in SYSTEM_COLUMNS],
+                F.lit(False).alias("__closed"), F.col(_LINE).alias("_line_number"),
+                *_no_position())
+            diff = _diff(runs, keys, data_fields, untracked, soft_delete) \
+                .withColumn("_line_number", F.lit(None).cast("long")).unionByName(diff).unionByName(conflict_rows)
+            source = diff.localCheckpoint(eager=True)
+            counts = _count_actions(source)
+        if "conflict" in counts or "conflict_table" in counts:
+            bad = _first(source, F.col("__action").startswith("conflict"))
+            assert bad is not None
+            if bad["__action"] == "conflict":
+                raise Scd2Error(f"two records with the same key and the same {sequence_by} {bad['_valid_from']} but "
+                                f"different content, at {_describe(bad, keys)}")
+            raise Scd2Error(f"{table} already has a version from {bad['_valid_from']} with different content than "
+                            f"{_describe(bad, keys)}: same key and sequence value, different content")
+        inserted = counts.get("insert", (0, 0))[0]
+        updates, closed = counts.get("update", (0, 0))
+        replaced = counts.get("delete", (0, 0))[0]
+        committed = bool(inserted or updates or replaced)
+        matched = updates + replaced  # stored rows the commit changes
+        changed_rows: DataFrame | None = None
+        if (row_delta and matched) or (unconfirmed and maybe_new):
+            new_keys = pending.filter(F.col("__maybe_new")).select(*keys) if unconfirmed and maybe_new else None
+            changed_rows, found, known = _read_changed_rows(target, source, keys, untracked, matched, new_keys)
+            if known:  # a key taken as new has rows after all: told apart, and computed again
+                pending, unconfirmed = _unconfirmed_new_keys_marked(
+                    target, pending, keys, broadcast=maybe_new <= BROADCAST_ROWS), False
+                continue
+            if found != matched:
+                changed_rows = None  # a file id is a hash: two files with one id match too many rows
+        break
     if committed:
         now = _current_snapshot(spark, table)
         if now != read_snapshot:
             raise Scd2Error(f"{table} changed while this batch was computed (snapshot {read_snapshot} → {now}): "
                             f"another run committed; re-run this batch, it will apply only what is left")
         spark.sql(f"REFRESH TABLE {table.spark}")
-        if not (row_delta and _commit_row_delta(spark, table, read_snapshot, target, source, table_schema,
-                                                untracked, updates + replaced)):
-            _merge(spark, table, source, keys, table_schema, untracked, updates + replaced)
+        if row_delta and (changed_rows is not None or not matched):
+            _commit_row_delta(spark, table, read_snapshot, source, table_schema, changed_rows)
+        else:
+            _merge(spark, table, source, keys, table_schema, untracked, matched)
     return Scd2Result(rows_in, inserted, closed, updates - closed, replaced, committed, _current_snapshot(spark, table))
 
 
@@ -951,28 +985,58 @@ def _row_delta_supported(spark: SparkSession, table: TableName) -> bool:
     return bool(iceberg.spec().isUnpartitioned()) and int(iceberg.operations().current().formatVersion()) == 2
 
 
-def _commit_row_delta(spark: SparkSession, table: TableName, read_snapshot: int | None, target: DataFrame,
-                      source: DataFrame, table_schema: StructType, untracked: Sequence[str], matched: int) -> bool:
-    """The batch's single commit, without a MERGE: the same change as :func:`_merge`'s, as one
-    Iceberg row delta. New rows are added; a stored row that changes is deleted at its position and
-    added again as it is now; a replaced row is deleted at its position.
+def _read_changed_rows(target: DataFrame, source: DataFrame, keys: Sequence[str], untracked: Sequence[str],
+                       matched: int, new_keys: DataFrame | None) -> tuple[DataFrame | None, int, int]:
+    """One scan of the table at the snapshot read, for what a row delta needs to know of it: the
+    stored rows the batch changes, and whether any key taken as new (``new_keys``) is there.
 
     A MERGE finds the stored rows it changes by joining the whole table with its source on the key
     (a shuffle and a sort of every table row its bloom filter lets through). Here each source row
     that changes a stored row already carries that row's position (``__file_id``, ``__pos``), from
-    the joins that found the change, so the stored rows are read back by position, in one scan
-    joined with the (broadcast) positions, with no shuffle of the table. The rows are written by
-    Iceberg's Spark writer in its staging mode (the one ``rewrite_data_files`` uses: written, not
-    committed), the position deletes by Spark's Parquet writer with Iceberg's field ids, and both
-    are committed together, validated as a serializable MERGE is against commits since
-    ``read_snapshot``. A file of a commit that fails is deleted again.
+    the joins that found the change, so the rows are found by position, with the (broadcast)
+    positions joined to the scan and no shuffle of the table. Each comes with ``__file`` (its data
+    file), ``__change`` (``update`` or ``delete``) and what the change sets (``__new_<column>``).
 
-    Returns False, having written nothing, when positions are ambiguous (two of the table's data
-    files with the same file id, a 64-bit hash: vanishingly rare, but then only the MERGE is right).
+    Returns (those rows, materialised, or None when ``matched`` is 0: then only ``new_keys`` is
+    looked for; how many were found; how many rows the table has of ``new_keys``).
+    """
+    file_id, pos = _position()
+    scan = target.select("*", file_id.alias("__file_id"), pos.alias("__pos"), F.col("_file").alias("__file"))
+    changed = known = F.lit(False)
+    if matched:
+        changes = source.filter(F.col("__action").isin("update", "delete")).select(
+            "__file_id", "__pos", F.col("__action").alias("__change"),
+            *[F.col(c).alias(f"__new_{c}") for c in ("_valid_to", "_is_current", *untracked)])
+        scan = scan.join(F.broadcast(changes) if matched <= BROADCAST_ROWS else changes, ["__file_id", "__pos"], "left")
+        changed = F.col("__change").isNotNull()
+    if new_keys is not None:  # as many as BROADCAST_ROWS at most, see _apply
+        scan = scan.join(F.broadcast(new_keys.select(*keys, F.lit(True).alias("__known"))), list(keys), "left")
+        known = F.col("__known").isNotNull()
+    if not matched:  # only the check (a filter on a constant false would drop an observation)
+        return None, 0, scan.filter(known).count()
+    counted = Observation()
+    rows = scan.filter(changed | known) \
+        .observe(counted, F.count_if(changed).alias("changed"), F.count_if(known).alias("known")) \
+        .filter(changed).drop(*(["__known"] if new_keys is not None else [])).localCheckpoint(eager=True)
+    observed = counted.get
+    return rows, int(observed["changed"]), int(observed["known"])
+
+
+def _commit_row_delta(spark: SparkSession, table: TableName, read_snapshot: int | None, source: DataFrame,
+                      table_schema: StructType, changed_rows: DataFrame | None) -> None:
+    """The batch's single commit, without a MERGE: the same change as :func:`_merge`'s, as one
+    Iceberg row delta. New rows are added; a stored row that changes is deleted at its position and
+    added again as it is now; a replaced row is deleted at its position.
+
+    ``changed_rows`` are the stored rows the batch changes, as :func:`_read_changed_rows` found
+    them (None: it changes none). The rows are written by Iceberg's Spark writer in its staging
+    mode (the one ``rewrite_data_files`` uses: written, not committed), the position deletes by
+    Spark's Parquet writer with Iceberg's field ids, and both are committed together, validated as
+    a serializable MERGE is against commits since ``read_snapshot``. A file of a commit that fails
+    is deleted again.
     """
     names = [f.name for f in table_schema.fields]
-    action = F.col("__action")
-    added = source.filter(action == "insert").select(*names)
+    added = source.filter(F.col("__action") == "insert").select(*names)
     delete_files: list[Any] = []
     referenced: list[str] = []
     jvm = spark.sparkContext._jvm  # type: ignore[attr-defined]
@@ -982,29 +1046,16 @@ def _commit_row_delta(spark: SparkSession, table: TableName, read_snapshot: int 
     written: list[str] = []
     committing = False
     try:
-        if matched:
-            changes = source.filter(action.isin("update", "delete")).select(
-                "__file_id", "__pos", F.col("__action").alias("__change"),
-                *[F.col(c).alias(f"__new_{c}") for c in ("_valid_to", "_is_current", *untracked)])
-            if matched <= BROADCAST_ROWS:
-                changes = F.broadcast(changes)
-            file_id, pos = _position()
-            found = Observation()
-            stored = target.select("*", file_id.alias("__file_id"), pos.alias("__pos"), F.col("_file").alias("__file")) \
-                .join(changes, ["__file_id", "__pos"]).observe(found, F.count(F.lit(1)).alias("rows")) \
-                .localCheckpoint(eager=True)
-            # a file id is a hash: two files of the table with the same one match too many rows
-            if int(found.get["rows"]) != matched:
-                return False
+        if changed_rows is not None:
             # what the MERGE's UPDATE sets; the rest of the row is as stored (NULL in a column that
             # this batch added, if the snapshot read does not show it)
-            new_values = {c: F.col(f"__new_{c}") for c in ("_valid_to", "_is_current", *untracked)}
-            read = set(stored.columns)
-            changed = stored.filter(F.col("__change") == "update").select(*[
-                new_values.get(f.name, F.col(f.name) if f.name in read else F.lit(None).cast(f.dataType))
-                .alias(f.name) for f in table_schema.fields])
+            read = set(changed_rows.columns)
+            changed = changed_rows.filter(F.col("__change") == "update").select(*[
+                (F.col(f"__new_{f.name}") if f"__new_{f.name}" in read
+                 else F.col(f.name) if f.name in read else F.lit(None).cast(f.dataType)).alias(f.name)
+                for f in table_schema.fields])
             added = added.unionByName(changed)
-            delete_files, referenced = _write_position_deletes(spark, iceberg, stored, written)
+            delete_files, referenced = _write_position_deletes(spark, iceberg, changed_rows, written)
         added.writeTo(table.spark).option("rewritten-file-scan-task-set-id", file_set).append()
         data_files = list(jvm.java.util.ArrayList(coordinator.fetchNewFiles(iceberg, file_set)))
         written.extend(str(f.location()) for f in data_files)
@@ -1020,7 +1071,6 @@ def _commit_row_delta(spark: SparkSession, table: TableName, read_snapshot: int 
         delta = delta.set("spark.app.id", spark.sparkContext.applicationId)  # as Spark's own commits say
         committing = True
         delta.commit()
-        return True
     except BaseException as exc:
         # after an unknown commit state the files may be in the table: keep them
         if not (committing and "CommitStateUnknownException" in str(exc)):

@@ -416,13 +416,28 @@ def test_stage_table_reads_with_spark_sql_pyiceberg_and_time_travel(spark: Spark
 OP_DDL = "invoice_id string, amount double, changed_at timestamp, op string, _source_file string, _line_number bigint"
 
 
-def test_new_keys_returning_keys_and_unknown_deletes(spark: SparkSession, unique: str) -> None:
+def test_new_keys_returning_keys_and_unknown_deletes(spark: SparkSession, unique: str,
+                                                     monkeypatch: pytest.MonkeyPatch) -> None:
     """The direct path for keys the table has no open version of: a new key opens a version, a
     hard-deleted key coming back opens one after its gap (its history kept), and deleting a key the
-    table never had records nothing, not even a tombstone with ``soft_delete``."""
+    table never had records nothing, not even a tombstone with ``soft_delete``.
+
+    Such keys are first taken as new; the row delta's read of the table checks that, and only a
+    batch where one of them has rows after all tells them apart with a read of its own."""
     name, table = _table(unique, "newkeys")
+    told_apart: list[str] = []
+    original_mark = scd2._mark_new_keys
+
+    def recording_mark(*args: Any, **kwargs: Any) -> DataFrame:
+        told_apart.append(batch)
+        return original_mark(*args, **kwargs)
+
+    monkeypatch.setattr(scd2, "_mark_new_keys", recording_mark)
+    batch = ""
 
     def apply(rows: list[tuple[Any, ...]], batch_id: str, soft_delete: bool = False) -> Any:
+        nonlocal batch
+        batch = batch_id
         return apply_changes(spark, table, _batch(spark, rows, OP_DDL), ["invoice_id"], "changed_at", batch_id,
                              op_column="op", soft_delete=soft_delete)
 
@@ -446,6 +461,8 @@ def test_new_keys_returning_keys_and_unknown_deletes(spark: SparkSession, unique
     before = _snapshot(spark, name)
     result = apply([("X", None, D3, "D", "f5", 1), ("Y", None, D3, "D", "f5", 2)], "b5", soft_delete=True)
     assert not result.committed and _snapshot(spark, name) == before
+    # C and X were new and the table empty before b1; only b3's B had rows
+    assert told_apart == ["b3"]
 
 
 def test_the_merge_scan_is_filtered_by_the_source_keys_and_session_settings_come_back(
