@@ -50,10 +50,10 @@ changes also carry each stored row's position (``_file``, ``_pos``), so the comm
 it replaces in one scan by position, with no join on the key (a MERGE would join the table with the
 difference again); the same scan checks that the keys taken as new have no rows. The rows to store
 are written, the positions of the rows they replace are written as position delete files, and one
-Iceberg row delta commits both (``_commit_row_delta``). That needs a table
-that keeps position deletes in files and has no partitions, which is how this template creates
-tables (format 2, merge-on-read); any other table gets the MERGE, its scan of the table cut down
-by a runtime bloom filter of the source's keys before anything is shuffled.
+Iceberg row delta commits both (``_commit_row_delta``). That needs a table that keeps position
+deletes in files and has no partitions, which is how this template creates tables (format 2,
+merge-on-read); any other table gets the MERGE, its scan of the table cut down by a runtime bloom
+filter of the source's keys before anything is shuffled.
 """
 
 from __future__ import annotations
@@ -381,7 +381,7 @@ def _affected(spark: SparkSession, target: DataFrame, records: DataFrame, keys: 
 
     With ``positions`` the kept events also carry their open version's position in the table
     (``__cur_file_id``, ``__cur_pos``, see :func:`_position`), which is how a row delta finds the
-    rows it changes (see :func:`_commit_row_delta`).
+    rows it changes (see :func:`_read_changed_rows`).
     """
     deleted = F.col(_DELETE)
     position = [c.alias(f"__cur_{c_name}") for c, c_name in zip(_position(), ("file_id", "pos"))] if positions else []
@@ -522,7 +522,7 @@ def _direct(simple: DataFrame, keys: Sequence[str], data_fields: Sequence[Struct
 
 
 def _position() -> tuple[Column, Column]:
-    """A stored row's position, as :func:`_commit_row_delta` finds the row again: its data file, as
+    """A stored row's position, as :func:`_read_changed_rows` finds the row again: its data file, as
     a 64-bit hash of the file's location (8 bytes instead of a long path in every row the joins
     shuffle), and its row number in that file. Only valid on the table itself, before any join."""
     return F.xxhash64("_file"), F.col("_pos")

@@ -426,6 +426,7 @@ def test_new_keys_returning_keys_and_unknown_deletes(spark: SparkSession, unique
     batch where one of them has rows after all tells them apart with a read of its own."""
     name, table = _table(unique, "newkeys")
     told_apart: list[str] = []
+    batch = ""  # the batch being applied
     original_mark = scd2._mark_new_keys
 
     def recording_mark(*args: Any, **kwargs: Any) -> DataFrame:
@@ -433,7 +434,6 @@ def test_new_keys_returning_keys_and_unknown_deletes(spark: SparkSession, unique
         return original_mark(*args, **kwargs)
 
     monkeypatch.setattr(scd2, "_mark_new_keys", recording_mark)
-    batch = ""
 
     def apply(rows: list[tuple[Any, ...]], batch_id: str, soft_delete: bool = False) -> Any:
         nonlocal batch
@@ -467,9 +467,9 @@ def test_new_keys_returning_keys_and_unknown_deletes(spark: SparkSession, unique
 
 def test_the_merge_scan_is_filtered_by_the_source_keys_and_session_settings_come_back(
         spark: SparkSession, unique: str, monkeypatch: pytest.MonkeyPatch) -> None:
-    """On a table that cannot take a row delta, the MERGE's table scan carries a runtime bloom filter of the batch's keys, so table rows the
-    batch does not touch are dropped before the shuffle; the settings that make Spark plan it are
-    the session's own again afterwards."""
+    """On a table that cannot take a row delta, the MERGE's table scan carries a runtime bloom
+    filter of the batch's keys, so table rows the batch does not touch are dropped before the
+    shuffle; the settings that make Spark plan it are the session's own again afterwards."""
     name, table = _table(unique, "bloom")
     apply_changes(spark, table, _batch(spark, B1), ["invoice_id"], "changed_at", "b1")
     plans: list[str] = []
