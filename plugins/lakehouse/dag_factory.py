@@ -2,9 +2,10 @@
 
 Two rules from the field: one bad flow must not hide every other DAG (the most-reported failure
 of config-driven DAG generators), and parsing must cost one query however many flows there are.
-Invalid flows are gathered into one placeholder DAG whose ``validate()`` raises: Airflow records
-that as an import error of the DAG file, naming every bad flow and field, and still loads the
-valid DAGs from the same file.
+The DAG file therefore never raises: Airflow 3 marks *every* DAG of a file stale when the file
+records an import error. An invalid flow gets a DAG of its own instead, under its own name,
+tagged ``invalid``, whose doc panel names each bad row and field and whose only task fails with
+them; the invoker holds that flow's files until the rows are fixed.
 """
 
 from __future__ import annotations
@@ -17,27 +18,17 @@ from typing import Any
 from airflow.sdk import DAG, get_parsing_context
 
 from lakehouse.config import Settings, load_settings
-from lakehouse.flows import Catalogue, Flow, FlowProblem, Template, validate_flow
+from lakehouse.flows import INVALID_FLOW_TAG, Catalogue, Flow, FlowProblem, Template, validate_catalogue
 from lakehouse.metadata.catalogue import load_catalogue
+from lakehouse.operators.invalid_flow import InvalidFlowOperator
 from lakehouse.operators.template_task import TemplateTaskOperator
 
-__all__ = ["build_dags", "build_dag", "airflow_dag_defaults", "InvalidFlowsError", "INVALID_FLOWS_DAG_ID"]
+__all__ = ["build_dags", "build_dag", "build_invalid_flow_dag", "airflow_dag_defaults", "INVALID_TAG"]
 
 log = logging.getLogger(__name__)
 
-INVALID_FLOWS_DAG_ID = "lakehouse_invalid_flows"
+INVALID_TAG = INVALID_FLOW_TAG
 _START = datetime(2024, 1, 1, tzinfo=timezone.utc)
-
-
-class InvalidFlowsError(ValueError):
-    """Raised at DAG validation for flows whose rows are invalid; lists every problem."""
-
-
-class _InvalidFlowsDag(DAG):
-    """Carries the problems of all invalid flows into Airflow's import errors."""
-
-    def validate(self) -> None:  # noqa: D102 - see class docstring
-        raise InvalidFlowsError(self.description or "invalid flows")
 
 
 def _doc(flow: Flow) -> str:
@@ -112,32 +103,76 @@ def build_dag(
     return dag
 
 
-def _invalid_flows_dag(problems: Sequence[FlowProblem]) -> DAG:
-    flows = sorted({p.flow_id for p in problems})
-    text = f"{len(flows)} invalid flow(s), their DAGs are not loaded: " + "; ".join(str(p) for p in problems)
-    return _InvalidFlowsDag(dag_id=INVALID_FLOWS_DAG_ID, description=text, schedule=None, start_date=_START)
+def build_invalid_flow_dag(
+    flow: Flow, problems: Sequence[FlowProblem], dag_defaults: Mapping[str, Any] | None = None
+) -> DAG:
+    """The placeholder DAG of an invalid flow: its own name, tag ``invalid``, the problems in its
+    doc panel, no schedule, and one task that fails with them instead of running a template."""
+    lines = [str(p) for p in problems]
+    escaped = [(p.field, p.message.replace("|", "\\|")) for p in problems]  # a table cell ends at "|"
+    rows = "\n".join(f"| `{where}` | {message} |" for where, message in escaped)
+    doc = (
+        f"### Flow `{flow.flow_id}` is invalid: its DAG is not loaded\n\n"
+        f"{len(problems)} problem(s) in `lakehouse.flows` / `lakehouse.flow_tasks`:\n\n"
+        f"| row and field | problem |\n|---|---|\n{rows}\n\n"
+        f"Fix the rows (`lakehouse flow validate {flow.flow_id}` checks them as this parse did). Files that "
+        "arrive meanwhile wait in `lakehouse.file_ledger` with status `flow_invalid` and start once the "
+        "fixed DAG is loaded. Every other flow is unaffected.\n"
+    )
+    dag = DAG(
+        **(dag_defaults or {}),
+        dag_id=flow.effective_dag_id,
+        description=f"INVALID flow ({len(problems)} problem(s)): {lines[0]}"[:200],
+        schedule=None,
+        start_date=_START,
+        catchup=False,
+        max_active_runs=1,
+        tags=sorted({"lakehouse", INVALID_TAG}),
+        default_args={"owner": flow.owner or "lakehouse"},
+        doc_md=doc,
+        is_paused_upon_creation=False,
+    )
+    with dag:
+        InvalidFlowOperator(task_id="invalid_flow", flow_id=flow.flow_id, problems=lines)
+    return dag
+
+
+def _flow_dag(flow: Flow, problems: list[FlowProblem], templates: dict[str, Template],
+              dag_defaults: Mapping[str, Any]) -> DAG:
+    """The flow's DAG, or its placeholder: whatever a row holds, this never raises for one flow."""
+    if not problems:
+        try:
+            dag = build_dag(flow, templates, dag_defaults)
+            dag.validate()  # what the dag-processor checks next; failing there would be a file error
+            return dag
+        except Exception as exc:  # a value the validator let through but Airflow refuses
+            problems = [FlowProblem(flow.flow_id, "flows", f"Airflow refused the DAG: {type(exc).__name__}: {exc}")]
+    log.error("invalid flow, placeholder DAG %r loaded instead: %s", flow.effective_dag_id,
+              "; ".join(map(str, problems)))
+    return build_invalid_flow_dag(flow, problems, dag_defaults)
 
 
 def build_dags(catalogue: Catalogue | None = None, settings: Settings | None = None) -> dict[str, DAG]:
-    """Every valid active flow as a DAG, keyed by dag_id. A task run builds only its own DAG."""
+    """Every active flow as a DAG, keyed by dag_id; an invalid flow as its placeholder DAG.
+    A task run builds only its own DAG."""
     settings = settings or load_settings()
     only = get_parsing_context().dag_id
     if catalogue is None:
         catalogue = load_catalogue(settings.metadata_dsn, snapshot_path=settings.run_dir / "catalogue.json",
                                    dag_id=only)
+    active = {f.flow_id: f for f in catalogue.flows.values()
+              if f.is_active and (only is None or f.effective_dag_id == only)}
+    problems = validate_catalogue(Catalogue(active, catalogue.templates))
     dags: dict[str, DAG] = {}
-    problems: list[FlowProblem] = []
     dag_defaults = airflow_dag_defaults()
     templates = dict(catalogue.templates)
-    for flow in catalogue.flows.values():
-        if not flow.is_active or (only is not None and flow.effective_dag_id != only):
-            continue
-        found = validate_flow(flow, catalogue.templates)
-        if found:
-            problems.extend(found)
-            continue
-        dags[flow.effective_dag_id] = build_dag(flow, templates, dag_defaults)
-    if problems:
-        log.error("invalid flows: %s", "; ".join(map(str, problems)))
-        dags[INVALID_FLOWS_DAG_ID] = _invalid_flows_dag(problems)
+    by_dag: dict[str, list[Flow]] = {}
+    for flow in active.values():
+        by_dag.setdefault(flow.effective_dag_id, []).append(flow)
+    for dag_id, flows in by_dag.items():
+        if len(flows) == 1:
+            dags[dag_id] = _flow_dag(flows[0], problems[flows[0].flow_id], templates, dag_defaults)
+        else:  # flows sharing a DAG id: one placeholder names them all
+            shared = [p for f in flows for p in problems[f.flow_id]]
+            dags[dag_id] = build_invalid_flow_dag(flows[0], shared, dag_defaults)
     return dags

@@ -26,8 +26,10 @@ __all__ = [
     "FileRef",
     "RunContext",
     "validate_flow",
+    "validate_catalogue",
     "render_arguments",
     "PLACEHOLDER_NAMES",
+    "INVALID_FLOW_TAG",
 ]
 
 PARAMETER_TYPES = ("str", "int", "float", "bool", "json", "list")
@@ -42,6 +44,9 @@ PLACEHOLDER_NAMES = (
     "logical_date",
 )
 _PLACEHOLDER = re.compile(r"\$\{([^}]*)\}")
+#: The Airflow tag of an invalid flow's placeholder DAG (see lakehouse.dag_factory); the invoker
+#: reads it to know whether Airflow has loaded a flow's fixed DAG yet.
+INVALID_FLOW_TAG = "invalid"
 #: Arguments the orchestrator passes to every job; a flow cannot set them.
 RESERVED_ARGUMENTS = ("flow_id", "task_id", "run_id", "batch_id", "batch_time", "lake_uri", "metrics_uri")
 
@@ -373,6 +378,22 @@ def validate_flow(flow: Flow, templates: Mapping[str, Template]) -> list[FlowPro
                 add(f"{row}.parameters.{spec.name}", f"required by template {template.template_id!r} but missing")
     if (cycle := _cycle(flow)) is not None:
         add("flow_tasks.upstream", "cycle: " + " <- ".join(cycle))
+    return problems
+
+
+def validate_catalogue(catalogue: Catalogue) -> dict[str, list[FlowProblem]]:
+    """The problems of every flow of the catalogue by flow_id (an empty list: valid), including
+    what no single flow shows: two flows whose DAG would have the same id."""
+    problems = {flow_id: validate_flow(flow, catalogue.templates) for flow_id, flow in catalogue.flows.items()}
+    by_dag: dict[str, list[str]] = {}
+    for flow in catalogue.flows.values():
+        by_dag.setdefault(flow.effective_dag_id, []).append(flow.flow_id)
+    for dag_id, flow_ids in by_dag.items():
+        if len(flow_ids) > 1:
+            for flow_id in flow_ids:
+                problems[flow_id].append(FlowProblem(
+                    flow_id, "flows.dag_id", f"DAG id {dag_id!r} is also the DAG of flow(s) "
+                    f"{', '.join(repr(f) for f in flow_ids if f != flow_id)}: give each flow its own dag_id"))
     return problems
 
 

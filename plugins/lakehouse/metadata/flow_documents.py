@@ -39,7 +39,7 @@ from typing import Any, TypeVar
 
 import psycopg2
 
-from lakehouse.flows import Catalogue, Flow, FlowProblem, validate_flow
+from lakehouse.flows import Catalogue, Flow, FlowProblem, validate_catalogue, validate_flow
 
 __all__ = [
     "FlowDocumentError",
@@ -300,8 +300,5 @@ def stored_flow_problems(cur: Any, flow_id: str | None = None) -> list[FlowProbl
     document = _stored_with(cur, flow_id)
     if flow_id is not None and not document["flows"]:
         return [FlowProblem(flow_id, "flows.flow_id", "no such flow")]
-    catalogue = Catalogue.from_document(document)
-    problems: list[FlowProblem] = []
-    for flow in catalogue.flows.values():
-        problems.extend(validate_flow(flow, catalogue.templates))
-    return problems
+    by_flow = validate_catalogue(Catalogue.from_document(document))
+    return [problem for found in by_flow.values() for problem in found]
