@@ -16,6 +16,10 @@ Matching: every active flow whose bucket equals the event's and whose pattern ma
 started (glob = ``fnmatch`` on the whole key, regex = full match). A flow with
 ``trigger_multi_match = false`` is started only when it is the only match; otherwise it gets a
 ``skipped`` ledger row naming the flows that won.
+
+A file for a flow that cannot run now (its rows are invalid, so its DAG is a placeholder, or it
+was deactivated) is held as ``flow_invalid`` with the reason instead of being sent into 404s or a
+run that would fail; :meth:`Invoker.release_held` lets it go once Airflow has the fixed DAG.
 """
 
 from __future__ import annotations
@@ -30,12 +34,13 @@ from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
+from functools import cached_property
 from typing import Any, Literal, Protocol
 
 import psycopg2
 from psycopg2.extensions import connection as Connection
 
-from lakehouse.flows import Catalogue, Flow
+from lakehouse.flows import INVALID_FLOW_TAG, Catalogue, Flow, validate_catalogue
 from lakehouse.hooks.airflow_api import AirflowApiError, AirflowUnavailableError
 from lakehouse.invoker.events import (
     IgnoredEvent,
@@ -76,6 +81,8 @@ class DagRunTrigger(Protocol):
         self, dag_id: str, dag_run_id: str, conf: dict[str, Any] | None = None
     ) -> Literal["created", "exists"]: ...
 
+    def get_dag(self, dag_id: str) -> dict[str, Any] | None: ...
+
 
 def file_dag_run_id(flow_id: str, bucket: str, key: str, etag: str, run_suffix: str = "") -> str:
     digest = hashlib.sha256("\0".join((flow_id, bucket, key, etag)).encode()).hexdigest()[:24]
@@ -93,9 +100,9 @@ class TriggerOutcome:
 
     ``created`` / ``exists`` (run started or already there), ``accepted`` (stored, the trigger call
     is queued: the HTTP server's answer), ``duplicate`` (ledger says triggered), ``pending``
-    (stored, will be retried), ``failed`` (Airflow refused for good), ``unmatched``, ``skipped``
-    (multi-match opt-out), ``ignored`` (test event, folder, delete ...), ``not_matching`` (replay:
-    the object does not match the flow).
+    (stored, will be retried), ``failed`` (Airflow refused for good), ``flow_invalid`` (held until
+    the flow can run), ``unmatched``, ``skipped`` (multi-match opt-out), ``ignored`` (test event,
+    folder, delete ...), ``not_matching`` (replay: the object does not match the flow).
     """
 
     status: str
@@ -117,6 +124,13 @@ class TriggerCatalogue:
 
     catalogue: Catalogue
     single_match_only: frozenset[str] = field(default_factory=frozenset)
+
+    @cached_property
+    def invalid(self) -> dict[str, str]:
+        """flow_id -> its problems on one line, for the flows whose DAG is a placeholder: the same
+        validation the DAG factory runs, so both sides agree on which flows can run."""
+        return {flow_id: "; ".join(f"{p.field}: {p.message}" for p in found)
+                for flow_id, found in validate_catalogue(self.catalogue).items() if found}
 
     def flows_to_start(self, bucket: str, key: str) -> tuple[list[Flow], list[tuple[Flow, str]]]:
         """(flows to start, [(flow skipped, why)]) for one object."""
@@ -232,6 +246,9 @@ class Invoker:
         self._breaker_lock = threading.Lock()
         self._airflow_down_until = 0.0
         self._down_streak = 0
+        # Flows seen invalid whose fixed DAG Airflow has not been seen to load yet: their files are
+        # held until it has, or a run would start on the placeholder DAG and fail.
+        self._unconfirmed: set[str] = set()
 
     def rules(self) -> TriggerCatalogue:
         """The flows, re-read at most every ``catalogue_ttl`` seconds (0: on every event)."""
@@ -240,7 +257,19 @@ class Invoker:
                 loaded = self._load()
                 self._rules = loaded if isinstance(loaded, TriggerCatalogue) else TriggerCatalogue(loaded)
                 self._loaded_at = time.monotonic()
+                self._unconfirmed.update(self._rules.invalid)
             return self._rules
+
+    def hold_reason(self, flow_id: str) -> str | None:
+        """Why files of this flow must wait now, or None when it can run."""
+        rules = self.rules()
+        if flow_id in rules.invalid:
+            return f"flow {flow_id!r} is invalid ({rules.invalid[flow_id]}); the file starts once the flow is fixed"
+        if flow_id not in rules.catalogue.flows:
+            return f"flow {flow_id!r} is not active (deleted, or is_active = false); the file starts if it is active again"
+        if flow_id in self._unconfirmed:
+            return f"flow {flow_id!r} was fixed; waiting for Airflow to load its DAG"
+        return None
 
     def catalogue(self) -> Catalogue:
         return self.rules().catalogue
@@ -395,7 +424,13 @@ class Invoker:
         anyway, and its answer closes the breaker or keeps it open for longer.
         """
         base = job.outcome
-        assert base.dag_id and base.dag_run_id
+        assert base.dag_id and base.dag_run_id and base.flow_id
+        reason = self.hold_reason(base.flow_id)
+        if reason is not None:
+            with self.pool.connection() as conn, conn:
+                ledger.hold_row(conn, job.ledger_id, reason)
+            log.warning("s3://%s/%s held: %s", base.bucket, base.key, reason)
+            return _with(base, "flow_invalid", reason)
         if self.airflow_down and not probe:
             delay = max(0.0, self._airflow_down_until - time.monotonic())
             with self.pool.connection() as conn, conn:
@@ -440,6 +475,41 @@ class Invoker:
             for row in rows
         ]
 
+    def release_held(self) -> dict[str, int]:
+        """Let the files of flows that can run again go (``flow_invalid`` → ``pending``, due now);
+        returns the rows released per flow. A flow counts as runnable once its rows are valid and
+        active *and* Airflow serves its real DAG, not the placeholder: the dag-processor loads a
+        fixed flow some seconds after its rows change."""
+        with self.pool.connection() as conn, conn:
+            held = ledger.held_flows(conn)
+        released: dict[str, int] = {}
+        for flow_id in sorted(set(held) | self._unconfirmed):
+            flow = self.rules().catalogue.flows.get(flow_id)
+            if flow is not None and flow_id not in self.rules().invalid and self._dag_loaded(flow.effective_dag_id):
+                self._unconfirmed.discard(flow_id)
+            if flow_id not in held:
+                continue
+            with self.pool.connection() as conn, conn:
+                reason = self.hold_reason(flow_id)
+                if reason is None:
+                    released[flow_id] = ledger.release_held_rows(conn, flow_id)
+                    log.info("flow %s can run again: %d held file(s) released", flow_id, released[flow_id])
+                else:
+                    ledger.update_hold_reason(conn, flow_id, reason)
+        return released
+
+    def _dag_loaded(self, dag_id: str) -> bool:
+        """Airflow serves this DAG and it is the flow's own (not the invalid flow's placeholder)."""
+        try:
+            dag = self.airflow.get_dag(dag_id)
+        except (AirflowUnavailableError, AirflowApiError) as exc:
+            log.info("cannot ask Airflow for DAG %s yet: %s", dag_id, exc)
+            return False
+        if dag is None or dag.get("is_stale"):
+            return False
+        tags = {t.get("name") if isinstance(t, dict) else t for t in dag.get("tags") or ()}
+        return INVALID_FLOW_TAG not in tags
+
     def retry_pending(self, limit: int = 100) -> list[TriggerOutcome]:
         """Trigger ledger rows left ``pending`` whose backoff has passed (Airflow was down, DAG not parsed).
 
@@ -477,6 +547,8 @@ class Invoker:
         flow = self.catalogue().flows.get(flow_id)
         if flow is None:
             raise LookupError(f"no active flow {flow_id!r}")
+        if (reason := self.hold_reason(flow_id)) is not None:
+            raise LookupError(f"not started: {reason}")
         run_id = scheduled_dag_run_id(flow_id, at or datetime.now(timezone.utc))
         result = self.airflow.trigger_dag_run(flow.effective_dag_id, run_id, {"flow_id": flow_id, **(conf or {})})
         return TriggerOutcome(result, flow_id=flow_id, dag_id=flow.effective_dag_id, dag_run_id=run_id)

@@ -60,8 +60,11 @@ def handler(event: dict[str, Any], context: Any) -> dict[str, Any]:
 
 
 def retry_handler(event: dict[str, Any], context: Any) -> dict[str, Any]:
-    """Scheduled: trigger pending ledger rows whose backoff has passed."""
-    outcomes = _invoker().retry_pending(limit=int(event.get("limit", 200)) if isinstance(event, dict) else 200)
+    """Scheduled: release the files of flows that can run again, then trigger pending ledger rows
+    whose backoff has passed."""
+    invoker = _invoker()
+    invoker.release_held()
+    outcomes = invoker.retry_pending(limit=int(event.get("limit", 200)) if isinstance(event, dict) else 200)
     return {"outcomes": [o.as_dict() for o in outcomes]}
 
 

@@ -119,9 +119,14 @@ class InvokerServer(ThreadingHTTPServer):
     def _retry_loop(self) -> None:
         """Every ``retry_interval`` seconds, hand the pending rows that are due to the dispatchers —
         all of them, batch after batch while the queue keeps up, so a backlog after an outage
-        drains in parallel; while the circuit breaker is open nothing is claimed (no churn)."""
+        drains in parallel; while the circuit breaker is open nothing is claimed (no churn). Files
+        held for a flow that could not run are released first, once it can."""
         batch = 100
         while not self._stop.wait(self._retry_interval):
+            try:
+                self.invoker.release_held()  # files of flows fixed meanwhile become due
+            except Exception:
+                log.exception("release of held ledger rows failed")
             try:
                 while not self._stop.is_set() and not self.invoker.airflow_down:
                     if self.dispatch_workers == 0:

@@ -26,6 +26,10 @@ __all__ = [
     "mark_attempt_failed",
     "mark_deferred",
     "claim_due_rows",
+    "hold_row",
+    "held_flows",
+    "update_hold_reason",
+    "release_held_rows",
     "backoff_seconds",
     "LIVE_LEASE_SECONDS",
 ]
@@ -165,3 +169,45 @@ def claim_due_rows(conn: Connection, limit: int = 100, lease_seconds: float = LI
         names = [d.name for d in cur.description]
         rows = [dict(zip(names, row)) for row in cur.fetchall()]
     return sorted(rows, key=lambda r: r["ledger_id"])
+
+
+def hold_row(conn: Connection, ledger_id: int, reason: str) -> bool:
+    """Park a pending row whose flow cannot run now (invalid rows, not active): ``flow_invalid``,
+    with the reason, until :func:`release_held_rows`. False if the row was no longer pending."""
+    with conn.cursor() as cur:
+        cur.execute(
+            """UPDATE lakehouse.file_ledger SET status = 'flow_invalid', last_error = %s, updated_at = now()
+               WHERE ledger_id = %s AND status = 'pending' RETURNING ledger_id""",
+            (reason[:2000], ledger_id),
+        )
+        return cur.fetchone() is not None
+
+
+def held_flows(conn: Connection) -> list[str]:
+    """Flows with files waiting in ``flow_invalid``."""
+    with conn.cursor() as cur:
+        cur.execute("SELECT DISTINCT flow_id FROM lakehouse.file_ledger WHERE status = 'flow_invalid'")
+        return sorted(row[0] for row in cur.fetchall())
+
+
+def update_hold_reason(conn: Connection, flow_id: str, reason: str) -> int:
+    """Keep the held rows' reason current when the flow's problems change while it stays invalid."""
+    with conn.cursor() as cur:
+        cur.execute(
+            """UPDATE lakehouse.file_ledger SET last_error = %s, updated_at = now()
+               WHERE flow_id = %s AND status = 'flow_invalid' AND last_error IS DISTINCT FROM %s""",
+            (reason[:2000], flow_id, reason[:2000]),
+        )
+        return cur.rowcount
+
+
+def release_held_rows(conn: Connection, flow_id: str) -> int:
+    """The flow can run again: its held rows become ``pending`` and due now, oldest first as ever."""
+    with conn.cursor() as cur:
+        cur.execute(
+            """UPDATE lakehouse.file_ledger SET status = 'pending', next_attempt_at = now(), last_error = NULL,
+                   updated_at = now()
+               WHERE flow_id = %s AND status = 'flow_invalid'""",
+            (flow_id,),
+        )
+        return cur.rowcount

@@ -78,3 +78,18 @@ def test_dag_id_too_long_for_mwaa_path_is_refused_before_calling(stubbed) -> Non
         with pytest.raises(AirflowApiError, match="at most 64") as refused:
             mwaa.trigger_dag_run("d" * 51, "r")
     assert refused.value.status == 400
+
+
+def test_get_dag_reads_tags_and_a_missing_dag_is_none(stubbed) -> None:
+    """The invoker asks for a fixed flow's DAG before it releases the files it held (tag ``invalid``)."""
+    mwaa, stub = stubbed
+    get = {"Name": "lakehouse-prod", "Path": "/dags/invoices", "Method": "GET"}
+    stub.add_response("invoke_rest_api", {"RestApiStatusCode": 200, "RestApiResponse": {
+        "dag_id": "invoices", "is_stale": False, "tags": [{"name": "lakehouse", "dag_id": "invoices"}]}}, get)
+    stub.add_client_error("invoke_rest_api", service_error_code="RestApiClientException", http_status_code=400,
+                          modeled_fields={"RestApiStatusCode": 404, "RestApiResponse": {"detail": "not found"}},
+                          expected_params=get)
+    with stub:
+        assert mwaa.get_dag("invoices")["tags"] == [{"name": "lakehouse", "dag_id": "invoices"}]
+        assert mwaa.get_dag("invoices") is None
+    stub.assert_no_pending_responses()

@@ -24,6 +24,7 @@ class RecordingAirflow:
         self.calls = 0
         self.down = False
         self.missing_dags: set[str] = set()
+        self.placeholder_dags: set[str] = set()  # served as an invalid flow's DAG (tag "invalid")
         self.refuse_with: int | None = None  # e.g. 400: Airflow refuses the request itself
 
     def trigger_dag_run(self, dag_id: str, dag_run_id: str, conf: dict[str, Any] | None = None) -> str:
@@ -38,6 +39,14 @@ class RecordingAirflow:
             return "exists"
         self.runs[(dag_id, dag_run_id)] = conf or {}
         return "created"
+
+    def get_dag(self, dag_id: str) -> dict[str, Any] | None:
+        if self.down:
+            raise AirflowUnavailableError("connection refused")
+        if dag_id in self.missing_dags:
+            return None
+        tags = ["lakehouse", "invalid"] if dag_id in self.placeholder_dags else ["lakehouse"]
+        return {"dag_id": dag_id, "is_stale": False, "tags": [{"name": t, "dag_id": dag_id} for t in tags]}
 
 
 def catalogue_for(bucket: str, *patterns: tuple[str, str]) -> Catalogue:
