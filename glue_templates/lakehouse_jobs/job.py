@@ -16,7 +16,7 @@ from typing import Any
 from pyspark.sql import SparkSession
 
 from lakehouse_jobs.args import COMMON_ARGS, ArgSpec, JobArgumentError, parse_job_args
-from lakehouse_jobs.metrics import JobFailure, summary_line, write_metrics
+from lakehouse_jobs.metrics import JobFailure, error_summary, error_text, summary_line, write_metrics
 
 __all__ = ["TemplateBody", "run_template", "spark_settings"]
 
@@ -43,7 +43,8 @@ def run_template(template: str, argv: Sequence[str], spec: Sequence[ArgSpec], bo
         produced = body(spark, args)
     except BaseException as exc:
         partial = exc.metrics if isinstance(exc, JobFailure) else {}
-        failed = {**_CORE_METRICS, **base, **partial, "error": f"{type(exc).__name__}: {exc}",
+        # no default counts here: a count the job did not reach is unknown (NULL in the audit), not 0
+        failed = {**base, **partial, **_error_keys(exc),
                   "seconds": round(time.monotonic() - started, 3)}
         try:
             write_metrics(args["metrics_uri"], failed)
@@ -59,12 +60,17 @@ def run_template(template: str, argv: Sequence[str], spec: Sequence[ArgSpec], bo
 
 def _report_bad_arguments(template: str, argv: Sequence[str], error: JobArgumentError) -> None:
     """Bad arguments are reported like any failure when at least ``--metrics_uri`` is readable."""
-    failed = {**_CORE_METRICS, "template": template, "error": f"{type(error).__name__}: {error}"}
+    failed = {"template": template, **_error_keys(error)}
     try:
         write_metrics(parse_job_args(argv, [ArgSpec("metrics_uri")])["metrics_uri"], failed)
     except Exception as write_error:
         print(f"[{template}] could not write failure metrics: {write_error}", file=sys.stderr)
     print(summary_line(template, failed), flush=True)
+
+
+def _error_keys(exc: BaseException) -> dict[str, str]:
+    """``error``: the full text for the log; ``error_summary``: the one line the audit row keeps."""
+    return {"error": f"{type(exc).__name__}: {error_text(exc)}", "error_summary": error_summary(exc)}
 
 
 @contextmanager

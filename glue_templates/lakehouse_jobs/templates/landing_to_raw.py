@@ -10,7 +10,21 @@ run of the batch so a re-run gives the same result. Each row carries ``_source_f
 ``_batch_id``, ``_ingested_at`` and ``_line_number`` (for ``json`` the record's position in the
 array, for ``parquet`` the row's). Records that do not parse or cast go to
 ``{lake_uri}/rejects/{dataset}/_batch_id={batch}/`` (JSON lines, readable with any tool) with the
-reason. Rows and rejects are written before the reject-ratio check, so a failing run loses nothing.
+reason.
+
+A file passes or fails as a whole. Its records are counted first; the rejects are written either
+way (nothing read is lost), the raw rows only when ``--max_reject_ratio`` allows. A try that fails
+for any reason (reject ratio, empty, truncated or wrong-format file, schema mismatch, read error)
+leaves no raw folder for its batch: an earlier try's folder is removed when a try starts and again
+when it fails. The rejects folder is replaced once a try has counted records (removed when there
+are none) and left as it was by a try that failed before that.
+
+A killed process cannot clean up. Spark's overwrite deletes the folder, then writes, and writes
+``_SUCCESS`` at job commit after every data file is in place (a committer that writes in place, as
+S3-optimized ones do, may show part files earlier). So a reader can rely on this: a folder with
+``_SUCCESS`` holds the whole batch, a folder without it is a dead try's leftovers, and no folder
+means the last try failed or none ran. In the metrics ``rows_out`` counts the rows raw holds (0 on
+failure), ``rows_valid`` those that parsed and cast.
 
 Schema: ``--schema`` (column → Spark SQL type) when given. Otherwise the dataset's stored schema
 ``{lake_uri}/raw/{dataset}/_schema.json`` is applied and the file's columns are checked against it;
@@ -22,6 +36,7 @@ changed set of columns fails the run naming them).
 from __future__ import annotations
 
 import json
+import sys
 from collections.abc import Sequence
 from datetime import datetime, timezone
 from pathlib import PurePosixPath
@@ -59,7 +74,7 @@ from lakehouse_jobs.landing import (
     sniff_problem,
     split_header_line,
 )
-from lakehouse_jobs.metrics import JobFailure
+from lakehouse_jobs.metrics import JobFailure, error_text
 
 __all__ = ["FORMATS", "SPEC", "main", "run"]
 
@@ -187,7 +202,7 @@ def _parse(spark: SparkSession, readable: str, args: dict[str, Any]) -> tuple[Da
             first = lines.filter(F.trim("_raw_line") != "").orderBy("_line_number").select(
                 "_line_number", "_raw_line").first()
             if first is None:
-                raise JobFailure(f"landing file {source} is empty")
+                raise JobFailure(f"landing file {source} is empty", {"rows_in": 0, "rows_valid": 0, "rows_rejected": 0})
             header = normalize_header(split_header_line(first["_raw_line"], args["delimiter"], quote))
             columns = columns or header
             if len(columns) != len(header):
@@ -252,13 +267,16 @@ def _types(spark: SparkSession, parsed: DataFrame, columns: list[str], text_colu
     schema_uri = _schema_uri(args)
     stored = _stored_schema(schema_uri)
     if stored is not None:
+        if not columns:  # no record had fields (a blank file, or none parsed): the counts say which
+            return None, "stored"
         missing = [c for c in stored if c not in columns]
         extra = [c for c in columns if c not in stored]
         if missing or extra:
             raise JobFailure(
                 f"landing file {source} does not match the stored schema of dataset {args['dataset']} "
                 f"({schema_uri}): missing columns {missing}, new columns {extra}. Pass --schema, or delete "
-                f"{SCHEMA_FILE} to accept the new columns")
+                f"{SCHEMA_FILE} to accept the new columns",
+                {"schema_source": "stored", "schema_uri": schema_uri, "missing_columns": missing, "new_columns": extra})
         return stored, "stored"
     if text_columns:
         return infer_types(parsed, columns), "inferred"
@@ -267,14 +285,46 @@ def _types(spark: SparkSession, parsed: DataFrame, columns: list[str], text_colu
 
 
 def run(spark: SparkSession, args: dict[str, Any]) -> dict[str, Any]:
-    _validate(args)
-    source, dataset, batch_id, fmt = args["source_uri"], args["dataset"], args["batch_id"], args["format"]
-    batch_folder = f"_batch_id={sanitize_batch_id(batch_id)}"
+    dataset = validate_identifier(args["dataset"], "--dataset")  # names the folders: checked first
+    batch_folder = f"_batch_id={sanitize_batch_id(args['batch_id'])}"
     raw_path = io.lake_path(args["lake_uri"], "raw", dataset, batch_folder)
     rejects_path = io.lake_path(args["lake_uri"], "rejects", dataset, batch_folder)
+    failure_context = {"source_uri": args["source_uri"], "format": args["format"], "raw_path": None,
+                       "rejects_path": None}
+    try:
+        # an earlier try's output goes first: if this try dies anywhere, no stale batch is left
+        io.delete_path(spark, raw_path)
+        return _load(spark, args, raw_path, rejects_path)
+    except Exception as exc:
+        _discard_raw(spark, raw_path, exc)
+        if isinstance(exc, JobFailure):
+            exc.metrics = {**failure_context, **exc.metrics}
+        raise
+
+
+def _discard_raw(spark: SparkSession, raw_path: str, failure: Exception) -> None:
+    """A failed try leaves no raw batch, whatever it got to write: the next task and a re-run must
+    not take part of a rejected file for the whole. If removing it fails too, the job's own error
+    still wins, with the leftover named on stderr and in the failure's metrics."""
+    try:
+        io.delete_path(spark, raw_path)
+    except Exception as cleanup_error:
+        note = f"raw batch {raw_path} could not be removed after the failure: {error_text(cleanup_error)}"
+        print(f"[{TEMPLATE}] {note}", file=sys.stderr)
+        failure.add_note(note)
+        if isinstance(failure, JobFailure):
+            failure.metrics["raw_cleanup_error"] = note
+
+
+def _load(spark: SparkSession, args: dict[str, Any], raw_path: str, rejects_path: str) -> dict[str, Any]:
+    """Parse, count, check the reject ratio, then write: raw only when the file passed."""
+    _validate(args)
+    source, dataset, batch_id, fmt = args["source_uri"], args["dataset"], args["batch_id"], args["format"]
+    unit = "rows" if fmt == "parquet" else "records" if fmt == "json" else "lines"
     # the run's time, not the clock: a re-run of an old batch must not look newer than later batches
     ingested_at = (datetime.fromisoformat(args["batch_time"]).astimezone(timezone.utc)
                    if args.get("batch_time") else datetime.now(timezone.utc))
+    metrics: dict[str, Any] = {}
     with io.localize_input(spark, source) as readable:
         _check_file(source, readable, fmt)
         try:
@@ -293,16 +343,38 @@ def run(spark: SparkSession, args: dict[str, Any]) -> dict[str, Any]:
                     F.count(F.col(REASON_COLUMN)).alias("rows_rejected"),
                 ).first()
                 rows_in, rows_rejected = int(counts["rows_in"]), int(counts["rows_rejected"])
+                metrics = {
+                    "rows_in": rows_in,
+                    "rows_out": 0,  # what raw holds: set once the raw write committed
+                    "rows_valid": rows_in - rows_rejected,
+                    "rows_rejected": rows_rejected,
+                    "source_uri": source,
+                    "format": fmt,
+                    "raw_path": None,
+                    "rejects_path": None,  # set once they are written
+                    "schema_source": schema_source,
+                    "schema": types,
+                }
                 if rows_in == 0:
-                    raise JobFailure(f"landing file {source} is empty: it has no data "
-                                     f"{'rows' if fmt == 'parquet' else 'records' if fmt == 'json' else 'lines'}")
-                good = parsed.filter(F.col(REASON_COLUMN).isNull()).select(*columns, *LINEAGE_COLUMNS)
-                good.write.mode("overwrite").parquet(raw_path)
+                    raise JobFailure(f"landing file {source} is empty: it has no data {unit}", metrics)
+                # rejects are kept whether or not the file passes: nothing read is lost
                 if rows_rejected:
                     parsed.filter(F.col(REASON_COLUMN).isNotNull()).select(*REJECT_COLUMNS) \
                         .coalesce(1).write.mode("overwrite").json(rejects_path)
+                    metrics["rejects_path"] = rejects_path
                 else:
                     io.delete_path(spark, rejects_path)  # rejects of an earlier run of this batch are stale now
+                ratio = rows_rejected / rows_in
+                if ratio > args["max_reject_ratio"]:
+                    raise JobFailure(
+                        f"landing file {source}: {rows_rejected} of {rows_in} {unit} rejected ({ratio:.1%}), more "
+                        f"than max_reject_ratio {args['max_reject_ratio']}; nothing written to raw, rejects written "
+                        f"to {rejects_path}",
+                        metrics,
+                    )
+                good = parsed.filter(F.col(REASON_COLUMN).isNull()).select(*columns, *LINEAGE_COLUMNS)
+                good.write.mode("overwrite").parquet(raw_path)
+                metrics.update(rows_out=rows_in - rows_rejected, raw_path=raw_path)
             finally:
                 parsed.unpersist()
         except JobFailure:
@@ -311,26 +383,7 @@ def run(spark: SparkSession, args: dict[str, Any]) -> dict[str, Any]:
             problem = _describe_read_error(exc)
             if problem is None:
                 raise
-            raise JobFailure(f"landing file {source} {problem} (read as {fmt})") from exc
-    metrics: dict[str, Any] = {
-        "rows_in": rows_in,
-        "rows_out": rows_in - rows_rejected,
-        "rows_rejected": rows_rejected,
-        "source_uri": source,
-        "format": fmt,
-        "raw_path": raw_path,
-        "rejects_path": rejects_path if rows_rejected else None,
-        "schema_source": schema_source,
-        "schema": types,
-    }
-    ratio = rows_rejected / rows_in
-    unit = "rows" if fmt == "parquet" else "records" if fmt == "json" else "lines"
-    if ratio > args["max_reject_ratio"]:
-        raise JobFailure(
-            f"landing file {source}: {rows_rejected} of {rows_in} {unit} rejected ({ratio:.1%}), more than "
-            f"max_reject_ratio {args['max_reject_ratio']}; rejects written to {rejects_path}",
-            metrics,
-        )
+            raise JobFailure(f"landing file {source} {problem} (read as {fmt})", metrics) from exc
     if schema_source == "inferred" and types is not None:
         # written after the raw write committed: the next file of the dataset is checked against it
         io.write_text(_schema_uri(args), json.dumps({

@@ -70,6 +70,9 @@ def run(spark: SparkSession, args: dict[str, Any]) -> dict[str, Any]:
     if not io.path_exists(spark, raw_path):
         raise FileNotFoundError(f"raw batch {raw_path} does not exist: did landing_to_raw run for batch "
                                 f"{args['batch_id']!r} of dataset {dataset!r}?")
+    if not io.path_exists(spark, f"{raw_path}/_SUCCESS"):  # written at the raw write's commit, last
+        raise FileNotFoundError(f"raw batch {raw_path} is incomplete (no _SUCCESS): its landing_to_raw try did not "
+                                "finish; re-run landing_to_raw for this batch")
     batch = spark.read.parquet(raw_path)
     result = apply_changes(
         spark, table, batch, args["keys"], args["sequence_by"], args["batch_id"],

@@ -10,6 +10,8 @@ from pathlib import Path
 import pytest
 from pyspark.sql import SparkSession
 
+from lakehouse_jobs import io
+from lakehouse_jobs.identifiers import sanitize_batch_id
 from lakehouse_jobs.metrics import JobFailure
 from lakehouse_jobs.templates import landing_to_raw
 
@@ -28,6 +30,10 @@ def _failure(tmp_path: Path, lake_uri: str, source: Path, dataset: str, batch: s
     with pytest.raises(JobFailure) as failure:
         _run(tmp_path, lake_uri, source, dataset, batch, *extra)
     return str(failure.value), json.loads((tmp_path / f"{batch}.metrics.json").read_text())
+
+
+def _raw_batch(lake_uri: str, dataset: str, batch: str) -> str:
+    return io.lake_path(lake_uri, "raw", dataset, f"_batch_id={sanitize_batch_id(batch)}")
 
 
 def _gz(path: Path, data: bytes) -> Path:
@@ -84,6 +90,13 @@ def test_csv_schema_inferred_stored_and_checked_next_run(spark: SparkSession, tm
     message, failed = _failure(tmp_path, lake_uri, third, dataset, f"b3_{unique}", "--format", "csv")
     assert "orders3.csv" in message and "stored schema" in message
     assert "['paid', 'note']" in message and "['channel']" in message and "error" in failed
+    assert (failed["missing_columns"], failed["new_columns"]) == (["paid", "note"], ["channel"])
+    assert failed["error_summary"] == message and failed["source_uri"] == str(third)
+
+    # the same mismatch in a re-run of batch b2, which had passed: b2's raw rows are gone with the failure
+    _failure(tmp_path, lake_uri, third, dataset, f"b2_{unique}", "--format", "csv")
+    assert not io.path_exists(spark, again["raw_path"])
+    assert spark.read.parquet(metrics["raw_path"]).count() == 3  # another batch of the dataset is untouched
 
 
 def test_json_lines_gzip_nested_paths_and_rejects(spark: SparkSession, tmp_path: Path, lake_uri: str,
@@ -178,14 +191,20 @@ def test_fixed_width_gzip_and_short_lines(spark: SparkSession, tmp_path: Path, l
 
 def test_regex_gzip(spark: SparkSession, tmp_path: Path, lake_uri: str, unique: str) -> None:
     source = _gz(tmp_path / "app.log.gz", b"2026-11-01 INFO started\n2026-11-01 WARN disk 91%\ngarbage\n")
-    message, metrics = _failure(tmp_path, lake_uri, source, f"log_{unique}", f"b_{unique}", "--format", "regex",
-                                "--regex", r"(?<day>\d{4}-\d{2}-\d{2}) (?<level>[A-Z]+) (?<message>.*)")
-    # default max_reject_ratio is 0: one reject fails the run, after everything was written and counted
+    regex = r"(?<day>\d{4}-\d{2}-\d{2}) (?<level>[A-Z]+) (?<message>.*)"
+    dataset, batch = f"log_{unique}", f"b_{unique}"
+    message, metrics = _failure(tmp_path, lake_uri, source, dataset, batch, "--format", "regex", "--regex", regex)
+    # default max_reject_ratio is 0: one reject fails the run after counting; rejects kept, nothing in raw
     assert "1 of 3 lines rejected" in message and "app.log.gz" in message
-    assert (metrics["rows_in"], metrics["rows_out"], metrics["rows_rejected"]) == (3, 2, 1)
-    assert sorted(r["level"] for r in spark.read.parquet(metrics["raw_path"]).collect()) == ["INFO", "WARN"]
-    assert dict(spark.read.parquet(metrics["raw_path"]).dtypes)["day"] == "date"  # inferred
+    assert (metrics["rows_in"], metrics["rows_out"], metrics["rows_valid"], metrics["rows_rejected"]) == (3, 0, 2, 1)
+    assert metrics["raw_path"] is None and not io.path_exists(spark, _raw_batch(lake_uri, dataset, batch))
     assert _rejects(spark, metrics)[3]["_raw_line"] == "garbage"
+    assert not io.path_exists(spark, io.lake_path(lake_uri, "raw", dataset, "_schema.json"))  # nothing stored
+
+    passed = _run(tmp_path, lake_uri, source, dataset, batch, "--format", "regex", "--regex", regex,
+                  "--max_reject_ratio", "0.5")
+    assert sorted(r["level"] for r in spark.read.parquet(passed["raw_path"]).collect()) == ["INFO", "WARN"]
+    assert dict(spark.read.parquet(passed["raw_path"]).dtypes)["day"] == "date"  # inferred
 
 
 def test_invalid_utf8_lines_are_rejects(spark: SparkSession, tmp_path: Path, lake_uri: str, unique: str) -> None:
@@ -210,6 +229,13 @@ def test_broken_files_fail_naming_file_and_problem(spark: SparkSession, tmp_path
                                                    name: str, content: bytes, fmt: str, problem: str) -> None:
     source = tmp_path / name
     source.write_bytes(content)
-    message, metrics = _failure(tmp_path, lake_uri, source, f"bad_{unique}", f"b_{unique}", "--format", fmt,
+    dataset, batch = f"bad_{unique}", f"b_{unique}"
+    good = tmp_path / "good.csv"
+    good.write_text("1,2\n")
+    first = _run(tmp_path, lake_uri, good, dataset, batch, "--format", "csv", "--header", "false", "--columns", "a,b")
+    message, metrics = _failure(tmp_path, lake_uri, source, dataset, batch, "--format", fmt,
                                 "--header", "false", "--columns", "a,b")
     assert problem in message and problem.split(" ")[0] in metrics["error"]
+    assert problem in metrics["error_summary"] and "\n" not in metrics["error_summary"]
+    assert metrics["source_uri"] == str(source) and metrics["raw_path"] is None
+    assert not io.path_exists(spark, first["raw_path"])  # the batch's earlier good rows went with the failure

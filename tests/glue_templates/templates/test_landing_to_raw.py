@@ -8,6 +8,8 @@ from pathlib import Path
 import pytest
 from pyspark.sql import SparkSession
 
+from lakehouse_jobs import io
+from lakehouse_jobs.identifiers import sanitize_batch_id
 from lakehouse_jobs.metrics import JobFailure
 from lakehouse_jobs.templates import landing_to_raw
 
@@ -105,20 +107,57 @@ def test_csv_without_header_uses_columns(spark: SparkSession, tmp_path: Path, la
         ("a", 1), ("b", 2)]
 
 
-def test_rejects_over_threshold_fail_after_writing_everything(spark: SparkSession, tmp_path: Path,
-                                                              lake_uri: str, unique: str) -> None:
+def _raw_batch(lake_uri: str, dataset: str, batch: str) -> str:
+    return io.lake_path(lake_uri, "raw", dataset, f"_batch_id={sanitize_batch_id(batch)}")
+
+
+def _metrics(tmp_path: Path, batch: str) -> dict:
+    return json.loads((tmp_path / f"{batch}.metrics.json").read_text())
+
+
+def _strict_regex_args() -> list[str]:
+    return ["--format", "regex", "--regex", INVOICE_REGEX, "--schema", INVOICE_SCHEMA, "--max_reject_ratio", "0.1"]
+
+
+def test_rejects_over_threshold_fail_keeping_rejects_and_writing_no_raw(spark: SparkSession, tmp_path: Path,
+                                                                       lake_uri: str, unique: str) -> None:
     source = tmp_path / "mostly_bad.txt"
     source.write_text(INVOICES)
+    dataset, batch = f"bad_{unique}", f"b_{unique}"
     with pytest.raises(JobFailure) as failure:
-        _run(tmp_path, lake_uri, source, f"bad_{unique}", f"b_{unique}", "--format", "regex",
-             "--regex", INVOICE_REGEX, "--schema", INVOICE_SCHEMA, "--max_reject_ratio", "0.1")
+        _run(tmp_path, lake_uri, source, dataset, batch, *_strict_regex_args())
     message = str(failure.value)
-    assert str(source) in message and "2 of 5" in message and "rejects" in message
-    metrics = json.loads((tmp_path / f"b_{unique}.metrics.json").read_text())
-    assert metrics["rows_rejected"] == 2 and "max_reject_ratio" in metrics["error"]
+    assert str(source) in message and "2 of 5" in message and "nothing written to raw" in message
+    metrics = _metrics(tmp_path, batch)
+    assert (metrics["rows_in"], metrics["rows_out"], metrics["rows_valid"], metrics["rows_rejected"]) == (5, 0, 3, 2)
+    assert "max_reject_ratio" in metrics["error"] and metrics["raw_path"] is None
+    assert metrics["error_summary"] == message  # already one line: the job's own message, no type prefix
+    assert str(source) in metrics["error_summary"] and "\n" not in metrics["error_summary"]
     assert metrics["rejects_path"] in message
-    assert spark.read.json(metrics["rejects_path"]).count() == 2
-    assert spark.read.parquet(metrics["raw_path"]).count() == 3
+    rejects = {r["_line_number"]: r for r in spark.read.json(metrics["rejects_path"]).collect()}
+    assert sorted(rejects) == [4, 6] and rejects[4]["_reason"] == "line does not match regex"
+    assert "2026-13-45" in rejects[6]["_reason"] and rejects[6]["_raw_line"].startswith("2026-13-45 INVOICE")
+    assert not io.path_exists(spark, _raw_batch(lake_uri, dataset, batch))
+
+
+def test_failing_rerun_removes_the_batch_an_earlier_try_wrote(spark: SparkSession, tmp_path: Path,
+                                                              lake_uri: str, unique: str) -> None:
+    source = tmp_path / "invoices.txt"
+    source.write_text(INVOICES)
+    dataset, batch = f"rerun_{unique}", f"b_{unique}"
+    first = _run(tmp_path, lake_uri, source, dataset, batch, *_regex_args())  # 2 of 5 rejected, 0.5 allows it
+    assert first["raw_path"] == _raw_batch(lake_uri, dataset, batch)
+    assert spark.read.parquet(first["raw_path"]).count() == 3
+
+    with pytest.raises(JobFailure, match="2 of 5 lines rejected"):  # the same batch, a stricter ratio
+        _run(tmp_path, lake_uri, source, dataset, batch, *_strict_regex_args())
+    assert not io.path_exists(spark, first["raw_path"])
+    failed = _metrics(tmp_path, batch)
+    assert (failed["rows_in"], failed["rows_out"], failed["rows_rejected"]) == (5, 0, 2)
+    assert spark.read.json(failed["rejects_path"]).count() == 2
+
+    again = _run(tmp_path, lake_uri, source, dataset, batch, *_regex_args())  # and a passing try writes it again
+    assert spark.read.parquet(again["raw_path"]).count() == 3
 
 
 def test_empty_file_fails_naming_it(tmp_path: Path, spark: SparkSession, lake_uri: str, unique: str) -> None:
@@ -126,6 +165,24 @@ def test_empty_file_fails_naming_it(tmp_path: Path, spark: SparkSession, lake_ur
     source.write_text("\n\n")
     with pytest.raises(JobFailure, match=r"empty\.txt is empty"):
         _run(tmp_path, lake_uri, source, f"empty_{unique}", f"b_{unique}", *_regex_args())
+    metrics = _metrics(tmp_path, f"b_{unique}")
+    assert (metrics["rows_in"], metrics["rows_out"], metrics["rows_rejected"]) == (0, 0, 0)
+    assert metrics["error_summary"] == f"landing file {source} is empty: it has no data lines"
+    assert metrics["source_uri"] == str(source) and metrics["raw_path"] is None
+
+
+def test_empty_file_after_a_good_run_of_the_batch_removes_its_raw(tmp_path: Path, spark: SparkSession,
+                                                                  lake_uri: str, unique: str) -> None:
+    source = tmp_path / "invoices.txt"
+    source.write_text(INVOICES)
+    dataset, batch = f"gone_{unique}", f"b_{unique}"
+    good = _run(tmp_path, lake_uri, source, dataset, batch, *_regex_args())
+    assert io.path_exists(spark, good["raw_path"] + "/_SUCCESS")  # the marker a reader can rely on
+    source.write_text("")
+    with pytest.raises(JobFailure, match=r"invoices\.txt is empty"):
+        _run(tmp_path, lake_uri, source, dataset, batch, *_regex_args())
+    assert not io.path_exists(spark, good["raw_path"])
+    assert "invoices.txt is empty" in _metrics(tmp_path, batch)["error_summary"]
 
 
 def test_missing_file_and_bad_arguments_fail_clearly(tmp_path: Path, spark: SparkSession, lake_uri: str) -> None:
