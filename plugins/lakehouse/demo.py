@@ -83,7 +83,8 @@ def _task_errors(settings: Settings, dag_run_id: str) -> str:
     try:
         with conn.cursor() as cur:
             cur.execute(
-                "SELECT task_id, error FROM lakehouse.task_runs WHERE dag_run_id = %s AND status = 'failed' "
+                "SELECT task_id, coalesce(error_summary, error) FROM lakehouse.task_runs "
+                "WHERE dag_run_id = %s AND status <> 'success' "
                 "ORDER BY task_run_id",
                 (dag_run_id,),
             )

@@ -29,10 +29,11 @@ class TaskFailure:
     task_id: str
     dag_id: str
     dag_run_id: str
-    error: str
+    error: str  # the one-line reason the alert leads with
     file_uri: str | None = None
     log_url: str | None = None
     alert_target: str | None = None
+    details: str = ""  # the full text (with the end of the job's output), kept in the row
 
     @property
     def subject(self) -> str:
@@ -99,10 +100,11 @@ def notify_failure(settings: Settings, failure: TaskFailure) -> dict[str, str]:
     try:
         with conn, conn.cursor() as cur:
             cur.execute(
-                """INSERT INTO lakehouse.notifications (flow_id, task_id, dag_run_id, file_uri, error, log_url, channels)
-                   VALUES (%s, %s, %s, %s, %s, %s, %s)""",
-                (failure.flow_id, failure.task_id, failure.dag_run_id, failure.file_uri, failure.error[:8000],
-                 failure.log_url, json.dumps(results)),
+                """INSERT INTO lakehouse.notifications (flow_id, task_id, dag_run_id, file_uri, error, error_summary,
+                                                        log_url, channels)
+                   VALUES (%s, %s, %s, %s, %s, %s, %s, %s)""",
+                (failure.flow_id, failure.task_id, failure.dag_run_id, failure.file_uri,
+                 (failure.details or failure.error)[:8000], failure.error, failure.log_url, json.dumps(results)),
             )
     finally:
         conn.close()

@@ -36,7 +36,7 @@ def start_task_run(
                        (flow_id, task_id, template_id, dag_id, dag_run_id, try_number, batch_id, runner, status)
                    VALUES (%s, %s, %s, %s, %s, %s, %s, %s, 'running')
                    ON CONFLICT (dag_id, dag_run_id, task_id, try_number) DO UPDATE SET
-                       status = 'running', started_at = now(), ended_at = NULL, error = NULL,
+                       status = 'running', started_at = now(), ended_at = NULL, error = NULL, error_summary = NULL,
                        rows_in = NULL, rows_out = NULL, rows_rejected = NULL, metrics = NULL
                    RETURNING task_run_id""",
                 (flow_id, task_id, template_id, dag_id, dag_run_id, try_number, batch_id, runner),
@@ -53,8 +53,11 @@ def finish_task_run(
     status: str,
     metrics: dict[str, Any] | None = None,
     error: str | None = None,
+    error_summary: str | None = None,
     external_run_id: str | None = None,
 ) -> None:
+    """Close a try: its counts whatever the outcome (a failed job reports what it counted), the
+    one-line reason, and the full error text with the end of the job's output."""
     metrics = metrics or {}
 
     def count(name: str) -> int | None:
@@ -66,7 +69,7 @@ def finish_task_run(
         with conn, conn.cursor() as cur:
             cur.execute(
                 """UPDATE lakehouse.task_runs SET status = %s, ended_at = now(), rows_in = %s, rows_out = %s,
-                       rows_rejected = %s, metrics = %s, error = %s, external_run_id = %s
+                       rows_rejected = %s, metrics = %s, error = %s, error_summary = %s, external_run_id = %s
                    WHERE task_run_id = %s""",
                 (
                     status,
@@ -75,6 +78,7 @@ def finish_task_run(
                     count("rows_rejected"),
                     json.dumps(metrics) if metrics else None,
                     error[:8000] if error else None,
+                    error_summary,
                     external_run_id,
                     task_run_id,
                 ),
@@ -84,17 +88,17 @@ def finish_task_run(
 
 
 def close_unfinished_task_run(
-    dsn: str, *, dag_id: str, dag_run_id: str, task_id: str, try_number: int, error: str
+    dsn: str, *, dag_id: str, dag_run_id: str, task_id: str, try_number: int, error: str, error_summary: str
 ) -> bool:
     """Mark a try still ``running`` as ``killed``; a row the task closed itself is left as is."""
     conn = psycopg2.connect(dsn)
     try:
         with conn, conn.cursor() as cur:
             cur.execute(
-                """UPDATE lakehouse.task_runs SET status = 'killed', ended_at = now(), error = %s
+                """UPDATE lakehouse.task_runs SET status = 'killed', ended_at = now(), error = %s, error_summary = %s
                    WHERE dag_id = %s AND dag_run_id = %s AND task_id = %s AND try_number = %s
                      AND status = 'running'""",
-                (error[:8000], dag_id, dag_run_id, task_id, try_number),
+                (error[:8000], error_summary, dag_id, dag_run_id, task_id, try_number),
             )
             return cur.rowcount > 0
     finally:

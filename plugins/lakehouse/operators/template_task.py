@@ -15,6 +15,7 @@ from lakehouse.flows import FileRef, FlowTask, RunContext, Template, render_argu
 from lakehouse.metadata.audit import close_unfinished_task_run, finish_task_run, start_task_run
 from lakehouse.notifications import TaskFailure, notify_failure
 from lakehouse.runners import JobFailedError, JobRequest, get_runner
+from lakehouse.runners.base import one_line
 from lakehouse.secrets import SECRET_PARAMETER, redact, resolve_connection_secret, secret_values
 
 __all__ = ["TemplateTaskOperator", "run_context_from_airflow", "on_task_failure"]
@@ -49,21 +50,36 @@ def _log_url(dag_id: str, run_id: str, task_id: str, try_number: int) -> str:
     return f"{base}/dags/{quote(dag_id)}/runs/{quote(run_id)}/tasks/{quote(task_id)}?try_number={try_number}"
 
 
+def failure_texts(exc: BaseException | None, timeout_seconds: int | None = None) -> tuple[str, str]:
+    """(one-line reason, full text) of a try's failure. A job's failure is its own reason, without
+    the wrapper's type name; the full text adds the end of its output."""
+    if exc is None:
+        return "task failed (no exception recorded)", "task failed (no exception recorded)"
+    if isinstance(exc, (AirflowTaskTimeout, TimeoutError)):
+        text = f"timed out after {timeout_seconds}s (flow_tasks.timeout_seconds)" + (f": {exc}" if str(exc) else "")
+        return one_line(text), text
+    if isinstance(exc, JobFailedError):
+        return str(exc), f"{exc}\n{exc.details}".strip()
+    text = f"{type(exc).__name__}: {exc}"
+    return one_line(text), text
+
+
 def on_task_failure(context: Any) -> None:
     """Called by Airflow once a task has failed for good (not on a retry that follows)."""
     ti = context["ti"]
     task = context["task"]
     flow_id = getattr(task, "flow_id", ti.dag_id)
     run = run_context_from_airflow(flow_id, context)
-    error = context.get("exception")
-    error_text = f"{type(error).__name__}: {error}" if error else "task failed (no exception recorded)"
-    error_text = redact(error_text, getattr(task, "secret_values", ())) or error_text
+    secrets = getattr(task, "secret_values", ())
+    summary, details = failure_texts(context.get("exception"), getattr(getattr(task, "flow_task", None),
+                                                                       "timeout_seconds", None))
+    summary, details = redact(summary, secrets) or summary, redact(details, secrets) or details
     settings = load_settings()
     # A try that died without closing its own row (SIGKILL, lost heartbeat) is closed here: the
     # scheduler runs this callback for such tries too.
     close_unfinished_task_run(
         settings.metadata_dsn, dag_id=ti.dag_id, dag_run_id=run.run_id, task_id=ti.task_id,
-        try_number=ti.try_number, error=error_text,
+        try_number=ti.try_number, error=details, error_summary=summary,
     )
     notify_failure(
         settings,
@@ -72,7 +88,8 @@ def on_task_failure(context: Any) -> None:
             task_id=ti.task_id,
             dag_id=ti.dag_id,
             dag_run_id=run.run_id,
-            error=error_text,
+            error=summary,
+            details=details,
             file_uri=run.file.uri if run.file else None,
             log_url=_log_url(ti.dag_id, run.run_id, ti.task_id, ti.try_number),
             alert_target=getattr(task, "alert_target", None),
@@ -148,20 +165,17 @@ class TemplateTaskOperator(BaseOperator):
                 )
             )
         except BaseException as exc:
-            external = exc.external_run_id if isinstance(exc, JobFailedError) else None
+            failed = exc if isinstance(exc, JobFailedError) else None
             status = (
                 "timeout" if isinstance(exc, (AirflowTaskTimeout, TimeoutError))
                 else "killed" if isinstance(exc, (AirflowTaskTerminated, KeyboardInterrupt))
                 else "failed"
             )
-            if status == "timeout":
-                exc_text = f"timed out after {self.flow_task.timeout_seconds}s (flow_tasks.timeout_seconds)"
-                exc_text += f": {exc}" if str(exc) else ""
-            else:
-                exc_text = f"{type(exc).__name__}: {exc}"
+            summary, details = failure_texts(exc, self.flow_task.timeout_seconds)
             finish_task_run(
-                settings.metadata_dsn, audit_id, status=status,
-                error=redact(exc_text, self.secret_values), external_run_id=external,
+                settings.metadata_dsn, audit_id, status=status, metrics=failed.metrics if failed else None,
+                error=redact(details, self.secret_values), error_summary=redact(summary, self.secret_values),
+                external_run_id=failed.external_run_id if failed else None,
             )
             raise
         finish_task_run(

@@ -8,7 +8,11 @@ from typing import Any, Protocol
 
 from lakehouse.config import Settings
 
-__all__ = ["JobRequest", "JobResult", "JobRunner", "JobFailedError", "get_runner", "job_arguments"]
+__all__ = ["JobRequest", "JobResult", "JobRunner", "JobFailedError", "get_runner", "job_arguments", "one_line",
+           "SUMMARY_MAX_CHARS"]
+
+#: The longest one-line failure reason (the job side cuts its ``error_summary`` at the same length).
+SUMMARY_MAX_CHARS = 500
 
 
 @dataclass(frozen=True)
@@ -33,12 +37,32 @@ class JobResult:
     external_run_id: str | None = None
 
 
-class JobFailedError(RuntimeError):
-    """The job ran and failed; the message carries the job's own error (the useful part)."""
+def one_line(text: str, limit: int = SUMMARY_MAX_CHARS) -> str:
+    """``text`` on one line (its non-empty lines joined with "; "), cut to ``limit`` with "…"."""
+    joined = "; ".join(line.strip() for line in text.splitlines() if line.strip())
+    return joined if len(joined) <= limit else joined[: limit - 1].rstrip() + "…"
 
-    def __init__(self, message: str, external_run_id: str | None = None) -> None:
-        super().__init__(message)
+
+class JobFailedError(RuntimeError):
+    """The job ran and failed. ``str()`` is the job's own reason on one line (what the audit row's
+    ``error_summary`` and the alert lead with); ``metrics`` are the counts the job wrote before it
+    failed; ``details`` is the end of its output, for the audit's ``error``."""
+
+    def __init__(self, summary: str, external_run_id: str | None = None, *, metrics: dict[str, Any] | None = None,
+                 details: str = "") -> None:
+        super().__init__(one_line(summary))
         self.external_run_id = external_run_id
+        self.metrics: dict[str, Any] = dict(metrics or {})
+        self.details = details
+
+    @classmethod
+    def from_metrics(cls, metrics: dict[str, Any] | None, fallback: str, external_run_id: str | None = None,
+                     details: str = "") -> "JobFailedError":
+        """The failure as the job reported it in its metrics file (``error_summary``, else
+        ``error``), or ``fallback`` when it wrote none (it crashed or was killed first)."""
+        metrics = metrics or {}
+        summary = str(metrics.get("error_summary") or metrics.get("error") or fallback)
+        return cls(summary, external_run_id, metrics=metrics, details=details)
 
 
 class JobRunner(Protocol):

@@ -93,7 +93,8 @@ class GlueRunner:
         run_id = self.client.start_job_run(JobName=job_name, Arguments=arguments)["JobRunId"]
         state, message = self._wait(job_name, run_id)
         if state != "SUCCEEDED":
-            raise JobFailedError(f"Glue job {job_name} run {run_id} ended {state}: {message}", run_id)
+            ended = f"Glue job {job_name} run {run_id} ended {state}: {message}"
+            raise JobFailedError.from_metrics(self._failure_metrics(metrics_uri), ended, run_id, details=ended)
         metrics = self._read_metrics(metrics_uri)
         self.client.delete_job(JobName=job_name)
         return JobResult(metrics, external_run_id=run_id)
@@ -104,6 +105,13 @@ class GlueRunner:
             if run["JobRunState"] not in _RUNNING:
                 return run["JobRunState"], run.get("ErrorMessage", "")
             time.sleep(self.poll_seconds)
+
+    def _failure_metrics(self, metrics_uri: str) -> dict[str, Any] | None:
+        """What a failed job reported before it ended (its reason and counts), if it got that far."""
+        try:
+            return self._read_metrics(metrics_uri)
+        except JobFailedError:
+            return None
 
     def _read_metrics(self, metrics_uri: str) -> dict[str, Any]:
         bucket, _, key = metrics_uri.removeprefix("s3://").partition("/")

@@ -121,7 +121,14 @@ class LocalSparkRunner:
             _kill_group(proc)
             raise
         if proc.returncode != 0:
-            raise JobFailedError(_error_summary(tail, proc.returncode), external_run_id=job_id)
+            reported = None
+            if metrics_file.exists():  # the job's own report of why: written before it exited
+                try:
+                    reported = parse_metrics(metrics_file.read_text(), str(metrics_file))
+                except JobFailedError:
+                    reported = None
+            raise JobFailedError.from_metrics(reported, _headline(tail, proc.returncode), job_id,
+                                              details=_output_tail(tail))
         if not metrics_file.exists():
             raise JobFailedError(f"job {job_id} exited 0 but wrote no metrics to {metrics_file}", job_id)
         return JobResult(parse_metrics(metrics_file.read_text(), str(metrics_file)), external_run_id=job_id)
@@ -135,9 +142,16 @@ def _kill_group(proc: subprocess.Popen[str]) -> None:
     proc.wait()
 
 
-def _error_summary(tail: deque[str], returncode: int) -> str:
-    """The job's own exception (the last traceback's last line) leads; context follows."""
-    lines = list(tail)
-    errors = [ln for ln in lines if ln and not ln.startswith((" ", "\t")) and ("Error" in ln or "Exception" in ln)]
-    headline = errors[-1] if errors else f"spark-submit exited {returncode}"
-    return f"{headline}\n--- last lines of the job's output ---\n" + "\n".join(lines[-25:])
+def _headline(tail: deque[str], returncode: int) -> str:
+    """Why the job failed when it wrote no report (it crashed or was killed before): the last
+    exception line of its output, else how the process ended."""
+    errors = [ln for ln in tail if ln and not ln.startswith((" ", "\t")) and ("Error" in ln or "Exception" in ln)]
+    if errors:
+        return errors[-1]
+    if returncode < 0:
+        return f"spark-submit was killed by signal {-returncode} before the job reported anything"
+    return f"spark-submit exited {returncode} before the job reported anything"
+
+
+def _output_tail(tail: deque[str]) -> str:
+    return "--- last lines of the job's output ---\n" + "\n".join(list(tail)[-25:])

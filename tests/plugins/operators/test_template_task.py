@@ -93,6 +93,30 @@ def test_failure_row_names_the_error(pg: Settings, operator, monkeypatch: pytest
     assert "column amount not found" in error
 
 
+def test_failed_try_keeps_the_jobs_counts_and_one_line_reason(pg: Settings, operator, monkeypatch) -> None:
+    """The counts a failed job reported reach the audit row; the reason is one line, the log tail
+    stays in ``error``, and the alert leads with the reason."""
+    why = "landing file s3://landing/customers/bad/malformed.csv: 3 of 5 lines rejected (60.0%), more than 0.0"
+    failure = JobFailedError(why, "job-7", metrics={"rows_in": 5, "rows_out": 0, "rows_rejected": 3},
+                             details="--- last lines of the job's output ---\nINFO SparkContext: stopped")
+    use_runner(monkeypatch, ScriptedRunner(failure))
+    context = context_for(operator, "run_counts")
+    with pytest.raises(JobFailedError) as raised:
+        operator.execute(context)
+    context["exception"] = raised.value
+    template_task.on_task_failure(context)
+    ((_, status, rows_in, rows_out, rejected, error, _),) = audit_rows(pg, "run_counts")
+    assert (status, rows_in, rows_out, rejected) == ("failed", 5, 0, 3)
+    assert error.startswith(why) and "INFO SparkContext: stopped" in error
+    with psycopg2.connect(pg.metadata_dsn) as conn, conn.cursor() as cur:
+        cur.execute("SELECT error_summary FROM lakehouse.task_runs WHERE dag_run_id = 'run_counts'")
+        assert cur.fetchone() == (why,)
+        cur.execute("SELECT error_summary, error FROM lakehouse.notifications WHERE dag_run_id = 'run_counts'")
+        summary, full = cur.fetchone()
+    conn.close()
+    assert summary == why and "INFO SparkContext: stopped" in full
+
+
 def test_airflow_execution_timeout_is_recorded_as_timeout(pg: Settings, operator, monkeypatch) -> None:
     """Airflow enforces timeout_seconds with SIGALRM inside execute(); the row must say so."""
     use_runner(monkeypatch, ScriptedRunner(lambda: time.sleep(30)))
@@ -128,7 +152,7 @@ def test_failure_callback_keeps_the_row_the_task_closed(pg: Settings, operator, 
     ((_, status, *_),) = audit_rows(pg, "run_closed")
     assert status == "failed"
     ((task_id, file_uri, error),) = notifications(pg, "run_closed")
-    assert (task_id, file_uri) == ("build", "s3://landing/a/b.csv") and "JobFailedError: boom" in error
+    assert (task_id, file_uri) == ("build", "s3://landing/a/b.csv") and error == "boom"
 
 
 def test_retries_do_not_alert_only_the_final_failure_does(operator) -> None:

@@ -141,3 +141,26 @@ def test_configured_connections_are_attached_to_every_job(aws: None, monkeypatch
     created = spy_on_create_job(runner, glue)
     runner.run(request())
     assert created[0]["Connections"] == {"Connections": ["lakehouse-warehouse-network", "other"]}
+
+
+def test_a_failed_glue_job_is_its_own_one_line_reason_with_its_counts(aws: None) -> None:
+    """The failure metrics the template wrote before the run ended FAILED carry the reason the
+    audit row keeps; Glue's own ErrorMessage stays in the details."""
+    runner, glue = make_runner(fail=True)
+    report = {"rows_in": 5, "rows_out": 0, "rows_rejected": 3, "error": "JobFailure: …",
+              "error_summary": "landing file s3://landing/c.csv: 3 of 5 lines rejected (60.0%)"}
+    start = runner.client.start_job_run
+
+    def failing_start(**kwargs: Any) -> Any:
+        bucket, _, key = kwargs["Arguments"]["--metrics_uri"].removeprefix("s3://").partition("/")
+        runner.s3.put_object(Bucket=bucket, Key=key, Body=json.dumps(report))
+        return start(**kwargs)
+
+    runner.client.start_job_run = failing_start  # type: ignore[method-assign]
+    runner.client.get_job_run = lambda **kw: {"JobRun": {"JobRunState": "FAILED",  # type: ignore[method-assign]
+                                                         "ErrorMessage": "Exception: see the log"}}
+    with pytest.raises(JobFailedError) as failed:
+        runner.run(request())
+    assert str(failed.value) == report["error_summary"] and failed.value.metrics["rows_rejected"] == 3
+    assert "ended FAILED: Exception: see the log" in failed.value.details
+    assert len(glue.get_jobs()["Jobs"]) == 1  # kept for inspection
