@@ -182,28 +182,33 @@ def _cmd_flow_export(args: argparse.Namespace) -> int:
 
 
 def _cmd_runs(args: argparse.Namespace) -> int:
-    from lakehouse.demo import format_table
+    from lakehouse.metadata.trace import format_runs, list_task_runs, to_json
 
-    where = ["true"]
-    if args.flow:
-        where.append("flow_id = %(flow)s")
-    if args.failed:
-        where.append("status IN ('failed', 'timeout', 'killed')")
-    import psycopg2
-
-    conn = psycopg2.connect(load_settings().metadata_dsn)
-    try:
-        with conn.cursor() as cur:
-            cur.execute(
-                "SELECT flow_id, task_id, dag_run_id, try_number, status, started_at, ended_at, rows_in, rows_out, "
-                "rows_rejected, left(coalesce(error, ''), 80) AS error FROM lakehouse.task_runs WHERE "
-                + " AND ".join(where) + " ORDER BY task_run_id DESC LIMIT %(limit)s",
-                {"flow": args.flow, "limit": args.limit},
-            )
-            print(format_table([d.name for d in cur.description], cur.fetchall()))
-    finally:
-        conn.close()
+    rows = list_task_runs(load_settings().metadata_dsn, args.flow, args.failed, args.limit)
+    print(to_json(rows) if args.json else format_runs(rows))
     return 0
+
+
+def _cmd_trace(args: argparse.Namespace) -> int:
+    """Everything about one object, from the ledger and the audit; Airflow adds each run's state."""
+    from lakehouse.hooks.airflow_api import AirflowUnavailableError
+    from lakehouse.metadata.trace import format_trace, to_json, trace_object
+
+    settings = load_settings()
+    client = None if args.no_airflow else _airflow_client()
+
+    def run_state(dag_id: str, run_id: str) -> str | None:
+        if client is None:
+            return None
+        try:
+            run = client.get_dag_run(dag_id, run_id)
+        except (AirflowUnavailableError, RuntimeError):
+            return "unknown (Airflow not reachable)"
+        return run["state"] if run else "not in Airflow"
+
+    trace = trace_object(settings.metadata_dsn, args.uri, run_state)
+    print(to_json(trace) if args.json else format_trace(trace))
+    return 0 if trace["versions"] else 1
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -244,11 +249,17 @@ def build_parser() -> argparse.ArgumentParser:
         val = parent.add_parser(name, help="check stored flows (paused ones too) as the DAG factory does")
         val.add_argument("flow_id", nargs="?")
         val.set_defaults(func=_cmd_flow_validate)
-    runs = sub.add_parser("runs", help="task-run audit")
+    runs = sub.add_parser("runs", help="task-run audit: each try, its counts and why it failed")
     runs.add_argument("--flow")
-    runs.add_argument("--failed", action="store_true")
+    runs.add_argument("--failed", action="store_true", help="failed, timed-out and killed tries only")
     runs.add_argument("--limit", type=int, default=30)
+    runs.add_argument("--json", action="store_true")
     runs.set_defaults(func=_cmd_runs)
+    trace = sub.add_parser("trace", help="where is my file: ledger, runs, task tries and outputs of one object")
+    trace.add_argument("uri", metavar="s3://BUCKET/KEY")
+    trace.add_argument("--json", action="store_true")
+    trace.add_argument("--no-airflow", action="store_true", help="do not ask Airflow for each run's state")
+    trace.set_defaults(func=_cmd_trace)
     return parser
 
 

@@ -115,6 +115,22 @@ class AirflowApiClient:
             raise AirflowApiError(response.status_code, response.text[:300])
         return response.json()
 
+    def get_dag_details(self, dag_id: str) -> dict[str, Any] | None:
+        """The DAG with its doc panel (``doc_md``), as the UI's details page shows it."""
+        response = self._request("GET", f"/api/v2/dags/{quote(dag_id, safe='')}/details")
+        if response.status_code == 404:
+            return None
+        if response.status_code != 200:
+            raise AirflowApiError(response.status_code, response.text[:300])
+        return response.json()
+
+    def list_dags(self, limit: int = 100, offset: int = 0, **filters: Any) -> dict[str, Any]:
+        """One page of ``GET /api/v2/dags`` (``dags`` and ``total_entries``), e.g. ``tags=["invalid"]``."""
+        response = self._request("GET", "/api/v2/dags", params={"limit": limit, "offset": offset, **filters})
+        if response.status_code != 200:
+            raise AirflowApiError(response.status_code, response.text[:300])
+        return response.json()
+
     def set_paused(self, dag_id: str, paused: bool) -> None:
         response = self._request("PATCH", f"/api/v2/dags/{quote(dag_id, safe='')}", json={"is_paused": paused})
         if response.status_code != 200:
