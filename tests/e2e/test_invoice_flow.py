@@ -4,52 +4,20 @@ Then the stack is stopped with the project's own stop code, and nothing of it ma
 
 from __future__ import annotations
 
-import os
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import psycopg2
 import pytest
 
 from lakehouse.config import Settings
-from lakehouse.demo import airflow_client, drop_file_and_wait, install_sample_flow, sample_dir, stage_history, wait_for_dag
+from lakehouse.demo import drop_file_and_wait, sample_dir, stage_history, wait_for_dag
 from lakehouse.hooks.airflow_api import AirflowApiClient
-from lakehouse.stack import services
-from lakehouse.stack.processes import processes_using_home
 
 pytestmark = pytest.mark.e2e
 
 
-@pytest.fixture(scope="module")
-def stack(pg: Settings) -> Iterator[Settings]:
-    services.up(pg)
-    yield pg
-    services.down(pg)
-    # the test session's own children (its shared Spark session) are not part of the stack
-    left = processes_using_home(pg.home, exclude_descendants_of=os.getpid())
-    assert left == [], "processes left after stop: " + "; ".join(left)
-
-
-@pytest.fixture(scope="module")
-def client(stack: Settings) -> AirflowApiClient:
-    install_sample_flow(stack)
-    c = airflow_client(stack)
-    wait_for_dag(c, "invoices")
-    return c
-
-
-def scalar(dsn: str, sql: str, *params: object) -> object:
-    conn = psycopg2.connect(dsn)
-    try:
-        with conn.cursor() as cur:
-            cur.execute(sql, params)
-            return cur.fetchone()[0]
-    finally:
-        conn.close()
-
-
-def test_invoice_files_reach_the_warehouse_with_history(stack: Settings, client: AirflowApiClient) -> None:
+def test_invoice_files_reach_the_warehouse_with_history(stack: Settings, client: AirflowApiClient, scalar) -> None:
     first, second = sorted(sample_dir(stack).glob("*.txt"))
     run1 = drop_file_and_wait(stack, client, "invoices", first, f"invoices/{first.name}")
     assert run1["state"] == "success", run1
