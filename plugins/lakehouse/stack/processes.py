@@ -1,8 +1,8 @@
 """Start services in their own process group and stop them by that group, leaving no orphans.
 
-Airflow's LocalExecutor forks workers that survive a SIGTERM to their parent (VERIFIED.md), so
-stopping a PID is not enough: every service is a session leader and we signal the whole group,
-then check ``/proc`` until no live member of the group is left.
+Airflow's LocalExecutor forks workers that survive a SIGTERM to their parent
+(docs/architecture.md), so stopping a PID is not enough: every service is a session leader and
+we signal the whole group, then check ``/proc`` until no live member of the group is left.
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
-__all__ = ["start_group", "stop_group", "group_alive", "pid_file", "read_pid", "group_members",
+__all__ = ["start_group", "stop_group", "group_alive", "service_running", "pid_file", "read_pid", "group_members",
            "processes_using_home"]
 
 
@@ -50,6 +50,21 @@ def group_members(pgid: int) -> list[int]:
 def group_alive(run_dir: Path, name: str) -> bool:
     pid = read_pid(run_dir, name)
     return pid is not None and bool(group_members(pid))
+
+
+def service_running(run_dir: Path, name: str) -> bool:
+    """Whether the service's own process (the group's leader) runs. A group whose leader died
+    (``kill -9`` of a scheduler leaves its executor's workers behind) is stopped here, so that
+    the next start owns the whole group again and a stop still leaves no orphans."""
+    pid = read_pid(run_dir, name)
+    if pid is None:
+        return False
+    members = group_members(pid)
+    if pid in members:
+        return True
+    if members:
+        stop_group(run_dir, name)
+    return False
 
 
 def start_group(

@@ -1,7 +1,9 @@
 """Bring the local stack up and down: Postgres, SeaweedFS, the invoker, and Airflow's four
 components (api-server, scheduler, dag-processor, triggerer; LocalExecutor on Postgres).
 
-``up`` is idempotent: what already runs is left alone, so a second ``make demo`` is fast.
+``up`` is idempotent: what already runs is left alone, so a second ``make demo`` is fast; a
+service whose process died (a crash, ``kill -9``) is started again, after whatever it left
+behind in its process group is stopped.
 ``down`` stops in reverse order by process group (Postgres by its postmaster pid through
 ``pg_ctl``), and then checks that nothing of the stack is left.
 """
@@ -23,7 +25,7 @@ from lakehouse.config import Settings
 from lakehouse.metadata.migrations import migrate
 from lakehouse.stack import postgres
 from lakehouse.stack.jars import provision_jars
-from lakehouse.stack.processes import group_alive, group_members, read_pid, start_group, stop_group
+from lakehouse.stack.processes import group_members, read_pid, service_running, start_group, stop_group
 
 __all__ = ["up", "down", "status", "stack_environment", "airflow_component_environment", "AIRFLOW_COMPONENTS",
            "SERVICE_NAMES"]
@@ -141,7 +143,7 @@ def _wait(what: str, check: Callable[[], bool], timeout: float, log: Path | None
 
 # -- SeaweedFS ----------------------------------------------------------------------------------
 def _start_seaweedfs(settings: Settings, env: dict[str, str], echo: Callable[[str], None]) -> None:
-    if group_alive(settings.run_dir, "seaweedfs"):
+    if service_running(settings.run_dir, "seaweedfs"):
         return
     workdir = settings.home / "seaweedfs"
     (workdir / "data").mkdir(parents=True, exist_ok=True)
@@ -179,7 +181,7 @@ def _landing_bucket_ready(settings: Settings) -> bool:
 
 # -- invoker ------------------------------------------------------------------------------------
 def _start_invoker(settings: Settings, env: dict[str, str], echo: Callable[[str], None]) -> None:
-    if group_alive(settings.run_dir, "invoker"):
+    if service_running(settings.run_dir, "invoker"):
         return
     echo(f"starting the invoker on {settings.invoker_url}")
     start_group(settings.run_dir, settings.log_dir, "invoker",
@@ -216,7 +218,7 @@ def _airflow_healthy(settings: Settings) -> bool:
 
 
 def _start_airflow(settings: Settings, env: dict[str, str], echo: Callable[[str], None]) -> None:
-    missing = [c for c in AIRFLOW_COMPONENTS if not group_alive(settings.run_dir, f"airflow-{c}")]
+    missing = [c for c in AIRFLOW_COMPONENTS if not service_running(settings.run_dir, f"airflow-{c}")]
     if not missing:
         return
     _prepare_airflow(settings, env, echo)

@@ -7,7 +7,8 @@ import sys
 import time
 from pathlib import Path
 
-from lakehouse.stack.processes import group_alive, group_members, processes_using_home, start_group, stop_group
+from lakehouse.stack.processes import (group_alive, group_members, processes_using_home, service_running,
+                                      start_group, stop_group)
 
 STUBBORN = """
 import os, signal, subprocess, sys, time
@@ -48,3 +49,23 @@ def test_processes_using_home_finds_a_process_by_its_environment(tmp_path: Path)
         child.kill()
         child.wait()
     assert processes_using_home(home) == []
+
+
+def test_a_service_whose_own_process_died_is_not_running_and_its_leftovers_are_stopped(tmp_path: Path) -> None:
+    """kill -9 of a service's main process leaves its children in the group; ``up`` must start the
+    service again and must not leave those children orphaned."""
+    import signal
+
+    run, log = tmp_path / "run", tmp_path / "log"
+    pgid = start_group(run, log, "stubborn", [sys.executable, "-c", STUBBORN], dict(os.environ))
+    deadline = time.monotonic() + 10
+    while len(group_members(pgid)) < 2 and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert service_running(run, "stubborn")
+    os.kill(pgid, signal.SIGKILL)
+    deadline = time.monotonic() + 10
+    while pgid in group_members(pgid) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert len(group_members(pgid)) == 1  # the child is left behind
+    assert service_running(run, "stubborn") is False
+    assert group_members(pgid) == [] and not (run / "stubborn.pid").exists()
