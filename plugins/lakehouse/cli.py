@@ -82,8 +82,11 @@ def _cmd_invoker_serve(args: argparse.Namespace) -> int:
     from lakehouse.invoker.server import InvokerServer
 
     settings = load_settings()
+    from lakehouse.invoker.spool import EventSpool
+
     server = InvokerServer((settings.invoker_bind, settings.invoker_port), build_invoker(settings), settings.invoker_token,
-                           dispatch_workers=settings.invoker_dispatch_workers)
+                           dispatch_workers=settings.invoker_dispatch_workers,
+                           spool=EventSpool(settings.run_dir / "invoker-spool"))
     logging.getLogger(__name__).info("invoker listening on %s", settings.invoker_url)
     server.serve()
     return 0

@@ -12,7 +12,9 @@ dispatcher threads (``LAKEHOUSE_INVOKER_WORKERS``), so a slow or stopped Airflow
 slow down or time out the event source. ``0`` workers calls Airflow inside the request instead
 (the naive synchronous path, kept as the benchmark's baseline). A background loop re-queues
 pending rows whose backoff has passed — including rows whose dispatch died with a previous
-process, once their lease has run out.
+process, once their lease has run out. While the metadata database is unreachable, events are
+written to a disk spool (fsynced) and answered 200, because some senders (SeaweedFS's webhook)
+do not retry a 503; the loop moves them into the ledger once the database is back.
 
 Routes: ``/events/seaweedfs`` (filer webhook), ``/events/s3`` (any AWS shape: S3 notification,
 SNS envelope or SNS/SQS Lambda records, EventBridge) — :func:`decode_payload` tells them apart.
@@ -30,8 +32,11 @@ import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
+import psycopg2
+
 from lakehouse.invoker.core import Invoker, TriggerJob, TriggerOutcome
 from lakehouse.invoker.events import EventError, decode_payload, from_seaweedfs_webhook
+from lakehouse.invoker.spool import EventSpool
 
 __all__ = ["InvokerServer", "MAX_BODY_BYTES", "SIGNATURE_HEADER", "sign_body"]
 
@@ -53,13 +58,14 @@ class InvokerServer(ThreadingHTTPServer):
     request_queue_size = 256
 
     def __init__(self, address: tuple[str, int], invoker: Invoker, token: str, retry_interval: float = 1.0,
-                 dispatch_workers: int = 8) -> None:
+                 dispatch_workers: int = 8, spool: EventSpool | None = None) -> None:
         if not token:
             raise ValueError("LAKEHOUSE_INVOKER_TOKEN is empty: the webhook would accept anyone")
         super().__init__(address, _Handler)
         self.invoker = invoker
         self.token = token
         self.dispatch_workers = dispatch_workers
+        self.spool = spool
         # live events before retries: after an outage, fresh files are not queued behind the
         # backlog, which drains in the capacity they leave (ties: first in, first out)
         self._jobs: queue.PriorityQueue[tuple[int, int, TriggerJob]] = queue.PriorityQueue()
@@ -97,9 +103,22 @@ class InvokerServer(ThreadingHTTPServer):
         events = from_seaweedfs_webhook(payload) if route == "seaweedfs" else decode_payload(payload)
         if self.dispatch_workers == 0:
             return self.invoker.handle_events(events)
-        outcomes, jobs = self.invoker.accept(events)
+        try:
+            outcomes, jobs = self.invoker.accept(events)
+        except psycopg2.OperationalError as exc:  # the database is away: keep the event on disk instead
+            if self.spool is None:
+                raise
+            path = self.spool.append(route, payload)
+            log.warning("metadata database unavailable (%s); event spooled to %s", str(exc).strip(), path)
+            return [TriggerOutcome("spooled", detail="metadata database unavailable; kept on disk, stored when it "
+                                                      "answers again")]
         self.submit(jobs)
         return outcomes
+
+    def _store_spooled(self, route: str, payload: dict[str, Any]) -> None:
+        events = from_seaweedfs_webhook(payload) if route == "seaweedfs" else decode_payload(payload)
+        _, jobs = self.invoker.accept(events)
+        self.submit(jobs)
 
     def _dispatch_loop(self) -> None:
         while not self._stop.is_set():
@@ -123,6 +142,13 @@ class InvokerServer(ThreadingHTTPServer):
         held for a flow that could not run are released first, once it can."""
         batch = 100
         while not self._stop.wait(self._retry_interval):
+            if self.spool is not None and self.spool.pending():
+                try:  # events that came while the database was away, in arrival order
+                    stored = self.spool.drain(self._store_spooled)
+                    log.info("%d spooled event(s) stored in the ledger", stored)
+                except Exception as exc:
+                    log.warning("spooled events not stored yet: %s", str(exc).strip())
+                    continue
             try:
                 self.invoker.release_held()  # files of flows fixed meanwhile become due
             except Exception:

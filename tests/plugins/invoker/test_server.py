@@ -187,3 +187,36 @@ def test_rows_stranded_by_a_dead_server_are_triggered_by_the_next(pg, airflow, b
 def test_empty_secret_is_refused_at_start(invoker: Invoker) -> None:
     with pytest.raises(ValueError, match="LAKEHOUSE_INVOKER_TOKEN is empty"):
         InvokerServer(("127.0.0.1", 0), invoker, "")
+
+
+def test_events_arriving_while_the_database_is_away_are_spooled_then_stored(pg, airflow, bucket: str, ledger_rows,
+                                                                             tmp_path: Path) -> None:
+    """SeaweedFS's webhook does not retry a 503: while Postgres is unreachable the event is kept
+    on disk (answered 200 only once written) and reaches the ledger, once, when it is back."""
+    from lakehouse.invoker.core import ConnectionPool
+    from lakehouse.invoker.spool import EventSpool
+
+    catalogue = catalogue_for(bucket, ("inv_a", "in/*.txt"))
+    invoker = Invoker("postgresql://nobody:x@127.0.0.1:1/none?connect_timeout=2", airflow,
+                      catalogue_loader=lambda: catalogue)
+    spool = EventSpool(tmp_path / "spool")
+    srv = InvokerServer(("127.0.0.1", 0), invoker, TOKEN, retry_interval=0.2, dispatch_workers=2, spool=spool)
+    threading.Thread(target=srv.serve, daemon=True).start()
+    url = f"http://127.0.0.1:{srv.server_address[1]}"
+    try:
+        headers = {"Authorization": f"Bearer {TOKEN}"}
+        for i in (1, 2, 2):  # the last one a duplicate delivery
+            payload = seaweed_event(bucket)
+            payload["key"] = f"/buckets/{bucket}/in/{i}.txt"
+            response = requests.post(f"{url}/events/seaweedfs", json=payload, headers=headers, timeout=10)
+            assert response.status_code == 200 and response.json()["outcomes"][0]["status"] == "spooled"
+        assert len(spool.pending()) == 3 and ledger_rows() == [] and airflow.calls == 0
+
+        invoker.pool = ConnectionPool(pg.metadata_dsn, 2)  # the database answers again
+        invoker.metadata_dsn = pg.metadata_dsn
+        wait_until(lambda: [r["status"] for r in ledger_rows()] == ["triggered", "triggered"], "spool drained")
+        assert spool.pending() == [] and len(airflow.runs) == 2
+        assert sorted(r["deliveries"] for r in ledger_rows()) == [1, 2]
+    finally:
+        srv.stop()
+        invoker.close()
