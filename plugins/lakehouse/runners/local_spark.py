@@ -2,7 +2,8 @@
 
 The Spark configuration (which holds the catalog password) goes into a 0600 properties file,
 not onto the command line where ``ps`` would show it. The job runs in its own process group so
-a timeout or a killed task takes the whole JVM with it.
+a timeout or a killed task takes the whole JVM with it, and the kernel kills it when the task
+process dies without that chance (SIGKILL).
 """
 
 from __future__ import annotations
@@ -107,6 +108,7 @@ class LocalSparkRunner:
             stderr=subprocess.STDOUT,
             text=True,
             start_new_session=True,
+            preexec_fn=_die_with_parent,
         )
         deadline = time.monotonic() + request.timeout_seconds if request.timeout_seconds else None
         try:
@@ -132,6 +134,15 @@ class LocalSparkRunner:
         if not metrics_file.exists():
             raise JobFailedError(f"job {job_id} exited 0 but wrote no metrics to {metrics_file}", job_id)
         return JobResult(parse_metrics(metrics_file.read_text(), str(metrics_file)), external_run_id=job_id)
+
+
+def _die_with_parent() -> None:
+    """In the child before ``exec``: the kernel kills the job when the task process dies, even by
+    SIGKILL, which leaves no chance to kill its group (an orphan JVM would go on writing)."""
+    if sys.platform.startswith("linux"):
+        import ctypes
+
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
 
 
 def _kill_group(proc: subprocess.Popen[str]) -> None:

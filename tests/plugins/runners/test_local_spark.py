@@ -70,3 +70,44 @@ def test_task_secrets_go_to_the_environment_not_the_command(settings: Settings, 
     assert "pw-4c3b2a" not in " ".join(argv) and "pw-4c3b2a" not in repr(request)
     assert json.loads(runner.job_environment(request.secrets)["LAKEHOUSE_SECRETS_JSON"]) == secrets
     assert "LAKEHOUSE_SECRETS_JSON" not in runner.job_environment()
+
+
+def test_the_job_dies_with_a_task_process_killed_by_sigkill(tmp_path: Path) -> None:
+    """A SIGKILLed task cannot kill its job's group; the kernel does (no orphan JVM writing on)."""
+    import os
+    import signal
+    import subprocess
+    import time
+
+    pid_file = tmp_path / "job.pid"
+    job_script = tmp_path / "job.py"
+    job_script.write_text(f"import os, time\nopen({str(pid_file)!r}, 'w').write(str(os.getpid()))\ntime.sleep(600)\n")
+    task_script = tmp_path / "task.py"
+    task_script.write_text(
+        "import sys\n"
+        "from lakehouse.config import load_settings\n"
+        "from lakehouse.runners import JobRequest\n"
+        "from lakehouse.runners.local_spark import LocalSparkRunner\n"
+        "runner = LocalSparkRunner(load_settings())\n"
+        f"runner.command = lambda request, props, metrics: [sys.executable, {str(job_script)!r}]\n"
+        f"runner._execute(JobRequest('f', 't', 'x', 'x.py', 'r', 'b'), None, {str(tmp_path / 'm.json')!r}, 'job')\n"
+    )
+    task = subprocess.Popen([sys.executable, str(task_script)])
+    deadline = time.monotonic() + 60
+    while not pid_file.exists() or not pid_file.read_text():
+        assert time.monotonic() < deadline and task.poll() is None, "the job never started"
+        time.sleep(0.1)
+    job = int(pid_file.read_text())
+    os.kill(task.pid, signal.SIGKILL)
+    task.wait()
+
+    def alive() -> bool:
+        try:
+            return Path(f"/proc/{job}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+        except OSError:
+            return False
+
+    deadline = time.monotonic() + 10
+    while alive():
+        assert time.monotonic() < deadline, "the job outlived its SIGKILLed task"
+        time.sleep(0.1)
