@@ -105,11 +105,11 @@ class InvokerServer(ThreadingHTTPServer):
             return self.invoker.handle_events(events)
         try:
             outcomes, jobs = self.invoker.accept(events)
-        except psycopg2.OperationalError as exc:  # the database is away: keep the event on disk instead
-            if self.spool is None:
+        except (psycopg2.OperationalError, psycopg2.InterfaceError) as exc:  # the database is away (a pooled
+            if self.spool is None:  # connection it dropped says "already closed"): keep the event on disk
                 raise
             path = self.spool.append(route, payload)
-            log.warning("metadata database unavailable (%s); event spooled to %s", str(exc).strip(), path)
+            log.warning("metadata database unavailable (%s); event spooled to %s", " ".join(str(exc).split()), path)
             return [TriggerOutcome("spooled", detail="metadata database unavailable; kept on disk, stored when it "
                                                       "answers again")]
         self.submit(jobs)
@@ -147,7 +147,7 @@ class InvokerServer(ThreadingHTTPServer):
                     stored = self.spool.drain(self._store_spooled)
                     log.info("%d spooled event(s) stored in the ledger", stored)
                 except Exception as exc:
-                    log.warning("spooled events not stored yet: %s", str(exc).strip())
+                    log.warning("spooled events not stored yet: %s", " ".join(str(exc).split()))
                     continue
             try:
                 self.invoker.release_held()  # files of flows fixed meanwhile become due

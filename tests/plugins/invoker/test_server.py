@@ -220,3 +220,34 @@ def test_events_arriving_while_the_database_is_away_are_spooled_then_stored(pg, 
     finally:
         srv.stop()
         invoker.close()
+
+
+def test_a_pooled_connection_the_server_dropped_does_not_lose_the_event(invoker: Invoker, airflow, bucket: str,
+                                                                          ledger_rows, pg, tmp_path: Path) -> None:
+    """A Postgres restart drops the pool's idle connections: the next event meets "server closed
+    the connection", then "connection already closed"; it is spooled, not answered 503."""
+    import psycopg2
+
+    from lakehouse.invoker.spool import EventSpool
+
+    spool = EventSpool(tmp_path / "spool")
+    srv = InvokerServer(("127.0.0.1", 0), invoker, TOKEN, retry_interval=0.2, dispatch_workers=2, spool=spool)
+    threading.Thread(target=srv.serve, daemon=True).start()
+    url = f"http://127.0.0.1:{srv.server_address[1]}"
+    headers = {"Authorization": f"Bearer {TOKEN}"}
+    try:
+        first = seaweed_event(bucket)
+        assert requests.post(f"{url}/events/seaweedfs", json=first, headers=headers, timeout=10).status_code == 200
+        wait_until(lambda: [r["status"] for r in ledger_rows()] == ["triggered"], "first event triggered")
+        pids = [conn.get_backend_pid() for conn in list(invoker.pool._idle.queue)]
+        with psycopg2.connect(pg.metadata_dsn) as admin, admin.cursor() as cur:
+            cur.execute("SELECT pg_terminate_backend(pid) FROM unnest(%s::int[]) AS pid", (pids,))
+        admin.close()
+        second = seaweed_event(bucket)
+        second["key"] = f"/buckets/{bucket}/in/b.txt"
+        response = requests.post(f"{url}/events/seaweedfs", json=second, headers=headers, timeout=10)
+        assert response.status_code == 200, response.text
+        wait_until(lambda: [r["status"] for r in ledger_rows()] == ["triggered", "triggered"], "second event stored")
+        assert spool.pending() == []
+    finally:
+        srv.stop()
