@@ -1,6 +1,6 @@
 """SCD Type 2 history in an Iceberg table: one raw batch in, one commit out.
 
-The contract is shared/design/SCD2.md; ``tests/glue_templates/scd2_reference.py`` is its
+The contract is docs/scd2.md; ``tests/glue_templates/scd2_reference.py`` is its
 plain-Python reference model and the property tests hold this module to it. The definition both
 follow, because it makes every rule a consequence rather than a special case:
 

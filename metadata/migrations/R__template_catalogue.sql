@@ -21,7 +21,7 @@ INSERT INTO lakehouse.templates (template_id, version, script_location, descript
    {"name": "max_reject_ratio", "type": "float", "required": false, "default": 0.0, "description": "fail when rejects/records exceeds this"},
    {"name": "skip_blank_lines", "type": "bool", "required": false, "default": true, "description": "ignore empty lines"}]'),
 ('raw_to_stage_scd2', 1, 'raw_to_stage_scd2.py',
- 'One raw batch into an Iceberg SCD2 history table (shared/design/SCD2.md), in one commit; a re-run of a batch adds nothing.',
+ 'One raw batch into an Iceberg SCD2 history table (docs/scd2.md), in one commit; a re-run of a batch adds nothing.',
  '[{"name": "dataset", "type": "str", "required": true, "description": "raw dataset to read the batch from"},
    {"name": "target_table", "type": "str", "required": true, "description": "Iceberg stage table, namespace.table"},
    {"name": "keys", "type": "list", "required": true, "description": "business key columns, compared column by column; a NULL key is an error"},

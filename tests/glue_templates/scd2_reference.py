@@ -1,4 +1,4 @@
-"""The SCD2 contract (shared/design/SCD2.md) as a small plain-Python model: no Spark, no shortcuts.
+"""The SCD2 contract (docs/scd2.md) as a small plain-Python model: no Spark, no shortcuts.
 
 It is what the property tests hold ``lakehouse_jobs.scd2`` to. The model states the contract's
 definition directly - a key's history is its events in sequence order, consecutive equal events

@@ -1,4 +1,4 @@
-"""Provision the Spark jars offline (see shared/design/VERIFIED.md).
+"""Provision the Spark jars offline (see docs/architecture.md, "Spark and Iceberg without Maven").
 
 Maven Central is out of reach, so ``spark.jars.packages`` cannot work. The Iceberg runtime comes
 from the ``snowpark-connect-deps-iceberg`` wheel, which strips Iceberg's relocated Jackson; we
