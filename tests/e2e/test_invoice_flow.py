@@ -78,14 +78,62 @@ def test_a_failing_task_retries_then_alerts_once(stack: Settings, client: Airflo
 
     conn = psycopg2.connect(stack.metadata_dsn)
     with conn.cursor() as cur:
-        cur.execute("SELECT try_number, status, error FROM lakehouse.task_runs "
+        cur.execute("SELECT try_number, status, error_summary FROM lakehouse.task_runs "
                     "WHERE dag_run_id = 'manual__e2e_failing_1' ORDER BY try_number")
         tries = cur.fetchall()
-        cur.execute("SELECT task_id, error, log_url FROM lakehouse.notifications "
+        cur.execute("SELECT task_id, error_summary, log_url FROM lakehouse.notifications "
                     "WHERE dag_run_id = 'manual__e2e_failing_1'")
         alerts = cur.fetchall()
     conn.close()
     assert [(n, status) for n, status, _ in tries] == [(1, "failed"), (2, "failed")]
-    assert all("no_such_table" in error for _, _, error in tries)
-    ((task_id, error, log_url),) = alerts
-    assert task_id == "build" and "no_such_table" in error and log_url.endswith("try_number=2")
+    for _, _, why in tries:  # Spark's own first line, no plan, no JVM stack trace
+        assert why.startswith("AnalysisException: [TABLE_OR_VIEW_NOT_FOUND]") and "no_such_table" in why, why
+        assert "\n" not in why and "JVM stacktrace" not in why
+    ((task_id, why, log_url),) = alerts
+    assert task_id == "build" and why == tries[-1][2] and log_url.endswith("try_number=2")
+
+
+def test_a_rejected_file_fails_in_one_line_keeps_its_rejects_and_leaves_no_raw(
+        stack: Settings, client: AirflowApiClient, capsys: pytest.CaptureFixture[str]) -> None:
+    """The issue's own example: a CSV with 3 bad lines of 5 and max_reject_ratio 0. The try's
+    audit row has the counts and the job's sentence; raw has nothing of the file; its rejects are
+    kept; `lakehouse runs` and `lakehouse trace` say so without SQL."""
+    from lakehouse.cli import main as lakehouse
+    from lakehouse.hooks.s3 import landing_client
+    from lakehouse.invoker.core import file_dag_run_id
+    from lakehouse.metadata.flow_documents import apply_flow_document
+
+    apply_flow_document(stack.metadata_dsn, {
+        "flow_id": "e2e_customers", "tags": ["e2e"], "trigger": {"bucket": "landing", "key_pattern": "customers/*"},
+        "tasks": [{"task_id": "to_raw", "template": "landing_to_raw", "parameters": {
+            "dataset": "e2e_customers", "format": "csv",
+            "schema": {"customer_id": "int", "name": "string", "since": "date"}}}],
+    })
+    wait_for_dag(client, "e2e_customers")
+    key = "customers/bad/malformed.csv"
+    body = b"customer_id,name,since\n1,Acme,2026-01-01\nx,Globex,2026-01-02\n3,Initech,never\n4,Umbrella,2026-01-04\n" \
+           b"5,Hooli,2026-13-40\n"
+    etag = landing_client(stack).put_object(Bucket="landing", Key=key, Body=body)["ETag"].strip('"')
+    run_id = file_dag_run_id("e2e_customers", "landing", key, etag)
+    assert client.wait_for_dag_run("e2e_customers", run_id, timeout=600)["state"] == "failed"
+
+    conn = psycopg2.connect(stack.metadata_dsn)
+    with conn.cursor() as cur:
+        cur.execute("SELECT rows_in, rows_out, rows_rejected, error_summary FROM lakehouse.task_runs "
+                    "WHERE dag_run_id = %s", (run_id,))
+        ((rows_in, rows_out, rejected, why),) = cur.fetchall()
+    conn.close()
+    assert (rows_in, rows_out, rejected) == (5, 0, 3)
+    assert why.startswith(f"landing file s3://landing/{key}: 3 of 5 lines rejected (60.0%), more than "
+                          "max_reject_ratio 0.0") and "\n" not in why, why
+    lake = Path(stack.lake_uri.removeprefix("file://"))
+    assert not list((lake / "raw" / "e2e_customers").glob("_batch_id=*")), "a rejected file reached raw"
+    rejects = [p for p in (lake / "rejects" / "e2e_customers").rglob("*.json")]
+    assert sum(len(p.read_text().splitlines()) for p in rejects) == 3
+
+    assert lakehouse(["runs", "--flow", "e2e_customers", "--failed"]) == 0
+    out = capsys.readouterr().out
+    assert f"    why: {why}" in out and "in 5, out 0, rejected 3" in out
+    assert lakehouse(["trace", f"s3://landing/{key}"]) == 0
+    out = capsys.readouterr().out
+    assert f"run {run_id}: failed" in out and f"rejects_path: {stack.lake_uri}" in out
