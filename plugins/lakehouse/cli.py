@@ -34,8 +34,14 @@ def _cmd_down(args: argparse.Namespace) -> int:
 def _cmd_status(args: argparse.Namespace) -> int:
     from lakehouse.stack import services
 
-    for s in services.status(load_settings()):
+    from lakehouse.runners.spark_pool import pool_status
+
+    settings = load_settings()
+    for s in services.status(settings):
         print(f"{s.name:24} {'running' if s.running else 'stopped'}" + (f"  pgid={s.pid} processes={s.processes}" if s.running and s.pid else ""))
+        if s.name == "spark-pool" and s.running and (pool := pool_status(settings)) is not None:
+            print(f"{'':24} drivers: {len(pool['ready'])} ready, {len(pool['busy'])} busy, "
+                  f"{len(pool['starting'])} starting; {pool['served']} run(s) served")
     return 0
 
 
@@ -89,6 +95,16 @@ def _cmd_invoker_serve(args: argparse.Namespace) -> int:
                            spool=EventSpool(settings.run_dir / "invoker-spool"))
     logging.getLogger(__name__).info("invoker listening on %s", settings.invoker_url)
     server.serve()
+    return 0
+
+
+def _cmd_spark_pool_serve(args: argparse.Namespace) -> int:
+    from lakehouse.runners.spark_pool import SparkPool, pool_socket
+
+    settings = load_settings()
+    pool = SparkPool(settings, settings.spark_drivers, settings.spark_driver_max_runs,
+                     settings.spark_driver_max_rss_mb)
+    pool.serve_forever(pool_socket(settings))
     return 0
 
 
@@ -231,6 +247,10 @@ def build_parser() -> argparse.ArgumentParser:
     db.add_parser("migrate", help="apply pending migrations").set_defaults(func=_cmd_db_migrate)
     inv = sub.add_parser("invoker", help="the object-event invoker").add_subparsers(dest="invoker_command", required=True)
     inv.add_parser("serve", help="serve the webhook endpoint").set_defaults(func=_cmd_invoker_serve)
+    pool = sub.add_parser("spark-pool", help="the pool of warm Spark drivers").add_subparsers(
+        dest="pool_command", required=True)
+    pool.add_parser("serve", help="keep warm drivers ready and run templates on them").set_defaults(
+        func=_cmd_spark_pool_serve)
     rep = sub.add_parser("replay", help="send every object under a prefix to a flow again (backfill)")
     rep.add_argument("--flow", required=True, help="flow_id to start")
     rep.add_argument("--prefix", default="", help="key prefix in the flow's trigger bucket")

@@ -51,9 +51,17 @@ LAKEHOUSE_LAKE_URI                 root of raw / rejects / Iceberg data        f
 LAKEHOUSE_CATALOG_NAME             Iceberg catalog name (Spark and PyIceberg)  lake
 LAKEHOUSE_TEMPLATES_URI            where template scripts live                 $LAKEHOUSE_ROOT/glue_templates
 LAKEHOUSE_JARS_DIR                 Spark jars (Iceberg, Jackson, JDBC)         $LAKEHOUSE_ROOT/var/jars
-LAKEHOUSE_RUNNER                   ``local`` (spark-submit) or ``glue``        local
+LAKEHOUSE_RUNNER                   ``local`` (this machine) or ``glue``        local
 LAKEHOUSE_SPARK_MASTER             Spark master for the local runner           local[2]
 LAKEHOUSE_SPARK_DRIVER_MEMORY      driver memory of the local runner           2g
+LAKEHOUSE_SPARK_MODE               ``warm``: templates run on the stack's      warm
+                                   pool of ready Spark drivers; ``submit``:
+                                   ``spark-submit`` per task
+LAKEHOUSE_SPARK_DRIVERS            warm drivers the pool keeps (= runs at      2
+                                   once)
+LAKEHOUSE_SPARK_DRIVER_MAX_RUNS    runs after which a driver is replaced       50
+LAKEHOUSE_SPARK_DRIVER_MAX_RSS_MB  memory (MB) above which a driver is         4096
+                                   replaced after its run
 LAKEHOUSE_GLUE_ROLE_ARN            IAM role of generated Glue jobs             (none)
 LAKEHOUSE_GLUE_CONNECTIONS         Glue connections every job gets, comma-     (none)
                                    separated (a NETWORK one reaches a VPC:
@@ -161,6 +169,10 @@ class Settings:
     invoker_lease: float = 30.0
     airflow_api_workers: int = 2
     glue_connections: tuple[str, ...] = ()
+    spark_mode: str = "warm"
+    spark_drivers: int = 2
+    spark_driver_max_runs: int = 50
+    spark_driver_max_rss_mb: int = 4096
     _explicit_secrets: dict[str, str] = field(default_factory=dict, repr=False)
 
     # -- derived locations -------------------------------------------------------------------
@@ -276,6 +288,9 @@ def load_settings() -> Settings:
     airflow_api = _env("LAKEHOUSE_AIRFLOW_API", "rest")
     if airflow_api not in ("rest", "mwaa"):
         raise ValueError(f"LAKEHOUSE_AIRFLOW_API must be 'rest' or 'mwaa', got {airflow_api!r}")
+    spark_mode = _env("LAKEHOUSE_SPARK_MODE", "warm")
+    if spark_mode not in ("warm", "submit"):
+        raise ValueError(f"LAKEHOUSE_SPARK_MODE must be 'warm' or 'submit', got {spark_mode!r}")
     explicit = {
         key: os.environ[var]
         for key, var in (
@@ -314,6 +329,10 @@ def load_settings() -> Settings:
         runner=runner,
         spark_master=_env("LAKEHOUSE_SPARK_MASTER", "local[2]"),
         spark_driver_memory=_env("LAKEHOUSE_SPARK_DRIVER_MEMORY", "2g"),
+        spark_mode=spark_mode,
+        spark_drivers=_number("LAKEHOUSE_SPARK_DRIVERS", "2", int, minimum=1),
+        spark_driver_max_runs=_number("LAKEHOUSE_SPARK_DRIVER_MAX_RUNS", "50", int, minimum=1),
+        spark_driver_max_rss_mb=_number("LAKEHOUSE_SPARK_DRIVER_MAX_RSS_MB", "4096", int, minimum=256),
         glue_role_arn=os.environ.get("LAKEHOUSE_GLUE_ROLE_ARN") or None,
         glue_connections=tuple(c.strip() for c in os.environ.get("LAKEHOUSE_GLUE_CONNECTIONS", "").split(",")
                                if c.strip()),

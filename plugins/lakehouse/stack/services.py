@@ -1,5 +1,6 @@
-"""Bring the local stack up and down: Postgres, SeaweedFS, the invoker, and Airflow's four
-components (api-server, scheduler, dag-processor, triggerer; LocalExecutor on Postgres).
+"""Bring the local stack up and down: Postgres, SeaweedFS, the invoker, the pool of warm Spark
+drivers, and Airflow's four components (api-server, scheduler, dag-processor, triggerer;
+LocalExecutor on Postgres).
 
 ``up`` is idempotent: what already runs is left alone, so a second ``make demo`` is fast; a
 service whose process died (a crash, ``kill -9``) is started again, after whatever it left
@@ -31,7 +32,7 @@ __all__ = ["up", "down", "status", "stack_environment", "airflow_component_envir
            "SERVICE_NAMES"]
 
 AIRFLOW_COMPONENTS = ("api-server", "scheduler", "dag-processor", "triggerer")
-SERVICE_NAMES = ("seaweedfs", "invoker", *(f"airflow-{c}" for c in AIRFLOW_COMPONENTS))
+SERVICE_NAMES = ("seaweedfs", "invoker", "spark-pool", *(f"airflow-{c}" for c in AIRFLOW_COMPONENTS))
 
 #: How often the dag-processor re-parses the DAG file: a new flow row shows up within this.
 DAG_REFRESH_SECONDS = 15
@@ -190,6 +191,20 @@ def _start_invoker(settings: Settings, env: dict[str, str], echo: Callable[[str]
           settings.log_dir / "invoker.log")
 
 
+# -- the pool of warm Spark drivers ----------------------------------------------------------------
+def _start_spark_pool(settings: Settings, env: dict[str, str], echo: Callable[[str], None]) -> None:
+    """Only where tasks run templates on this machine in warm mode; the drivers warm up in the
+    background (a task that comes first waits for one)."""
+    if settings.runner != "local" or settings.spark_mode != "warm" or service_running(settings.run_dir, "spark-pool"):
+        return
+    from lakehouse.runners.spark_pool import pool_socket
+
+    echo(f"starting the Spark pool ({settings.spark_drivers} warm driver(s))")
+    start_group(settings.run_dir, settings.log_dir, "spark-pool",
+                [sys.executable, "-m", "lakehouse.cli", "spark-pool", "serve"], env)
+    _wait("Spark pool", lambda: pool_socket(settings).exists(), 30, settings.log_dir / "spark-pool.log")
+
+
 # -- Airflow ------------------------------------------------------------------------------------
 def _prepare_airflow(settings: Settings, env: dict[str, str], echo: Callable[[str], None]) -> None:
     import subprocess
@@ -242,6 +257,7 @@ def up(settings: Settings, echo: Callable[[str], None] = print) -> None:
         echo("metadata migrations applied: " + ", ".join(applied))
     env = stack_environment(settings)
     _start_invoker(settings, env, echo)
+    _start_spark_pool(settings, env, echo)
     _start_seaweedfs(settings, env, echo)
     _start_airflow(settings, env, echo)
 
@@ -269,5 +285,5 @@ def status(settings: Settings) -> list[ServiceStatus]:
     for name in SERVICE_NAMES:
         pid = read_pid(settings.run_dir, name)
         members = group_members(pid) if pid else []
-        out.append(ServiceStatus(name, bool(members), pid, len(members)))
+        out.append(ServiceStatus(name, pid in members, pid, len(members)))  # its own process runs
     return out
