@@ -1,0 +1,230 @@
+"""Drop → run success for small files through the 4-task sample flow, warm engine vs spark-submit.
+
+One stack (Postgres, SeaweedFS, invoker, Spark pool, Airflow's four components) on its own home and
+ports (47300-47308). The sample flow (landing_to_raw → raw_to_stage_scd2 → stage_to_presentation →
+presentation_to_warehouse), each file a new invoice file of ``--rows`` lines (≤ 100). Phases, in
+turns, ``--rounds`` times:
+
+* ``warm``: the stack as it runs by default (``LAKEHOUSE_SPARK_MODE=warm``: templates run on the
+  pool's ready drivers);
+* ``submit``: the scheduler restarted with ``LAKEHOUSE_SPARK_MODE=submit`` (``spark-submit`` per task,
+  the baseline); the runner's mode is what the scheduler's task processes inherit.
+
+Each phase drops ``--sequential`` files one after another (each waits for its run), then
+``--burst`` files at once. Reported per mode: drop (the PUT returned) → run success (Airflow's run
+``end_date``): median, p95, max for one at a time; for the burst, the time until all are done.
+And where the time goes, from Airflow's task instances: the scheduler's share (a task queued after
+its upstream ended), the executor's (started after queued), the task's own (start → end), of
+which the template (its metrics' ``seconds``).
+
+``--memory-runs N`` (default 200) then runs a small template N times in a row on one warm driver
+(through the runner, no Airflow) and reports the driver's memory every N/10 runs: it must stay flat.
+
+    .venv/bin/python bench/flow_latency.py [--rounds 2] [--sequential 5] [--burst 10] [--memory-runs 200]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import random
+import shutil
+import statistics
+import sys
+import tempfile
+import threading
+import time
+from datetime import date, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "plugins"))
+sys.path.insert(0, str(ROOT / "bench"))
+
+from invoker import configure_environment, pct  # noqa: E402 - bench/invoker.py
+
+BASE_PORT = 47300
+FLOW = "invoices"
+
+
+def invoice_file(serial: int, rows: int) -> bytes:
+    rnd = random.Random(serial)
+    day = date(2026, 11, 1) + timedelta(days=serial % 28)
+    lines = [f'{day} INVOICE INV-{serial:05d}{i:03d} customer="C{rnd.randint(1, 50)}" item="I{i}" '
+             f"qty={rnd.randint(1, 9)} amount={rnd.randint(100, 99999) / 100:.2f} USD" for i in range(rows)]
+    return ("\n".join(lines) + "\n").encode()
+
+
+def _ts(text: str | None) -> float | None:
+    return datetime.fromisoformat(text).timestamp() if text else None
+
+
+class Bench:
+    def __init__(self, args: argparse.Namespace) -> None:
+        from lakehouse.config import load_settings
+        from lakehouse.demo import airflow_client
+        from lakehouse.hooks.s3 import landing_client
+        from lakehouse.stack import services
+
+        self.args = args
+        self.settings = load_settings()
+        self.client = airflow_client(self.settings)
+        self.s3 = landing_client(self.settings)
+        self.env = services.stack_environment(self.settings)
+        self.serial = 0
+
+    def use_mode(self, mode: str) -> None:
+        """The scheduler (whose forked task processes run the templates) restarted in ``mode``."""
+        from lakehouse.stack.processes import start_group, stop_group
+        from lakehouse.stack.services import _bin, airflow_component_environment
+
+        stop_group(self.settings.run_dir, "airflow-scheduler")
+        env = dict(airflow_component_environment(self.env, "scheduler"), LAKEHOUSE_SPARK_MODE=mode)
+        start_group(self.settings.run_dir, self.settings.log_dir, "airflow-scheduler", [_bin("airflow"), "scheduler"],
+                    env)
+        deadline = time.monotonic() + 120
+        while self.client.health().get("scheduler", {}).get("status") != "healthy":
+            if time.monotonic() > deadline:
+                raise TimeoutError("the scheduler did not come back")
+            time.sleep(1)
+
+    def drop(self) -> tuple[str, float]:
+        from lakehouse.invoker.core import file_dag_run_id
+
+        self.serial += 1
+        key = f"invoices/bench_{self.serial:05d}.txt"
+        body = invoice_file(self.serial, self.args.rows)
+        put_at = time.time()
+        etag = self.s3.put_object(Bucket="landing", Key=key, Body=body)["ETag"].strip('"')
+        return file_dag_run_id(FLOW, "landing", key, etag), put_at
+
+    def finished(self, run_id: str, timeout: float = 900) -> dict[str, Any]:
+        run = self.client.wait_for_dag_run(FLOW, run_id, timeout=timeout, poll=0.5)
+        if run["state"] != "success":
+            raise RuntimeError(f"run {run_id} ended {run['state']}")
+        return run
+
+    def breakdown(self, run_id: str) -> dict[str, float]:
+        """Seconds of one run spent waiting for the scheduler, the executor, and in the tasks."""
+        tis = sorted(self.client.list_task_instances(FLOW, run_id), key=lambda t: t["start_date"])
+        scheduler = executor = tasks = 0.0
+        previous_end = _ts(self.client.get_dag_run(FLOW, run_id)["start_date"])
+        for ti in tis:
+            queued, start, end = _ts(ti["queued_when"]), _ts(ti["start_date"]), _ts(ti["end_date"])
+            scheduler += (queued or start) - previous_end
+            executor += start - (queued or start)
+            tasks += end - start
+            previous_end = end
+        return {"scheduler": scheduler, "executor": executor, "tasks": tasks}
+
+    def template_seconds(self, run_id: str) -> float:
+        import psycopg2
+
+        conn = psycopg2.connect(self.settings.metadata_dsn)
+        with conn.cursor() as cur:
+            cur.execute("SELECT metrics FROM lakehouse.task_runs WHERE dag_run_id = %s AND status = 'success'",
+                        (run_id,))
+            total = sum(float((m or {}).get("seconds", 0)) for (m,) in cur.fetchall())
+        conn.close()
+        return total
+
+    def phase(self, mode: str) -> dict[str, Any]:
+        single: list[float] = []
+        parts: list[dict[str, float]] = []
+        for _ in range(self.args.sequential):
+            run_id, put_at = self.drop()
+            run = self.finished(run_id)
+            single.append(_ts(run["end_date"]) - put_at)
+            parts.append({**self.breakdown(run_id), "template": self.template_seconds(run_id)})
+        dropped = [self.drop() for _ in range(self.args.burst)]
+        first_put = min(put_at for _, put_at in dropped)
+        ends = [_ts(self.finished(run_id)["end_date"]) for run_id, _ in dropped]
+        burst = max(ends) - first_put if ends else 0.0
+        mean = {k: statistics.mean(p[k] for p in parts) for k in parts[0]} if parts else {}
+        print(f"{mode:6} one at a time ({len(single)}): median {statistics.median(single):.1f} s, "
+              f"p95 {pct(single, 0.95):.1f} s, max {max(single):.1f} s | {self.args.burst} at once: all done in "
+              f"{burst:.1f} s | per run: scheduler {mean.get('scheduler', 0):.1f} s, executor "
+              f"{mean.get('executor', 0):.1f} s, tasks {mean.get('tasks', 0):.1f} s (templates "
+              f"{mean.get('template', 0):.1f} s)", flush=True)
+        return {"mode": mode, "single": single, "burst": burst, "parts": mean}
+
+    def memory(self, runs: int) -> list[tuple[int, float]]:
+        """One warm driver, ``runs`` stage_to_presentation runs in a row; its memory as it goes."""
+        from lakehouse.runners import JobRequest
+        from lakehouse.runners.local_spark import LocalSparkRunner
+        from lakehouse.runners.spark_pool import pool_status
+
+        runner = LocalSparkRunner(self.settings, mode="warm")
+        samples: list[tuple[int, float]] = []
+        every = max(1, runs // 10)
+        for n in range(1, runs + 1):
+            request = JobRequest("bench", "mem", "stage_to_presentation", "stage_to_presentation.py", f"mem_{n}",
+                                 f"mem_{n}", {"sql": "SELECT id, id * 2 AS twice FROM range(1000)",
+                                              "target_table": "presentation.bench_memory"})
+            runner.run(request)
+            if n == 1 or n % every == 0:
+                status = pool_status(self.settings) or {}
+                samples.append((n, max((status.get("rss_mb") or {"-": 0.0}).values())))
+        return samples
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--rounds", type=int, default=2, help="warm/submit pairs, in turns")
+    parser.add_argument("--sequential", type=int, default=5, help="files one after another per phase")
+    parser.add_argument("--burst", type=int, default=10, help="files dropped at once per phase")
+    parser.add_argument("--rows", type=int, default=20, help="lines per file (at most 100)")
+    parser.add_argument("--modes", default="warm,submit")
+    parser.add_argument("--memory-runs", type=int, default=200, help="runs on one warm driver (0: skip)")
+    args = parser.parse_args()
+    home = Path(tempfile.mkdtemp(prefix="lakehouse-bench-"))
+    home.chmod(0o755)  # the Postgres server runs as user postgres and must reach its data dir
+    configure_environment(home, base_port=BASE_PORT, extra={
+        "LAKEHOUSE_SPARK_DRIVERS": "2", "LAKEHOUSE_SPARK_DRIVER_MAX_RUNS": str(max(50, args.memory_runs + 10))})
+    from lakehouse.demo import install_sample_flow, wait_for_dag
+    from lakehouse.stack import services
+    from lakehouse.stack.processes import processes_using_home
+
+    results: list[dict[str, Any]] = []
+    memory: list[tuple[int, float]] = []
+    left: list[str] = []
+    try:
+        bench = Bench(args)
+        print(f"bench home {home}: starting the stack", flush=True)
+        started = time.monotonic()
+        services.up(bench.settings)
+        print(f"stack up in {time.monotonic() - started:.0f} s", flush=True)
+        install_sample_flow(bench.settings)
+        wait_for_dag(bench.client, FLOW)
+        bench.finished(bench.drop()[0])  # a first run creates the tables and warms Airflow's own caches
+        modes = [m.strip() for m in args.modes.split(",") if m.strip()]
+        for _ in range(args.rounds):
+            for mode in modes:
+                bench.use_mode(mode)
+                results.append(bench.phase(mode))
+        if args.memory_runs:
+            bench.use_mode("warm")
+            memory = bench.memory(args.memory_runs)
+            print("warm driver memory (run: MB): " + ", ".join(f"{n}: {mb:.0f}" for n, mb in memory), flush=True)
+    finally:
+        from lakehouse.config import load_settings
+
+        services.down(load_settings())
+        left = processes_using_home(home)
+        print("stopped everything the bench started" if not left else "STILL RUNNING: " + "; ".join(left))
+        if not left:
+            shutil.rmtree(home, ignore_errors=True)
+    for mode in dict.fromkeys(r["mode"] for r in results):
+        single = [v for r in results if r["mode"] == mode for v in r["single"]]
+        bursts = [r["burst"] for r in results if r["mode"] == mode]
+        print(f"all {mode:6}: one at a time median {statistics.median(single):.1f} s, p95 {pct(single, 0.95):.1f} s, "
+              f"max {max(single):.1f} s ({len(single)} runs); {args.burst} at once: "
+              f"{', '.join(f'{b:.1f}' for b in bursts)} s, i.e. {max(bursts) / statistics.median(single):.1f}x "
+              "the single-file median at worst")
+    print(json.dumps({"results": results, "memory": memory}))
+    return 0 if not left else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
