@@ -16,7 +16,7 @@ import psycopg2
 import pytest
 
 from lakehouse.config import Settings
-from lakehouse.demo import sample_dir, wait_for_dag
+from lakehouse.demo import query, sample_dir, wait_for_dag
 from lakehouse.hooks.airflow_api import AirflowApiClient
 from lakehouse.hooks.s3 import landing_client
 from lakehouse.invoker.core import file_dag_run_id
@@ -85,18 +85,12 @@ def test_scheduler_killed_mid_run_then_started_again(stack: Settings, client: Ai
     assert run["state"] == "success", run
     assert len(client.list_dag_runs("fault_invoices")) == 1
 
-    conn = psycopg2.connect(stack.warehouse_dsn)
-    with conn.cursor() as cur:
-        cur.execute("SELECT invoice_date::text, invoice_count, total_amount::text "
-                    "FROM presentation.fault_daily_expenses ORDER BY 1")
-        assert cur.fetchall() == [("2026-11-01", 3, "1265.90"), ("2026-11-02", 2, "485.40")]
-    conn.close()
-    conn = psycopg2.connect(stack.metadata_dsn)
-    with conn.cursor() as cur:  # the audit tells what the kill cost: which tries ran, how they ended
-        cur.execute("SELECT task_id, try_number, status FROM lakehouse.task_runs WHERE dag_run_id = %s "
-                    "ORDER BY task_run_id", (run_id,))
-        tries = cur.fetchall()
-    conn.close()
+    _, rows = query(stack.warehouse_dsn, "SELECT invoice_date::text, invoice_count, total_amount::text "
+                                         "FROM presentation.fault_daily_expenses ORDER BY 1")
+    assert rows == [("2026-11-01", 3, "1265.90"), ("2026-11-02", 2, "485.40")]
+    # the audit tells what the kill cost: which tries ran, how they ended
+    _, tries = query(stack.metadata_dsn, "SELECT task_id, try_number, status FROM lakehouse.task_runs "
+                                         f"WHERE dag_run_id = '{run_id}' ORDER BY task_run_id")
     print("tries:", tries)
     assert {task for task, _, status in tries if status == "success"} == {
         "landing_to_raw", "raw_to_stage_scd2", "stage_to_presentation", "presentation_to_warehouse"}

@@ -11,7 +11,7 @@ import psycopg2
 import pytest
 
 from lakehouse.config import Settings
-from lakehouse.demo import drop_file_and_wait, sample_dir, stage_history, wait_for_dag
+from lakehouse.demo import drop_file_and_wait, query, sample_dir, stage_history, wait_for_dag
 from lakehouse.hooks.airflow_api import AirflowApiClient
 
 pytestmark = pytest.mark.e2e
@@ -36,12 +36,8 @@ def test_invoice_files_reach_the_warehouse_with_history(stack: Settings, client:
     assert run2["state"] == "success", run2
     assert len(client.list_dag_runs("invoices")) == 2
 
-    conn = psycopg2.connect(stack.warehouse_dsn)
-    with conn.cursor() as cur:
-        cur.execute("SELECT invoice_date::text, invoice_count, total_amount::text "
-                    "FROM presentation.daily_expenses ORDER BY invoice_date")
-        rows = cur.fetchall()
-    conn.close()
+    _, rows = query(stack.warehouse_dsn, "SELECT invoice_date::text, invoice_count, total_amount::text "
+                                         "FROM presentation.daily_expenses ORDER BY invoice_date")
     assert rows == [("2026-11-01", 3, "1225.90"), ("2026-11-02", 2, "485.40"), ("2026-11-03", 2, "890.00")]
 
     _, history = stage_history(stack, "INV-1003")

@@ -97,32 +97,24 @@ class AirflowApiClient:
             raise AirflowApiError(response.status_code, f"trigger {dag_id}/{dag_run_id}: {response.text[:300]}")
         return "created"
 
-    def get_dag_run(self, dag_id: str, dag_run_id: str) -> dict[str, Any] | None:
-        response = self._request(
-            "GET", f"/api/v2/dags/{quote(dag_id, safe='')}/dagRuns/{quote(dag_run_id, safe='')}"
-        )
+    def _get_or_none(self, path: str) -> dict[str, Any] | None:
+        """``GET`` one object; None when Airflow has no such thing (404)."""
+        response = self._request("GET", path)
         if response.status_code == 404:
             return None
         if response.status_code != 200:
             raise AirflowApiError(response.status_code, response.text[:300])
         return response.json()
 
+    def get_dag_run(self, dag_id: str, dag_run_id: str) -> dict[str, Any] | None:
+        return self._get_or_none(f"/api/v2/dags/{quote(dag_id, safe='')}/dagRuns/{quote(dag_run_id, safe='')}")
+
     def get_dag(self, dag_id: str) -> dict[str, Any] | None:
-        response = self._request("GET", f"/api/v2/dags/{quote(dag_id, safe='')}")
-        if response.status_code == 404:
-            return None
-        if response.status_code != 200:
-            raise AirflowApiError(response.status_code, response.text[:300])
-        return response.json()
+        return self._get_or_none(f"/api/v2/dags/{quote(dag_id, safe='')}")
 
     def get_dag_details(self, dag_id: str) -> dict[str, Any] | None:
         """The DAG with its doc panel (``doc_md``), as the UI's details page shows it."""
-        response = self._request("GET", f"/api/v2/dags/{quote(dag_id, safe='')}/details")
-        if response.status_code == 404:
-            return None
-        if response.status_code != 200:
-            raise AirflowApiError(response.status_code, response.text[:300])
-        return response.json()
+        return self._get_or_none(f"/api/v2/dags/{quote(dag_id, safe='')}/details")
 
     def list_dags(self, limit: int = 100, offset: int = 0, **filters: Any) -> dict[str, Any]:
         """One page of ``GET /api/v2/dags`` (``dags`` and ``total_entries``), e.g. ``tags=["invalid"]``."""
