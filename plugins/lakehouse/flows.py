@@ -157,6 +157,8 @@ class Flow:
     alert_target: str | None = None
     tags: tuple[str, ...] = ()
     max_active_runs: int = 16
+    max_files_per_run: int = 1  # above 1: the invoker gathers pending files into one run (a micro-batch)
+    batch_window_seconds: int = 0  # how long a batch waits after its first file for more
 
     @classmethod
     def from_row(cls, row: Mapping[str, Any]) -> "Flow":
@@ -175,7 +177,14 @@ class Flow:
             alert_target=row.get("alert_target"),
             tags=tuple(row.get("tags") or ()),
             max_active_runs=int(row.get("max_active_runs") or 16),
+            max_files_per_run=int(row.get("max_files_per_run") or 1),
+            batch_window_seconds=int(row.get("batch_window_seconds") or 0),
         )
+
+    @property
+    def batched(self) -> bool:
+        """Whether its files are gathered into micro-batches rather than run one by one."""
+        return self.max_files_per_run > 1
 
     @property
     def effective_dag_id(self) -> str:

@@ -50,7 +50,7 @@ from lakehouse.invoker.events import (
     from_s3_notification,
     from_seaweedfs_webhook,
 )
-from lakehouse.metadata import ledger
+from lakehouse.metadata import batches, ledger
 from lakehouse.metadata.catalogue import fetch_catalogue_document
 
 __all__ = [
@@ -208,11 +208,13 @@ class ConnectionPool:
 
 @dataclass(frozen=True)
 class TriggerJob:
-    """One trigger call still to make: a stored ``pending`` ledger row (leased to whoever holds this)."""
+    """One trigger call still to make: a stored ``pending`` ledger row, or a micro-batch of a flow's
+    files (``batch_id``), leased to whoever holds this."""
 
-    ledger_id: int
+    ledger_id: int | None
     outcome: TriggerOutcome  # bucket, key, flow, dag and run id; status filled in by the call
     conf: dict[str, Any]
+    batch_id: int | None = None
 
 
 class Invoker:
@@ -228,8 +230,10 @@ class Invoker:
         retry_base: float = 2.0,
         retry_max: float = 300.0,
         lease_seconds: float = ledger.LIVE_LEASE_SECONDS,
+        lake_uri: str | None = None,
     ) -> None:
         self.metadata_dsn = metadata_dsn
+        self.lake_uri = lake_uri  # where a micro-batch's manifest is written
         self.airflow = airflow
         self._load = catalogue_loader or (lambda: load_trigger_catalogue(metadata_dsn))
         self._ttl = catalogue_ttl
@@ -323,6 +327,9 @@ class Invoker:
         """Store decoded events, then make their trigger calls in this thread (Lambda, CLI)."""
         outcomes, jobs = self.accept(events)
         results = {job.ledger_id: self.dispatch(job) for job in jobs}
+        if any(o.status == "queued" for o in outcomes):  # no batcher thread here: gather now
+            for job in self.gather_batches():
+                self.dispatch(job)
         return [results.get(o.ledger_id, o) if o.status == "accepted" and o.ledger_id else o for o in outcomes]
 
     # -- the core -----------------------------------------------------------------------------
@@ -396,6 +403,16 @@ class Invoker:
     def _store_for_flow(self, conn: Connection, event: ObjectEvent, flow: Flow,
                         run_suffix: str = "") -> tuple[TriggerOutcome, TriggerJob | None]:
         dag_id = flow.effective_dag_id
+        if flow.batched:  # gathered into the flow's next micro-batch, which names the run
+            with conn:
+                row = ledger.record_event(conn, **self._row_fields(event), flow_id=flow.flow_id, dag_id=dag_id,
+                                          dag_run_id=None, status="queued", run_suffix=run_suffix)
+            base = TriggerOutcome("", event.bucket, event.key, flow.flow_id, dag_id, row.dag_run_id,
+                                  ledger_id=row.ledger_id)
+            if row.inserted:
+                return _with(base, "queued", "stored; gathered into the flow's next batch"), None
+            return _with(base, "duplicate" if row.status == "triggered" else row.status,
+                         f"already stored; delivery #{row.deliveries}"), None
         run_id = file_dag_run_id(flow.flow_id, event.bucket, event.key, event.etag, run_suffix)
         with conn:  # committed before Airflow is called: the ledger is the outbox
             row = ledger.record_event(
@@ -418,47 +435,106 @@ class Invoker:
         return _with(base, "accepted", "stored; trigger queued"), TriggerJob(row.ledger_id, base, conf)
 
     def dispatch(self, job: TriggerJob, probe: bool = False) -> TriggerOutcome:
-        """Make one trigger call and record its result. Thread-safe; holds no connection while calling.
+        """Make one trigger call and record its result, for a file or a micro-batch. Thread-safe;
+        holds no connection while calling.
 
-        While the circuit breaker is open the row is only deferred, unless ``probe``: a probe calls
+        While the circuit breaker is open the job is only deferred, unless ``probe``: a probe calls
         anyway, and its answer closes the breaker or keeps it open for longer.
         """
         base = job.outcome
         assert base.dag_id and base.dag_run_id and base.flow_id
+        record = _BatchRecord(job.batch_id) if job.batch_id is not None else _RowRecord(job.ledger_id or 0)
         reason = self.hold_reason(base.flow_id)
         if reason is not None:
             with self.pool.connection() as conn, conn:
-                ledger.hold_row(conn, job.ledger_id, reason)
-            log.warning("s3://%s/%s held: %s", base.bucket, base.key, reason)
+                record.hold(conn, reason)
+            log.warning("%s held: %s", _what(base, job), reason)
             return _with(base, "flow_invalid", reason)
         if self.airflow_down and not probe:
             delay = max(0.0, self._airflow_down_until - time.monotonic())
             with self.pool.connection() as conn, conn:
-                ledger.mark_deferred(conn, job.ledger_id, "Airflow was unavailable moments ago; queued", delay)
+                record.defer(conn, "Airflow was unavailable moments ago; queued", delay)
             return _with(base, "pending", "Airflow unavailable; stored for retry")
+        conf = self._batch_conf(job) if job.batch_id is not None else job.conf
         try:
-            result = self.airflow.trigger_dag_run(base.dag_id, base.dag_run_id, job.conf)
+            result = self.airflow.trigger_dag_run(base.dag_id, base.dag_run_id, conf)
         except AirflowUnavailableError as exc:
             with self._breaker_lock:
                 self._down_streak += 1
                 period = ledger.backoff_seconds(self._down_streak, self.retry_base, self.retry_max)
                 self._airflow_down_until = max(self._airflow_down_until, time.monotonic() + period)
             with self.pool.connection() as conn, conn:
-                ledger.mark_attempt_failed(conn, job.ledger_id, str(exc), final=False, base=self.retry_base,
-                                           maximum=self.retry_max)
+                record.failed(conn, str(exc), False, self.retry_base, self.retry_max)
             return _with(base, "pending", f"Airflow unavailable, will retry: {exc}")
         except AirflowApiError as exc:
             final = exc.status not in _RETRYABLE_STATUSES
             with self.pool.connection() as conn, conn:
-                ledger.mark_attempt_failed(conn, job.ledger_id, str(exc), final=final, base=self.retry_base,
-                                           maximum=self.retry_max)
+                record.failed(conn, str(exc), final, self.retry_base, self.retry_max)
             return _with(base, "failed" if final else "pending", str(exc))
         with self._breaker_lock:
             self._down_streak = 0
             self._airflow_down_until = 0.0
         with self.pool.connection() as conn, conn:
-            ledger.mark_triggered(conn, job.ledger_id)
+            record.triggered(conn)
         return _with(base, result)
+
+    # -- micro-batches ------------------------------------------------------------------------
+    def gather_batches(self) -> list[TriggerJob]:
+        """Gather every batched flow's queued files into batches (stored and assigned before any
+        call to Airflow) and return their trigger calls. Files of a flow that cannot run now are
+        held with the reason instead."""
+        jobs: list[TriggerJob] = []
+        with self.pool.connection() as conn:
+            with conn:
+                flow_ids = batches.flows_with_queued_files(conn)
+            for flow_id in flow_ids:
+                flow = self.rules().catalogue.flows.get(flow_id)
+                reason = self.hold_reason(flow_id)
+                if flow is None or reason is not None:
+                    with conn:
+                        ledger.hold_queued(conn, flow_id, reason or f"flow {flow_id!r} is not active")
+                    continue
+                while True:
+                    with conn:  # one transaction per batch: gathered, assigned and stored together
+                        batch = batches.gather_batch(conn, flow_id, flow.effective_dag_id, flow.max_files_per_run,
+                                                     flow.batch_window_seconds, self.lease_seconds)
+                    if batch is None:
+                        break
+                    jobs.append(self._batch_job(batch))
+        return jobs
+
+    def claim_due_batches(self, limit: int = 100) -> list[TriggerJob]:
+        """Lease stored batches whose backoff has passed (or whose gatherer died) to the caller."""
+        with self.pool.connection() as conn, conn:
+            return [self._batch_job(b) for b in batches.claim_due_batches(conn, limit, self.lease_seconds)]
+
+    @staticmethod
+    def _batch_job(batch: batches.GatheredBatch) -> TriggerJob:
+        outcome = TriggerOutcome("", flow_id=batch.flow_id, dag_id=batch.dag_id, dag_run_id=batch.dag_run_id,
+                                 detail=f"batch {batch.batch_id}")
+        return TriggerJob(None, outcome, {"manifest": batch.manifest_uri} if batch.manifest_uri else {},
+                          batch_id=batch.batch_id)
+
+    def _batch_conf(self, job: TriggerJob) -> dict[str, Any]:
+        """The run's conf: the batch and its manifest in the lake (written now if it is not yet:
+        the same files give the same document, so a retry rewrites it unchanged)."""
+        assert job.batch_id is not None and job.outcome.flow_id and job.outcome.dag_run_id
+        with self.pool.connection() as conn, conn:
+            files = batches.batch_files(conn, job.batch_id)
+        manifest = job.conf.get("manifest")
+        if not manifest:
+            if not self.lake_uri:
+                raise RuntimeError("a batched flow needs the lake (LAKEHOUSE_LAKE_URI) for its manifests")
+            from lakehouse.hooks.lake import write_json
+
+            manifest = write_json(self.lake_uri, f"_manifests/{job.outcome.flow_id}/{job.outcome.dag_run_id}.json", {
+                "flow_id": job.outcome.flow_id, "batch_id": job.batch_id, "dag_run_id": job.outcome.dag_run_id,
+                "files": [f.as_dict() for f in files]})
+            with self.pool.connection() as conn, conn:
+                batches.set_manifest(conn, job.batch_id, manifest)
+        return {"flow_id": job.outcome.flow_id,
+                "batch": {"batch_id": job.batch_id, "files": len(files), "manifest": manifest},
+                "file": files[0].as_dict() if len(files) == 1 else None}
 
     def claim_due(self, limit: int = 100) -> list[TriggerJob]:
         """Lease pending rows whose backoff has passed (or whose live lease ran out) to the caller."""
@@ -492,8 +568,11 @@ class Invoker:
             with self.pool.connection() as conn, conn:
                 reason = self.hold_reason(flow_id)
                 if reason is None:
-                    released[flow_id] = ledger.release_held_rows(conn, flow_id)
-                    log.info("flow %s can run again: %d held file(s) released", flow_id, released[flow_id])
+                    batched = flow is not None and flow.batched
+                    released[flow_id] = (ledger.release_held_rows(conn, flow_id, batched)
+                                         + batches.release_held_batches(conn, flow_id))
+                    log.info("flow %s can run again: %d held file(s) or batch(es) released", flow_id,
+                             released[flow_id])
                 else:
                     ledger.update_hold_reason(conn, flow_id, reason)
         return released
@@ -516,7 +595,8 @@ class Invoker:
         The first row is a probe (called even while the breaker is open): an explicit retry, e.g.
         the scheduled Lambda, always asks Airflow at least once.
         """
-        return [self.dispatch(job, probe=index == 0) for index, job in enumerate(self.claim_due(limit))]
+        jobs = [*self.claim_due(limit), *self.gather_batches(), *self.claim_due_batches(limit)]
+        return [self.dispatch(job, probe=index == 0) for index, job in enumerate(jobs)]
 
     def replay(self, flow_id: str, objects: Iterable[ObjectEvent], force: bool = False) -> list[TriggerOutcome]:
         """Send existing objects to one flow again (the backfill after fixing a flow).
@@ -538,6 +618,9 @@ class Invoker:
             with self.pool.connection() as conn:
                 outcome, job = self._store_for_flow(conn, event, flow, run_suffix=suffix)
             outcomes.append(self.dispatch(job) if job is not None else outcome)
+        if flow.batched:
+            for job in self.gather_batches():
+                self.dispatch(job)
         return outcomes
 
     def trigger_flow(self, flow_id: str, at: datetime | None = None, conf: dict[str, Any] | None = None) -> TriggerOutcome:
@@ -578,4 +661,47 @@ def build_invoker(settings: Any) -> Invoker:
         retry_base=settings.invoker_retry_base,
         retry_max=settings.invoker_retry_max,
         lease_seconds=settings.invoker_lease,
+        lake_uri=settings.lake_uri,
     )
+
+
+def _what(base: TriggerOutcome, job: TriggerJob) -> str:
+    return f"batch {job.batch_id} of flow {base.flow_id}" if job.batch_id is not None else f"s3://{base.bucket}/{base.key}"
+
+
+@dataclass(frozen=True)
+class _RowRecord:
+    """Where a single file's trigger call is recorded: its ledger row."""
+
+    ledger_id: int
+
+    def hold(self, conn: Connection, reason: str) -> None:
+        ledger.hold_row(conn, self.ledger_id, reason)
+
+    def defer(self, conn: Connection, reason: str, delay: float) -> None:
+        ledger.mark_deferred(conn, self.ledger_id, reason, delay)
+
+    def failed(self, conn: Connection, error: str, final: bool, base: float, maximum: float) -> None:
+        ledger.mark_attempt_failed(conn, self.ledger_id, error, final=final, base=base, maximum=maximum)
+
+    def triggered(self, conn: Connection) -> None:
+        ledger.mark_triggered(conn, self.ledger_id)
+
+
+@dataclass(frozen=True)
+class _BatchRecord:
+    """Where a micro-batch's trigger call is recorded: its batch row and, with it, its files."""
+
+    batch_id: int
+
+    def hold(self, conn: Connection, reason: str) -> None:
+        batches.hold_batch(conn, self.batch_id, reason)
+
+    def defer(self, conn: Connection, reason: str, delay: float) -> None:
+        batches.defer_batch(conn, self.batch_id, reason, delay)
+
+    def failed(self, conn: Connection, error: str, final: bool, base: float, maximum: float) -> None:
+        batches.mark_batch_attempt_failed(conn, self.batch_id, error, final, base, maximum)
+
+    def triggered(self, conn: Connection) -> None:
+        batches.mark_batch_triggered(conn, self.batch_id)

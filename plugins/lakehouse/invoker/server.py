@@ -72,7 +72,9 @@ class InvokerServer(ThreadingHTTPServer):
         self._sequence = itertools.count()
         self._stop = threading.Event()
         self._retry_interval = retry_interval
-        self._workers = [threading.Thread(target=self._retry_loop, name="invoker-retry", daemon=True)]
+        self._batch_wanted = threading.Event()  # set when files of a batched flow were stored
+        self._workers = [threading.Thread(target=self._retry_loop, name="invoker-retry", daemon=True),
+                         threading.Thread(target=self._batch_loop, name="invoker-batcher", daemon=True)]
         self._workers += [threading.Thread(target=self._dispatch_loop, name=f"invoker-dispatch-{i}", daemon=True)
                           for i in range(dispatch_workers)]
 
@@ -89,6 +91,7 @@ class InvokerServer(ThreadingHTTPServer):
         lost: their rows stay ``pending`` and leased, and whoever serves next retries them."""
         self.shutdown()
         self._stop.set()
+        self._batch_wanted.set()  # wakes the batcher, which then sees the stop
         for thread in self._workers:
             if thread.is_alive():
                 thread.join(timeout=15)
@@ -113,12 +116,30 @@ class InvokerServer(ThreadingHTTPServer):
             return [TriggerOutcome("spooled", detail="metadata database unavailable; kept on disk, stored when it "
                                                       "answers again")]
         self.submit(jobs)
+        if any(o.status == "queued" for o in outcomes):
+            self._batch_wanted.set()
         return outcomes
+
+    def _batch_loop(self) -> None:
+        """Gather batched flows' queued files into batches as soon as files arrive (and every
+        retry interval, for a window that ran out): while one gathering and its trigger calls
+        run, the files arriving meanwhile queue up, so a flood becomes few, large batches."""
+        while not self._stop.is_set():
+            self._batch_wanted.wait(timeout=self._retry_interval)
+            self._batch_wanted.clear()
+            if self.dispatch_workers == 0 or self.invoker.airflow_down:
+                continue  # the synchronous path gathers inline; while Airflow is down the backlog waits
+            try:
+                self.submit(self.invoker.gather_batches())
+            except Exception:
+                log.exception("gathering batches failed; the files stay queued")
 
     def _store_spooled(self, route: str, payload: dict[str, Any]) -> None:
         events = from_seaweedfs_webhook(payload) if route == "seaweedfs" else decode_payload(payload)
-        _, jobs = self.invoker.accept(events)
+        outcomes, jobs = self.invoker.accept(events)
         self.submit(jobs)
+        if any(o.status == "queued" for o in outcomes):
+            self._batch_wanted.set()
 
     def _dispatch_loop(self) -> None:
         while not self._stop.is_set():
@@ -130,8 +151,9 @@ class InvokerServer(ThreadingHTTPServer):
                 outcome = self.invoker.dispatch(job)
                 log.info("%s %s s3://%s/%s %s", outcome.status, outcome.dag_run_id, outcome.bucket, outcome.key,
                          outcome.detail)
-            except Exception:  # the row stays pending and leased; the retry loop takes it up later
-                log.exception("dispatch of ledger row %s failed", job.ledger_id)
+            except Exception:  # the row (or batch) stays pending and leased; the retry loop takes it up later
+                log.exception("dispatch of %s failed",
+                              f"batch {job.batch_id}" if job.batch_id is not None else f"ledger row {job.ledger_id}")
             finally:
                 self._jobs.task_done()
 
@@ -162,7 +184,7 @@ class InvokerServer(ThreadingHTTPServer):
                         continue
                     if self._jobs.qsize() > 2 * batch:
                         break  # the dispatchers are busy; claim more on the next tick
-                    jobs = self.invoker.claim_due(limit=batch)
+                    jobs = self.invoker.claim_due(limit=batch) + self.invoker.claim_due_batches(limit=batch)
                     self.submit(jobs, retry=True)
                     if len(jobs) < batch:
                         break

@@ -16,6 +16,8 @@ Document shape (every key but ``flow_id`` and ``tasks`` optional; defaults as in
     alert_target: null             # e-mail, https:// webhook or arn:aws:sns:...
     tags: [invoices]
     max_active_runs: 16
+    max_files_per_run: 1           # above 1: pending files are gathered into one run (micro-batch)
+    batch_window_seconds: 0        # with batching: how long a batch waits after its first file
     active: true
     tasks:
       - task_id: landing_to_raw
@@ -53,7 +55,7 @@ __all__ = [
 
 _T = TypeVar("_T")
 _FLOW_KEYS = {"flow_id", "dag_id", "description", "schedule", "trigger", "owner", "alert_target", "tags",
-              "max_active_runs", "active", "tasks"}
+              "max_active_runs", "max_files_per_run", "batch_window_seconds", "active", "tasks"}
 _TRIGGER_KEYS = {"bucket", "key_pattern", "syntax", "multi_match"}
 _TASK_KEYS = {"task_id", "template", "template_version", "upstream", "retries", "retry_delay_seconds", "timeout_seconds", "pool",
               "parameters"}
@@ -102,7 +104,8 @@ def _to_rows(document: Any, source: str) -> _Rows:
     for key, kinds, what in (("dag_id", str, "a string"), ("description", str, "a string"),
                              ("schedule", str, "a cron expression or preset"), ("owner", str, "a string"),
                              ("alert_target", str, "a string"), ("tags", list, "a list of strings"),
-                             ("max_active_runs", int, "an integer"), ("active", bool, "true or false")):
+                             ("max_active_runs", int, "an integer"), ("max_files_per_run", int, "an integer"),
+                             ("batch_window_seconds", int, "an integer"), ("active", bool, "true or false")):
         _expect(problems, key, document.get(key), kinds, what)
     _expect(problems, "trigger.multi_match", trigger.get("multi_match"), bool, "true or false")
     flow = {
@@ -117,6 +120,8 @@ def _to_rows(document: Any, source: str) -> _Rows:
         "alert_target": document.get("alert_target"),
         "tags": list(document.get("tags") or []),
         "max_active_runs": document.get("max_active_runs") or 16,
+        "max_files_per_run": document.get("max_files_per_run") or 1,
+        "batch_window_seconds": document.get("batch_window_seconds") or 0,
         "is_active": document.get("active", True),
     }
     if trigger.get("multi_match") is not None:
@@ -270,6 +275,8 @@ def export_flow_document(dsn: str, flow_id: str) -> str:
         "alert_target": row.get("alert_target"),
         "tags": list(row.get("tags") or []),
         "max_active_runs": row.get("max_active_runs"),
+        **({"max_files_per_run": row["max_files_per_run"]} if (row.get("max_files_per_run") or 1) != 1 else {}),
+        **({"batch_window_seconds": row["batch_window_seconds"]} if row.get("batch_window_seconds") else {}),
         "active": row.get("is_active", True),
     })
     tasks = []

@@ -27,6 +27,7 @@ __all__ = [
     "mark_deferred",
     "claim_due_rows",
     "hold_row",
+    "hold_queued",
     "held_flows",
     "update_hold_reason",
     "release_held_rows",
@@ -161,7 +162,7 @@ def claim_due_rows(conn: Connection, limit: int = 100, lease_seconds: float = LI
             f"""UPDATE lakehouse.file_ledger SET next_attempt_at = now() + make_interval(secs => %s)
                 WHERE ledger_id IN (
                     SELECT ledger_id FROM lakehouse.file_ledger
-                    WHERE status = 'pending' AND next_attempt_at <= now()
+                    WHERE status = 'pending' AND next_attempt_at <= now() AND batch_id IS NULL
                     ORDER BY next_attempt_at, ledger_id LIMIT %s FOR UPDATE SKIP LOCKED)
                 RETURNING {_COLUMNS}, event_time, run_suffix""",
             (lease_seconds, limit),
@@ -177,10 +178,18 @@ def hold_row(conn: Connection, ledger_id: int, reason: str) -> bool:
     with conn.cursor() as cur:
         cur.execute(
             """UPDATE lakehouse.file_ledger SET status = 'flow_invalid', last_error = %s, updated_at = now()
-               WHERE ledger_id = %s AND status = 'pending' RETURNING ledger_id""",
+               WHERE ledger_id = %s AND status IN ('pending', 'queued') RETURNING ledger_id""",
             (reason[:2000], ledger_id),
         )
         return cur.fetchone() is not None
+
+
+def hold_queued(conn: Connection, flow_id: str, reason: str) -> int:
+    """A batched flow that cannot run now: its files waiting to be gathered wait as ``flow_invalid``."""
+    with conn.cursor() as cur:
+        cur.execute("""UPDATE lakehouse.file_ledger SET status = 'flow_invalid', last_error = %s, updated_at = now()
+                       WHERE flow_id = %s AND status = 'queued'""", (reason[:2000], flow_id))
+        return cur.rowcount
 
 
 def held_flows(conn: Connection) -> list[str]:
@@ -201,13 +210,14 @@ def update_hold_reason(conn: Connection, flow_id: str, reason: str) -> int:
         return cur.rowcount
 
 
-def release_held_rows(conn: Connection, flow_id: str) -> int:
-    """The flow can run again: its held rows become ``pending`` and due now, oldest first as ever."""
+def release_held_rows(conn: Connection, flow_id: str, batched: bool = False) -> int:
+    """The flow can run again: its held files become due now (``pending``; ``queued`` for a flow
+    that gathers files into batches). Files held inside a batch go with their batch."""
     with conn.cursor() as cur:
         cur.execute(
-            """UPDATE lakehouse.file_ledger SET status = 'pending', next_attempt_at = now(), last_error = NULL,
+            """UPDATE lakehouse.file_ledger SET status = %s, next_attempt_at = now(), last_error = NULL,
                    updated_at = now()
-               WHERE flow_id = %s AND status = 'flow_invalid'""",
-            (flow_id,),
+               WHERE flow_id = %s AND status = 'flow_invalid' AND batch_id IS NULL""",
+            ("queued" if batched else "pending", flow_id),
         )
         return cur.rowcount
