@@ -61,13 +61,15 @@ def settings() -> Settings:
 def pg(settings: Settings) -> Iterator[Settings]:
     """The real Postgres server with the four databases and the metadata schema migrated."""
     started = postgres.start(settings)
-    postgres.ensure_databases(settings)
-    from lakehouse.metadata.migrations import migrate
+    try:  # a setup that fails after the start (a bad migration) must stop the server too
+        postgres.ensure_databases(settings)
+        from lakehouse.metadata.migrations import migrate
 
-    migrate(settings.metadata_dsn)
-    yield settings
-    if started:
-        postgres.stop(settings)
+        migrate(settings.metadata_dsn)
+        yield settings
+    finally:
+        if started:
+            postgres.stop(settings)
 
 
 def pytest_unconfigure(config: pytest.Config) -> None:

@@ -13,14 +13,14 @@ import shutil
 import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Any
 from urllib.parse import unquote, urlparse
 
 from pyspark.sql import SparkSession
 
-__all__ = ["STAGE_S3_CONF", "delete_path", "file_head", "lake_path", "local_path", "localize_input", "path_exists",
-           "read_text", "s3_client", "write_text"]
+__all__ = ["STAGE_S3_CONF", "delete_path", "file_head", "is_manifest", "lake_path", "local_path", "localize_input",
+           "path_exists", "read_text", "s3_client", "write_text"]
 
 STAGE_S3_CONF = "spark.lakehouse.stage_s3_through_boto3"
 _S3_SCHEMES = ("s3", "s3a", "s3n")
@@ -49,6 +49,13 @@ def local_path(uri: str) -> Path | None:
     if parsed.scheme == "" or (len(parsed.scheme) == 1 and os.name == "nt"):
         return Path(uri)
     return None
+
+
+def is_manifest(uri: str) -> bool:
+    """A run's manifest (``<lake>/_manifests/<flow>/<run>.json``, written by the invoker for a
+    micro-batch) rather than a landing file: what ``${files.uri}`` names for a run of many files."""
+    path = PurePosixPath(urlparse(uri).path or uri)
+    return path.suffix == ".json" and "_manifests" in path.parts
 
 
 def lake_path(lake_uri: str, *parts: str) -> str:

@@ -20,6 +20,7 @@ from pyspark.sql import functions as F
 from pyspark.sql.types import DataType
 
 from lakehouse_jobs.identifiers import IDENTIFIER, quote_spark
+from lakehouse_jobs.io import local_path
 
 __all__ = [
     "LineRegex",
@@ -159,7 +160,20 @@ def split_header_line(line: str, delimiter: str, quote: str = '"') -> list[str]:
 
 
 def number_lines(spark: SparkSession, uri: str) -> DataFrame:
-    """``(_line_number, _raw_line)`` for every line of one text file, 1-based and exact."""
+    """``(_line_number, _raw_line)`` for every line of one text file, 1-based and exact.
+
+    A file Spark reads as one split is numbered without a job of its own: its rows are the first
+    partition's, in order. That holds for gzip (never split) and for a file no larger than
+    ``spark.sql.files.openCostInBytes`` (Spark splits no file below that size, whatever the
+    parallelism). A larger file costs one small job that counts the lines of each split.
+    """
+    local = local_path(uri)
+    size = local.stat().st_size if local is not None and local.is_file() else None
+    limit = min(_byte_size(spark.conf.get("spark.sql.files.maxPartitionBytes", "128m")),
+                _byte_size(spark.conf.get("spark.sql.files.openCostInBytes", "4m")))
+    if size is not None and (uri.endswith(".gz") or size <= limit):
+        return spark.read.text(uri).select(
+            (F.monotonically_increasing_id() + 1).cast("long").alias("_line_number"), F.col("value").alias("_raw_line"))
     lines = spark.read.text(uri).select(
         F.col("value").alias("_raw_line"),
         F.col("_metadata.file_block_start").alias("_block"),
@@ -177,6 +191,15 @@ def number_lines(spark: SparkSession, uri: str) -> DataFrame:
     for block, first, before in offsets:
         base = F.when(F.col("_block") == block, F.lit(before - first)).otherwise(base)
     return lines.select((F.col("_row_id") + base + 1).cast("long").alias("_line_number"), "_raw_line")
+
+
+def _byte_size(text: str) -> int:
+    """A Spark byte-size setting (``134217728b``, ``128m``, ``1g``) in bytes."""
+    text = text.strip().lower()
+    scale = {"k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40}
+    number = text.rstrip("bkmgt")
+    unit = text[len(number):].rstrip("b")[:1]
+    return int(float(number) * scale.get(unit, 1))
 
 
 def parse_regex_lines(lines: DataFrame, regex: LineRegex) -> DataFrame:

@@ -5,7 +5,7 @@
 INSERT INTO lakehouse.templates (template_id, version, script_location, description, parameter_spec) VALUES
 ('landing_to_raw', 1, 'landing_to_raw.py',
  'One landing file (CSV, JSON, JSON Lines, parquet, fixed-width or regex text; gzip too) to parquet in raw, with lineage columns; rejects kept and counted; schema declared, or inferred once and checked on every later file.',
- '[{"name": "source_uri", "type": "str", "required": false, "default": "${file.uri}", "description": "the landing object; by default the file that triggered the run"},
+ '[{"name": "source_uri", "type": "str", "required": false, "default": "${files.uri}", "description": "the landing object; by default the files of the run: the file that triggered it, or the manifest of a micro-batch"},
    {"name": "dataset", "type": "str", "required": true, "description": "raw dataset name: raw/<dataset>/_batch_id=<batch>/"},
    {"name": "format", "type": "str", "required": true, "choices": ["csv", "json", "jsonl", "parquet", "fixed_width", "regex"], "description": "file format; a name ending in .gz is gunzipped (text formats)"},
    {"name": "regex", "type": "str", "required": false, "description": "format=regex: a full-line pattern whose named groups are the columns"},

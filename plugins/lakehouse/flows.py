@@ -34,6 +34,7 @@ __all__ = [
 
 PARAMETER_TYPES = ("str", "int", "float", "bool", "json", "list")
 PLACEHOLDER_NAMES = (
+    "files.uri",
     "file.uri",
     "file.bucket",
     "file.key",
@@ -425,8 +426,10 @@ class RunContext:
     flow_id: str
     run_id: str
     logical_date: str = ""
-    file: FileRef | None = None
+    file: FileRef | None = None  # the file that started the run (a micro-batch of one file too)
     batch_time: str = ""  # when the run was created: the same on every re-run of it
+    manifest_uri: str | None = None  # a micro-batch's list of files (the invoker writes it in the lake)
+    file_count: int = 0
 
     @property
     def batch_id(self) -> str:
@@ -434,7 +437,14 @@ class RunContext:
         return re.sub(r"[^A-Za-z0-9_-]", "_", self.run_id)
 
     def placeholder(self, name: str, where: str) -> str:
+        if name == "files.uri":  # the run's files: a micro-batch's manifest, or the one file's URI
+            if self.manifest_uri:
+                return self.manifest_uri
+            name = "file.uri"
         if name.startswith("file."):
+            if self.file is None and self.manifest_uri:
+                raise ValueError(f"{where}: ${{{name}}} names one file, but run {self.run_id!r} is a batch of "
+                                 f"{self.file_count} files: use ${{files.uri}} (their manifest)")
             if self.file is None:
                 raise ValueError(f"{where}: ${{{name}}} needs a triggering file, but run {self.run_id!r} has none")
             return {"file.uri": self.file.uri, "file.bucket": self.file.bucket,

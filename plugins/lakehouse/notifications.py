@@ -34,9 +34,12 @@ class TaskFailure:
     log_url: str | None = None
     alert_target: str | None = None
     details: str = ""  # the full text (with the end of the job's output), kept in the row
+    rejected_files: int = 0  # a task that went on without some files of its batch (it did not fail)
 
     @property
     def subject(self) -> str:
+        if self.rejected_files:
+            return f"[lakehouse] flow {self.flow_id}: task {self.task_id} rejected {self.rejected_files} file(s)"
         return f"[lakehouse] flow {self.flow_id} failed at task {self.task_id}"
 
     @property

@@ -171,3 +171,19 @@ def test_bad_trigger_bucket_and_leading_slash_are_named() -> None:
         "flow 'f': flows.trigger_bucket: 'Landing_Zone' is not a valid S3 bucket name "
         "(3-63 characters: lower-case letters, digits, '.', '-')",
     ]
+
+
+def test_the_files_placeholder_names_a_batch_manifest_or_the_one_file() -> None:
+    """``${files.uri}`` (landing_to_raw's default source) works for runs of one file and of many;
+    ``${file.uri}`` in a run of many files says which placeholder to use instead."""
+    from lakehouse.flows import FileRef, RunContext
+
+    task = FlowTask("f", "t", "tpl", {"source": "${files.uri}"})
+    template = Template("tpl", "x.py", parameters=(ParameterSpec("source"),))
+    one = RunContext("f", "r1", file=FileRef("landing", "in/a.csv", "e1"))
+    many = RunContext("f", "r2", manifest_uri="file:///lake/_manifests/f/r2.json", file_count=3)
+    assert render_arguments(task, template, one)["source"] == "s3://landing/in/a.csv"
+    assert render_arguments(task, template, many)["source"] == "file:///lake/_manifests/f/r2.json"
+    single = FlowTask("f", "t", "tpl", {"source": "${file.uri}"})
+    with pytest.raises(ValueError, match=r"is a batch of 3 files: use \$\{files.uri\}"):
+        render_arguments(single, template, many)

@@ -38,6 +38,8 @@ from __future__ import annotations
 import json
 import sys
 from collections.abc import Sequence
+from contextlib import ExitStack
+from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import PurePosixPath
 from typing import Any
@@ -82,7 +84,8 @@ TEMPLATE = "landing_to_raw"
 FORMATS = ("csv", "json", "jsonl", "parquet", "fixed_width", "regex")
 
 SPEC: tuple[ArgSpec, ...] = (
-    ArgSpec("source_uri", required=True, description="the landing file: s3://bucket/key, file:// URI or path"),
+    ArgSpec("source_uri", required=True, description="the landing file (s3://bucket/key, file:// URI or path), or "
+                                                     "a run's manifest listing several (a micro-batch)"),
     ArgSpec("dataset", required=True, description="raw dataset name"),
     ArgSpec("format", required=True, description=" | ".join(FORMATS)),
     ArgSpec("regex", description="format=regex: full-line pattern with named groups"),
@@ -294,7 +297,10 @@ def run(spark: SparkSession, args: dict[str, Any]) -> dict[str, Any]:
     try:
         # an earlier try's output goes first: if this try dies anywhere, no stale batch is left
         io.delete_path(spark, raw_path)
-        return _load(spark, args, raw_path, rejects_path)
+        files = _manifest_files(args["source_uri"])
+        if files is None:
+            return _load(spark, args, raw_path, rejects_path)
+        return _load_files(spark, args, files, raw_path, rejects_path)
     except Exception as exc:
         _discard_raw(spark, raw_path, exc)
         if isinstance(exc, JobFailure):
@@ -391,6 +397,159 @@ def _load(spark: SparkSession, args: dict[str, Any], raw_path: str, rejects_path
             "columns": [{"name": c, "type": types[c]} for c in columns]}, indent=2))
         metrics["schema_uri"] = _schema_uri(args)
     return metrics
+
+
+# -- a run of many files (a micro-batch) ---------------------------------------------------------
+@dataclass(frozen=True)
+class _SourceFile:
+    uri: str
+    event_time: datetime | None
+
+
+def _manifest_files(source_uri: str) -> list[_SourceFile] | None:
+    """The files a run's manifest lists (``${files.uri}`` of a batched run), or None for a plain file."""
+    if not io.is_manifest(source_uri):
+        return None
+    text = io.read_text(source_uri)
+    if text is None:
+        raise JobFailure(f"manifest {source_uri} does not exist")
+    files = json.loads(text).get("files") or []
+    if not files:
+        raise JobFailure(f"manifest {source_uri} lists no files")
+    return [_SourceFile(f["uri"], datetime.fromisoformat(f["event_time"]) if f.get("event_time") else None)
+            for f in files]
+
+
+def _load_files(spark: SparkSession, args: dict[str, Any], files: list[_SourceFile], raw_path: str,
+                rejects_path: str) -> dict[str, Any]:
+    """Many files in one run: parsed one by one (lazily), read, counted and written together.
+
+    A file is accepted or rejected as a whole: one that is empty, binary, truncated, in the wrong
+    format, of other columns than the batch, or over ``max_reject_ratio`` stays out of raw, is
+    named with its reason in the metrics (``rejected_files``) and the alert, and the rest of the
+    batch goes on. Every file's bad records go to the rejects either way; when no file is left,
+    the task fails. Each raw row keeps its file (``_source_file``) and the file's event time
+    (``_ingested_at``), which orders a multi-file batch in the stage when it has no ``sequence_by``.
+    """
+    _validate(args)
+    dataset, batch_id, fmt = args["dataset"], args["batch_id"], args["format"]
+    unit = "rows" if fmt == "parquet" else "records" if fmt == "json" else "lines"
+    batch_time = (datetime.fromisoformat(args["batch_time"]).astimezone(timezone.utc)
+                  if args.get("batch_time") else datetime.now(timezone.utc))
+    rejected: dict[str, str] = {}
+    with ExitStack() as staged:
+        parsed_files: list[tuple[_SourceFile, DataFrame, list[str], bool]] = []
+        staged_as: dict[str, str] = {}  # the URI of each file -> what Spark read (named in its errors)
+        for source in files:
+            readable = staged.enter_context(io.localize_input(spark, source.uri))
+            staged_as[source.uri] = readable
+            try:
+                _check_file(source.uri, readable, fmt)
+                frame, columns, text_columns = _parse(spark, readable, {**args, "source_uri": source.uri})
+            except JobFailure as exc:
+                rejected[source.uri] = str(exc)
+                continue
+            except Exception as exc:
+                problem = _describe_read_error(exc)
+                if problem is None:
+                    raise
+                rejected[source.uri] = f"landing file {source.uri} {problem} (read as {fmt})"
+                continue
+            ingested_at = (source.event_time or batch_time).astimezone(timezone.utc)
+            parsed_files.append((source, frame.withColumns({
+                "_source_file": F.lit(source.uri), "_batch_id": F.lit(batch_id),
+                "_ingested_at": F.lit(ingested_at)}), columns, text_columns))
+        if not parsed_files:
+            raise JobFailure(_all_rejected(files, rejected), {"rejected_files": _listed(rejected)})
+        columns = parsed_files[0][2]
+        for source, _, file_columns, _ in parsed_files[1:]:
+            if file_columns != columns:
+                rejected[source.uri] = (f"landing file {source.uri} has columns {file_columns}, the batch's first "
+                                        f"file {parsed_files[0][0].uri} has {columns}")
+        kept = [(s, f, t) for s, f, c, t in parsed_files if s.uri not in rejected]
+        union = kept[0][1]
+        for _, frame, _ in kept[1:]:
+            union = union.unionByName(frame)
+        types, schema_source = _types(spark, union, columns, kept[0][2], args)
+        if types:
+            union = cast_columns(union, parse_schema(spark, types, columns))
+        metrics, union = _count_by_file(union, kept, staged_as, rejected, args, unit, fmt)
+        try:
+            accepted = [s.uri for s, _, _ in kept if s.uri not in rejected]
+            if metrics["rows_rejected"]:
+                union.filter(F.col(REASON_COLUMN).isNotNull()).select(*REJECT_COLUMNS) \
+                    .coalesce(1).write.mode("overwrite").json(rejects_path)
+                metrics["rejects_path"] = rejects_path
+            else:
+                io.delete_path(spark, rejects_path)
+            metrics.update(source_uri=args["source_uri"], format=fmt, files=len(files), files_accepted=len(accepted),
+                           files_rejected=len(rejected), rejected_files=_listed(rejected), raw_path=None,
+                           schema_source=schema_source, schema=types, rows_out=0)
+            if not accepted:
+                raise JobFailure(_all_rejected(files, rejected), metrics)
+            good = union.filter(F.col(REASON_COLUMN).isNull() & F.col("_source_file").isin(accepted))
+            good.select(*columns, *LINEAGE_COLUMNS).write.mode("overwrite").parquet(raw_path)
+            rows_out = sum(n for uri, n in metrics.pop("_valid_by_file").items() if uri in accepted)
+            metrics.update(rows_out=rows_out, raw_path=raw_path)
+        finally:
+            union.unpersist()
+    if schema_source == "inferred" and types is not None:
+        io.write_text(_schema_uri(args), json.dumps({
+            "dataset": dataset, "format": fmt, "inferred_from": accepted[0], "batch_id": batch_id,
+            "columns": [{"name": c, "type": types[c]} for c in columns]}, indent=2))
+        metrics["schema_uri"] = _schema_uri(args)
+    return metrics
+
+
+def _count_by_file(union: DataFrame, kept: list[tuple[_SourceFile, DataFrame, bool]], staged_as: dict[str, str],
+                   rejected: dict[str, str], args: dict[str, Any], unit: str,
+                   fmt: str) -> tuple[dict[str, Any], DataFrame]:
+    """Records and rejects per file, in one job over all files; files empty or over the reject
+    ratio are added to ``rejected``. A file Spark cannot read at all (a cut gzip stream found only
+    while reading) is named from the error, set aside, and the count runs again without it."""
+    while True:
+        frame = union.filter(~F.col("_source_file").isin(list(rejected))) if rejected else union
+        frame = frame.persist()
+        try:
+            counts = frame.groupBy("_source_file").agg(
+                F.count(F.lit(1)).alias("rows_in"), F.count(F.col(REASON_COLUMN)).alias("rows_rejected")).collect()
+            break
+        except Exception as exc:
+            frame.unpersist()
+            problem = _describe_read_error(exc)
+            culprit = next((s.uri for s, _, _ in kept
+                            if s.uri not in rejected and _names_file(exc, staged_as[s.uri])), None)
+            if problem is None or culprit is None:
+                raise
+            rejected[culprit] = f"landing file {culprit} {problem} (read as {fmt})"
+    by_file = {row["_source_file"]: (int(row["rows_in"]), int(row["rows_rejected"])) for row in counts}
+    for source, _, _ in kept:
+        rows_in, bad = by_file.get(source.uri, (0, 0))
+        if source.uri in rejected:
+            continue
+        if rows_in == 0:
+            rejected[source.uri] = f"landing file {source.uri} is empty: it has no data {unit}"
+        elif bad / rows_in > args["max_reject_ratio"]:
+            rejected[source.uri] = (f"landing file {source.uri}: {bad} of {rows_in} {unit} rejected "
+                                    f"({bad / rows_in:.1%}), more than max_reject_ratio {args['max_reject_ratio']}")
+    metrics = {"rows_in": sum(n for n, _ in by_file.values()), "rows_rejected": sum(b for _, b in by_file.values()),
+               "rows_valid": sum(n - b for n, b in by_file.values()), "rejects_path": None,
+               "_valid_by_file": {uri: n - b for uri, (n, b) in by_file.items()}}
+    return metrics, frame
+
+
+def _names_file(exc: BaseException, readable: str) -> bool:
+    """Whether a Spark read error names this file: Spark says which path it failed to read."""
+    path = urlparse(readable).path or readable
+    return bool(path) and path in error_text(exc)
+
+
+def _listed(rejected: dict[str, str]) -> list[str]:
+    return [reason for _, reason in sorted(rejected.items())]
+
+
+def _all_rejected(files: list[_SourceFile], rejected: dict[str, str]) -> str:
+    return f"all {len(files)} files of the batch were rejected: " + "; ".join(_listed(rejected))
 
 
 def main(argv: Sequence[str]) -> dict[str, Any]:

@@ -34,6 +34,7 @@ def run_context_from_airflow(flow_id: str, context: Any) -> RunContext:
             etag=str(file_conf.get("etag") or ""),
             size=file_conf.get("size"),
         )
+    batch = conf.get("batch") if isinstance(conf.get("batch"), dict) else {}
     logical_date = context.get("logical_date")
     batch_time = getattr(dag_run, "run_after", None) or logical_date
     return RunContext(
@@ -42,6 +43,8 @@ def run_context_from_airflow(flow_id: str, context: Any) -> RunContext:
         logical_date=logical_date.isoformat() if logical_date else "",
         file=file,
         batch_time=batch_time.isoformat() if batch_time else "",
+        manifest_uri=str(batch["manifest"]) if batch.get("manifest") else None,
+        file_count=int(batch.get("files") or (1 if file else 0)),
     )
 
 
@@ -178,9 +181,18 @@ class TemplateTaskOperator(BaseOperator):
                 external_run_id=failed.external_run_id if failed else None,
             )
             raise
+        rejected = [str(r) for r in result.metrics.get("rejected_files") or ()]
+        summary = (f"{len(rejected)} of {result.metrics.get('files')} files of the batch rejected, the rest loaded: "
+                   + "; ".join(rejected)) if rejected else None
         finish_task_run(
             settings.metadata_dsn, audit_id, status="success", metrics=result.metrics,
-            external_run_id=result.external_run_id,
+            external_run_id=result.external_run_id, error_summary=one_line(summary) if summary else None,
         )
+        if summary:  # the batch went on without them: the files are named in the audit and an alert
+            notify_failure(settings, TaskFailure(
+                flow_id=self.flow_id, task_id=self.task_id, dag_id=self.dag_id, dag_run_id=run.run_id,
+                error=one_line(summary), details=summary, file_uri=run.manifest_uri,
+                log_url=_log_url(self.dag_id, run.run_id, self.task_id, ti.try_number),
+                alert_target=self.alert_target, rejected_files=len(rejected)))
         self.log.info("template %s finished: %s", self.template_id, result.metrics)
         return result.metrics

@@ -90,8 +90,8 @@ def test_every_problem_is_named_and_nothing_is_written(clean: Settings) -> None:
     with pytest.raises(FlowDocumentError) as raised:
         apply_flow_document(clean.metadata_dsn, document, "orders.yaml")
     assert raised.value.problems == [
-        "schedul: unknown key (known: active, alert_target, dag_id, description, flow_id, max_active_runs, "
-        "owner, schedule, tags, tasks, trigger)"
+        "schedul: unknown key (known: active, alert_target, batch_window_seconds, dag_id, description, flow_id, "
+        "max_active_runs, max_files_per_run, owner, schedule, tags, tasks, trigger)"
     ]
     del document["schedul"]
     with pytest.raises(FlowDocumentError) as raised:

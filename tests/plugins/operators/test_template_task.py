@@ -186,3 +186,19 @@ def test_secret_reaches_the_job_out_of_band_and_never_the_audit(pg: Settings, mo
     assert status == "failed" and "loader/***" in error and "pw-9f8e7d" not in error
     ((_, _, alert),) = notifications(pg, "run_secret")
     assert "pw-9f8e7d" not in alert and "***" in alert
+
+
+def test_a_batch_that_went_on_without_some_files_names_them_in_the_audit_and_an_alert(
+        pg: Settings, operator, monkeypatch: pytest.MonkeyPatch) -> None:
+    metrics = {"rows_in": 9, "rows_out": 6, "rows_rejected": 1, "files": 3,
+               "rejected_files": ["landing file s3://landing/c.csv is empty: it has no data lines"]}
+    use_runner(monkeypatch, ScriptedRunner(metrics))
+    operator.execute(context_for(operator, "run_partial"))
+    with psycopg2.connect(pg.metadata_dsn) as conn, conn.cursor() as cur:
+        cur.execute("SELECT status, error_summary FROM lakehouse.task_runs WHERE dag_run_id = 'run_partial'")
+        ((status, why),) = cur.fetchall()
+    conn.close()
+    assert status == "success" and why.startswith("1 of 3 files of the batch rejected, the rest loaded: landing file "
+                                                   "s3://landing/c.csv is empty")
+    ((task_id, _, error),) = notifications(pg, "run_partial")
+    assert task_id == "build" and "s3://landing/c.csv is empty" in error
