@@ -41,6 +41,7 @@ os.environ.update(
         "LAKEHOUSE_AIRFLOW_PORT": str(28080 + _OFF),
         "AIRFLOW_HOME": str(_TEST_HOME / "airflow"),
         "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
+        "LAKEHOUSE_RECONCILE_INTERVAL": "0",  # the tests sweep when they mean to
     }
 )
 for _name in ("LAKEHOUSE_AIRFLOW_URL", "LAKEHOUSE_METADATA_DSN", "LAKEHOUSE_WAREHOUSE_DSN", "LAKEHOUSE_CATALOG_DSN",

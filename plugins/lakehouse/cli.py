@@ -6,7 +6,7 @@ import argparse
 import json
 import logging
 import sys
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 
 from lakehouse.config import load_settings
 from lakehouse.hooks.airflow_api import AirflowApiClient
@@ -90,9 +90,15 @@ def _cmd_invoker_serve(args: argparse.Namespace) -> int:
     settings = load_settings()
     from lakehouse.invoker.spool import EventSpool
 
-    server = InvokerServer((settings.invoker_bind, settings.invoker_port), build_invoker(settings), settings.invoker_token,
+    from lakehouse.hooks.s3 import landing_client
+    from lakehouse.invoker.reconcile import reconcile
+
+    invoker = build_invoker(settings)
+    s3 = landing_client(settings)
+    server = InvokerServer((settings.invoker_bind, settings.invoker_port), invoker, settings.invoker_token,
                            dispatch_workers=settings.invoker_dispatch_workers,
-                           spool=EventSpool(settings.run_dir / "invoker-spool"))
+                           spool=EventSpool(settings.run_dir / "invoker-spool"),
+                           sweep=lambda: reconcile(invoker, s3)[1], sweep_interval=settings.reconcile_interval)
     logging.getLogger(__name__).info("invoker listening on %s", settings.invoker_url)
     server.serve()
     return 0
@@ -122,7 +128,7 @@ def _cmd_replay(args: argparse.Namespace) -> int:
 
     from lakehouse.hooks.s3 import landing_client
     from lakehouse.invoker.core import build_invoker
-    from lakehouse.invoker.events import EventError, ObjectEvent
+    from lakehouse.invoker.reconcile import bucket_objects
 
     settings = load_settings()
     invoker = build_invoker(settings)
@@ -130,27 +136,9 @@ def _cmd_replay(args: argparse.Namespace) -> int:
     if flow is None or not flow.trigger_bucket:
         raise LookupError(f"no active flow {args.flow!r} with a file trigger")
     s3 = landing_client(settings)
-
-    def objects() -> Iterator[ObjectEvent]:
-        # versioned buckets: the current version id is the file version (as in S3's events)
-        versioned = s3.get_bucket_versioning(Bucket=flow.trigger_bucket).get("Status") == "Enabled"
-        if versioned:
-            pages = s3.get_paginator("list_object_versions").paginate(Bucket=flow.trigger_bucket, Prefix=args.prefix)
-            entries = ((o, o["VersionId"]) for page in pages for o in page.get("Versions", ()) if o.get("IsLatest"))
-        else:
-            pages = s3.get_paginator("list_objects_v2").paginate(Bucket=flow.trigger_bucket, Prefix=args.prefix)
-            entries = ((o, o["ETag"].strip('"')) for page in pages for o in page.get("Contents", ()))
-        for obj, version in entries:
-            if not obj["Size"] and obj["Key"].endswith(("/", "_$folder$")):
-                continue  # folder markers, ignored exactly as their events are
-            try:
-                yield ObjectEvent(flow.trigger_bucket, obj["Key"], version, obj["Size"], obj.get("LastModified"),
-                                  "replay")
-            except EventError as exc:
-                print(f"refused s3://{flow.trigger_bucket}/{obj['Key']}: {exc}", file=sys.stderr)
-
+    objects = (event for page in bucket_objects(s3, flow.trigger_bucket, args.prefix, "replay") for event in page)
     try:
-        outcomes = invoker.replay(args.flow, objects(), force=args.force)
+        outcomes = invoker.replay(args.flow, objects, force=args.force)
     finally:
         invoker.close()
     for outcome in outcomes:
@@ -159,6 +147,31 @@ def _cmd_replay(args: argparse.Namespace) -> int:
     counts = Counter(o.status for o in outcomes)
     print("replay: " + (", ".join(f"{n} {status}" for status, n in sorted(counts.items())) or "no objects"))
     return 1 if counts.get("failed") else 0
+
+
+def _cmd_reconcile(args: argparse.Namespace) -> int:
+    """One reconciliation sweep now: objects in the bucket that no event announced are recorded."""
+    from lakehouse.hooks.s3 import landing_client
+    from lakehouse.invoker.core import build_invoker
+    from lakehouse.invoker.reconcile import reconcile
+
+    settings = load_settings()
+    invoker = build_invoker(settings)
+    try:
+        results, jobs = reconcile(invoker, landing_client(settings), args.flow)
+        outcomes = [invoker.dispatch(job) for job in [*jobs, *invoker.gather_batches()]]
+    finally:
+        invoker.close()
+    for result in results:
+        print(result.line())
+        for outcome in result.recorded[: args.show]:
+            print(f"  recorded s3://{outcome.bucket}/{outcome.key}")
+        if len(result.recorded) > args.show:
+            print(f"  ... and {len(result.recorded) - args.show} more")
+    failed = [o for o in outcomes if o.status == "failed"]
+    for outcome in failed:
+        print(f"  Airflow refused {outcome.dag_run_id}: {outcome.detail}", file=sys.stderr)
+    return 1 if failed else 0
 
 
 def _cmd_flow_validate(args: argparse.Namespace) -> int:
@@ -258,6 +271,10 @@ def build_parser() -> argparse.ArgumentParser:
                      help="start a new run even for file versions this flow already ran")
     rep.add_argument("--verbose", action="store_true", help="also list duplicates and non-matching keys")
     rep.set_defaults(func=_cmd_replay)
+    rec = sub.add_parser("reconcile", help="list the flows' trigger prefixes and record files no event announced")
+    rec.add_argument("--flow", help="one flow_id (default: every active file-triggered flow)")
+    rec.add_argument("--show", type=int, default=20, help="recorded objects to list per flow")
+    rec.set_defaults(func=_cmd_reconcile)
     trig = sub.add_parser("trigger", help="start a flow by flow_id (the scheduled invoker)")
     trig.add_argument("flow_id")
     trig.set_defaults(func=_cmd_trigger)

@@ -35,6 +35,9 @@ LAKEHOUSE_INVOKER_WORKERS          threads calling Airflow after the webhook   8
 LAKEHOUSE_INVOKER_LEASE            seconds a row being triggered is held       30
                                    before the retry loop may take it over
 LAKEHOUSE_INVOKER_CATALOGUE_TTL    seconds the invoker caches the flows        5
+LAKEHOUSE_RECONCILE_INTERVAL       seconds between the invoker's sweeps of     900
+                                   each file-triggered flow's prefix (files
+                                   no event announced); 0: off
 LAKEHOUSE_AIRFLOW_PORT             Airflow api-server port                     8080
 LAKEHOUSE_AIRFLOW_API_WORKERS      uvicorn worker processes of the local       2
                                    api-server (one Python process runs on one
@@ -167,6 +170,7 @@ class Settings:
     invoker_catalogue_ttl: float = 5.0
     invoker_dispatch_workers: int = 8
     invoker_lease: float = 30.0
+    reconcile_interval: float = 900.0
     airflow_api_workers: int = 2
     glue_connections: tuple[str, ...] = ()
     spark_mode: str = "warm"
@@ -347,6 +351,7 @@ def load_settings() -> Settings:
         invoker_catalogue_ttl=_number("LAKEHOUSE_INVOKER_CATALOGUE_TTL", "5", float),
         invoker_dispatch_workers=_number("LAKEHOUSE_INVOKER_WORKERS", "8", int),
         invoker_lease=_number("LAKEHOUSE_INVOKER_LEASE", "30", float, minimum=1),
+        reconcile_interval=_number("LAKEHOUSE_RECONCILE_INTERVAL", "900", float),
         airflow_api_workers=_number("LAKEHOUSE_AIRFLOW_API_WORKERS", "2", int, minimum=1),
         _explicit_secrets=explicit,
     )

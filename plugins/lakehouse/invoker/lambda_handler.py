@@ -7,7 +7,8 @@ mapping) and EventBridge "Object Created" events. An event that cannot be stored
 Lambda service retries it (async invocations) or redelivers it (SQS).
 
 Lambdas have no background thread, so pending ledger rows (Airflow was down) are retried by
-``retry_handler`` on an EventBridge schedule (e.g. ``rate(1 minute)``).
+``retry_handler`` on an EventBridge schedule (e.g. ``rate(1 minute)``), and ``reconcile_handler``
+(e.g. ``rate(15 minutes)``) records the files no notification announced.
 
 Configuration comes from the Lambda's environment through :mod:`lakehouse.config`, exactly as
 for the local invoker; with ``LAKEHOUSE_AIRFLOW_API=mwaa`` runs are started through
@@ -25,7 +26,7 @@ from lakehouse.config import load_settings
 from lakehouse.invoker.core import Invoker, build_invoker
 from lakehouse.invoker.events import is_sqs_batch
 
-__all__ = ["handler", "retry_handler", "scheduled_handler"]
+__all__ = ["handler", "retry_handler", "reconcile_handler", "scheduled_handler"]
 
 log = logging.getLogger(__name__)
 
@@ -66,6 +67,20 @@ def retry_handler(event: dict[str, Any], context: Any) -> dict[str, Any]:
     invoker.release_held()
     outcomes = invoker.retry_pending(limit=int(event.get("limit", 200)) if isinstance(event, dict) else 200)
     return {"outcomes": [o.as_dict() for o in outcomes]}
+
+
+def reconcile_handler(event: dict[str, Any], context: Any) -> dict[str, Any]:
+    """Scheduled (e.g. ``rate(15 minutes)``): list the flows' prefixes and start what no S3
+    notification announced; ``{"flow_id": ...}`` sweeps one flow."""
+    import boto3
+
+    from lakehouse.invoker.reconcile import reconcile
+
+    invoker = _invoker()
+    flow_id = event.get("flow_id") if isinstance(event, dict) else None
+    results, jobs = reconcile(invoker, boto3.client("s3"), flow_id)
+    outcomes = [invoker.dispatch(job) for job in [*jobs, *invoker.gather_batches()]]
+    return {"sweeps": [r.line() for r in results], "outcomes": [o.as_dict() for o in outcomes]}
 
 
 def scheduled_handler(event: dict[str, Any], context: Any) -> dict[str, Any]:

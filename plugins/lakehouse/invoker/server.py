@@ -30,6 +30,7 @@ import logging
 import queue
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from collections.abc import Callable
 from typing import Any
 
 import psycopg2
@@ -58,7 +59,8 @@ class InvokerServer(ThreadingHTTPServer):
     request_queue_size = 256
 
     def __init__(self, address: tuple[str, int], invoker: Invoker, token: str, retry_interval: float = 1.0,
-                 dispatch_workers: int = 8, spool: EventSpool | None = None) -> None:
+                 dispatch_workers: int = 8, spool: EventSpool | None = None,
+                 sweep: Callable[[], list[TriggerJob]] | None = None, sweep_interval: float = 0.0) -> None:
         if not token:
             raise ValueError("LAKEHOUSE_INVOKER_TOKEN is empty: the webhook would accept anyone")
         super().__init__(address, _Handler)
@@ -73,8 +75,12 @@ class InvokerServer(ThreadingHTTPServer):
         self._stop = threading.Event()
         self._retry_interval = retry_interval
         self._batch_wanted = threading.Event()  # set when files of a batched flow were stored
+        self._sweep = sweep
+        self._sweep_interval = sweep_interval
         self._workers = [threading.Thread(target=self._retry_loop, name="invoker-retry", daemon=True),
                          threading.Thread(target=self._batch_loop, name="invoker-batcher", daemon=True)]
+        if sweep is not None and sweep_interval > 0:
+            self._workers.append(threading.Thread(target=self._sweep_loop, name="invoker-reconcile", daemon=True))
         self._workers += [threading.Thread(target=self._dispatch_loop, name=f"invoker-dispatch-{i}", daemon=True)
                           for i in range(dispatch_workers)]
 
@@ -133,6 +139,17 @@ class InvokerServer(ThreadingHTTPServer):
                 self.submit(self.invoker.gather_batches())
             except Exception:
                 log.exception("gathering batches failed; the files stay queued")
+
+    def _sweep_loop(self) -> None:
+        """Every ``sweep_interval`` seconds, list the flows' prefixes and record what no event
+        announced (see lakehouse.invoker.reconcile); found files go on like events."""
+        assert self._sweep is not None
+        while not self._stop.wait(self._sweep_interval):
+            try:
+                self.submit(self._sweep())
+                self._batch_wanted.set()
+            except Exception:
+                log.exception("reconciliation sweep failed; the next one tries again")
 
     def _store_spooled(self, route: str, payload: dict[str, Any]) -> None:
         events = from_seaweedfs_webhook(payload) if route == "seaweedfs" else decode_payload(payload)

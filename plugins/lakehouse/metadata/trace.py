@@ -22,9 +22,11 @@ __all__ = ["trace_object", "list_task_runs", "format_trace", "format_runs", "par
 #: The metrics of a try that say where its output (or its rejects) went, in the order shown.
 OUTPUT_KEYS = ("raw_path", "rejects_path", "target_table", "snapshot_id", "committed", "source_table")
 
-_LEDGER = """SELECT ledger_id, bucket, object_key, etag, size, flow_id, dag_id, dag_run_id, status, deliveries,
-                    attempts, last_error, source, run_suffix, event_time, received_at, updated_at
-             FROM lakehouse.file_ledger WHERE bucket = %s AND object_key = %s ORDER BY ledger_id"""
+_LEDGER = """SELECT l.ledger_id, l.bucket, l.object_key, l.etag, l.size, l.flow_id, l.dag_id, l.dag_run_id, l.status,
+                    l.deliveries, l.attempts, l.last_error, l.source, l.run_suffix, l.event_time, l.received_at,
+                    l.updated_at, l.batch_id, b.files AS batch_files, b.manifest_uri AS batch_manifest
+             FROM lakehouse.file_ledger l LEFT JOIN lakehouse.file_batches b USING (batch_id)
+             WHERE l.bucket = %s AND l.object_key = %s ORDER BY l.ledger_id"""
 _TRIES = """SELECT task_run_id, flow_id, task_id, template_id, dag_id, dag_run_id, try_number, batch_id, status,
                    started_at, ended_at, rows_in, rows_out, rows_rejected, error_summary, metrics, external_run_id
             FROM lakehouse.task_runs WHERE dag_run_id = ANY(%s) ORDER BY task_run_id"""
@@ -81,13 +83,16 @@ def list_task_runs(dsn: str, flow_id: str | None = None, failed: bool = False, l
     where = ["true"]
     params: list[Any] = []
     if flow_id:
-        where.append("flow_id = %s")
+        where.append("t.flow_id = %s")
         params.append(flow_id)
     if failed:
-        where.append("status IN ('failed', 'timeout', 'killed')")
-    return _rows(dsn, "SELECT task_run_id, flow_id, task_id, dag_run_id, try_number, status, started_at, ended_at, "
-                      "rows_in, rows_out, rows_rejected, error_summary, metrics FROM lakehouse.task_runs WHERE "
-                 + " AND ".join(where) + " ORDER BY task_run_id DESC LIMIT %s", (*params, limit))
+        where.append("t.status IN ('failed', 'timeout', 'killed')")
+    return _rows(dsn, "SELECT t.task_run_id, t.flow_id, t.task_id, t.dag_run_id, t.try_number, t.status, t.started_at, "
+                      "t.ended_at, t.rows_in, t.rows_out, t.rows_rejected, t.error_summary, t.metrics, "
+                      "b.batch_id, b.files AS batch_files FROM lakehouse.task_runs t "
+                      "LEFT JOIN lakehouse.file_batches b USING (dag_run_id) WHERE "
+                 + " AND ".join(where)
+                 + " ORDER BY t.task_run_id DESC LIMIT %s", (*params, limit))
 
 
 def _when(value: datetime | None) -> str:
@@ -110,8 +115,10 @@ def format_runs(rows: Sequence[Mapping[str, Any]]) -> str:
         return "no task runs"
     lines = []
     for r in rows:
+        batch = f" (batch {r['batch_id']}: {r['batch_files']} files)" if r.get("batch_id") else ""
         lines.append(f"{_when(r['started_at'])}  {r['flow_id']}.{r['task_id']}  try {r['try_number']}  "
-                     f"{r['status']:<7}  {_took(r['started_at'], r['ended_at']):>7}  {_counts(r)}  {r['dag_run_id']}")
+                     f"{r['status']:<7}  {_took(r['started_at'], r['ended_at']):>7}  {_counts(r)}  {r['dag_run_id']}"
+                     f"{batch}")
         if r["error_summary"]:
             lines.append(f"    why: {r['error_summary']}")
     return "\n".join(lines)
@@ -131,6 +138,8 @@ def format_trace(trace: Mapping[str, Any]) -> str:
                    f"{v['attempts']} trigger call(s); first seen {_when(v['received_at'])} via {v['source'] or '?'}")
         if v["last_error"]:
             out.append(f"    why: {v['last_error']}")
+        if v["batch_id"]:
+            out.append(f"    in batch {v['batch_id']} of {v['batch_files']} files (manifest {v['batch_manifest']})")
         if v["dag_run_id"]:
             state = (v["run"] or {}).get("state")
             out.append(f"    run {v['dag_run_id']}" + (f": {state}" if state else ""))

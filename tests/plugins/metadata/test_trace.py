@@ -93,3 +93,25 @@ def test_an_object_uri_is_checked() -> None:
 
 def test_runs_without_rows(pg: Settings) -> None:
     assert format_runs(list_task_runs(pg.metadata_dsn, flow_id="no_such_flow_at_all")) == "no task runs"
+
+
+def test_trace_and_runs_show_the_batch_a_file_belongs_to(pg: Settings, capsys: pytest.CaptureFixture[str]) -> None:
+    u = uuid.uuid4().hex[:8]
+    bucket, flow, run = f"tb{u}", f"batched_{u}", f"s3batch__batched_{u}__0000000001"
+    conn = psycopg2.connect(pg.metadata_dsn)
+    with conn, conn.cursor() as cur:
+        cur.execute("INSERT INTO lakehouse.file_batches (flow_id, dag_id, dag_run_id, files, manifest_uri, status) "
+                    "VALUES (%s, %s, %s, 2, 'file:///lake/_manifests/m.json', 'triggered') RETURNING batch_id",
+                    (flow, flow, run))
+        (batch_id,) = cur.fetchone()
+        for key in ("in/a.csv", "in/b.csv"):
+            cur.execute("INSERT INTO lakehouse.file_ledger (bucket, object_key, etag, flow_id, dag_id, dag_run_id, "
+                        "status, batch_id) VALUES (%s, %s, 'e', %s, %s, %s, 'triggered', %s)",
+                        (bucket, key, flow, flow, run, batch_id))
+        cur.execute("INSERT INTO lakehouse.task_runs (flow_id, task_id, template_id, dag_id, dag_run_id, status, "
+                    "rows_in) VALUES (%s, 'to_raw', 'landing_to_raw', %s, %s, 'success', 10)", (flow, flow, run))
+    conn.close()
+    assert lakehouse(["trace", "--no-airflow", f"s3://{bucket}/in/b.csv"]) == 0
+    assert f"    in batch {batch_id} of 2 files (manifest file:///lake/_manifests/m.json)" in capsys.readouterr().out
+    assert lakehouse(["runs", "--flow", flow]) == 0
+    assert f"{run} (batch {batch_id}: 2 files)" in capsys.readouterr().out
