@@ -24,6 +24,7 @@ from __future__ import annotations
 import argparse
 import json
 import shutil
+import signal
 import statistics
 import sys
 import tempfile
@@ -128,6 +129,8 @@ def main() -> int:
     parser.add_argument("--invalid", type=int, default=5, help="invalid flows in the 'invalid' phase")
     parser.add_argument("--rounds", type=int, default=2, help="clean/invalid pairs, alternating")
     args = parser.parse_args()
+    # a TERM (timeout, kill) ends the run like Ctrl-C: the finally below stops the whole stack
+    signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
     home = Path(tempfile.mkdtemp(prefix="lakehouse-bench-"))
     home.chmod(0o755)  # the Postgres server runs as user postgres and must reach its data dir
     configure_environment(home, base_port=BASE_PORT)

@@ -29,6 +29,7 @@ import argparse
 import json
 import random
 import shutil
+import signal
 import statistics
 import sys
 import tempfile
@@ -178,6 +179,8 @@ def main() -> int:
     parser.add_argument("--modes", default="warm,submit")
     parser.add_argument("--memory-runs", type=int, default=200, help="runs on one warm driver (0: skip)")
     args = parser.parse_args()
+    # a TERM (timeout, kill) ends the run like Ctrl-C: the finally below stops the whole stack
+    signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
     home = Path(tempfile.mkdtemp(prefix="lakehouse-bench-"))
     home.chmod(0o755)  # the Postgres server runs as user postgres and must reach its data dir
     configure_environment(home, base_port=BASE_PORT, extra={
