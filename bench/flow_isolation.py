@@ -14,7 +14,7 @@ and max. The healthy flow's only task sits in an Airflow pool with no slot, so i
 but runs no Spark: the measure is the front door and the scheduler, not the job.
 
 The stack (Postgres, SeaweedFS, invoker, Airflow's four components) runs on its own home and ports
-(47200-47208) and is stopped at the end; nothing of it may be left.
+(16200-16208; SeaweedFS gRPC 26201-26206) and is stopped at the end; nothing of it may be left.
 
     .venv/bin/python bench/flow_isolation.py [--drops 10] [--invalid 5] [--rounds 2]
 """
@@ -39,7 +39,7 @@ sys.path.insert(0, str(ROOT / "bench"))
 
 from invoker import configure_environment, pct  # noqa: E402 - bench/invoker.py
 
-BASE_PORT = 47200
+BASE_PORT = 16200  # below the ephemeral range (32768+); SeaweedFS adds 10000 for gRPC
 HEALTHY = "iso_healthy"
 POOL = "iso_no_slots"
 _PRESENT = {"sql": "SELECT 1 AS one", "target_table": "presentation.iso"}

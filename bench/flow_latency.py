@@ -1,7 +1,7 @@
 """Drop → run success for small files through the 4-task sample flow, warm engine vs spark-submit.
 
 One stack (Postgres, SeaweedFS, invoker, Spark pool, Airflow's four components) on its own home and
-ports (47300-47308). The sample flow (landing_to_raw → raw_to_stage_scd2 → stage_to_presentation →
+ports (16300-16308; SeaweedFS gRPC 26301-26306). The sample flow (landing_to_raw → raw_to_stage_scd2 → stage_to_presentation →
 presentation_to_warehouse), each file a new invoice file of ``--rows`` lines (≤ 100). Phases, in
 turns, ``--rounds`` times:
 
@@ -45,7 +45,7 @@ sys.path.insert(0, str(ROOT / "bench"))
 
 from invoker import configure_environment, pct  # noqa: E402 - bench/invoker.py
 
-BASE_PORT = 47300
+BASE_PORT = 16300  # below the ephemeral range (32768+); SeaweedFS adds 10000 for gRPC
 FLOW = "invoices"
 
 
