@@ -1,9 +1,9 @@
 """Drop → run success for small files through the 4-task sample flow, warm engine vs spark-submit.
 
 One stack (Postgres, SeaweedFS, invoker, Spark pool, Airflow's four components) on its own home and
-ports (16300-16308; SeaweedFS gRPC 26301-26306). The sample flow (landing_to_raw → raw_to_stage_scd2 → stage_to_presentation →
-presentation_to_warehouse), each file a new invoice file of ``--rows`` lines (≤ 100). Phases, in
-turns, ``--rounds`` times:
+ports (16300-16308; SeaweedFS gRPC 26301-26306). The sample flow (landing_to_raw →
+raw_to_stage_scd2 → stage_to_presentation → presentation_to_warehouse), each file a new invoice
+file of ``--rows`` lines (≤ 100). Phases, in turns, ``--rounds`` times:
 
 * ``warm``: the stack as it runs by default (``LAKEHOUSE_SPARK_MODE=warm``: templates run on the
   pool's ready drivers);
