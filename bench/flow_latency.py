@@ -75,13 +75,18 @@ class Bench:
         self.env = services.stack_environment(self.settings)
         self.serial = 0
 
-    def use_mode(self, mode: str) -> None:
-        """The scheduler (whose forked task processes run the templates) restarted in ``mode``."""
+    def use_mode(self, variant: str) -> None:
+        """The scheduler (whose forked task processes run the templates) restarted for ``variant``:
+        ``warm`` or ``submit``, optionally ``@<seconds>`` for the scheduler's idle sleep (Airflow's
+        ``scheduler_idle_sleep_time``, 1 s by default), e.g. ``warm@0.2``."""
         from lakehouse.stack.processes import start_group, stop_group
         from lakehouse.stack.services import _bin, airflow_component_environment
 
+        mode, _, idle = variant.partition("@")
         stop_group(self.settings.run_dir, "airflow-scheduler")
         env = dict(airflow_component_environment(self.env, "scheduler"), LAKEHOUSE_SPARK_MODE=mode)
+        if idle:
+            env["AIRFLOW__SCHEDULER__SCHEDULER_IDLE_SLEEP_TIME"] = idle
         start_group(self.settings.run_dir, self.settings.log_dir, "airflow-scheduler", [_bin("airflow"), "scheduler"],
                     env)
         deadline = time.monotonic() + 120
@@ -176,7 +181,8 @@ def main() -> int:
     parser.add_argument("--sequential", type=int, default=5, help="files one after another per phase")
     parser.add_argument("--burst", type=int, default=10, help="files dropped at once per phase")
     parser.add_argument("--rows", type=int, default=20, help="lines per file (at most 100)")
-    parser.add_argument("--modes", default="warm,submit")
+    parser.add_argument("--modes", default="warm,submit",
+                        help="variants in turns: warm, submit, optionally @<scheduler idle sleep s>, e.g. warm@0.2")
     parser.add_argument("--memory-runs", type=int, default=200, help="runs on one warm driver (0: skip)")
     args = parser.parse_args()
     # a TERM (timeout, kill) ends the run like Ctrl-C: the finally below stops the whole stack
@@ -207,8 +213,7 @@ def main() -> int:
                 bench.use_mode(mode)
                 results.append(bench.phase(mode))
         if args.memory_runs:
-            bench.use_mode("warm")
-            memory = bench.memory(args.memory_runs)
+            memory = bench.memory(args.memory_runs)  # through the runner: the pool, no scheduler
             print("warm driver memory (run: MB): " + ", ".join(f"{n}: {mb:.0f}" for n, mb in memory), flush=True)
     finally:
         from lakehouse.config import load_settings
