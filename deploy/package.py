@@ -43,8 +43,9 @@ ROOT = Path(__file__).resolve().parents[1]
 TEMPLATE_SCRIPTS = tuple(sorted(p.name for p in (ROOT / "glue_templates").glob("*.py")))
 #: zip timestamps: the earliest date the zip format can store, so no build time leaks in.
 FIXED_TIME = (1980, 1, 1, 0, 0, 0)
-#: what the invoker imports besides the standard library (see plugins/lakehouse/invoker/*).
-LAMBDA_REQUIREMENTS = ("boto3", "psycopg2-binary", "requests")
+#: what the invoker imports besides the standard library (see plugins/lakehouse/invoker/*;
+#: pydantic-settings: lakehouse.config, which brings pydantic and its compiled core).
+LAMBDA_REQUIREMENTS = ("boto3", "psycopg2-binary", "pydantic-settings", "requests")
 #: What the orchestration package imports at run time on MWAA, and why none of it needs a line
 #: in requirements.txt: MWAA's image already installs each (pinned by Airflow's constraints file,
 #: which MWAA applies to requirements.txt too; a pin from our lock that disagrees with it would
@@ -52,9 +53,11 @@ LAMBDA_REQUIREMENTS = ("boto3", "psycopg2-binary", "requests")
 MWAA_PROVIDED = {
     "apache-airflow": "the Airflow MWAA runs",
     "apache-airflow-providers-amazon": "pre-installed by MWAA",
+    "apache-airflow-providers-openlineage": "pre-installed by MWAA (lineage: point its transport at a backend)",
     "apache-airflow-providers-postgres": "pre-installed by MWAA (brings psycopg2)",
     "boto3": "pre-installed by MWAA (the amazon provider requires it)",
     "psycopg2-binary": "pre-installed by MWAA (the postgres provider requires it)",
+    "pydantic": "pre-installed by MWAA (Airflow requires it)",
     "requests": "pre-installed by MWAA (Airflow requires it)",
 }
 #: direct dependencies of pyproject.toml that only the local stack or the job side use.

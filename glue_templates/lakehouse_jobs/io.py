@@ -19,6 +19,8 @@ from urllib.parse import unquote, urlparse
 
 from pyspark.sql import SparkSession
 
+from lakehouse_jobs.environment import read_environment
+
 __all__ = ["STAGE_S3_CONF", "delete_path", "file_head", "is_manifest", "lake_path", "local_path", "localize_input",
            "path_exists", "read_text", "s3_client", "write_text"]
 
@@ -30,7 +32,7 @@ def s3_client() -> Any:
     """A boto3 S3 client; ``AWS_ENDPOINT_URL_S3`` points it at SeaweedFS (or any S3) locally."""
     import boto3
 
-    return boto3.client("s3", endpoint_url=os.environ.get("AWS_ENDPOINT_URL_S3") or None)
+    return boto3.client("s3", endpoint_url=read_environment().s3_endpoint_url)
 
 
 def _split_s3(uri: str) -> tuple[str, str]:

@@ -9,16 +9,16 @@ Secrets Manager secret of that name with its own IAM role.
 from __future__ import annotations
 
 import json
-import os
 from collections.abc import Mapping
 from typing import Any
+
+from lakehouse_jobs.environment import read_environment
 
 __all__ = ["read_secret"]
 
 
 def read_secret(secret_id: str, client: Any = None, environ: Mapping[str, str] | None = None) -> dict[str, Any]:
-    env = os.environ if environ is None else environ
-    handed_over = json.loads(env.get("LAKEHOUSE_SECRETS_JSON") or "{}")
+    handed_over = read_environment(environ).handed_over_secrets()
     if secret_id in handed_over:
         return dict(handed_over[secret_id])
     if client is None:

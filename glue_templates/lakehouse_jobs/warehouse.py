@@ -39,7 +39,7 @@ import queue
 import re
 import threading
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
@@ -50,6 +50,7 @@ from pyspark.sql import functions as F
 from pyspark.sql import types as T
 
 from lakehouse_jobs import io
+from lakehouse_jobs.environment import read_environment
 from lakehouse_jobs.identifiers import TableName, quote_postgres, validate_identifier
 from lakehouse_jobs.job import spark_settings
 from lakehouse_jobs.secrets import read_secret
@@ -92,16 +93,14 @@ class WarehouseConnection:
         return "redshift" if self.url.startswith("jdbc:redshift:") else "postgres"
 
 
-def connection_from_env(environ: dict[str, str] | None = None) -> WarehouseConnection:
+def connection_from_env(environ: Mapping[str, str] | None = None) -> WarehouseConnection:
     """Local runs: ``LAKEHOUSE_WAREHOUSE_JDBC_URL`` / ``_USER`` / ``_PASSWORD`` (set by the runner)."""
-    env = os.environ if environ is None else environ
-    url = env.get("LAKEHOUSE_WAREHOUSE_JDBC_URL")
-    if not url:
+    login = read_environment(environ).warehouse
+    if not login.url:
         raise ValueError("no warehouse connection: pass --secret_id or set LAKEHOUSE_WAREHOUSE_JDBC_URL, "
                          "LAKEHOUSE_WAREHOUSE_USER and LAKEHOUSE_WAREHOUSE_PASSWORD")
-    driver = _DRIVERS["redshift"] if url.startswith("jdbc:redshift:") else _DRIVERS["postgres"]
-    return WarehouseConnection(url, env.get("LAKEHOUSE_WAREHOUSE_USER", ""), env.get("LAKEHOUSE_WAREHOUSE_PASSWORD", ""),
-                               driver)
+    driver = _DRIVERS["redshift"] if login.url.startswith("jdbc:redshift:") else _DRIVERS["postgres"]
+    return WarehouseConnection(login.url, login.user, login.password, driver)
 
 
 def connection_from_secret(secret_id: str, client: Any = None) -> WarehouseConnection:

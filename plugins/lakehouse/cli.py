@@ -243,6 +243,13 @@ def _cmd_trace(args: argparse.Namespace) -> int:
     return 0 if trace["versions"] else 1
 
 
+def _cmd_docs_config(args: argparse.Namespace) -> int:
+    from lakehouse.config import settings_reference_markdown
+
+    sys.stdout.write(settings_reference_markdown())
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="lakehouse", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -300,6 +307,9 @@ def build_parser() -> argparse.ArgumentParser:
     trace.add_argument("--json", action="store_true")
     trace.add_argument("--no-airflow", action="store_true", help="do not ask Airflow for each run's state")
     trace.set_defaults(func=_cmd_trace)
+    docs = sub.add_parser("docs", help="generated reference pages").add_subparsers(dest="docs_command", required=True)
+    docs.add_parser("config", help="the settings reference (docs/configuration.md)").set_defaults(
+        func=_cmd_docs_config)
     return parser
 
 

@@ -1,114 +1,38 @@
-"""The one home of configuration: every setting is an environment variable with a documented default.
+"""The one home of configuration: every setting is an environment variable, declared once below.
 
 Every process of the stack (CLI, invoker, Airflow components, spark-submit) is started with the
-same environment, so reading it here once gives all of them the same view. Secrets that must not
-have a public default (Airflow's password, the JWT key, the webhook token) are generated on first
-use into ``$LAKEHOUSE_HOME/secrets.json`` (mode 0600) unless given as variables.
-
-=================================  ==========================================  =====================
-Variable                           Meaning                                     Default
-=================================  ==========================================  =====================
-LAKEHOUSE_ROOT                     the checkout (dags/, glue_templates/ ...)   two levels above this package
-LAKEHOUSE_HOME                     runtime state: data, logs, pids, secrets    ``$LAKEHOUSE_ROOT/var``
-LAKEHOUSE_PG_HOST / _PORT          the Postgres server of the stack            127.0.0.1 / 5433
-LAKEHOUSE_PG_USER / _PASSWORD      its login                                   lakehouse / lakehouse
-LAKEHOUSE_PG_MANAGED               1: the stack runs its own Postgres cluster  1
-LAKEHOUSE_METADATA_DB              flows, templates, ledger, audit             lakehouse
-LAKEHOUSE_AIRFLOW_DB               Airflow's own database                      airflow
-LAKEHOUSE_CATALOG_DB               the Iceberg JDBC catalog                    iceberg_catalog
-LAKEHOUSE_WAREHOUSE_DB             the local warehouse                         warehouse
-LAKEHOUSE_S3_ENDPOINT_URL          S3 API of the landing store                 http://127.0.0.1:8333
-LAKEHOUSE_S3_ACCESS_KEY_ID         S3 access key                               lakehouse
-LAKEHOUSE_S3_SECRET_ACCESS_KEY     S3 secret key                               lakehouse-secret
-LAKEHOUSE_LANDING_BUCKET           the bucket files are dropped into           landing
-LAKEHOUSE_SEAWEED_PORTS            master,volume,filer,s3,webdav,iceberg       9333,9340,8888,8333,7333,8181
-LAKEHOUSE_INVOKER_PORT             the invoker's webhook port                  8765
-LAKEHOUSE_INVOKER_BIND             address the invoker listens on              127.0.0.1
-LAKEHOUSE_INVOKER_TOKEN            webhook secret: bearer token, or HMAC key   generated
-                                   of ``X-Lakehouse-Signature: sha256=<hex>``
-LAKEHOUSE_INVOKER_RETRY_BASE       first retry delay (s) of a pending trigger; 2
-                                   doubles per attempt
-LAKEHOUSE_INVOKER_RETRY_MAX        longest retry delay (s)                     300
-LAKEHOUSE_INVOKER_DB_POOL          Postgres connections the invoker keeps      8
-LAKEHOUSE_INVOKER_WORKERS          threads calling Airflow after the webhook   8
-                                   answered; 0 = call inside the request
-LAKEHOUSE_INVOKER_LEASE            seconds a row being triggered is held       30
-                                   before the retry loop may take it over
-LAKEHOUSE_INVOKER_CATALOGUE_TTL    seconds the invoker caches the flows        5
-LAKEHOUSE_RECONCILE_INTERVAL       seconds between the invoker's sweeps of     900
-                                   each file-triggered flow's prefix (files
-                                   no event announced); 0: off
-LAKEHOUSE_AIRFLOW_PORT             Airflow api-server port                     8080
-LAKEHOUSE_AIRFLOW_API_WORKERS      uvicorn worker processes of the local       2
-                                   api-server (one Python process runs on one
-                                   core: the rate at which it creates DAG
-                                   runs scales with the cores, not beyond)
-LAKEHOUSE_AIRFLOW_URL              Airflow base URL (MWAA or remote)           http://127.0.0.1:$PORT
-LAKEHOUSE_AIRFLOW_USERNAME         Airflow login                               admin
-LAKEHOUSE_AIRFLOW_PASSWORD         Airflow password                            generated
-LAKEHOUSE_AIRFLOW_API              how the invoker triggers runs: ``rest``     rest
-                                   (URL + login) or ``mwaa`` (boto3
-                                   ``invoke_rest_api``, IAM, no password)
-LAKEHOUSE_MWAA_ENVIRONMENT         MWAA environment name (``mwaa`` only)       (none)
-LAKEHOUSE_LAKE_URI                 root of raw / rejects / Iceberg data        file://$LAKEHOUSE_HOME/lake
-LAKEHOUSE_CATALOG_NAME             Iceberg catalog name (Spark and PyIceberg)  lake
-LAKEHOUSE_TEMPLATES_URI            where template scripts live                 $LAKEHOUSE_ROOT/glue_templates
-LAKEHOUSE_JARS_DIR                 Spark jars (Iceberg, Jackson, JDBC)         $LAKEHOUSE_ROOT/var/jars
-LAKEHOUSE_RUNNER                   ``local`` (this machine) or ``glue``        local
-LAKEHOUSE_SPARK_MASTER             Spark master for the local runner           local[2]
-LAKEHOUSE_SPARK_DRIVER_MEMORY      driver memory of the local runner           2g
-LAKEHOUSE_SPARK_MODE               ``warm``: templates run on the stack's      warm
-                                   pool of ready Spark drivers; ``submit``:
-                                   ``spark-submit`` per task
-LAKEHOUSE_SPARK_DRIVERS            warm drivers the pool keeps (= runs at      2
-                                   once)
-LAKEHOUSE_SPARK_DRIVER_MAX_RUNS    runs after which a driver is replaced       50
-LAKEHOUSE_SPARK_DRIVER_MAX_RSS_MB  memory (MB) above which a driver is         4096
-                                   replaced after its run
-LAKEHOUSE_GLUE_ROLE_ARN            IAM role of generated Glue jobs             (none)
-LAKEHOUSE_GLUE_CONNECTIONS         Glue connections every job gets, comma-     (none)
-                                   separated (a NETWORK one reaches a VPC:
-                                   the private Redshift warehouse)
-LAKEHOUSE_ALERT_WEBHOOK_URL        extra webhook for failure alerts            (none)
-LAKEHOUSE_ALERT_SNS_TOPIC_ARN      SNS topic for failure alerts (AWS)          (none)
-AWS_DEFAULT_REGION                 region of the AWS path                      us-east-1
-=================================  ==========================================  =====================
+same environment, so reading it here gives all of them the same view. Each field of
+:class:`Settings` is the whole declaration of a setting (variable, type, default, meaning): the
+validation and the reference page ``docs/configuration.md`` (``lakehouse docs config``, checked
+by a test) both come from it, so no table is kept by hand. An empty variable counts as unset.
+Secrets that must not have a public default (Airflow's password, the JWT key, the webhook token)
+are generated on first use into ``$LAKEHOUSE_HOME/secrets.json`` (mode 0600) unless given.
 """
 
 from __future__ import annotations
 
 import json
-import os
 import secrets
-from dataclasses import dataclass, field
+import types
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any, Literal, Union, get_args, get_origin
 from urllib.parse import quote
 
-__all__ = ["Settings", "load_settings"]
+from pydantic import AfterValidator, BeforeValidator, Field, ValidationError
+from pydantic.fields import FieldInfo
+from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
+
+__all__ = ["SeaweedPorts", "Settings", "load_settings", "settings_reference_markdown"]
 
 _PACKAGE_ROOT = Path(__file__).resolve().parents[2]
 
 
-def _env(name: str, default: str) -> str:
-    value = os.environ.get(name)
-    return value if value not in (None, "") else default
-
-
-def _number(name: str, default: str, kind: type[int] | type[float], minimum: float = 0) -> Any:
-    """A numeric setting; a bad value is an error naming the variable, not a bare ``ValueError``."""
-    text = _env(name, default)
-    try:
-        value = kind(text)
-    except ValueError:
-        raise ValueError(f"{name} must be {'an integer' if kind is int else 'a number'}, got {text!r}") from None
-    if value < minimum:
-        raise ValueError(f"{name} must be at least {minimum:g}, got {text!r}")
-    return value
-
-
 @dataclass(frozen=True)
 class SeaweedPorts:
+    """The local SeaweedFS's six ports, in the order ``LAKEHOUSE_SEAWEED_PORTS`` lists them."""
+
     master: int
     volume: int
     filer: int
@@ -117,8 +41,11 @@ class SeaweedPorts:
     iceberg: int
 
     @classmethod
-    def parse(cls, text: str) -> "SeaweedPorts":
-        parts = [int(p) for p in text.split(",")]
+    def parse(cls, text: str) -> SeaweedPorts:
+        try:
+            parts = [int(p) for p in text.split(",")]
+        except ValueError:
+            parts = []
         if len(parts) != 6:
             raise ValueError(
                 f"LAKEHOUSE_SEAWEED_PORTS needs 6 ports (master,volume,filer,s3,webdav,iceberg), got {text!r}"
@@ -126,58 +53,174 @@ class SeaweedPorts:
         return cls(*parts)
 
 
-@dataclass(frozen=True)
-class Settings:
-    """A snapshot of the configuration, taken from the environment by :func:`load_settings`."""
+def setting(variable: str, description: str, default: Any = None, *,
+            derived: Callable[[dict[str, Any]], Any] | None = None, shown: str | None = None,
+            kind: str | None = None, ge: float | None = None, secret: bool = False) -> Any:
+    """One setting's declaration: its variable, meaning and default (``derived`` computes it from
+    the settings declared above; ``shown`` is how the reference prints it, ``kind`` its type)."""
+    extra: dict[str, Any] = {}
+    if shown is not None:
+        extra["shown"] = shown
+    if kind is not None:
+        extra["kind"] = kind
+    if derived is not None:
+        return Field(default_factory=derived, validation_alias=variable, description=description, ge=ge,
+                     repr=not secret, json_schema_extra=extra)
+    return Field(default, validation_alias=variable, description=description, ge=ge, repr=not secret,
+                 json_schema_extra=extra)
 
-    root: Path
-    home: Path
-    pg_host: str
-    pg_port: int
-    pg_user: str
-    pg_password: str
-    pg_managed: bool
-    metadata_db: str
-    airflow_db: str
-    catalog_db: str
-    warehouse_db: str
-    s3_endpoint_url: str
-    s3_access_key_id: str
-    s3_secret_access_key: str
-    landing_bucket: str
-    seaweed_ports: SeaweedPorts
-    invoker_port: int
-    invoker_bind: str
-    airflow_port: int
-    airflow_url: str
-    airflow_username: str
-    lake_uri: str
-    catalog_name: str
-    templates_uri: str
-    jars_dir: Path
-    runner: str
-    spark_master: str
-    spark_driver_memory: str
-    glue_role_arn: str | None
-    alert_webhook_url: str | None
-    alert_sns_topic_arn: str | None
-    aws_region: str
-    airflow_api: str = "rest"
-    mwaa_environment: str | None = None
-    invoker_retry_base: float = 2.0
-    invoker_retry_max: float = 300.0
-    invoker_db_pool: int = 8
-    invoker_catalogue_ttl: float = 5.0
-    invoker_dispatch_workers: int = 8
-    invoker_lease: float = 30.0
-    reconcile_interval: float = 900.0
-    airflow_api_workers: int = 2
-    glue_connections: tuple[str, ...] = ()
-    spark_mode: str = "warm"
-    spark_drivers: int = 2
-    spark_driver_max_runs: int = 50
-    spark_driver_max_rss_mb: int = 4096
-    _explicit_secrets: dict[str, str] = field(default_factory=dict, repr=False)
+
+def _resolved(path: Path) -> Path:
+    return path.resolve()
+
+
+def _comma_list(value: Any) -> Any:
+    return tuple(c.strip() for c in value.split(",") if c.strip()) if isinstance(value, str) else value
+
+
+def _ports(value: Any) -> Any:
+    return SeaweedPorts.parse(value) if isinstance(value, str) else value
+
+
+def _flag(value: Any) -> Any:
+    """``1`` is on and anything else off, as the stack has always read ``LAKEHOUSE_PG_MANAGED``."""
+    return value == "1" if isinstance(value, str) else value
+
+
+_SECRET_FILE = "generated on first use, kept in `$LAKEHOUSE_HOME/secrets.json`"
+
+
+class Settings(BaseSettings):
+    """A snapshot of the configuration, taken from the environment by :func:`load_settings`.
+
+    Declaration order matters: a derived default sees only the settings declared above it.
+    """
+
+    model_config = SettingsConfigDict(
+        case_sensitive=True, env_ignore_empty=True, enable_decoding=False, frozen=True,
+        validate_default=True, validate_by_name=True, validate_by_alias=True,
+    )
+
+    # -- where things are ----------------------------------------------------------------------
+    root: Annotated[Path, AfterValidator(_resolved)] = setting(
+        "LAKEHOUSE_ROOT", "the checkout (`dags/`, `glue_templates/`, `metadata/` ...)", _PACKAGE_ROOT,
+        shown="two levels above the `lakehouse` package")
+    home: Annotated[Path, AfterValidator(_resolved)] = setting(
+        "LAKEHOUSE_HOME", "runtime state: data, logs, pids, secrets",
+        derived=lambda s: s["root"] / "var", shown="`$LAKEHOUSE_ROOT/var`")
+    # -- Postgres --------------------------------------------------------------------------------
+    pg_host: str = setting("LAKEHOUSE_PG_HOST", "the Postgres server of the stack", "127.0.0.1")
+    pg_port: int = setting("LAKEHOUSE_PG_PORT", "port of that server", 5433)
+    pg_user: str = setting("LAKEHOUSE_PG_USER", "login on that server", "lakehouse")
+    pg_password: str = setting("LAKEHOUSE_PG_PASSWORD", "password of that login", "lakehouse",
+                               secret=True)
+    pg_managed: Annotated[bool, BeforeValidator(_flag)] = setting(
+        "LAKEHOUSE_PG_MANAGED", "`1`: the stack runs its own Postgres cluster; anything else: it uses the "
+        "server above as it is (docker compose, RDS)", True, shown="`1`", kind="flag")
+    metadata_db: str = setting("LAKEHOUSE_METADATA_DB", "flows, templates, ledger, audit", "lakehouse")
+    airflow_db: str = setting("LAKEHOUSE_AIRFLOW_DB", "Airflow's own database", "airflow")
+    catalog_db: str = setting("LAKEHOUSE_CATALOG_DB", "the Iceberg JDBC catalog", "iceberg_catalog")
+    warehouse_db: str = setting("LAKEHOUSE_WAREHOUSE_DB", "the local warehouse", "warehouse")
+    given_metadata_dsn: str | None = setting(
+        "LAKEHOUSE_METADATA_DSN", "the metadata database as a whole URL (e.g. RDS), instead of the "
+        "server and database above", shown="built from the `LAKEHOUSE_PG_*` settings", secret=True)
+    given_warehouse_dsn: str | None = setting(
+        "LAKEHOUSE_WAREHOUSE_DSN", "the warehouse database as a whole URL",
+        shown="built from the `LAKEHOUSE_PG_*` settings", secret=True)
+    given_catalog_dsn: str | None = setting(
+        "LAKEHOUSE_CATALOG_DSN", "the Iceberg catalog database as a SQLAlchemy URL (PyIceberg's "
+        "`SqlCatalog`)", shown="built from the `LAKEHOUSE_PG_*` settings", secret=True)
+    # -- the landing store (S3 API) ----------------------------------------------------------------
+    s3_endpoint_url: str = setting("LAKEHOUSE_S3_ENDPOINT_URL", "S3 API of the landing store",
+                                   "http://127.0.0.1:8333")
+    s3_access_key_id: str = setting("LAKEHOUSE_S3_ACCESS_KEY_ID", "S3 access key", "lakehouse")
+    s3_secret_access_key: str = setting("LAKEHOUSE_S3_SECRET_ACCESS_KEY", "S3 secret key", "lakehouse-secret",
+                                        secret=True)
+    landing_bucket: str = setting("LAKEHOUSE_LANDING_BUCKET", "the bucket files are dropped into", "landing")
+    seaweed_ports: Annotated[SeaweedPorts, BeforeValidator(_ports)] = setting(
+        "LAKEHOUSE_SEAWEED_PORTS", "ports of the local SeaweedFS: master, volume, filer, s3, webdav, iceberg",
+        "9333,9340,8888,8333,7333,8181", kind="6 ports, comma-separated")
+    # -- the invoker --------------------------------------------------------------------------------
+    invoker_port: int = setting("LAKEHOUSE_INVOKER_PORT", "the invoker's webhook port", 8765)
+    invoker_bind: str = setting("LAKEHOUSE_INVOKER_BIND", "address the invoker listens on", "127.0.0.1")
+    given_invoker_token: str | None = setting(
+        "LAKEHOUSE_INVOKER_TOKEN", "webhook secret: bearer token, or HMAC key of "
+        "`X-Lakehouse-Signature: sha256=<hex>`", shown=_SECRET_FILE, secret=True)
+    invoker_retry_base: float = setting(
+        "LAKEHOUSE_INVOKER_RETRY_BASE", "first retry delay (s) of a pending trigger; doubles per attempt", 2.0, ge=0)
+    invoker_retry_max: float = setting("LAKEHOUSE_INVOKER_RETRY_MAX", "longest retry delay (s)", 300.0, ge=0)
+    invoker_db_pool: int = setting("LAKEHOUSE_INVOKER_DB_POOL",
+                                   "Postgres connections the invoker keeps open (`0`: connect per use)", 8, ge=0)
+    invoker_dispatch_workers: int = setting(
+        "LAKEHOUSE_INVOKER_WORKERS", "threads calling Airflow after the webhook answered; `0`: call inside "
+        "the request", 8, ge=0)
+    invoker_lease: float = setting(
+        "LAKEHOUSE_INVOKER_LEASE", "seconds a row being triggered is held before the retry loop (or another "
+        "invoker) may take it over", 30.0, ge=1)
+    invoker_catalogue_ttl: float = setting(
+        "LAKEHOUSE_INVOKER_CATALOGUE_TTL", "seconds the invoker caches the flows (a new flow is seen within "
+        "this)", 5.0, ge=0)
+    reconcile_interval: float = setting(
+        "LAKEHOUSE_RECONCILE_INTERVAL", "seconds between the invoker's sweeps of each file-triggered flow's "
+        "prefix for files no event announced; `0`: off", 900.0, ge=0)
+    # -- Airflow ----------------------------------------------------------------------------------
+    airflow_port: int = setting("LAKEHOUSE_AIRFLOW_PORT", "Airflow api-server port", 8080)
+    airflow_api_workers: int = setting(
+        "LAKEHOUSE_AIRFLOW_API_WORKERS", "uvicorn worker processes of the local api-server (one Python process "
+        "runs on one core: the rate at which it creates DAG runs scales with the cores, not beyond)", 2, ge=1)
+    airflow_url: Annotated[str, AfterValidator(lambda url: url.rstrip("/"))] = setting(
+        "LAKEHOUSE_AIRFLOW_URL", "Airflow base URL (MWAA or remote)",
+        derived=lambda s: f"http://127.0.0.1:{s['airflow_port']}", shown="`http://127.0.0.1:$LAKEHOUSE_AIRFLOW_PORT`")
+    airflow_username: str = setting("LAKEHOUSE_AIRFLOW_USERNAME", "Airflow login", "admin")
+    given_airflow_password: str | None = setting("LAKEHOUSE_AIRFLOW_PASSWORD", "Airflow password",
+                                                 shown=_SECRET_FILE, secret=True)
+    given_jwt_secret: str | None = setting("LAKEHOUSE_AIRFLOW_JWT_SECRET",
+                                           "key the local api-server signs its JWTs with", shown=_SECRET_FILE,
+                                           secret=True)
+    airflow_api: Literal["rest", "mwaa"] = setting(
+        "LAKEHOUSE_AIRFLOW_API", "how the invoker triggers runs: `rest` (URL + login) or `mwaa` (boto3 "
+        "`invoke_rest_api`, IAM, no password)", "rest")
+    mwaa_environment: str | None = setting("LAKEHOUSE_MWAA_ENVIRONMENT", "MWAA environment name (`mwaa` only)")
+    # -- the lake and the jobs --------------------------------------------------------------------
+    lake_uri: str = setting("LAKEHOUSE_LAKE_URI", "root of raw / rejects / Iceberg data",
+                            derived=lambda s: (s["home"] / "lake").as_uri(), shown="`file://$LAKEHOUSE_HOME/lake`")
+    catalog_name: str = setting("LAKEHOUSE_CATALOG_NAME", "Iceberg catalog name (Spark and PyIceberg)", "lake")
+    templates_uri: str = setting("LAKEHOUSE_TEMPLATES_URI", "where template scripts live",
+                                 derived=lambda s: str(s["root"] / "glue_templates"),
+                                 shown="`$LAKEHOUSE_ROOT/glue_templates`")
+    jars_dir: Annotated[Path, AfterValidator(_resolved)] = setting(
+        "LAKEHOUSE_JARS_DIR", "Spark jars (Iceberg, Jackson, JDBC)", derived=lambda s: s["root"] / "var" / "jars",
+        shown="`$LAKEHOUSE_ROOT/var/jars`")
+    runner: Literal["local", "glue"] = setting("LAKEHOUSE_RUNNER", "`local` (this machine) or `glue`", "local")
+    spark_master: str = setting("LAKEHOUSE_SPARK_MASTER", "Spark master for the local runner", "local[2]")
+    spark_driver_memory: str = setting("LAKEHOUSE_SPARK_DRIVER_MEMORY", "driver memory of the local runner", "2g")
+    spark_mode: Literal["warm", "submit"] = setting(
+        "LAKEHOUSE_SPARK_MODE", "`warm`: templates run on the stack's pool of ready Spark drivers; `submit`: "
+        "`spark-submit` per task", "warm")
+    spark_drivers: int = setting("LAKEHOUSE_SPARK_DRIVERS", "warm drivers the pool keeps (= runs at once)", 2, ge=1)
+    spark_driver_max_runs: int = setting("LAKEHOUSE_SPARK_DRIVER_MAX_RUNS", "runs after which a driver is replaced",
+                                         50, ge=1)
+    spark_driver_max_rss_mb: int = setting("LAKEHOUSE_SPARK_DRIVER_MAX_RSS_MB",
+                                           "memory (MB) above which a driver is replaced after its run", 4096,
+                                           ge=256)
+    # -- AWS ----------------------------------------------------------------------------------------
+    glue_role_arn: str | None = setting("LAKEHOUSE_GLUE_ROLE_ARN", "IAM role of generated Glue jobs")
+    glue_connections: Annotated[tuple[str, ...], BeforeValidator(_comma_list)] = setting(
+        "LAKEHOUSE_GLUE_CONNECTIONS", "Glue connections every job gets (a NETWORK one reaches a VPC: the "
+        "private Redshift warehouse)", (), shown="(none)", kind="names, comma-separated")
+    alert_webhook_url: str | None = setting("LAKEHOUSE_ALERT_WEBHOOK_URL", "extra webhook for failure alerts")
+    alert_sns_topic_arn: str | None = setting("LAKEHOUSE_ALERT_SNS_TOPIC_ARN", "SNS topic for failure alerts (AWS)")
+    aws_region: str = setting("AWS_DEFAULT_REGION", "region of the AWS path", "us-east-1")
+
+    @classmethod
+    def settings_customise_sources(cls, settings_cls: type[BaseSettings], init_settings: PydanticBaseSettingsSource,
+                                   env_settings: PydanticBaseSettingsSource,
+                                   dotenv_settings: PydanticBaseSettingsSource,
+                                   file_secret_settings: PydanticBaseSettingsSource,
+                                   ) -> tuple[PydanticBaseSettingsSource, ...]:
+        """Arguments and the environment only: no ``.env`` file or secrets folder is ever read, and
+        skipping those sources halves the cost of a :func:`load_settings` call (made per use)."""
+        return init_settings, env_settings
 
     # -- derived locations -------------------------------------------------------------------
     @property
@@ -215,16 +258,16 @@ class Settings:
 
     @property
     def metadata_dsn(self) -> str:
-        return _env("LAKEHOUSE_METADATA_DSN", self.dsn(self.metadata_db))
+        return self.given_metadata_dsn or self.dsn(self.metadata_db)
 
     @property
     def warehouse_dsn(self) -> str:
-        return _env("LAKEHOUSE_WAREHOUSE_DSN", self.dsn(self.warehouse_db))
+        return self.given_warehouse_dsn or self.dsn(self.warehouse_db)
 
     @property
     def catalog_dsn(self) -> str:
         """SQLAlchemy URL PyIceberg's ``SqlCatalog`` takes for the same catalog Spark writes."""
-        return _env("LAKEHOUSE_CATALOG_DSN", self.dsn(self.catalog_db, "postgresql+psycopg2"))
+        return self.given_catalog_dsn or self.dsn(self.catalog_db, "postgresql+psycopg2")
 
     @property
     def airflow_sql_alchemy_conn(self) -> str:
@@ -233,8 +276,10 @@ class Settings:
     # -- secrets -------------------------------------------------------------------------------
     def secret(self, name: str) -> str:
         """A stack secret: from the environment if given, else generated once and kept in HOME."""
-        if name in self._explicit_secrets:
-            return self._explicit_secrets[name]
+        given = {"airflow_password": self.given_airflow_password, "invoker_token": self.given_invoker_token,
+                 "jwt_secret": self.given_jwt_secret}.get(name)
+        if given:
+            return given
         path = self.home / "secrets.json"
         stored: dict[str, str] = {}
         if path.exists():
@@ -282,76 +327,90 @@ class Settings:
 
 
 def load_settings() -> Settings:
-    """Read the environment once; cheap enough to call per use, so tests can change variables."""
-    root = Path(_env("LAKEHOUSE_ROOT", str(_PACKAGE_ROOT))).resolve()
-    home = Path(_env("LAKEHOUSE_HOME", str(root / "var"))).resolve()
-    airflow_port = int(_env("LAKEHOUSE_AIRFLOW_PORT", "8080"))
-    runner = _env("LAKEHOUSE_RUNNER", "local")
-    if runner not in ("local", "glue"):
-        raise ValueError(f"LAKEHOUSE_RUNNER must be 'local' or 'glue', got {runner!r}")
-    airflow_api = _env("LAKEHOUSE_AIRFLOW_API", "rest")
-    if airflow_api not in ("rest", "mwaa"):
-        raise ValueError(f"LAKEHOUSE_AIRFLOW_API must be 'rest' or 'mwaa', got {airflow_api!r}")
-    spark_mode = _env("LAKEHOUSE_SPARK_MODE", "warm")
-    if spark_mode not in ("warm", "submit"):
-        raise ValueError(f"LAKEHOUSE_SPARK_MODE must be 'warm' or 'submit', got {spark_mode!r}")
-    explicit = {
-        key: os.environ[var]
-        for key, var in (
-            ("airflow_password", "LAKEHOUSE_AIRFLOW_PASSWORD"),
-            ("invoker_token", "LAKEHOUSE_INVOKER_TOKEN"),
-            ("jwt_secret", "LAKEHOUSE_AIRFLOW_JWT_SECRET"),
-        )
-        if os.environ.get(var)
-    }
-    return Settings(
-        root=root,
-        home=home,
-        pg_host=_env("LAKEHOUSE_PG_HOST", "127.0.0.1"),
-        pg_port=int(_env("LAKEHOUSE_PG_PORT", "5433")),
-        pg_user=_env("LAKEHOUSE_PG_USER", "lakehouse"),
-        pg_password=_env("LAKEHOUSE_PG_PASSWORD", "lakehouse"),
-        pg_managed=_env("LAKEHOUSE_PG_MANAGED", "1") == "1",
-        metadata_db=_env("LAKEHOUSE_METADATA_DB", "lakehouse"),
-        airflow_db=_env("LAKEHOUSE_AIRFLOW_DB", "airflow"),
-        catalog_db=_env("LAKEHOUSE_CATALOG_DB", "iceberg_catalog"),
-        warehouse_db=_env("LAKEHOUSE_WAREHOUSE_DB", "warehouse"),
-        s3_endpoint_url=_env("LAKEHOUSE_S3_ENDPOINT_URL", "http://127.0.0.1:8333"),
-        s3_access_key_id=_env("LAKEHOUSE_S3_ACCESS_KEY_ID", "lakehouse"),
-        s3_secret_access_key=_env("LAKEHOUSE_S3_SECRET_ACCESS_KEY", "lakehouse-secret"),
-        landing_bucket=_env("LAKEHOUSE_LANDING_BUCKET", "landing"),
-        seaweed_ports=SeaweedPorts.parse(_env("LAKEHOUSE_SEAWEED_PORTS", "9333,9340,8888,8333,7333,8181")),
-        invoker_port=int(_env("LAKEHOUSE_INVOKER_PORT", "8765")),
-        invoker_bind=_env("LAKEHOUSE_INVOKER_BIND", "127.0.0.1"),
-        airflow_port=airflow_port,
-        airflow_url=_env("LAKEHOUSE_AIRFLOW_URL", f"http://127.0.0.1:{airflow_port}").rstrip("/"),
-        airflow_username=_env("LAKEHOUSE_AIRFLOW_USERNAME", "admin"),
-        lake_uri=_env("LAKEHOUSE_LAKE_URI", (home / "lake").as_uri()),
-        catalog_name=_env("LAKEHOUSE_CATALOG_NAME", "lake"),
-        templates_uri=_env("LAKEHOUSE_TEMPLATES_URI", str(root / "glue_templates")),
-        jars_dir=Path(_env("LAKEHOUSE_JARS_DIR", str(root / "var" / "jars"))).resolve(),
-        runner=runner,
-        spark_master=_env("LAKEHOUSE_SPARK_MASTER", "local[2]"),
-        spark_driver_memory=_env("LAKEHOUSE_SPARK_DRIVER_MEMORY", "2g"),
-        spark_mode=spark_mode,
-        spark_drivers=_number("LAKEHOUSE_SPARK_DRIVERS", "2", int, minimum=1),
-        spark_driver_max_runs=_number("LAKEHOUSE_SPARK_DRIVER_MAX_RUNS", "50", int, minimum=1),
-        spark_driver_max_rss_mb=_number("LAKEHOUSE_SPARK_DRIVER_MAX_RSS_MB", "4096", int, minimum=256),
-        glue_role_arn=os.environ.get("LAKEHOUSE_GLUE_ROLE_ARN") or None,
-        glue_connections=tuple(c.strip() for c in os.environ.get("LAKEHOUSE_GLUE_CONNECTIONS", "").split(",")
-                               if c.strip()),
-        alert_webhook_url=os.environ.get("LAKEHOUSE_ALERT_WEBHOOK_URL") or None,
-        alert_sns_topic_arn=os.environ.get("LAKEHOUSE_ALERT_SNS_TOPIC_ARN") or None,
-        aws_region=_env("AWS_DEFAULT_REGION", "us-east-1"),
-        airflow_api=airflow_api,
-        mwaa_environment=os.environ.get("LAKEHOUSE_MWAA_ENVIRONMENT") or None,
-        invoker_retry_base=_number("LAKEHOUSE_INVOKER_RETRY_BASE", "2", float),
-        invoker_retry_max=_number("LAKEHOUSE_INVOKER_RETRY_MAX", "300", float),
-        invoker_db_pool=_number("LAKEHOUSE_INVOKER_DB_POOL", "8", int),
-        invoker_catalogue_ttl=_number("LAKEHOUSE_INVOKER_CATALOGUE_TTL", "5", float),
-        invoker_dispatch_workers=_number("LAKEHOUSE_INVOKER_WORKERS", "8", int),
-        invoker_lease=_number("LAKEHOUSE_INVOKER_LEASE", "30", float, minimum=1),
-        reconcile_interval=_number("LAKEHOUSE_RECONCILE_INTERVAL", "900", float),
-        airflow_api_workers=_number("LAKEHOUSE_AIRFLOW_API_WORKERS", "2", int, minimum=1),
-        _explicit_secrets=explicit,
-    )
+    """Read the environment now; cheap enough to call per use, so tests can change variables.
+
+    A bad value is a one-line ``ValueError`` naming its variable, not pydantic's report.
+    """
+    try:
+        return Settings()
+    except ValidationError as exc:
+        raise ValueError(_explain(exc)) from None
+
+
+def _variable(field: FieldInfo) -> str:
+    return str(field.validation_alias)
+
+
+def _explain(exc: ValidationError) -> str:
+    variables = {name: _variable(field) for name, field in Settings.model_fields.items()}
+    messages: list[str] = []
+    for error in exc.errors():
+        kind = error["type"]
+        if kind == "default_factory_not_called":  # a setting it depends on is wrong: reported already
+            continue
+        where = str(error["loc"][0]) if error["loc"] else "settings"
+        name, value, context = variables.get(where, where), error.get("input"), error.get("ctx") or {}
+        if kind in ("int_parsing", "int_from_float", "int_type"):
+            messages.append(f"{name} must be an integer, got {value!r}")
+        elif kind in ("float_parsing", "float_type"):
+            messages.append(f"{name} must be a number, got {value!r}")
+        elif kind == "greater_than_equal":
+            messages.append(f"{name} must be at least {context['ge']:g}, got {value!r}")
+        elif kind == "literal_error":
+            messages.append(f"{name} must be {context['expected']}, got {value!r}")
+        elif kind == "value_error":  # our own validators' messages name the variable already
+            messages.append(str(context.get("error", error["msg"])))
+        else:
+            messages.append(f"{name}: {error['msg']}, got {value!r}")
+    return "; ".join(messages)
+
+
+# -- the reference page -----------------------------------------------------------------------------
+_PAGE_HEAD = """\
+# Configuration
+
+Every process of the stack (the `lakehouse` CLI, the invoker, the Airflow components, the Spark
+jobs' runner) reads its settings from these environment variables. An empty variable counts as
+unset; a bad value stops the process with one line naming the variable. Secrets without a public
+default are generated on first use into `$LAKEHOUSE_HOME/secrets.json` (mode 0600) unless given.
+
+<!-- Generated from the declarations in plugins/lakehouse/config.py by
+     `.venv/bin/lakehouse docs config > docs/configuration.md`; a test fails when it differs. -->
+
+| Variable | Type | Default | Meaning |
+| --- | --- | --- | --- |
+"""
+
+
+def _type_text(field: FieldInfo) -> str:
+    extra = field.json_schema_extra if isinstance(field.json_schema_extra, dict) else {}
+    if "kind" in extra:
+        return str(extra["kind"])
+    annotation: Any = field.annotation
+    if get_origin(annotation) in (Union, types.UnionType):
+        annotation = next(a for a in get_args(annotation) if a is not type(None))
+    if get_origin(annotation) is Literal:
+        return " or ".join(f"`{a}`" for a in get_args(annotation))
+    text = {int: "integer", float: "number", str: "string", bool: "boolean", Path: "path"}.get(annotation, "string")
+    minimum = next((m.ge for m in field.metadata if hasattr(m, "ge")), None)
+    return f"{text} ≥ {minimum:g}" if minimum is not None else text
+
+
+def _default_text(field: FieldInfo) -> str:
+    extra = field.json_schema_extra if isinstance(field.json_schema_extra, dict) else {}
+    if "shown" in extra:
+        return str(extra["shown"])
+    default = field.default
+    if default is None:
+        return "(none)"
+    return f"`{default:g}`" if isinstance(default, float) else f"`{default}`"
+
+
+def settings_reference_markdown() -> str:
+    """``docs/configuration.md``: one row per declared setting, in declaration order."""
+    rows = [
+        "| " + " | ".join(cell.replace("|", "\\|") for cell in (
+            f"`{_variable(field)}`", _type_text(field), _default_text(field), field.description or "")) + " |"
+        for field in Settings.model_fields.values()
+    ]
+    return _PAGE_HEAD + "\n".join(rows) + "\n"

@@ -20,7 +20,6 @@ the runner hands over an Airflow connection, on Glue it is read from Secrets Man
 from __future__ import annotations
 
 import json
-import os
 from collections.abc import Sequence
 from datetime import datetime, timezone
 from typing import Any
@@ -30,6 +29,7 @@ from pyspark.sql import functions as F
 
 from lakehouse_jobs import io
 from lakehouse_jobs.args import ArgSpec
+from lakehouse_jobs.environment import read_environment
 from lakehouse_jobs.identifiers import parse_table_name, quote_postgres, sanitize_batch_id, validate_identifier
 from lakehouse_jobs.job import run_template
 from lakehouse_jobs.sql import single_select_text
@@ -53,12 +53,11 @@ SPEC: tuple[ArgSpec, ...] = (
 def _connection(args: dict[str, Any]) -> WarehouseConnection:
     if args["secret_id"]:
         return connection_from_secret(args["secret_id"])
-    url = os.environ.get("LAKEHOUSE_SOURCE_JDBC_URL")
-    if not url:
+    login = read_environment().source
+    if not login.url:
         raise ValueError("no source connection: pass --secret_id or set LAKEHOUSE_SOURCE_JDBC_URL, "
                          "LAKEHOUSE_SOURCE_JDBC_USER and LAKEHOUSE_SOURCE_JDBC_PASSWORD")
-    return WarehouseConnection(url, os.environ.get("LAKEHOUSE_SOURCE_JDBC_USER", ""),
-                               os.environ.get("LAKEHOUSE_SOURCE_JDBC_PASSWORD", ""))
+    return WarehouseConnection(login.url, login.user, login.password)
 
 
 def _literal(value: str) -> str:

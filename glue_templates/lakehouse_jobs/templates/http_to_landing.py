@@ -13,7 +13,6 @@ is compared with the object already at the key and an identical file is not uplo
 from __future__ import annotations
 
 import base64
-import os
 import shutil
 import tempfile
 from collections.abc import Sequence
@@ -23,6 +22,7 @@ from pyspark.sql import SparkSession
 
 from lakehouse_jobs import io
 from lakehouse_jobs.args import ArgSpec
+from lakehouse_jobs.environment import read_environment
 from lakehouse_jobs.job import run_template
 from lakehouse_jobs.pull import fetch_to_file, put_file
 from lakehouse_jobs.secrets import read_secret
@@ -63,7 +63,7 @@ def run(spark: SparkSession, args: dict[str, Any]) -> dict[str, Any]:
     key = args["target_key"].lstrip("/")
     if not key or key.endswith("/") or ".." in key.split("/"):
         raise ValueError(f"--target_key must be an object key like folder/file.csv, got {args['target_key']!r}")
-    bucket = args["bucket"] or os.environ.get("LAKEHOUSE_LANDING_BUCKET") or "landing"
+    bucket = args["bucket"] or read_environment().landing_bucket or "landing"
     headers = _auth_headers(args["secret_id"]) if args["secret_id"] else {}
     folder = tempfile.mkdtemp(prefix="lakehouse-http-")
     try:

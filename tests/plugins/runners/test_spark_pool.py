@@ -4,7 +4,6 @@ run and is replaced, drivers are recycled, and runs on different drivers go on a
 
 from __future__ import annotations
 
-import dataclasses
 import sys
 import threading
 import time
@@ -24,7 +23,7 @@ def pool_settings(settings: Settings, tmp_path: Path) -> Settings:
     templates = tmp_path / "templates"
     templates.mkdir()
     (templates / "job.py").write_text("# a template\n")
-    return dataclasses.replace(settings, home=tmp_path / "home", templates_uri=str(templates))
+    return settings.model_copy(update={"home": tmp_path / "home", "templates_uri": str(templates)})
 
 
 def start(settings: Settings, size: int = 1, max_runs: int = 50) -> SparkPool:

@@ -4,7 +4,6 @@ a task that leaves mid-run stops its Spark work; a crashed driver fails its run 
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import os
 import threading
@@ -63,7 +62,7 @@ os.kill(os.getpid(), signal.SIGKILL)
 def warm(pg: Settings, jars: list[Path], tmp_path_factory: pytest.TempPathFactory) -> Iterator[Settings]:
     """One real driver on its own short home (Unix socket paths are short), the session's Postgres."""
     home = Path(os.environ["LAKEHOUSE_HOME"]) / "warm"
-    settings = dataclasses.replace(pg, home=home)
+    settings = pg.model_copy(update={"home": home})
     pool = SparkPool(settings, size=1, max_runs=50, max_rss_mb=8192)
     threading.Thread(target=pool.serve_forever, args=(pool_socket(settings),), daemon=True).start()
     deadline = time.monotonic() + 300
