@@ -1,5 +1,10 @@
 """The one operator every generated task uses: render the task's parameters for this run, launch
 the template through the configured runner, and keep the audit row and the alert honest.
+
+A runner whose job runs elsewhere (Glue) is started here and its wait handed to Airflow's
+triggerer, so no worker slot sits polling; the task resumes in ``execute_complete``, which closes
+the same audit row the same way. The local runner stays synchronous: it streams the job's output
+into the task log.
 """
 
 from __future__ import annotations
@@ -8,14 +13,20 @@ from typing import Any
 from urllib.parse import quote
 
 from airflow.sdk import BaseOperator
-from airflow.sdk.exceptions import AirflowTaskTerminated, AirflowTaskTimeout
+from airflow.sdk.exceptions import (
+    AirflowTaskTerminated,
+    AirflowTaskTimeout,
+    TaskDeferralError,
+    TaskDeferralTimeout,
+    TaskDeferred,
+)
 
-from lakehouse.config import load_settings
+from lakehouse.config import Settings, load_settings
 from lakehouse.flows import FileRef, FlowTask, RunContext, Template, render_arguments
 from lakehouse.metadata.audit import close_unfinished_task_run, finish_task_run, start_task_run
 from lakehouse.notifications import TaskFailure, notify_failure
-from lakehouse.runners import JobFailedError, JobRequest, get_runner
-from lakehouse.runners.base import one_line
+from lakehouse.runners import JobFailedError, JobRequest, JobResult, get_runner
+from lakehouse.runners.base import DeferrableRunner, RunHandle, one_line
 from lakehouse.secrets import SECRET_PARAMETER, redact, resolve_connection_secret, secret_values
 
 __all__ = ["TemplateTaskOperator", "run_context_from_airflow", "on_task_failure"]
@@ -122,6 +133,9 @@ class TemplateTaskOperator(BaseOperator):
         self.alert_target = alert_target
         #: values to scrub from audit and alert texts (filled when the task resolves its secret)
         self.secret_values: list[str] = []
+        #: the job in flight on a deferrable runner, for on_kill to stop
+        self._runner: DeferrableRunner | None = None
+        self._handle: RunHandle | None = None
 
     def _resolve_secrets(self, runner_name: str, arguments: dict[str, str]) -> dict[str, dict[str, Any]]:
         """Local runs get the Airflow connection named by ``secret_id``; Glue jobs read Secrets
@@ -153,34 +167,95 @@ class TemplateTaskOperator(BaseOperator):
             arguments = render_arguments(self.flow_task, self.template, run)
             secrets = self._resolve_secrets(runner.name, arguments)
             self.log.info("running template %s with %s", self.template_id, arguments)
-            result = runner.run(
-                JobRequest(
-                    flow_id=self.flow_id,
-                    task_id=self.task_id,
-                    template_id=self.template_id,
-                    script_location=self.template.script_location,
-                    run_id=run.run_id,
-                    batch_id=run.batch_id,
-                    batch_time=run.batch_time,
-                    arguments=arguments,
-                    timeout_seconds=self.flow_task.timeout_seconds,
-                    secrets=secrets,
-                )
+            request = JobRequest(
+                flow_id=self.flow_id,
+                task_id=self.task_id,
+                template_id=self.template_id,
+                script_location=self.template.script_location,
+                run_id=run.run_id,
+                batch_id=run.batch_id,
+                batch_time=run.batch_time,
+                arguments=arguments,
+                timeout_seconds=self.flow_task.timeout_seconds,
+                secrets=secrets,
             )
+            if isinstance(runner, DeferrableRunner):
+                result = self._start_and_wait(runner, request, audit_id)
+            else:
+                result = runner.run(request)
+        except TaskDeferred:
+            raise  # not an end: execute_complete closes the row when the run has ended
         except BaseException as exc:
-            failed = exc if isinstance(exc, JobFailedError) else None
-            status = (
-                "timeout" if isinstance(exc, (AirflowTaskTimeout, TimeoutError))
-                else "killed" if isinstance(exc, (AirflowTaskTerminated, KeyboardInterrupt))
-                else "failed"
-            )
+            self._record_failure(settings, audit_id, exc)
+            raise
+        return self._record_success(settings, audit_id, context, result)
+
+    def _start_and_wait(self, runner: DeferrableRunner, request: JobRequest, audit_id: int) -> JobResult:
+        """Start the job, then defer its wait to the triggerer (resuming in execute_complete) or,
+        where the runner cannot, wait here; either way on_kill can stop the run meanwhile."""
+        self._runner, self._handle = runner, runner.start(request)
+        trigger = runner.trigger(self._handle)
+        if trigger is not None:
+            self.defer(trigger=trigger, method_name="execute_complete",
+                       kwargs={"audit_id": audit_id, "handle": self._handle})
+        runner.wait(self._handle)
+        return runner.finish(self._handle)
+
+    def execute_complete(self, context: Any, event: dict[str, Any] | None = None, *, audit_id: int,
+                         handle: RunHandle) -> dict[str, Any]:
+        """Resumed once the triggerer saw the run end: finished exactly as the worker's own wait
+        is. The event only says what the waiter saw; the runner reads how the run really ended."""
+        settings = load_settings()
+        self.log.info("the wait for %s ended: %s", handle, event)
+        try:
+            runner = get_runner(settings)
+            if not isinstance(runner, DeferrableRunner):
+                raise TypeError(f"runner {runner.name!r} cannot finish a deferred job {handle}")
+            self._runner, self._handle = runner, handle
+            result = runner.finish(handle)
+        except BaseException as exc:
+            self._record_failure(settings, audit_id, exc)
+            raise
+        return self._record_success(settings, audit_id, context, result)
+
+    def resume_execution(self, next_method: str, next_kwargs: dict[str, Any] | None, context: Any) -> Any:
+        """A trigger that crashed resumes the task in Airflow's fail path, never execute_complete:
+        the try's row is closed here, as the failure callback closes a killed worker's."""
+        try:
+            return super().resume_execution(next_method, next_kwargs, context)
+        except (TaskDeferralError, TaskDeferralTimeout) as exc:
             summary, details = failure_texts(exc, self.flow_task.timeout_seconds)
-            finish_task_run(
-                settings.metadata_dsn, audit_id, status=status, metrics=failed.metrics if failed else None,
-                error=redact(details, self.secret_values), error_summary=redact(summary, self.secret_values),
-                external_run_id=failed.external_run_id if failed else None,
+            ti = context["ti"]
+            close_unfinished_task_run(
+                load_settings().metadata_dsn, dag_id=ti.dag_id, dag_run_id=context["dag_run"].run_id,
+                task_id=ti.task_id, try_number=ti.try_number, error=details, error_summary=summary,
             )
             raise
+
+    def on_kill(self) -> None:
+        """Airflow calls this on the worker when it ends a try running there (a kill, or
+        execution_timeout): the job in flight is stopped, not left going. A deferred wait is
+        the trigger's, whose own on_kill stops the run."""
+        if self._runner is not None and self._handle is not None:
+            self._runner.stop(self._handle)
+
+    def _record_failure(self, settings: Settings, audit_id: int, exc: BaseException) -> None:
+        failed = exc if isinstance(exc, JobFailedError) else None
+        status = (
+            "timeout" if isinstance(exc, (AirflowTaskTimeout, TimeoutError))
+            else "killed" if isinstance(exc, (AirflowTaskTerminated, KeyboardInterrupt))
+            else "failed"
+        )
+        summary, details = failure_texts(exc, self.flow_task.timeout_seconds)
+        finish_task_run(
+            settings.metadata_dsn, audit_id, status=status, metrics=failed.metrics if failed else None,
+            error=redact(details, self.secret_values), error_summary=redact(summary, self.secret_values),
+            external_run_id=failed.external_run_id if failed else None,
+        )
+
+    def _record_success(self, settings: Settings, audit_id: int, context: Any, result: JobResult) -> dict[str, Any]:
+        run = run_context_from_airflow(self.flow_id, context)
+        ti = context["ti"]
         rejected = [str(r) for r in result.metrics.get("rejected_files") or ()]
         summary = (f"{len(rejected)} of {result.metrics.get('files')} files of the batch rejected, the rest loaded: "
                    + "; ".join(rejected)) if rejected else None

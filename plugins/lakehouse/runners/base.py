@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any, Protocol, runtime_checkable
 
 from lakehouse.config import Settings
 
-__all__ = ["JobRequest", "JobResult", "JobRunner", "JobFailedError", "get_runner", "job_arguments", "one_line",
-           "SUMMARY_MAX_CHARS"]
+__all__ = ["JobRequest", "JobResult", "JobRunner", "DeferrableRunner", "RunHandle", "JobFailedError",
+           "JobTimedOutError", "get_runner", "job_arguments", "one_line", "SUMMARY_MAX_CHARS"]
 
 #: The longest one-line failure reason (the job side cuts its ``error_summary`` at the same length).
 SUMMARY_MAX_CHARS = 500
@@ -65,10 +65,36 @@ class JobFailedError(RuntimeError):
         return cls(summary, external_run_id, metrics=metrics, details=details)
 
 
+class JobTimedOutError(JobFailedError, TimeoutError):
+    """The job's own platform ended it at its timeout (Glue's TIMEOUT): the try is recorded as
+    ``timeout``, as when Airflow's execution_timeout ends it, with the counts the job reached."""
+
+
 class JobRunner(Protocol):
     name: str
 
     def run(self, request: JobRequest) -> JobResult: ...
+
+
+#: A started job as JSON values: what its wait (on the worker, or in Airflow's triggerer) and
+#: ``finish`` need. A plain dict, because it travels in a deferred task's kwargs.
+RunHandle = dict[str, Any]
+
+
+@runtime_checkable
+class DeferrableRunner(JobRunner, Protocol):
+    """A runner whose job runs elsewhere (Glue): the task starts it, then waits itself or hands
+    the wait to Airflow's triggerer, and whichever process resumes the task finishes it."""
+
+    def start(self, request: JobRequest) -> RunHandle: ...
+
+    def wait(self, handle: RunHandle) -> None: ...
+
+    def trigger(self, handle: RunHandle) -> Any: ...  # an Airflow trigger, or None: wait on the worker
+
+    def finish(self, handle: RunHandle) -> JobResult: ...
+
+    def stop(self, handle: RunHandle) -> None: ...
 
 
 def job_arguments(request: JobRequest, lake_uri: str, metrics_uri: str) -> dict[str, str]:

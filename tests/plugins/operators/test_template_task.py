@@ -2,15 +2,21 @@
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Iterator
 from datetime import datetime, timezone
 from types import SimpleNamespace
 from typing import Any
 
+import boto3
 import psycopg2
 import pytest
+from airflow.providers.amazon.aws.triggers.glue import GlueJobCompleteTrigger
+from airflow.sdk.exceptions import TaskDeferralError, TaskDeferred
 from airflow.sdk.execution_time.timeout import timeout as airflow_timeout
+from airflow.sdk.serde import deserialize, serialize
+from moto import mock_aws
 
 from lakehouse.config import Settings
 from lakehouse.dag_factory import build_dag
@@ -18,6 +24,7 @@ from lakehouse.flows import Flow, FlowTask, ParameterSpec, Template
 from lakehouse.metadata.audit import start_task_run
 from lakehouse.operators import template_task
 from lakehouse.runners import JobFailedError, JobRequest, JobResult
+from lakehouse.runners.glue import GlueRunner
 
 TEMPLATE = Template("stage_to_presentation", "stage_to_presentation.py")
 
@@ -202,3 +209,149 @@ def test_a_batch_that_went_on_without_some_files_names_them_in_the_audit_and_an_
                                                    "s3://landing/c.csv is empty")
     ((task_id, _, error),) = notifications(pg, "run_partial")
     assert task_id == "build" and "s3://landing/c.csv is empty" in error
+
+
+# --- the Glue runner under Airflow: start, defer the wait to the triggerer, resume; on_kill ---
+
+
+@pytest.fixture
+def aws(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    for name, value in {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing",
+                        "AWS_DEFAULT_REGION": "us-east-1"}.items():
+        monkeypatch.setenv(name, value)
+    monkeypatch.delenv("AWS_ENDPOINT_URL_S3", raising=False)
+    with mock_aws():
+        boto3.client("s3", region_name="us-east-1").create_bucket(Bucket="lake-bucket")
+        yield
+
+
+class ScriptedGlue:
+    """moto's Glue, with the script's part played: the run writes ``report`` as its metrics and
+    Glue answers ``state`` for it; moto has no BatchStopJobRun, so stops are recorded here."""
+
+    def __init__(self, report: dict[str, Any], state: str = "SUCCEEDED", message: str = "") -> None:
+        self._client = boto3.client("glue", region_name="us-east-1")
+        self.s3 = boto3.client("s3", region_name="us-east-1")
+        self.report, self.state, self.message = report, state, message
+        self.stopped: list[dict[str, Any]] = []
+        self.on_poll: Any = None  # called at each GetJobRun: what happens while the run is in flight
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._client, name)
+
+    def start_job_run(self, **kwargs: Any) -> Any:
+        bucket, _, key = kwargs["Arguments"]["--metrics_uri"].removeprefix("s3://").partition("/")
+        self.s3.put_object(Bucket=bucket, Key=key, Body=json.dumps(self.report))
+        return self._client.start_job_run(**kwargs)
+
+    def get_job_run(self, **kwargs: Any) -> Any:
+        if self.on_poll:
+            self.on_poll()
+        return {"JobRun": {"Id": kwargs["RunId"], "JobRunState": self.state, "ErrorMessage": self.message}}
+
+    def batch_stop_job_run(self, **kwargs: Any) -> Any:
+        self.stopped.append(kwargs)
+        self.state = "STOPPED"
+        return {"SuccessfulSubmissions": [{"JobName": kwargs["JobName"], "JobRunId": r} for r in kwargs["JobRunIds"]],
+                "Errors": []}
+
+
+def use_glue(monkeypatch: pytest.MonkeyPatch, glue: ScriptedGlue, deferrable: bool = True) -> None:
+    """Each get_runner builds a fresh runner, as the resumed task does in another process."""
+    def runner(settings: Settings) -> GlueRunner:
+        return GlueRunner(role_arn="arn:aws:iam::123456789012:role/lakehouse-glue",
+                          templates_uri="s3://templates-bucket/templates", lake_uri="s3://lake-bucket/lake",
+                          poll_seconds=0, deferrable=deferrable, client=glue, s3=glue.s3)
+
+    monkeypatch.setattr(template_task, "get_runner", runner)
+
+
+def task_run(settings: Settings, run_id: str) -> tuple[Any, ...]:
+    with psycopg2.connect(settings.metadata_dsn) as conn, conn.cursor() as cur:
+        cur.execute("SELECT status, rows_in, rows_out, rows_rejected, error_summary, error, external_run_id "
+                    "FROM lakehouse.task_runs WHERE dag_run_id = %s", (run_id,))
+        (row,) = cur.fetchall()
+    conn.close()
+    return row
+
+
+def defer(op: template_task.TemplateTaskOperator, context: dict[str, Any]) -> TaskDeferred:
+    with pytest.raises(TaskDeferred) as deferred:
+        op.execute(context)
+    return deferred.value
+
+
+def test_a_glue_task_defers_its_wait_to_the_providers_trigger(pg: Settings, operator, aws: None,
+                                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    glue = ScriptedGlue({"rows_in": 5, "rows_out": 4})
+    use_glue(monkeypatch, glue)
+    deferred = defer(operator, context_for(operator, "run_defer"))
+    assert isinstance(deferred.trigger, GlueJobCompleteTrigger) and deferred.method_name == "execute_complete"
+    (job,) = glue.get_jobs()["Jobs"]
+    (run,) = glue.get_job_runs(JobName=job["Name"])["JobRuns"]
+    assert (deferred.trigger.job_name, deferred.trigger.run_id) == (job["Name"], run["Id"])
+    assert deferred.kwargs["handle"]["run_id"] == run["Id"]
+    assert deserialize(serialize(deferred.kwargs)) == deferred.kwargs  # what the task resumes with
+    assert task_run(pg, "run_defer")[0] == "running"  # the try is not over while the triggerer waits
+
+
+def test_resumed_with_success_the_row_has_the_jobs_counts(pg: Settings, operator, aws: None,
+                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    glue = ScriptedGlue({"rows_in": 5, "rows_out": 4, "rows_rejected": 1})
+    use_glue(monkeypatch, glue)
+    context = context_for(operator, "run_resumed")
+    deferred = defer(operator, context)
+    event = {"status": "success", "run_id": deferred.trigger.run_id}
+    metrics = operator.execute_complete(context, event=event, **deferred.kwargs)
+    assert metrics == {"rows_in": 5, "rows_out": 4, "rows_rejected": 1}
+    assert task_run(pg, "run_resumed") == ("success", 5, 4, 1, None, None, deferred.trigger.run_id)
+    assert glue.get_jobs()["Jobs"] == []  # deleted after success, as on the synchronous path
+
+
+def test_resumed_with_failure_the_row_says_why_in_one_line(pg: Settings, operator, aws: None,
+                                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    why = "landing file s3://landing/c.csv: 3 of 5 lines rejected (60.0%)"
+    glue = ScriptedGlue({"rows_in": 5, "rows_out": 0, "rows_rejected": 3, "error": "JobFailure: …\n  at line 1",
+                         "error_summary": why}, state="FAILED", message="Exception: see the log")
+    use_glue(monkeypatch, glue)
+    context = context_for(operator, "run_resumed_failed")
+    deferred = defer(operator, context)
+    event = {"status": "error", "message": "AWS Glue job failed.: terminal failure", "run_id": deferred.trigger.run_id}
+    with pytest.raises(JobFailedError) as raised:
+        operator.execute_complete(context, event=event, **deferred.kwargs)
+    status, rows_in, rows_out, rejected, summary, error, run_id = task_run(pg, "run_resumed_failed")
+    assert (status, rows_in, rows_out, rejected, summary, run_id) == ("failed", 5, 0, 3, why, deferred.trigger.run_id)
+    assert "ended FAILED: Exception: see the log" in error
+    assert len(glue.get_jobs()["Jobs"]) == 1  # kept for inspection
+    context["exception"] = raised.value
+    template_task.on_task_failure(context)  # the alert leads with the same line
+    ((_, _, alert),) = notifications(pg, "run_resumed_failed")
+    assert alert.startswith(why) and "ended FAILED: Exception: see the log" in alert
+
+
+def test_a_trigger_that_crashed_closes_the_row(pg: Settings, operator, aws: None,
+                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    """Airflow resumes the task in its fail path (never execute_complete) when the trigger failed."""
+    use_glue(monkeypatch, ScriptedGlue({}))
+    context = context_for(operator, "run_trigger_crashed")
+    defer(operator, context)
+    with pytest.raises(TaskDeferralError):
+        operator.resume_execution("__fail__", {"error": "Trigger failure"}, context)
+    status, *_, summary, _, _ = task_run(pg, "run_trigger_crashed")
+    assert status == "killed" and summary == "TaskDeferralError: Trigger failure"
+
+
+def test_on_kill_stops_the_glue_run_the_worker_is_waiting_for(pg: Settings, operator, aws: None,
+                                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    """Where the worker waits itself (no aiobotocore), a kill arrives as on_kill during the wait."""
+    glue = ScriptedGlue({"rows_in": 5}, state="RUNNING")
+    use_glue(monkeypatch, glue, deferrable=False)
+    glue.on_poll = lambda: glue.stopped or operator.on_kill()  # Airflow's SIGTERM handler, mid-wait
+    with pytest.raises(JobFailedError):
+        operator.execute(context_for(operator, "run_on_kill"))
+    (stop,) = glue.stopped
+    (job,) = glue.get_jobs()["Jobs"]
+    (run,) = glue._client.get_job_runs(JobName=job["Name"])["JobRuns"]
+    assert stop == {"JobName": job["Name"], "JobRunIds": [run["Id"]]}
+    status, *_, error, run_id = task_run(pg, "run_on_kill")
+    assert status == "failed" and "ended STOPPED" in error and run_id == run["Id"]

@@ -1,8 +1,10 @@
 """The AWS Glue runner against moto: create from the template's script location, start with
-Glue-style arguments, wait, read metrics from S3, delete the job after success."""
+Glue-style arguments, wait, read metrics from S3, delete the job after success. The runner goes
+through the Amazon provider's GlueJobHook and waiter; the boto3 client under it is moto's."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 from collections.abc import Iterator
 from typing import Any
@@ -12,7 +14,8 @@ import pytest
 from moto import mock_aws
 
 from lakehouse.runners import JobFailedError, JobRequest
-from lakehouse.runners.glue import GlueRunner
+from lakehouse.runners.base import JobTimedOutError
+from lakehouse.runners.glue import GlueRunner, StoppableGlueJobCompleteTrigger
 
 
 @pytest.fixture
@@ -41,6 +44,7 @@ class MetricsWritingGlue:
 
     def __init__(self, client: Any, s3: Any, fail: bool = False) -> None:
         self._client, self._s3, self._fail = client, s3, fail
+        self.stopped: list[dict[str, Any]] = []
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._client, name)
@@ -51,6 +55,12 @@ class MetricsWritingGlue:
             bucket, _, key = kwargs["Arguments"]["--metrics_uri"].removeprefix("s3://").partition("/")
             self._s3.put_object(Bucket=bucket, Key=key, Body=json.dumps({"rows_in": 5, "rows_out": 4}))
         return answer
+
+    def batch_stop_job_run(self, **kwargs: Any) -> Any:
+        """moto has no BatchStopJobRun: record the call and answer as Glue does."""
+        self.stopped.append(kwargs)
+        return {"SuccessfulSubmissions": [{"JobName": kwargs["JobName"], "JobRunId": run_id}
+                                          for run_id in kwargs["JobRunIds"]], "Errors": []}
 
 
 def make_runner(fail: bool = False) -> tuple[GlueRunner, Any]:
@@ -164,3 +174,75 @@ def test_a_failed_glue_job_is_its_own_one_line_reason_with_its_counts(aws: None)
     assert str(failed.value) == report["error_summary"] and failed.value.metrics["rows_rejected"] == 3
     assert "ended FAILED: Exception: see the log" in failed.value.details
     assert len(glue.get_jobs()["Jobs"]) == 1  # kept for inspection
+
+
+def ended(runner: GlueRunner, state: str, message: str = "") -> None:
+    """Glue's answer for the run from now on (moto's runs always succeed)."""
+    runner.client.get_job_run = lambda **kw: {"JobRun": {"JobRunState": state,  # type: ignore[method-assign]
+                                                         "ErrorMessage": message}}
+
+
+def test_start_then_finish_is_the_deferred_path(aws: None) -> None:
+    """Under Airflow the worker starts the run, the triggerer waits, the resumed task finishes
+    it: the handle is all that travels between them, as JSON."""
+    runner, glue = make_runner()
+    handle = runner.start(request())
+    assert json.loads(json.dumps(handle)) == handle
+    assert handle["run_id"] == glue.get_job_runs(JobName=handle["job_name"])["JobRuns"][0]["Id"]
+    assert runner.finish(handle).metrics == {"rows_in": 5, "rows_out": 4}
+    assert glue.get_jobs()["Jobs"] == []
+
+
+def test_the_trigger_is_the_providers_for_this_run(aws: None) -> None:
+    from airflow.providers.amazon.aws.triggers.glue import GlueJobCompleteTrigger
+
+    runner, _ = make_runner()
+    runner.poll_seconds = 30
+    handle = runner.start(request())
+    runner.deferrable = True  # as where aiobotocore is installed (MWAA)
+    trigger = runner.trigger(handle)
+    assert isinstance(trigger, GlueJobCompleteTrigger)
+    classpath, kwargs = trigger.serialize()
+    assert classpath == "lakehouse.runners.glue.StoppableGlueJobCompleteTrigger"
+    assert (kwargs["job_name"], kwargs["run_id"], kwargs["waiter_delay"]) == (handle["job_name"], handle["run_id"], 30)
+    assert kwargs["waiter_max_attempts"] * 30 > 600  # outlasts the job's own 10-minute Timeout
+    runner.deferrable = False
+    assert runner.trigger(handle) is None  # no async client: the worker waits itself
+
+
+def test_a_killed_deferred_task_stops_its_run_from_the_triggerer(aws: None, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Airflow 3.3's triggerer calls the trigger's on_kill when a user fails or clears the task."""
+    runner, _ = make_runner()
+    handle = runner.start(request())
+    trigger = StoppableGlueJobCompleteTrigger(job_name=handle["job_name"], run_id=handle["run_id"], aws_conn_id=None,
+                                              region_name="us-east-1")
+    monkeypatch.setattr(trigger, "hook", lambda: runner.hook)
+    asyncio.run(trigger.on_kill())
+    assert runner.client.stopped == [{"JobName": handle["job_name"], "JobRunIds": [handle["run_id"]]}]
+
+
+def test_stop_stops_the_run_through_the_hooks_connection(aws: None) -> None:
+    runner, _ = make_runner()
+    handle = runner.start(request())
+    runner.stop(handle)
+    assert runner.client.stopped == [{"JobName": handle["job_name"], "JobRunIds": [handle["run_id"]]}]
+
+
+def test_a_run_glue_timed_out_is_a_timeout_with_its_counts(aws: None) -> None:
+    runner, glue = make_runner()
+    handle = runner.start(request())
+    ended(runner, "TIMEOUT", "Job run timed out")
+    with pytest.raises(JobTimedOutError) as failed:
+        runner.finish(handle)
+    assert isinstance(failed.value, TimeoutError) and failed.value.metrics == {"rows_in": 5, "rows_out": 4}
+    assert "ended TIMEOUT: Job run timed out" in failed.value.details
+    assert len(glue.get_jobs()["Jobs"]) == 1
+
+
+def test_a_run_still_going_when_the_wait_gave_up_is_stopped(aws: None) -> None:
+    runner, _ = make_runner()
+    handle = runner.start(request())
+    ended(runner, "RUNNING")
+    with pytest.raises(JobFailedError, match="still RUNNING when the wait gave up"):
+        runner.finish(handle)
+    assert runner.client.stopped == [{"JobName": handle["job_name"], "JobRunIds": [handle["run_id"]]}]
