@@ -31,7 +31,7 @@ import re
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 from functools import cached_property
@@ -253,6 +253,12 @@ class Invoker:
         # Flows seen invalid whose fixed DAG Airflow has not been seen to load yet: their files are
         # held until it has, or a run would start on the placeholder DAG and fail.
         self._unconfirmed: set[str] = set()
+        # Batches of each flow handed out and not yet sent. While one is, only full batches are
+        # gathered: a flood then accumulates into large batches instead of one run per trigger
+        # call's worth of files. ``on_batch_sent`` lets a batcher gather again at once.
+        self._in_flight: dict[str, int] = {}
+        self._in_flight_lock = threading.Lock()
+        self.on_batch_sent: Callable[[], None] | None = None
 
     def rules(self) -> TriggerCatalogue:
         """The flows, re-read at most every ``catalogue_ttl`` seconds (0: on every event)."""
@@ -400,11 +406,14 @@ class Invoker:
             "ledger_id": ledger_id,
         }
 
-    def _store_for_flow(self, conn: Connection, event: ObjectEvent, flow: Flow,
-                        run_suffix: str = "") -> tuple[TriggerOutcome, TriggerJob | None]:
+    def _store_for_flow(self, conn: Connection, event: ObjectEvent, flow: Flow, run_suffix: str = "",
+                        commit: bool = True) -> tuple[TriggerOutcome, TriggerJob | None]:
+        """Store one event for one flow. ``commit=False``: in the caller's transaction (a sweep
+        stores a page of found files at once); the caller commits before any trigger call."""
         dag_id = flow.effective_dag_id
+        transaction = conn if commit else nullcontext()
         if flow.batched:  # gathered into the flow's next micro-batch, which names the run
-            with conn:
+            with transaction:
                 row = ledger.record_event(conn, **self._row_fields(event), flow_id=flow.flow_id, dag_id=dag_id,
                                           dag_run_id=None, status="queued", run_suffix=run_suffix)
             base = TriggerOutcome("", event.bucket, event.key, flow.flow_id, dag_id, row.dag_run_id,
@@ -414,7 +423,7 @@ class Invoker:
             return _with(base, "duplicate" if row.status == "triggered" else row.status,
                          f"already stored; delivery #{row.deliveries}"), None
         run_id = file_dag_run_id(flow.flow_id, event.bucket, event.key, event.etag, run_suffix)
-        with conn:  # committed before Airflow is called: the ledger is the outbox
+        with transaction:  # committed before Airflow is called: the ledger is the outbox
             row = ledger.record_event(
                 conn, **self._row_fields(event), flow_id=flow.flow_id, dag_id=dag_id, dag_run_id=run_id,
                 run_suffix=run_suffix, lease_seconds=self.lease_seconds,
@@ -425,7 +434,7 @@ class Invoker:
         if row.status == "skipped":
             return _with(base, "skipped", "recorded as skipped for this file version"), None
         if not row.inserted:  # a redelivery of a pending or failed row: call only if nobody else is
-            with conn:
+            with transaction:
                 claimed = ledger.claim_row(conn, row.ledger_id, self.lease_seconds)
             if not claimed:
                 return _with(base, "pending", f"already stored, trigger under way or scheduled; delivery "
@@ -441,6 +450,14 @@ class Invoker:
         While the circuit breaker is open the job is only deferred, unless ``probe``: a probe calls
         anyway, and its answer closes the breaker or keeps it open for longer.
         """
+        if job.batch_id is None:
+            return self._dispatch(job, probe)
+        try:
+            return self._dispatch(job, probe)
+        finally:
+            self._batch_sent(job.outcome.flow_id or "")
+
+    def _dispatch(self, job: TriggerJob, probe: bool) -> TriggerOutcome:
         base = job.outcome
         assert base.dag_id and base.dag_run_id and base.flow_id
         record = _BatchRecord(job.batch_id) if job.batch_id is not None else _RowRecord(job.ledger_id or 0)
@@ -495,9 +512,11 @@ class Invoker:
                         ledger.hold_queued(conn, flow_id, reason or f"flow {flow_id!r} is not active")
                     continue
                 while True:
+                    with self._in_flight_lock:
+                        busy = self._in_flight.get(flow_id, 0) > 0  # one being sent: full batches only
                     with conn:  # one transaction per batch: gathered, assigned and stored together
                         batch = batches.gather_batch(conn, flow_id, flow.effective_dag_id, flow.max_files_per_run,
-                                                     flow.batch_window_seconds, self.lease_seconds)
+                                                     flow.batch_window_seconds, self.lease_seconds, full_only=busy)
                     if batch is None:
                         break
                     jobs.append(self._batch_job(batch))
@@ -508,12 +527,20 @@ class Invoker:
         with self.pool.connection() as conn, conn:
             return [self._batch_job(b) for b in batches.claim_due_batches(conn, limit, self.lease_seconds)]
 
-    @staticmethod
-    def _batch_job(batch: batches.GatheredBatch) -> TriggerJob:
+    def _batch_job(self, batch: batches.GatheredBatch) -> TriggerJob:
+        """The trigger call of a stored batch, counted in flight until :meth:`dispatch` ends it."""
+        with self._in_flight_lock:
+            self._in_flight[batch.flow_id] = self._in_flight.get(batch.flow_id, 0) + 1
         outcome = TriggerOutcome("", flow_id=batch.flow_id, dag_id=batch.dag_id, dag_run_id=batch.dag_run_id,
                                  detail=f"batch {batch.batch_id}")
         return TriggerJob(None, outcome, {"manifest": batch.manifest_uri} if batch.manifest_uri else {},
                           batch_id=batch.batch_id)
+
+    def _batch_sent(self, flow_id: str) -> None:
+        with self._in_flight_lock:
+            self._in_flight[flow_id] = max(0, self._in_flight.get(flow_id, 0) - 1)
+        if self.on_batch_sent is not None:
+            self.on_batch_sent()
 
     def _batch_conf(self, job: TriggerJob) -> dict[str, Any]:
         """The run's conf: the batch and its manifest in the lake (written now if it is not yet:

@@ -91,8 +91,8 @@ def reconcile_flow(invoker: Invoker, s3: Any, flow: Flow) -> tuple[SweepResult, 
         result.matching += len(matching)
         if not matching:
             continue
-        with invoker.pool.connection() as conn:
-            with conn, conn.cursor() as cur:
+        with invoker.pool.connection() as conn, conn:  # one transaction per page: a first sweep may find 100,000
+            with conn.cursor() as cur:
                 cur.execute(
                     """SELECT object_key, etag FROM lakehouse.file_ledger
                        WHERE bucket = %s AND flow_id = %s AND run_suffix = ''
@@ -104,7 +104,7 @@ def reconcile_flow(invoker: Invoker, s3: Any, flow: Flow) -> tuple[SweepResult, 
             for event in matching:
                 if (event.key, event.etag) in known:
                     continue
-                outcome, job = invoker._store_for_flow(conn, event, flow)
+                outcome, job = invoker._store_for_flow(conn, event, flow, commit=False)
                 result.recorded.append(outcome)
                 if job is not None:
                     jobs.append(job)

@@ -74,7 +74,8 @@ class InvokerServer(ThreadingHTTPServer):
         self._sequence = itertools.count()
         self._stop = threading.Event()
         self._retry_interval = retry_interval
-        self._batch_wanted = threading.Event()  # set when files of a batched flow were stored
+        self._batch_wanted = threading.Event()  # set when files of a batched flow were stored or a batch sent
+        invoker.on_batch_sent = self._batch_wanted.set
         self._sweep = sweep
         self._sweep_interval = sweep_interval
         self._workers = [threading.Thread(target=self._retry_loop, name="invoker-retry", daemon=True),
@@ -127,9 +128,10 @@ class InvokerServer(ThreadingHTTPServer):
         return outcomes
 
     def _batch_loop(self) -> None:
-        """Gather batched flows' queued files into batches as soon as files arrive (and every
-        retry interval, for a window that ran out): while one gathering and its trigger calls
-        run, the files arriving meanwhile queue up, so a flood becomes few, large batches."""
+        """Gather batched flows' queued files into batches as soon as files arrive, when a batch
+        was sent, and every retry interval (for a window that ran out). While a flow's batch is
+        being sent only full batches are gathered, so the files of a flood accumulate into few,
+        large batches instead of one run per trigger call's worth."""
         while not self._stop.is_set():
             self._batch_wanted.wait(timeout=self._retry_interval)
             self._batch_wanted.clear()

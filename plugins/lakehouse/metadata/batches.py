@@ -59,10 +59,10 @@ def flows_with_queued_files(conn: Connection) -> list[str]:
 
 
 def gather_batch(conn: Connection, flow_id: str, dag_id: str, max_files: int, window_seconds: float,
-                 lease_seconds: float) -> GatheredBatch | None:
+                 lease_seconds: float, full_only: bool = False) -> GatheredBatch | None:
     """One batch of the flow's queued files, assigned and leased to the caller in the caller's
     transaction; None when there is nothing to gather, or when fewer than ``max_files`` wait and
-    the oldest has waited less than ``window_seconds``."""
+    (``full_only``) or the oldest has waited less than ``window_seconds``."""
     with conn.cursor() as cur:
         cur.execute(
             """SELECT ledger_id, received_at <= now() - make_interval(secs => %s) FROM lakehouse.file_ledger
@@ -70,7 +70,8 @@ def gather_batch(conn: Connection, flow_id: str, dag_id: str, max_files: int, wi
             (window_seconds, flow_id, max_files),
         )
         rows = cur.fetchall()
-        if not rows or (len(rows) < max_files and window_seconds > 0 and not any(due for _, due in rows)):
+        waiting = full_only or (window_seconds > 0 and not any(due for _, due in rows))
+        if not rows or (len(rows) < max_files and waiting):
             return None
         cur.execute("SELECT nextval(pg_get_serial_sequence('lakehouse.file_batches', 'batch_id'))")
         batch_id = int(cur.fetchone()[0])

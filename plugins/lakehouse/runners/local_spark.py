@@ -83,17 +83,18 @@ class LocalSparkRunner:
         env.update(self.job_variables(secrets))
         return env
 
-    def command(self, request: JobRequest, properties_file: Path, metrics_file: Path) -> list[str]:
-        spark_submit = Path(sys.executable).with_name("spark-submit")
-        argv = [
-            str(spark_submit if spark_submit.exists() else "spark-submit"),
-            "--properties-file", str(properties_file),
-            "--name", f"{request.flow_id}.{request.task_id}",
-            str(resolve_script(self.settings, request.script_location)),
-        ]
+    def script_arguments(self, request: JobRequest, metrics_file: Path) -> list[str]:
+        """The entry script and its Glue-style ``--name value`` arguments, however it is run."""
+        argv = [str(resolve_script(self.settings, request.script_location))]
         for name, value in job_arguments(request, self.settings.lake_uri, str(metrics_file)).items():
             argv += [f"--{name}", value]
         return argv
+
+    def command(self, request: JobRequest, properties_file: Path, metrics_file: Path) -> list[str]:
+        spark_submit = Path(sys.executable).with_name("spark-submit")
+        return [str(spark_submit if spark_submit.exists() else "spark-submit"),
+                "--properties-file", str(properties_file), "--name", f"{request.flow_id}.{request.task_id}",
+                *self.script_arguments(request, metrics_file)]
 
     def run(self, request: JobRequest) -> JobResult:
         provision_jars(self.settings.jars_dir)
@@ -122,7 +123,7 @@ class LocalSparkRunner:
         """The run on a warm driver; leaving early (timeout, the task killed) closes the connection,
         and the pool then kills that driver, which stops the run's Spark work."""
         tail: deque[str] = deque(maxlen=60)
-        argv = self.command(request, Path("unused"), metrics_file)
+        script, *arguments = self.script_arguments(request, metrics_file)
         deadline = time.monotonic() + request.timeout_seconds if request.timeout_seconds else None
 
         def write(line: str) -> None:  # streamed into the Airflow task log as it comes
@@ -132,7 +133,7 @@ class LocalSparkRunner:
                 raise TimeoutError(f"job {job_id} exceeded {request.timeout_seconds}s")
 
         outcome = request_run(self.settings, {
-            "script": argv[argv.index("--name") + 2], "argv": argv[argv.index("--name") + 3:],
+            "script": script, "argv": arguments,
             "env": self.job_variables(request.secrets), "unset": [SECRETS_VARIABLE],
             "run_id": job_id, "description": f"{request.flow_id}.{request.task_id}",
         }, write)

@@ -50,7 +50,7 @@ def test_a_failed_job_is_its_own_one_line_reason_with_the_counts_it_reported(
               "error_summary": "landing file s3://landing/c/bad.csv: 3 of 5 lines rejected (60.0%)"}
     script = (f"import json, sys; print('Traceback (most recent call last):'); print('JobFailure: multi'); "
               f"json.dump({report!r}, open(sys.argv[1], 'w')); sys.exit(1)")
-    runner = LocalSparkRunner(settings)
+    runner = LocalSparkRunner(settings, mode="submit")  # the spark-submit path; the warm one has its own tests
     monkeypatch.setattr(runner, "command", lambda request, props, metrics: [sys.executable, "-c", script,
                                                                             str(metrics)])
     request = JobRequest("customers", "to_raw", "landing_to_raw", "landing_to_raw.py", "r1", "b1")
