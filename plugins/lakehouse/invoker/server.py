@@ -44,6 +44,8 @@ __all__ = ["InvokerServer", "MAX_BODY_BYTES", "SIGNATURE_HEADER", "sign_body"]
 log = logging.getLogger(__name__)
 
 MAX_BODY_BYTES = 1 << 20
+#: Seconds after start before the first reconciliation sweep (the stack is up by then).
+STARTUP_SWEEP_DELAY = 30.0
 SIGNATURE_HEADER = "X-Lakehouse-Signature"
 
 
@@ -78,6 +80,7 @@ class InvokerServer(ThreadingHTTPServer):
         invoker.on_batch_sent = self._batch_wanted.set
         self._sweep = sweep
         self._sweep_interval = sweep_interval
+        self._sweeps = 0
         self._workers = [threading.Thread(target=self._retry_loop, name="invoker-retry", daemon=True),
                          threading.Thread(target=self._batch_loop, name="invoker-batcher", daemon=True)]
         if sweep is not None and sweep_interval > 0:
@@ -143,10 +146,14 @@ class InvokerServer(ThreadingHTTPServer):
                 log.exception("gathering batches failed; the files stay queued")
 
     def _sweep_loop(self) -> None:
-        """Every ``sweep_interval`` seconds, list the flows' prefixes and record what no event
-        announced (see lakehouse.invoker.reconcile); found files go on like events."""
+        """Soon after start, then every ``sweep_interval`` seconds, list the flows' prefixes and
+        record what no event announced (see lakehouse.invoker.reconcile); found files go on like
+        events. The first sweep catches the events sent while no invoker ran: SeaweedFS's webhook
+        does not retry a delivery that failed."""
         assert self._sweep is not None
-        while not self._stop.wait(self._sweep_interval):
+        while not self._stop.wait(min(STARTUP_SWEEP_DELAY, self._sweep_interval) if self._sweeps == 0
+                                  else self._sweep_interval):
+            self._sweeps += 1
             try:
                 self.submit(self._sweep())
                 self._batch_wanted.set()
