@@ -67,8 +67,9 @@ def _sql(dsn: str, statements: list[tuple[str, tuple[Any, ...]]]) -> None:
 def install_healthy(dsn: str) -> None:
     _sql(dsn, [
         ("DELETE FROM lakehouse.flows WHERE flow_id = %s", (HEALTHY,)),
-        ("INSERT INTO lakehouse.flows (flow_id, trigger_bucket, trigger_key_pattern) VALUES (%s, 'landing', 'iso/*')",
-         (HEALTHY,)),
+        # its runs never finish (their task waits in a pool without slots): no cap on how many are active
+        ("INSERT INTO lakehouse.flows (flow_id, trigger_bucket, trigger_key_pattern, max_active_runs) "
+         "VALUES (%s, 'landing', 'iso/*', 100000)", (HEALTHY,)),
         ("INSERT INTO lakehouse.flow_tasks (flow_id, task_id, task_order, template_id, parameters, pool) "
          "VALUES (%s, 'a', 1, 'stage_to_presentation', %s, %s)", (HEALTHY, json.dumps(_PRESENT), POOL)),
     ])
