@@ -3,7 +3,8 @@ Postgres and Airflow 3's api-server. Up to four phases in one run, side by side:
 
 * ``baseline`` — the naive per-event synchronous path, as the invoker was before this work: the
   webhook request itself calls Airflow, a Postgres connection per event, the flows re-read per
-  event (``LAKEHOUSE_INVOKER_WORKERS=0``, ``_DB_POOL=0``, ``_CATALOGUE_TTL=0``);
+  event (``_CATALOGUE_TTL=0``). The package has no such mode: this file serves it
+  (:class:`BaselineInvokerServer` with :class:`PerUseConnections`, ``--serve-baseline``);
 * ``current`` — the defaults: answer once the event is in the ledger, trigger from 8 dispatcher
   threads, pooled connections, flows cached 5 s. One DAG run per file version.
 * ``batched`` — the ``current`` invoker and the same plan, into a flow with ``max_files_per_run =
@@ -67,6 +68,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import os
 import random
 import re
@@ -77,8 +79,9 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -89,16 +92,28 @@ from urllib.parse import unquote, urlparse
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "plugins"))
 
+# after the path: the baseline server below builds on the package's classes
+import psycopg2
+from lakehouse.invoker.core import (
+    ConnectionPool,
+    Invoker,
+    TriggerOutcome,
+    build_invoker,
+)
+from lakehouse.invoker.events import decode_payload, from_seaweedfs_webhook
+from lakehouse.invoker.server import InvokerServer
+from psycopg2.extensions import connection as Connection
+
 BASE_PORT = 47100  # Postgres 47100, SeaweedFS 47101-47106, invoker 47107, Airflow 47108
 TOKEN = "bench-token"
 FLOW = "bench_flow"
 FLOW_BATCHED = "bench_batched"  # files under batched/ (the batched phase)
 FLOW_RECONCILE = "bench_reconcile"  # files under reconcile/ (the reconcile phase)
 
-#: the invoker's configuration per phase (environment of the invoker process)
+#: the invoker's configuration per phase (environment of the invoker process); the baseline's
+#: synchronous calls and per-use connections are not settings but the bench's own server
 PHASES: dict[str, dict[str, str]] = {
-    "baseline": {"LAKEHOUSE_INVOKER_WORKERS": "0", "LAKEHOUSE_INVOKER_DB_POOL": "0",
-                 "LAKEHOUSE_INVOKER_CATALOGUE_TTL": "0"},
+    "baseline": {"LAKEHOUSE_INVOKER_CATALOGUE_TTL": "0"},
     "current": {"LAKEHOUSE_INVOKER_WORKERS": "8", "LAKEHOUSE_INVOKER_DB_POOL": "8",
                 "LAKEHOUSE_INVOKER_CATALOGUE_TTL": "5"},
 }
@@ -326,6 +341,68 @@ class _DropHandler(BaseHTTPRequestHandler):
         pass
 
 
+class PerUseConnections(ConnectionPool):
+    """The invoker's connections as they were before pooling: a new Postgres connection (TCP
+    handshake + SCRAM) per use, closed after it. Only the baseline's cost model; the package's
+    pool keeps at least one connection."""
+
+    def __init__(self, dsn: str) -> None:  # no slots, no idle connections to keep
+        self.dsn = dsn
+        self.size = 0
+
+    @contextmanager
+    def connection(self) -> Iterator[Connection]:
+        conn = psycopg2.connect(self.dsn)
+        try:
+            yield conn
+        finally:
+            conn.close()
+
+    def close(self) -> None:
+        pass
+
+
+class BaselineInvokerServer(InvokerServer):
+    """The naive synchronous webhook: each request stores its events and calls Airflow before it
+    answers (``Invoker.handle_events``, as the Lambda does), so the sender waits for Airflow and
+    an outage slows every answer. No dispatcher or batcher threads; the retry loop calls Airflow
+    itself. What the ``current`` phase is measured against; the package has no such mode."""
+
+    def __init__(self, address: tuple[str, int], invoker: Invoker, token: str) -> None:
+        super().__init__(address, invoker, token, dispatch_workers=1)
+        self._workers = [t for t in self._workers if t.name == "invoker-retry"]  # not started: nothing queues
+
+    def handle_events(self, route: str, payload: dict[str, Any]) -> list[TriggerOutcome]:
+        events = from_seaweedfs_webhook(payload) if route == "seaweedfs" else decode_payload(payload)
+        return self.invoker.handle_events(events)
+
+    def _retry_loop(self) -> None:
+        batch = 100
+        while not self._stop.wait(self._retry_interval):
+            try:
+                self.invoker.release_held()
+                while not self._stop.is_set() and not self.invoker.airflow_down:
+                    if len(self.invoker.retry_pending(limit=batch)) < batch:
+                        break
+            except Exception:  # keep retrying; the ledger keeps the rows
+                logging.getLogger("bench.invoker").exception("retry of pending ledger rows failed")
+
+
+def serve_baseline() -> int:
+    """The baseline invoker process (``--serve-baseline``), started by the bench in place of
+    ``lakehouse invoker serve``: the stack's settings, the synchronous server, per-use connections."""
+    from lakehouse.config import load_settings
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    settings = load_settings()
+    invoker = build_invoker(settings)
+    invoker.pool = PerUseConnections(settings.metadata_dsn)
+    server = BaselineInvokerServer((settings.invoker_bind, settings.invoker_port), invoker, settings.invoker_token)
+    logging.getLogger("bench.invoker").info("baseline invoker listening on %s", settings.invoker_url)
+    server.serve()
+    return 0
+
+
 class Bench:
     def __init__(self, args: argparse.Namespace, home: Path) -> None:
         from lakehouse.config import load_settings
@@ -367,9 +444,25 @@ class Bench:
         return wait_airflow_healthy(self.settings.airflow_url, timeout)
 
     def start_invoker(self, phase: str) -> None:
-        from lakehouse.stack import services
+        """The package's invoker (``lakehouse invoker serve``), or for ``baseline`` this file's
+        synchronous one, under the same service name, so stopping and the orphan check are the same."""
+        import requests
 
-        services._start_invoker(self.settings, dict(self.env, **PHASES[phase]), print)
+        from lakehouse.stack import services
+        from lakehouse.stack.processes import service_running, start_group
+
+        env = dict(self.env, **PHASES[phase])
+        if phase != "baseline":
+            services._start_invoker(self.settings, env, print)
+            return
+        s = self.settings
+        if service_running(s.run_dir, "invoker"):
+            return
+        print(f"starting the baseline invoker (synchronous, a connection per use) on {s.invoker_url}")
+        start_group(s.run_dir, s.log_dir, "invoker", [sys.executable, str(Path(__file__).resolve()),
+                                                        "--serve-baseline"], env)
+        services._wait("baseline invoker", lambda: requests.get(f"{s.invoker_url}/healthz", timeout=2).ok, 30,
+                       s.log_dir / "invoker.log")
 
     def stop_invoker(self) -> None:
         from lakehouse.stack.processes import stop_group
@@ -1057,7 +1150,11 @@ def main() -> int:
     parser.add_argument("--sweep-threads", type=int, default=32, help="reconcile: S3 clients uploading the large listing")
     parser.add_argument("--keep-home", action="store_true",
                         help="keep the bench home (its log/ folder) even when every check passed")
+    parser.add_argument("--serve-baseline", action="store_true",
+                        help="internal: run the baseline phase's invoker in this process (the bench starts it)")
     args = parser.parse_args()
+    if args.serve_baseline:
+        return serve_baseline()
     phases = [p.strip() for p in args.phases.split(",") if p.strip()]
     unknown = [p for p in phases if p not in PHASES]
     if unknown:

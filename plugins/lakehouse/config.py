@@ -150,10 +150,9 @@ class Settings(BaseSettings):
         "LAKEHOUSE_INVOKER_RETRY_BASE", "first retry delay (s) of a pending trigger; doubles per attempt", 2.0, ge=0)
     invoker_retry_max: float = setting("LAKEHOUSE_INVOKER_RETRY_MAX", "longest retry delay (s)", 300.0, ge=0)
     invoker_db_pool: int = setting("LAKEHOUSE_INVOKER_DB_POOL",
-                                   "Postgres connections the invoker keeps open (`0`: connect per use)", 8, ge=0)
+                                   "Postgres connections the invoker keeps open (at most in use at once)", 8, ge=1)
     invoker_dispatch_workers: int = setting(
-        "LAKEHOUSE_INVOKER_WORKERS", "threads calling Airflow after the webhook answered; `0`: call inside "
-        "the request", 8, ge=0)
+        "LAKEHOUSE_INVOKER_WORKERS", "threads calling Airflow after the webhook answered", 8, ge=1)
     invoker_lease: float = setting(
         "LAKEHOUSE_INVOKER_LEASE", "seconds a row being triggered is held before the retry loop (or another "
         "invoker) may take it over", 30.0, ge=1)

@@ -158,25 +158,20 @@ class ConnectionPool:
     """A blocking pool of Postgres connections shared by the webhook's threads.
 
     Connecting costs a TCP handshake plus SCRAM authentication (several ms) — more than the two
-    small statements an event needs — so connections are reused. ``size = 0`` connects per use
-    (the old behaviour, kept as the benchmark's baseline). A connection that errored is discarded.
+    small statements an event needs — so connections are reused, at most ``size`` at once (a
+    caller beyond that waits for one). A connection that errored is discarded.
     """
 
     def __init__(self, dsn: str, size: int) -> None:
+        if size < 1:
+            raise ValueError(f"a connection pool needs at least 1 connection, got {size}")
         self.dsn = dsn
         self.size = size
         self._idle: queue.LifoQueue[Connection] = queue.LifoQueue()
-        self._slots = threading.BoundedSemaphore(size) if size > 0 else None
+        self._slots = threading.BoundedSemaphore(size)
 
     @contextmanager
     def connection(self) -> Iterator[Connection]:
-        if self._slots is None:
-            conn = psycopg2.connect(self.dsn)
-            try:
-                yield conn
-            finally:
-                conn.close()
-            return
         self._slots.acquire()
         conn: Connection | None = None
         try:

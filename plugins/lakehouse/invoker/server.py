@@ -8,9 +8,8 @@ put the secret itself on the wire); anything else gets 401 and triggers nothing.
 
 The answer is sent as soon as the event is committed to the ledger — never before (the sender's
 own retry covers that window), and never waiting for Airflow: the trigger calls go to a pool of
-dispatcher threads (``LAKEHOUSE_INVOKER_WORKERS``), so a slow or stopped Airflow cannot
-slow down or time out the event source. ``0`` workers calls Airflow inside the request instead
-(the naive synchronous path, kept as the benchmark's baseline). A background loop re-queues
+dispatcher threads (``LAKEHOUSE_INVOKER_WORKERS``, at least 1), so a slow or stopped Airflow
+cannot slow down or time out the event source. A background loop re-queues
 pending rows whose backoff has passed — including rows whose dispatch died with a previous
 process, once their lease has run out. While the metadata database is unreachable, events are
 written to a disk spool (fsynced) and answered 200, because some senders (SeaweedFS's webhook)
@@ -65,6 +64,8 @@ class InvokerServer(ThreadingHTTPServer):
                  sweep: Callable[[], list[TriggerJob]] | None = None, sweep_interval: float = 0.0) -> None:
         if not token:
             raise ValueError("LAKEHOUSE_INVOKER_TOKEN is empty: the webhook would accept anyone")
+        if dispatch_workers < 1:
+            raise ValueError(f"the invoker needs at least 1 dispatcher thread, got {dispatch_workers}")
         super().__init__(address, _Handler)
         self.invoker = invoker
         self.token = token
@@ -112,10 +113,8 @@ class InvokerServer(ThreadingHTTPServer):
             self._jobs.put((1 if retry else 0, next(self._sequence), job))
 
     def handle_events(self, route: str, payload: dict[str, Any]) -> list[TriggerOutcome]:
-        """Store, then dispatch in the background (or inline with 0 workers); raises if not stored."""
+        """Store, then dispatch in the background; raises if not stored (the sender retries)."""
         events = from_seaweedfs_webhook(payload) if route == "seaweedfs" else decode_payload(payload)
-        if self.dispatch_workers == 0:
-            return self.invoker.handle_events(events)
         try:
             outcomes, jobs = self.invoker.accept(events)
         except (psycopg2.OperationalError, psycopg2.InterfaceError) as exc:  # the database is away (a pooled
@@ -138,8 +137,8 @@ class InvokerServer(ThreadingHTTPServer):
         while not self._stop.is_set():
             self._batch_wanted.wait(timeout=self._retry_interval)
             self._batch_wanted.clear()
-            if self.dispatch_workers == 0 or self.invoker.airflow_down:
-                continue  # the synchronous path gathers inline; while Airflow is down the backlog waits
+            if self.invoker.airflow_down:
+                continue  # while Airflow is down the backlog waits
             try:
                 self.submit(self.invoker.gather_batches())
             except Exception:
@@ -203,11 +202,6 @@ class InvokerServer(ThreadingHTTPServer):
                 log.exception("release of held ledger rows failed")
             try:
                 while not self._stop.is_set() and not self.invoker.airflow_down:
-                    if self.dispatch_workers == 0:
-                        outcomes = self.invoker.retry_pending(limit=batch)
-                        if len(outcomes) < batch:
-                            break
-                        continue
                     if self._jobs.qsize() > 2 * batch:
                         break  # the dispatchers are busy; claim more on the next tick
                     jobs = self.invoker.claim_due(limit=batch) + self.invoker.claim_due_batches(limit=batch)

@@ -2,7 +2,7 @@
 
 Airflow's LocalExecutor forks workers that survive a SIGTERM to their parent
 (docs/architecture.md), so stopping a PID is not enough: every service is a session leader and
-we signal the whole group, then check ``/proc`` until no live member of the group is left.
+we signal the whole group, then check (psutil's process listing) until no live member is left.
 """
 
 from __future__ import annotations
@@ -13,6 +13,8 @@ import subprocess
 import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
+
+import psutil
 
 __all__ = ["start_group", "stop_group", "group_alive", "service_running", "pid_file", "read_pid", "group_members",
            "processes_using_home"]
@@ -31,19 +33,18 @@ def read_pid(run_dir: Path, name: str) -> int | None:
 
 
 def group_members(pgid: int) -> list[int]:
-    """Live (non-zombie) processes whose process group is ``pgid``."""
+    """Live (non-zombie) processes whose process group is ``pgid``. psutil has no process-group
+    query, so the group comes from ``os.getpgid``; a process that vanished meanwhile, or whose
+    state cannot be read, is no member (it cannot be signalled as one either)."""
     members = []
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit():
+    for proc in psutil.process_iter(["status"]):
+        if proc.info["status"] in (None, psutil.STATUS_ZOMBIE):
             continue
         try:
-            stat = (entry / "stat").read_text()
-        except OSError:
+            if os.getpgid(proc.pid) == pgid:
+                members.append(proc.pid)
+        except OSError:  # gone since the listing
             continue
-        # pid (comm) state ppid pgrp ... ; comm may contain spaces, so split after the last ')'
-        fields = stat[stat.rfind(")") + 2 :].split()
-        if len(fields) >= 3 and int(fields[2]) == pgid and fields[0] != "Z":
-            members.append(int(entry.name))
     return members
 
 
@@ -120,42 +121,33 @@ def _signal_group(pgid: int, sig: signal.Signals) -> None:
         pass
 
 
-def _parent_pids() -> dict[int, int]:
-    parents = {}
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            try:
-                parents[int(entry.name)] = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
-            except (OSError, IndexError, ValueError):
-                continue
-    return parents
-
-
 def processes_using_home(home: Path, exclude_descendants_of: int | None = None) -> list[str]:
     """Every live process started for the stack in ``home``: its command line or environment names
     the home. How a stop is checked for orphans (zombies are dead and skipped). A caller that
-    itself runs things under that home (a test session's Spark) excludes its own process tree."""
-    marker = str(home).encode()
-    parents = _parent_pids() if exclude_descendants_of is not None else {}
+    itself runs things under that home (a test session's Spark) excludes its own process tree.
+    A process whose command line, environment or state cannot be read (another user's, or gone
+    meanwhile) is skipped; the tree is taken from the same listing, so a child forked between two
+    reads is never mistaken for an orphan."""
+    marker = str(home)
+    listing = [proc.info for proc in psutil.process_iter(["pid", "ppid", "status", "cmdline", "environ"])]
+    parents = {info["pid"]: info["ppid"] for info in listing}
 
     def excluded(pid: int) -> bool:
-        while exclude_descendants_of is not None and pid > 1:
+        seen: set[int] = set()
+        while exclude_descendants_of is not None and pid > 1 and pid not in seen:
             if pid == exclude_descendants_of:
                 return True
-            pid = parents.get(pid, 1)
+            seen.add(pid)
+            pid = parents.get(pid) or 1
         return False
 
     found = []
-    for entry in Path("/proc").iterdir():
-        if not entry.name.isdigit() or int(entry.name) == os.getpid() or excluded(int(entry.name)):
+    for info in listing:
+        pid, status, cmdline, environ = info["pid"], info["status"], info["cmdline"], info["environ"]
+        if pid == os.getpid() or excluded(pid) or None in (status, cmdline, environ) \
+                or status == psutil.STATUS_ZOMBIE:
             continue
-        try:
-            cmdline = (entry / "cmdline").read_bytes()
-            environ = (entry / "environ").read_bytes()
-            state = (entry / "stat").read_text().rsplit(")", 1)[1].split()[0]
-        except OSError:
-            continue
-        if state != "Z" and (marker in cmdline or b"LAKEHOUSE_HOME=" + marker + b"\0" in environ):
-            command = cmdline.replace(b"\0", b" ")[:120].decode(errors="replace")
-            found.append(f"{entry.name}: {command}")
+        command = " ".join(cmdline)
+        if marker in command or environ.get("LAKEHOUSE_HOME") == marker:
+            found.append(f"{pid}: {command[:120]}")
     return found

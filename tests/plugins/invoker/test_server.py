@@ -28,10 +28,26 @@ def serve(invoker: Invoker, workers: int, retry_interval: float = 3600) -> tuple
 
 @pytest.fixture
 def server(invoker: Invoker) -> Iterator[str]:
-    """Synchronous (0 dispatch workers): the answer carries Airflow's result, easy to assert on."""
-    srv, url = serve(invoker, workers=0)
+    """As in production: answered once stored, Airflow called by dispatcher threads (tests that
+    assert on the call's result wait for it with :func:`wait_dispatched`)."""
+    srv, url = serve(invoker, workers=2)
     yield url
     srv.stop()
+
+
+def wait_until(condition: Callable[[], bool], what: str, timeout: float = 30) -> None:
+    """Poll a behaviour until it holds (the dispatchers work in the background)."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"not reached: {what}")
+        time.sleep(0.05)
+
+
+def wait_dispatched(ledger_rows: Callable[[], list[dict]]) -> list[dict]:
+    """The ledger rows once the background dispatch is done: none of them waits for its call."""
+    wait_until(lambda: all(r["status"] != "pending" for r in ledger_rows()), "every stored event dispatched")
+    return ledger_rows()
 
 
 def seaweed_event(bucket: str) -> dict:
@@ -48,11 +64,12 @@ def test_wrong_or_missing_token_is_401_and_triggers_nothing(server: str, airflow
     assert airflow.calls == 0
 
 
-def test_authorised_event_triggers_and_duplicate_does_not(server: str, airflow, bucket: str) -> None:
+def test_authorised_event_triggers_and_duplicate_does_not(server: str, airflow, bucket: str, ledger_rows) -> None:
     headers = {"Authorization": f"Bearer {TOKEN}"}
     first = requests.post(f"{server}/events/seaweedfs", json=seaweed_event(bucket), headers=headers, timeout=10)
+    assert first.status_code == 200 and first.json()["outcomes"][0]["status"] == "accepted"
+    assert [r["status"] for r in wait_dispatched(ledger_rows)] == ["triggered"] and len(airflow.runs) == 1
     second = requests.post(f"{server}/events/seaweedfs", json=seaweed_event(bucket), headers=headers, timeout=10)
-    assert first.status_code == 200 and first.json()["outcomes"][0]["status"] == "created"
     assert second.json()["outcomes"][0]["status"] == "duplicate"
     assert len(airflow.runs) == 1
 
@@ -73,13 +90,15 @@ def test_health(server: str) -> None:
     assert requests.get(f"{server}/healthz", timeout=5).json() == {"status": "ok"}
 
 
-def test_hmac_signature_is_an_alternative_to_the_bearer_token(server: str, airflow, bucket: str) -> None:
+def test_hmac_signature_is_an_alternative_to_the_bearer_token(server: str, airflow, bucket: str,
+                                                               ledger_rows) -> None:
     from lakehouse.invoker.server import SIGNATURE_HEADER, sign_body
 
     body = json.dumps(seaweed_event(bucket)).encode()
     good = requests.post(f"{server}/events/seaweedfs", data=body, timeout=10,
                          headers={SIGNATURE_HEADER: sign_body(TOKEN, body)})
-    assert good.status_code == 200 and good.json()["outcomes"][0]["status"] == "created"
+    assert good.status_code == 200 and good.json()["outcomes"][0]["status"] == "accepted"
+    assert [r["status"] for r in wait_dispatched(ledger_rows)] == ["triggered"]
     tampered = body.replace(b"in/a.txt", b"in/b.txt")
     for headers in ({SIGNATURE_HEADER: sign_body(TOKEN, body)},          # signature of another body
                     {SIGNATURE_HEADER: sign_body("other-secret", tampered)},
@@ -89,7 +108,7 @@ def test_hmac_signature_is_an_alternative_to_the_bearer_token(server: str, airfl
     assert len(airflow.runs) == 1
 
 
-def test_aws_shapes_share_one_route_and_one_run(server: str, airflow, bucket: str) -> None:
+def test_aws_shapes_share_one_route_and_one_run(server: str, airflow, bucket: str, ledger_rows) -> None:
     """The same object via SNS and via EventBridge on /events/s3: one run (exactly once across transports)."""
     headers = {"Authorization": f"Bearer {TOKEN}"}
     sns = json.loads((SAMPLES / "sns_lambda.json").read_text())
@@ -101,8 +120,9 @@ def test_aws_shapes_share_one_route_and_one_run(server: str, airflow, bucket: st
     eventbridge["detail"]["bucket"]["name"] = bucket
     eventbridge["detail"]["object"]["key"] = "in/x+y.txt"
     first = requests.post(f"{server}/events/s3", json=sns, headers=headers, timeout=10).json()["outcomes"]
+    assert [(o["status"], o["key"]) for o in first] == [("accepted", "in/x y.txt")]
+    assert [r["status"] for r in wait_dispatched(ledger_rows)] == ["triggered"]
     second = requests.post(f"{server}/events/s3", json=eventbridge, headers=headers, timeout=10).json()["outcomes"]
-    assert [(o["status"], o["key"]) for o in first] == [("created", "in/x y.txt")]
     assert [o["status"] for o in second] == ["duplicate"] and second[0]["dag_run_id"] == first[0]["dag_run_id"]
     assert len(airflow.runs) == 1
 
@@ -114,15 +134,6 @@ def test_dangerous_key_is_refused_with_a_clear_error(server: str, airflow, bucke
                              headers={"Authorization": f"Bearer {TOKEN}"}, timeout=5)
     assert response.status_code == 400 and "'..' segment" in response.json()["error"]
     assert airflow.calls == 0
-
-
-def wait_until(condition: Callable[[], bool], what: str, timeout: float = 30) -> None:
-    """Poll a behaviour until it holds (the dispatchers work in the background)."""
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"not reached: {what}")
-        time.sleep(0.05)
 
 
 def test_dispatching_server_answers_once_stored_and_triggers_in_background(invoker: Invoker, airflow,
@@ -189,6 +200,17 @@ def test_empty_secret_is_refused_at_start(invoker: Invoker) -> None:
         InvokerServer(("127.0.0.1", 0), invoker, "")
 
 
+def test_no_dispatcher_or_no_pooled_connection_is_refused_at_start(invoker: Invoker) -> None:
+    """Calling Airflow inside the request and connecting per use are the benchmark's baseline
+    (bench/invoker.py), not modes of the package."""
+    from lakehouse.invoker.core import ConnectionPool
+
+    with pytest.raises(ValueError, match="at least 1 dispatcher thread, got 0"):
+        InvokerServer(("127.0.0.1", 0), invoker, TOKEN, dispatch_workers=0)
+    with pytest.raises(ValueError, match="at least 1 connection, got 0"):
+        ConnectionPool("postgresql://unused", 0)
+
+
 def test_events_arriving_while_the_database_is_away_are_spooled_then_stored(pg, airflow, bucket: str, ledger_rows,
                                                                              tmp_path: Path) -> None:
     """SeaweedFS's webhook does not retry a 503: while Postgres is unreachable the event is kept
@@ -214,8 +236,10 @@ def test_events_arriving_while_the_database_is_away_are_spooled_then_stored(pg, 
 
         invoker.pool = ConnectionPool(pg.metadata_dsn, 2)  # the database answers again
         invoker.metadata_dsn = pg.metadata_dsn
-        wait_until(lambda: [r["status"] for r in ledger_rows()] == ["triggered", "triggered"], "spool drained")
-        assert spool.pending() == [] and len(airflow.runs) == 2
+        # the spool empties only after its last event (the duplicate) is stored: both must hold
+        wait_until(lambda: spool.pending() == [] and [r["status"] for r in ledger_rows()] == ["triggered", "triggered"],
+                   "spool drained")
+        assert len(airflow.runs) == 2
         assert sorted(r["deliveries"] for r in ledger_rows()) == [1, 2]
     finally:
         srv.stop()
