@@ -213,6 +213,13 @@ def _cmd_flow_export(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_flow_schema(args: argparse.Namespace) -> int:
+    from lakehouse.metadata.flow_model import flow_document_json_schema
+
+    print(json.dumps(flow_document_json_schema(), indent=2))
+    return 0
+
+
 def _cmd_runs(args: argparse.Namespace) -> int:
     from lakehouse.metadata.trace import format_runs, list_task_runs, to_json
 
@@ -247,6 +254,13 @@ def _cmd_docs_config(args: argparse.Namespace) -> int:
     from lakehouse.config import settings_reference_markdown
 
     sys.stdout.write(settings_reference_markdown())
+    return 0
+
+
+def _cmd_docs_templates(args: argparse.Namespace) -> int:
+    from lakehouse.metadata.catalogue import templates_reference_markdown
+
+    sys.stdout.write(templates_reference_markdown())
     return 0
 
 
@@ -292,6 +306,8 @@ def build_parser() -> argparse.ArgumentParser:
     export = flow.add_parser("export", help="print a stored flow as YAML (apply accepts it unchanged)")
     export.add_argument("flow_id")
     export.set_defaults(func=_cmd_flow_export)
+    flow.add_parser("schema", help="print the flow document's JSON Schema (for editors and CI)").set_defaults(
+        func=_cmd_flow_schema)
     for parent, name in ((flow, "validate"), (sub, "validate")):  # `lakehouse validate`: the short form
         val = parent.add_parser(name, help="check stored flows (paused ones too) as the DAG factory does")
         val.add_argument("flow_id", nargs="?")
@@ -310,6 +326,8 @@ def build_parser() -> argparse.ArgumentParser:
     docs = sub.add_parser("docs", help="generated reference pages").add_subparsers(dest="docs_command", required=True)
     docs.add_parser("config", help="the settings reference (docs/configuration.md)").set_defaults(
         func=_cmd_docs_config)
+    docs.add_parser("templates", help="the templates reference (docs/templates.md)").set_defaults(
+        func=_cmd_docs_templates)
     return parser
 
 

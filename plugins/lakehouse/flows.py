@@ -10,29 +10,36 @@ from __future__ import annotations
 import fnmatch
 import json
 import re
-from collections.abc import Iterable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal, get_args
+
+from pydantic import BaseModel, ConfigDict, Field, RootModel, ValidationError, model_validator
 
 from lakehouse.secrets import literal_secret_problems
 
 __all__ = [
-    "ParameterSpec",
-    "Template",
-    "FlowTask",
-    "Flow",
-    "Catalogue",
-    "FlowProblem",
-    "FileRef",
-    "RunContext",
-    "validate_flow",
-    "validate_catalogue",
-    "render_arguments",
-    "PLACEHOLDER_NAMES",
     "INVALID_FLOW_TAG",
+    "PLACEHOLDER_NAMES",
+    "RESERVED_ARGUMENTS",
+    "Catalogue",
+    "FileRef",
+    "Flow",
+    "FlowProblem",
+    "FlowTask",
+    "ParameterSpec",
+    "ParameterSpecEntry",
+    "ParameterSpecList",
+    "RunContext",
+    "Template",
+    "parameter_spec_problems",
+    "render_arguments",
+    "validate_catalogue",
+    "validate_flow",
 ]
 
-PARAMETER_TYPES = ("str", "int", "float", "bool", "json", "list")
+ParameterType = Literal["str", "int", "float", "bool", "json", "list"]
+PARAMETER_TYPES: tuple[str, ...] = get_args(ParameterType)
 PLACEHOLDER_NAMES = (
     "files.uri",
     "file.uri",
@@ -68,20 +75,94 @@ class ParameterSpec:
     item_choices: tuple[Any, ...] | None = None
 
     @classmethod
-    def from_row(cls, row: Mapping[str, Any]) -> "ParameterSpec":
-        choices = row.get("choices")
-        items = row.get("item_choices")
-        return cls(
-            name=str(row["name"]),
-            type=str(row.get("type", "str")),
-            required=bool(row.get("required", False)),
-            default=row.get("default"),
-            choices=tuple(choices) if choices is not None else None,
-            description=str(row.get("description", "")),
-            requires=tuple((str(k), tuple(v) if v is not None else None) for k, v in (row.get("requires") or {}).items()),
-            excludes=tuple(str(x) for x in row.get("excludes") or ()),
-            item_choices=tuple(items) if items is not None else None,
+    def from_row(cls, row: Mapping[str, Any]) -> ParameterSpec:
+        """One catalogue entry, checked by :class:`ParameterSpecEntry` (raises ValidationError)."""
+        return ParameterSpecEntry.model_validate(row).to_spec()
+
+
+class ParameterSpecEntry(BaseModel):
+    """One entry of a template's ``parameter_spec``: the catalogue's JSON, declared once.
+
+    The same model reads the rows, checks the catalogue in the tests and renders docs/templates.md;
+    :class:`ParameterSpec` is the hashable value the flow checks use. Strict, so a typo in the
+    catalogue (``"required": "yes"``, an unknown key) fails where it was written, not in a run.
+    """
+
+    model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
+
+    name: str = Field(pattern=r"^[A-Za-z_][A-Za-z0-9_-]*$", description="the job's argument: --name")
+    type: ParameterType = Field(default="str", description="how the value is checked and passed to the job")
+    required: bool = Field(default=False, description="a task must give it")
+    default: Any = Field(default=None, description="passed to the job when a task does not give it (placeholders too)")
+    choices: list[Any] | None = Field(default=None, description="the only values allowed")
+    description: str = Field(default="", description="what it means, for the templates reference")
+    requires: dict[str, list[Any] | None] = Field(
+        default={}, description="other parameters it needs: name -> allowed values, or null for any given value")
+    excludes: list[str] = Field(default=[], description="parameters it cannot be given together with")
+    item_choices: list[Any] | None = Field(default=None, description="allowed items of a list, or values of an object")
+
+    @model_validator(mode="after")
+    def _default_fits(self) -> ParameterSpecEntry:
+        if self.required and self.default is not None:
+            raise ValueError("a required parameter's default would never be used")
+        if self.default is not None and (why := _check_value(self.to_spec(), self.default)) is not None:
+            raise ValueError(f"default {why}")
+        return self
+
+    def to_spec(self) -> ParameterSpec:
+        return ParameterSpec(
+            name=self.name,
+            type=self.type,
+            required=self.required,
+            default=self.default,
+            choices=tuple(self.choices) if self.choices is not None else None,
+            description=self.description,
+            requires=tuple((k, tuple(v) if v is not None else None) for k, v in self.requires.items()),
+            excludes=tuple(self.excludes),
+            item_choices=tuple(self.item_choices) if self.item_choices is not None else None,
         )
+
+
+class ParameterSpecList(RootModel[list[ParameterSpecEntry]]):
+    """A template's whole ``parameter_spec``: what no single entry shows (a name declared twice,
+    a rule naming a parameter the template does not have)."""
+
+    model_config = ConfigDict(strict=True)
+
+    @model_validator(mode="after")
+    def _names_resolve(self) -> ParameterSpecList:
+        names = [entry.name for entry in self.root]
+        problems = [f"{name!r} is declared twice" for name in sorted({n for n in names if names.count(n) > 1})]
+        for entry in self.root:
+            for other in [*entry.requires, *entry.excludes]:
+                if other not in names:
+                    problems.append(f"{entry.name!r} names an undeclared parameter {other!r}")
+        if problems:
+            raise ValueError("; ".join(problems))
+        return self
+
+
+def parameter_spec_problems(exc: ValidationError, entries: Any) -> list[str]:
+    """One line per problem of a ``parameter_spec``, naming the entry by its name where it has one."""
+    lines = []
+    for error in exc.errors(include_url=False):
+        where = "parameter_spec"
+        for part in error["loc"]:
+            if isinstance(part, int):
+                entry = entries[part] if isinstance(entries, list) and part < len(entries) else None
+                name = entry.get("name") if isinstance(entry, Mapping) else None
+                where += f"[{name if isinstance(name, str) else part}]"
+            else:
+                where += f".{part}"
+        if error["type"] == "extra_forbidden":
+            lines.append(f"{where}: unknown key (known: {', '.join(ParameterSpecEntry.model_fields)})")
+        elif error["type"] == "missing":
+            lines.append(f"{where}: required")
+        elif error["type"] == "value_error":
+            lines.append(f"{where}: {error['ctx']['error']}")
+        else:
+            lines.append(f"{where}: {error['msg']}, got {error['input']!r}")
+    return lines
 
 
 @dataclass(frozen=True)
@@ -91,15 +172,25 @@ class Template:
     version: int = 1
     description: str = ""
     parameters: tuple[ParameterSpec, ...] = ()
+    #: why the row's parameter_spec is unusable, or None; the flows using it are invalid, the rest
+    #: still load (a parse never fails for one bad row)
+    problem: str | None = None
 
     @classmethod
-    def from_row(cls, row: Mapping[str, Any]) -> "Template":
+    def from_row(cls, row: Mapping[str, Any]) -> Template:
+        entries = row.get("parameter_spec") or []
+        try:
+            parameters = tuple(e.to_spec() for e in ParameterSpecList.model_validate(entries).root)
+            problem = None
+        except ValidationError as exc:
+            parameters, problem = (), "; ".join(parameter_spec_problems(exc, entries))
         return cls(
             template_id=row["template_id"],
             script_location=row["script_location"],
             version=int(row.get("version") or 1),
             description=row.get("description") or "",
-            parameters=tuple(ParameterSpec.from_row(p) for p in row.get("parameter_spec") or ()),
+            parameters=parameters,
+            problem=problem,
         )
 
     def spec(self, name: str) -> ParameterSpec | None:
@@ -121,7 +212,7 @@ class FlowTask:
     template_version: int | None = None  # a pinned template version; None: the current one
 
     @classmethod
-    def from_row(cls, row: Mapping[str, Any]) -> "FlowTask":
+    def from_row(cls, row: Mapping[str, Any]) -> FlowTask:
         upstream = row.get("upstream")
         return cls(
             flow_id=row["flow_id"],
@@ -162,7 +253,7 @@ class Flow:
     batch_window_seconds: int = 0  # how long a batch waits after its first file for more
 
     @classmethod
-    def from_row(cls, row: Mapping[str, Any]) -> "Flow":
+    def from_row(cls, row: Mapping[str, Any]) -> Flow:
         tasks = tuple(FlowTask.from_row(t) for t in row.get("tasks") or ())
         return cls(
             flow_id=row["flow_id"],
@@ -215,7 +306,7 @@ class Catalogue:
     templates: Mapping[str, Template]
 
     @classmethod
-    def from_document(cls, document: Mapping[str, Any]) -> "Catalogue":
+    def from_document(cls, document: Mapping[str, Any]) -> Catalogue:
         # current versions by id, and every recorded version as "id@version" for pinned tasks
         templates = {t["template_id"]: Template.from_row(t) for t in document.get("templates") or ()}
         for t in document.get("template_versions") or ():
@@ -367,6 +458,10 @@ def validate_flow(flow: Flow, templates: Mapping[str, Template]) -> list[FlowPro
                     f"{task.template_version} (current: {templates[task.template_id].version})")
             else:
                 add(f"{row}.template_id", f"unknown template {task.template_id!r}")
+            continue
+        if template.problem is not None:
+            add(f"{row}.template_id", f"template {template.template_id!r} has an invalid parameter_spec: "
+                f"{template.problem}")
             continue
         for name, value in task.parameters.items():
             where = f"{row}.parameters.{name}"

@@ -5,43 +5,32 @@ file is a convenient way to write and review them in git. ``apply`` checks the d
 the DAG factory will, against the templates in the database, and writes the flow and all of its
 tasks in one transaction, so Airflow never parses half a flow.
 
-Document shape (every key but ``flow_id`` and ``tasks`` optional; defaults as in the tables)::
+The document's shape, defaults and meaning are declared once, by
+:class:`lakehouse.metadata.flow_model.FlowDocument` (``lakehouse flow schema`` prints its JSON
+Schema); an example::
 
     flow_id: invoices
-    dag_id: invoices
     description: Customer invoice files -> daily expenses
-    schedule: null                 # cron or preset; null: file-triggered only
-    trigger: {bucket: landing, key_pattern: "invoices/*.txt", syntax: glob}
+    trigger: {bucket: landing, key_pattern: "invoices/*.txt"}
     owner: finance-data
-    alert_target: null             # e-mail, https:// webhook or arn:aws:sns:...
-    tags: [invoices]
-    max_active_runs: 16
-    max_files_per_run: 1           # above 1: pending files are gathered into one run (micro-batch)
-    batch_window_seconds: 0        # with batching: how long a batch waits after its first file
-    active: true
     tasks:
       - task_id: landing_to_raw
         template: landing_to_raw
-        template_version: 1        # omitted: always the template's current version
-        upstream: []               # omitted: the previous task in the list
-        retries: 0
-        retry_delay_seconds: 60
-        timeout_seconds: null
-        pool: null
+        retries: 2
         parameters: {dataset: invoices, format: regex, ...}
 """
 
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeVar
 
 import psycopg2
 
 from lakehouse.flows import Catalogue, Flow, FlowProblem, validate_catalogue, validate_flow
+from lakehouse.metadata.flow_model import FlowDocument, FlowDocumentError, parse_flow_document
 
 __all__ = [
     "FlowDocumentError",
@@ -54,121 +43,15 @@ __all__ = [
 ]
 
 _T = TypeVar("_T")
-_FLOW_KEYS = {"flow_id", "dag_id", "description", "schedule", "trigger", "owner", "alert_target", "tags",
-              "max_active_runs", "max_files_per_run", "batch_window_seconds", "active", "tasks"}
-_TRIGGER_KEYS = {"bucket", "key_pattern", "syntax", "multi_match"}
-_TASK_KEYS = {"task_id", "template", "template_version", "upstream", "retries", "retry_delay_seconds", "timeout_seconds", "pool",
-              "parameters"}
 
 
-class FlowDocumentError(ValueError):
-    """A flow document that cannot be applied; ``problems`` names every field."""
-
-    def __init__(self, source: str, problems: list[str]) -> None:
-        super().__init__(f"{source}: " + "; ".join(problems))
-        self.source = source
-        self.problems = problems
-
-
-@dataclass(frozen=True)
-class _Rows:
-    flow: dict[str, Any]
-    tasks: list[dict[str, Any]]
-
-
-def _expect(problems: list[str], where: str, value: Any, kind: type, what: str) -> None:
-    """None means "use the default"; YAML's true/false must not pass for a number."""
-    if value is None or (isinstance(value, kind) and (kind is bool or not isinstance(value, bool))):
-        return
-    problems.append(f"{where}: expected {what}, got {type(value).__name__} {value!r}")
-
-
-def _to_rows(document: Any, source: str) -> _Rows:
-    """The flows / flow_tasks rows of a document, or every structural problem at once."""
-    problems: list[str] = []
-    if not isinstance(document, Mapping):
-        raise FlowDocumentError(source, [f"expected a mapping at the top, got {type(document).__name__}"])
-    for key in sorted(set(document) - _FLOW_KEYS):
-        problems.append(f"{key}: unknown key (known: {', '.join(sorted(_FLOW_KEYS))})")
-    flow_id = document.get("flow_id")
-    if not isinstance(flow_id, str) or not flow_id:
-        problems.append("flow_id: required, a name like 'orders_daily'")
-    trigger = document.get("trigger") or {}
-    if not isinstance(trigger, Mapping):
-        problems.append(f"trigger: expected a mapping with bucket and key_pattern, got {trigger!r}")
-        trigger = {}
-    for key in sorted(set(trigger) - _TRIGGER_KEYS):
-        problems.append(f"trigger.{key}: unknown key (known: {', '.join(sorted(_TRIGGER_KEYS))})")
-    if bool(trigger.get("bucket")) != bool(trigger.get("key_pattern")):
-        problems.append("trigger: bucket and key_pattern go together")
-    for key, kinds, what in (("dag_id", str, "a string"), ("description", str, "a string"),
-                             ("schedule", str, "a cron expression or preset"), ("owner", str, "a string"),
-                             ("alert_target", str, "a string"), ("tags", list, "a list of strings"),
-                             ("max_active_runs", int, "an integer"), ("max_files_per_run", int, "an integer"),
-                             ("batch_window_seconds", int, "an integer"), ("active", bool, "true or false")):
-        _expect(problems, key, document.get(key), kinds, what)
-    _expect(problems, "trigger.multi_match", trigger.get("multi_match"), bool, "true or false")
-    flow = {
-        "flow_id": flow_id,
-        "dag_id": document.get("dag_id"),
-        "description": document.get("description") or "",
-        "schedule": document.get("schedule"),
-        "trigger_bucket": trigger.get("bucket"),
-        "trigger_key_pattern": trigger.get("key_pattern"),
-        "trigger_pattern_syntax": trigger.get("syntax") or "glob",
-        "owner": document.get("owner") or "lakehouse",
-        "alert_target": document.get("alert_target"),
-        "tags": list(document.get("tags") or []),
-        "max_active_runs": document.get("max_active_runs") or 16,
-        "max_files_per_run": document.get("max_files_per_run") or 1,
-        "batch_window_seconds": document.get("batch_window_seconds") or 0,
-        "is_active": document.get("active", True),
-    }
-    if trigger.get("multi_match") is not None:
-        flow["trigger_multi_match"] = trigger["multi_match"]
-    raw_tasks = document.get("tasks")
-    tasks: list[dict[str, Any]] = []
-    if not isinstance(raw_tasks, list) or not raw_tasks:
-        problems.append("tasks: required, a non-empty list")
-        raw_tasks = []
-    for index, raw in enumerate(raw_tasks):
-        where = f"tasks[{index}]"
-        if not isinstance(raw, Mapping):
-            problems.append(f"{where}: expected a mapping, got {raw!r}")
-            continue
-        where = f"tasks[{raw.get('task_id', index)}]"
-        for key in sorted(set(raw) - _TASK_KEYS):
-            problems.append(f"{where}.{key}: unknown key (known: {', '.join(sorted(_TASK_KEYS))})")
-        for key in ("task_id", "template"):
-            if not isinstance(raw.get(key), str) or not raw.get(key):
-                problems.append(f"{where}.{key}: required, a string")
-        for key, kinds, what in (("upstream", list, "a list of task ids"), ("retries", int, "an integer"),
-                                 ("template_version", int, "a template version number"),
-                                 ("retry_delay_seconds", int, "an integer"), ("timeout_seconds", int, "an integer"),
-                                 ("pool", str, "a pool name"), ("parameters", dict, "a mapping")):
-            _expect(problems, f"{where}.{key}", raw.get(key), kinds, what)
-        tasks.append({
-            "flow_id": flow_id,
-            "task_id": raw.get("task_id"),
-            "task_order": index + 1,
-            "template_id": raw.get("template"),
-            "template_version": raw.get("template_version"),
-            "upstream": raw.get("upstream"),
-            "parameters": dict(raw.get("parameters") or {}),
-            "retries": raw.get("retries") or 0,
-            "retry_delay_seconds": raw.get("retry_delay_seconds", 60),
-            "timeout_seconds": raw.get("timeout_seconds"),
-            "pool": raw.get("pool"),
-        })
-    if problems:
-        raise FlowDocumentError(source, problems)
-    return _Rows(flow, tasks)
+def _flow(document: FlowDocument) -> Flow:
+    return Flow.from_row({**document.flow_row(), "tasks": document.task_rows()})
 
 
 def flow_from_document(document: Any, source: str = "<document>") -> Flow:
     """The typed flow a document describes (structure checked; templates not yet)."""
-    rows = _to_rows(document, source)
-    return Flow.from_row({**rows.flow, "tasks": rows.tasks})
+    return _flow(parse_flow_document(document, source))
 
 
 def read_flow_document(path: Path) -> Any:
@@ -218,25 +101,26 @@ def _stored_with(cur: Any, flow_id: str | None) -> dict[str, Any]:
 
 def apply_flow_document(dsn: str, document: Any, source: str = "<document>") -> Flow:
     """Validate against the stored templates, then replace the flow's rows in one transaction."""
-    rows = _to_rows(document, source)
-    flow = Flow.from_row({**rows.flow, "tasks": rows.tasks})
+    parsed = parse_flow_document(document, source)
+    flow = _flow(parsed)
     catalogue = Catalogue.from_document(_stored(dsn, flow.flow_id))
     problems = validate_flow(flow, catalogue.templates)
     if problems:
         raise FlowDocumentError(source, [str(p) for p in problems])
-    columns = list(rows.flow)
+    row = parsed.flow_row()
+    columns = list(row)
     updates = ", ".join(f"{c} = EXCLUDED.{c}" for c in columns if c != "flow_id")
     conn = psycopg2.connect(dsn)
     try:
         with conn, conn.cursor() as cur:
-            # column names come from the fixed key set above, never from the document
+            # column names come from FlowDocument.flow_row's fixed keys, never from the document
             cur.execute(
                 f"INSERT INTO lakehouse.flows ({', '.join(columns)}) VALUES ({', '.join(['%s'] * len(columns))}) "
                 f"ON CONFLICT (flow_id) DO UPDATE SET {updates}, updated_at = now()",
-                [rows.flow[c] for c in columns],
+                [row[c] for c in columns],
             )
             cur.execute("DELETE FROM lakehouse.flow_tasks WHERE flow_id = %s", (flow.flow_id,))
-            for task in rows.tasks:
+            for task in parsed.task_rows():
                 cur.execute(
                     """INSERT INTO lakehouse.flow_tasks (flow_id, task_id, task_order, template_id, template_version,
                            upstream, parameters, retries, retry_delay_seconds, timeout_seconds, pool)
@@ -258,40 +142,7 @@ def export_flow_document(dsn: str, flow_id: str) -> str:
     if not document["flows"]:
         raise LookupError(f"no flow {flow_id!r} in lakehouse.flows")
     row = document["flows"][0]
-    trigger: dict[str, Any] = {}
-    if row.get("trigger_bucket"):
-        trigger = {"bucket": row["trigger_bucket"], "key_pattern": row["trigger_key_pattern"],
-                   "syntax": row.get("trigger_pattern_syntax") or "glob"}
-        if row.get("trigger_multi_match") is False:
-            trigger["multi_match"] = False
-    out: dict[str, Any] = {"flow_id": row["flow_id"]}
-    if row.get("dag_id") and row["dag_id"] != row["flow_id"]:
-        out["dag_id"] = row["dag_id"]
-    out.update({
-        "description": row.get("description") or "",
-        "schedule": row.get("schedule"),
-        **({"trigger": trigger} if trigger else {}),
-        "owner": row.get("owner"),
-        "alert_target": row.get("alert_target"),
-        "tags": list(row.get("tags") or []),
-        "max_active_runs": row.get("max_active_runs"),
-        **({"max_files_per_run": row["max_files_per_run"]} if (row.get("max_files_per_run") or 1) != 1 else {}),
-        **({"batch_window_seconds": row["batch_window_seconds"]} if row.get("batch_window_seconds") else {}),
-        "active": row.get("is_active", True),
-    })
-    tasks = []
-    for t in row["tasks"]:
-        task: dict[str, Any] = {"task_id": t["task_id"], "template": t["template_id"]}
-        if t.get("template_version") is not None:
-            task["template_version"] = t["template_version"]
-        if t.get("upstream") is not None:  # NULL (the previous task) stays implicit
-            task["upstream"] = list(t["upstream"])
-        for key, default in (("retries", 0), ("retry_delay_seconds", 60), ("timeout_seconds", None), ("pool", None)):
-            if t.get(key) != default:
-                task[key] = t.get(key)
-        task["parameters"] = t.get("parameters") or {}
-        tasks.append(task)
-    out["tasks"] = tasks
+    out = FlowDocument.from_rows(row, row["tasks"]).to_document()
     import yaml
 
     return yaml.safe_dump(out, sort_keys=False, allow_unicode=True, width=120)

@@ -112,10 +112,44 @@ def test_structural_problems_name_the_field(clean: Settings) -> None:
     assert raised.value.problems == [
         "trigger: bucket and key_pattern go together",
         "max_active_runs: expected an integer, got bool True",
+        "tasks[a].retries: expected an integer, got str '3'",
         "tasks[a].colour: unknown key (known: parameters, pool, retries, retry_delay_seconds, task_id, "
         "template, template_version, timeout_seconds, upstream)",
-        "tasks[a].retries: expected an integer, got str '3'",
     ]
+    document = {"flow_id": "doc_bad", "trigger": {"bucket": "landing", "key_pattern": "x/*", "syntax": "re"},
+                "tasks": [{"task_id": "a", "template": "stage_to_presentation"}, {"template": "x", "upstream": "a"},
+                          {"task_id": "a", "template": "stage_to_presentation"}]}
+    with pytest.raises(FlowDocumentError) as raised:
+        apply_flow_document(clean.metadata_dsn, document, "bad.yaml")
+    assert raised.value.problems == [
+        "trigger.syntax: expected 'glob' or 'regex', got str 're'",
+        "tasks[1].task_id: required (the task's name, unique in the flow)",
+        "tasks[1].upstream: expected a list, got str 'a'",
+    ]
+    del document["tasks"][1]
+    with pytest.raises(FlowDocumentError, match=r"tasks: task_id 'a' given to more than one task"):
+        apply_flow_document(clean.metadata_dsn, {**document, "trigger": None}, "bad.yaml")
+
+
+def test_trigger_options_and_batching_round_trip(clean: Settings) -> None:
+    document = {"flow_id": "doc_batched", "trigger": {"bucket": "landing", "key_pattern": "b/.*\\.csv",
+                                                      "syntax": "regex", "multi_match": False},
+                "max_files_per_run": 50, "batch_window_seconds": 30, "active": False,
+                "tasks": [{"task_id": "a", "template": "stage_to_presentation", "upstream": [],
+                           "parameters": {"sql": "select 1", "target_table": "p.t"}}]}
+    apply_flow_document(clean.metadata_dsn, document)
+    exported = yaml.safe_load(export_flow_document(clean.metadata_dsn, "doc_batched"))
+    assert exported["trigger"] == document["trigger"]
+    assert (exported["max_files_per_run"], exported["batch_window_seconds"], exported["active"]) == (50, 30, False)
+    assert exported["tasks"] == document["tasks"]
+    with psycopg2.connect(clean.metadata_dsn) as conn, conn.cursor() as cur:
+        cur.execute("SELECT trigger_multi_match, trigger_pattern_syntax FROM lakehouse.flows "
+                    "WHERE flow_id = 'doc_batched'")
+        assert cur.fetchone() == (False, "regex")
+        cur.execute("DELETE FROM lakehouse.flow_tasks WHERE flow_id = 'doc_batched'")
+    conn.close()
+    with pytest.raises(FlowDocumentError, match=r"lakehouse.flows\[doc_batched\]: tasks: expected a non-empty list"):
+        export_flow_document(clean.metadata_dsn, "doc_batched")
 
 
 def test_a_refused_row_rolls_back_the_whole_flow(clean: Settings) -> None:
