@@ -19,7 +19,6 @@ from typing import Any
 __all__ = [
     "SECRET_PARAMETER",
     "literal_secret_problems",
-    "resolve_connection_secret",
     "secret_values",
     "redact",
 ]
@@ -56,29 +55,6 @@ def literal_secret_problems(parameters: Mapping[str, Any]) -> list[tuple[str, st
     for name, value in parameters.items():
         walk(name, value)
     return found
-
-
-def resolve_connection_secret(secret_id: str) -> dict[str, Any]:
-    """The Airflow connection ``secret_id`` in the RDS/Redshift secret shape the jobs read.
-
-    Raises Airflow's ``AirflowNotFoundException`` naming the id when no backend knows it.
-    """
-    from airflow.sdk import Connection
-    from airflow.sdk.log import mask_secret
-
-    conn = Connection.get(secret_id)
-    engine = "redshift" if conn.conn_type == "redshift" else "postgres"
-    secret: dict[str, Any] = {
-        "engine": engine,
-        "host": conn.host or "",
-        "port": conn.port or (5439 if engine == "redshift" else 5432),
-        "dbname": conn.schema or "",
-        "username": conn.login or "",
-        "password": conn.password or "",
-    }
-    if secret["password"]:
-        mask_secret(secret["password"])
-    return secret
 
 
 def secret_values(secrets: Iterable[Mapping[str, Any]]) -> list[str]:

@@ -5,7 +5,8 @@ from __future__ import annotations
 import pytest
 
 from lakehouse.flows import Flow, FlowTask, ParameterSpec, Template, validate_flow
-from lakehouse.secrets import literal_secret_problems, redact, resolve_connection_secret, secret_values
+from lakehouse.hooks.airflow_connections import resolve_connection_secret
+from lakehouse.secrets import literal_secret_problems, redact, secret_values
 
 
 def test_credentials_in_parameters_are_refused_with_the_field() -> None:

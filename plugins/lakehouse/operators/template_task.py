@@ -27,7 +27,8 @@ from lakehouse.metadata.audit import close_unfinished_task_run, finish_task_run,
 from lakehouse.notifications import TaskFailure, notify_failure
 from lakehouse.runners import JobFailedError, JobRequest, JobResult, get_runner
 from lakehouse.runners.base import DeferrableRunner, RunHandle, one_line
-from lakehouse.secrets import SECRET_PARAMETER, redact, resolve_connection_secret, secret_values
+from lakehouse.hooks.airflow_connections import resolve_connection_secret
+from lakehouse.secrets import SECRET_PARAMETER, redact, secret_values
 
 __all__ = ["TemplateTaskOperator", "run_context_from_airflow", "on_task_failure"]
 
