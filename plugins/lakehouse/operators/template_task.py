@@ -9,7 +9,7 @@ into the task log.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import quote
 
 from airflow.sdk import BaseOperator
@@ -29,6 +29,9 @@ from lakehouse.runners import JobFailedError, JobRequest, JobResult, get_runner
 from lakehouse.runners.base import DeferrableRunner, RunHandle, one_line
 from lakehouse.hooks.airflow_connections import resolve_connection_secret
 from lakehouse.secrets import SECRET_PARAMETER, redact, secret_values
+
+if TYPE_CHECKING:
+    from airflow.providers.openlineage.extractors import OperatorLineage
 
 __all__ = ["TemplateTaskOperator", "run_context_from_airflow", "on_task_failure"]
 
@@ -137,6 +140,10 @@ class TemplateTaskOperator(BaseOperator):
         #: the job in flight on a deferrable runner, for on_kill to stop
         self._runner: DeferrableRunner | None = None
         self._handle: RunHandle | None = None
+        #: what this try ran with and reported, for its OpenLineage events (see _lineage)
+        self._lineage_arguments: dict[str, str] | None = None
+        self._lineage_metrics: dict[str, Any] | None = None
+        self._lineage_secret: dict[str, Any] | None = None
 
     def _resolve_secrets(self, runner_name: str, arguments: dict[str, str]) -> dict[str, dict[str, Any]]:
         """Local runs get the Airflow connection named by ``secret_id``; Glue jobs read Secrets
@@ -146,6 +153,8 @@ class TemplateTaskOperator(BaseOperator):
             return {}
         secret = resolve_connection_secret(secret_id)
         self.secret_values = secret_values([secret])
+        # where the secret's database is (never its login) names the warehouse or source in lineage
+        self._lineage_secret = {k: secret.get(k) for k in ("engine", "host", "port", "dbname")}
         return {secret_id: secret}
 
     def execute(self, context: Any) -> dict[str, Any]:
@@ -166,6 +175,7 @@ class TemplateTaskOperator(BaseOperator):
         )
         try:
             arguments = render_arguments(self.flow_task, self.template, run)
+            self._lineage_arguments = arguments
             secrets = self._resolve_secrets(runner.name, arguments)
             self.log.info("running template %s with %s", self.template_id, arguments)
             request = JobRequest(
@@ -248,6 +258,7 @@ class TemplateTaskOperator(BaseOperator):
             else "failed"
         )
         summary, details = failure_texts(exc, self.flow_task.timeout_seconds)
+        self._lineage_metrics = failed.metrics if failed else None
         finish_task_run(
             settings.metadata_dsn, audit_id, status=status, metrics=failed.metrics if failed else None,
             error=redact(details, self.secret_values), error_summary=redact(summary, self.secret_values),
@@ -255,6 +266,7 @@ class TemplateTaskOperator(BaseOperator):
         )
 
     def _record_success(self, settings: Settings, audit_id: int, context: Any, result: JobResult) -> dict[str, Any]:
+        self._lineage_metrics = result.metrics
         run = run_context_from_airflow(self.flow_id, context)
         ti = context["ti"]
         rejected = [str(r) for r in result.metrics.get("rejected_files") or ()]
@@ -272,3 +284,39 @@ class TemplateTaskOperator(BaseOperator):
                 alert_target=self.alert_target, rejected_files=len(rejected)))
         self.log.info("template %s finished: %s", self.template_id, result.metrics)
         return result.metrics
+
+    # -- OpenLineage: the provider's listener calls these on the worker, after and around execute ----
+    def get_openlineage_facets_on_start(self) -> OperatorLineage:
+        """START: what the task is about to read and write, from its parameters rendered for this
+        run (the listener calls this before execute, inside the run's context)."""
+        from airflow.sdk import get_current_context
+
+        return self._lineage(get_current_context(), None, start=True)
+
+    def get_openlineage_facets_on_complete(self, task_instance: Any) -> OperatorLineage:
+        """COMPLETE: what the job reported it read and wrote (its metrics are the truth)."""
+        return self._lineage(task_instance.get_template_context(), self._lineage_metrics)
+
+    def get_openlineage_facets_on_failure(self, task_instance: Any) -> OperatorLineage:
+        """FAIL: what the try was about, with whatever its job reported before it failed."""
+        return self._lineage(task_instance.get_template_context(), self._lineage_metrics)
+
+    def _lineage(self, context: Any, metrics: dict[str, Any] | None, start: bool = False) -> OperatorLineage:
+        """The datasets of lakehouse.lineage for this try. The arguments are the ones execute ran
+        with, or rendered again where it did not run in this process (START, a resumed deferral).
+        Nothing here calls Airflow's API (the provider may run it in a forked child), so a local
+        run's secret is named once execute has read it, not at START."""
+        from airflow.providers.openlineage.extractors import OperatorLineage
+
+        from lakehouse.lineage import Database, Site, read_manifest_files, task_datasets
+
+        settings = load_settings()
+        arguments = self._lineage_arguments
+        if arguments is None:
+            arguments = render_arguments(self.flow_task, self.template, run_context_from_airflow(self.flow_id, context))
+        datasets = task_datasets(
+            self.template_id, arguments, metrics, site=Site.from_settings(settings),
+            secret=Database.from_secret(self._lineage_secret) if self._lineage_secret else None,
+            secret_pending=start and settings.runner == "local", manifest_files=read_manifest_files,
+        )
+        return OperatorLineage(inputs=list(datasets.inputs), outputs=list(datasets.outputs))

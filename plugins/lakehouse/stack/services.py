@@ -28,8 +28,8 @@ from lakehouse.stack import postgres
 from lakehouse.stack.jars import provision_jars
 from lakehouse.stack.processes import group_members, read_pid, service_running, start_group, stop_group
 
-__all__ = ["up", "down", "status", "stack_environment", "airflow_component_environment", "AIRFLOW_COMPONENTS",
-           "SERVICE_NAMES"]
+__all__ = ["up", "down", "status", "stack_environment", "airflow_component_environment", "lineage_environment",
+           "lineage_events_file", "AIRFLOW_COMPONENTS", "SERVICE_NAMES"]
 
 AIRFLOW_COMPONENTS = ("api-server", "scheduler", "dag-processor", "triggerer")
 SERVICE_NAMES = ("seaweedfs", "invoker", "spark-pool", *(f"airflow-{c}" for c in AIRFLOW_COMPONENTS))
@@ -106,6 +106,34 @@ def stack_environment(settings: Settings) -> dict[str, str]:
             "AIRFLOW__LOGGING__BASE_LOG_FOLDER": str(settings.airflow_home / "logs"),
         }
     )
+    for name, value in lineage_environment(settings, env).items():
+        env.setdefault(name, value)  # a user's own OpenLineage settings win
+    return env
+
+
+#: OpenLineage configured by the user (a transport, a config file or connection, the legacy URL):
+#: then the stack does not add its file transport.
+_OPENLINEAGE_CONFIGURED = ("AIRFLOW__OPENLINEAGE__TRANSPORT", "AIRFLOW__OPENLINEAGE__CONFIG_PATH",
+                           "AIRFLOW__OPENLINEAGE__CONFIG_CONN_ID", "OPENLINEAGE_URL", "OPENLINEAGE_CONFIG")
+
+
+def lineage_events_file(settings: Settings) -> Path:
+    """Where the stack's OpenLineage events go: one JSON event a line (docs/operations.md)."""
+    return settings.home / "lineage" / "events.jsonl"
+
+
+def lineage_environment(settings: Settings, environ: dict[str, str]) -> dict[str, str]:
+    """The OpenLineage provider's settings for every Airflow component: the namespace of the
+    stack's jobs, and a file transport appending to :func:`lineage_events_file` unless ``environ``
+    configures OpenLineage itself (e.g. an http transport to Marquez). The folder is made here:
+    the file transport opens the file, it does not create folders."""
+    env = {"AIRFLOW__OPENLINEAGE__NAMESPACE": "lakehouse"}
+    if any(environ.get(name) for name in _OPENLINEAGE_CONFIGURED) or any(
+            name.startswith("OPENLINEAGE__TRANSPORT") and value for name, value in environ.items()):
+        return env
+    events = lineage_events_file(settings)
+    events.parent.mkdir(parents=True, exist_ok=True)
+    env["AIRFLOW__OPENLINEAGE__TRANSPORT"] = json.dumps({"type": "file", "log_file_path": str(events), "append": True})
     return env
 
 
