@@ -31,7 +31,6 @@ import tempfile
 import threading
 import time
 import uuid
-from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -42,9 +41,17 @@ sys.path.insert(0, str(ROOT / "plugins"))
 sys.path.insert(0, str(ROOT / "bench"))
 
 BASE_PORT = 47120  # Postgres 47120, SeaweedFS 47121-47126 (not started), invoker 47127, Airflow 47128
-from cpu_time import cpu_seconds as process_cpu_seconds, stat_fields  # noqa: E402 - bench/cpu_time.py
-from invoker import (FLOW, configure_environment, pct, prepare_bench_stack,  # noqa: E402 - bench/invoker.py
-                     start_airflow_component, wait_airflow_healthy, wait_for_bench_dag)
+from cpu_time import cpu_seconds as process_cpu_seconds  # noqa: E402 - bench/cpu_time.py
+from cpu_time import stat_fields
+from invoker import (
+    FLOW,
+    configure_environment,
+    pct,
+    prepare_bench_stack,
+    start_airflow_component,
+    wait_airflow_healthy,
+    wait_for_bench_dag,
+)
 
 
 @dataclass(frozen=True)
@@ -58,13 +65,18 @@ class Variant:
 
 #: the variants: extra variables on top of what the stack's api-server gets
 #: (``services.stack_environment`` + ``services.airflow_component_environment``)
-_AIRFLOW_DEFAULT_POOL = {"AIRFLOW__DATABASE__SQL_ALCHEMY_POOL_SIZE": "5", "AIRFLOW__DATABASE__SQL_ALCHEMY_MAX_OVERFLOW": "10"}
+_AIRFLOW_DEFAULT_POOL = {
+    "AIRFLOW__DATABASE__SQL_ALCHEMY_POOL_SIZE": "5",
+    "AIRFLOW__DATABASE__SQL_ALCHEMY_MAX_OVERFLOW": "10",
+}
 _QUIET = {"AIRFLOW__LOGGING__LOGGING_LEVEL": "WARNING", "AIRFLOW__LOGGING__UVICORN_LOGGING_LEVEL": "WARNING"}
 _NO_PING = {"AIRFLOW__DATABASE__SQL_ALCHEMY_POOL_PRE_PING": "False"}
 VARIANTS: dict[str, Variant] = {
     "stack": Variant({}, description="the stack's api-server as services.py starts it"),
-    "before": Variant({"AIRFLOW__API__WORKERS": "1", **_AIRFLOW_DEFAULT_POOL},
-                      description="as the stack started it before: 1 worker, Airflow's default DB pool (5+10)"),
+    "before": Variant(
+        {"AIRFLOW__API__WORKERS": "1", **_AIRFLOW_DEFAULT_POOL},
+        description="as the stack started it before: 1 worker, Airflow's default DB pool (5+10)",
+    ),
     "no-keepalive": Variant({}, keep_alive=False, description="stack, a new TCP connection per POST"),
     "workers1": Variant({"AIRFLOW__API__WORKERS": "1"}, description="1 uvicorn worker"),
     "workers2": Variant({"AIRFLOW__API__WORKERS": "2"}, description="2 uvicorn workers"),
@@ -150,15 +162,17 @@ class TriggerBench:
 
     def warm_up(self) -> None:
         """A few triggers per worker first, so every worker has imported, connected and cached the DAG."""
-        workers = int(VARIANTS[self.api_variant or "stack"].env.get("AIRFLOW__API__WORKERS",
-                                                                    self.env["AIRFLOW__API__WORKERS"]))
+        workers = int(
+            VARIANTS[self.api_variant or "stack"].env.get("AIRFLOW__API__WORKERS", self.env["AIRFLOW__API__WORKERS"])
+        )
         self.fire(20 * workers, min(8, 4 * workers), keep_alive=True, tag="warmup")
 
     def client(self) -> Any:
         from lakehouse.hooks.airflow_api import AirflowApiClient
 
-        return AirflowApiClient(self.settings.airflow_url, self.settings.airflow_username,
-                                self.settings.airflow_password, timeout=60)
+        return AirflowApiClient(
+            self.settings.airflow_url, self.settings.airflow_username, self.settings.airflow_password, timeout=60
+        )
 
     def token(self) -> str:
         client = self.client()
@@ -183,8 +197,10 @@ class TriggerBench:
         try:
             with conn.cursor() as cur:
                 cur.execute("SELECT pg_stat_clear_snapshot()")
-                cur.execute("SELECT xact_commit, tup_inserted, tup_updated, tup_returned + tup_fetched "
-                            "FROM pg_stat_database WHERE datname = current_database()")
+                cur.execute(
+                    "SELECT xact_commit, tup_inserted, tup_updated, tup_returned + tup_fetched "
+                    "FROM pg_stat_database WHERE datname = current_database()"
+                )
                 row = cur.fetchone()
             return dict(zip(("commits", "inserted", "updated", "read"), (int(v) for v in row)))
         finally:
@@ -218,9 +234,18 @@ class TriggerBench:
         errors: dict[str, int] = {}
         lock = threading.Lock()
         local = threading.local()
-        conf = {"flow_id": FLOW, "file": {"bucket": "landing", "key": "bench/x.csv", "etag": "0" * 32,
-                                          "size": 10, "uri": "s3://landing/bench/x.csv"},
-                "event_time": None, "ledger_id": 1}
+        conf = {
+            "flow_id": FLOW,
+            "file": {
+                "bucket": "landing",
+                "key": "bench/x.csv",
+                "etag": "0" * 32,
+                "size": 10,
+                "uri": "s3://landing/bench/x.csv",
+            },
+            "event_time": None,
+            "ledger_id": 1,
+        }
 
         def post(i: int) -> None:
             body = {"dag_run_id": f"{prefix}__{i:06d}", "logical_date": None, "conf": conf}
@@ -232,8 +257,7 @@ class TriggerBench:
                         session = local.session = requests.Session()
                     response = session.post(url, json=body, headers=headers, timeout=120)
                 else:
-                    response = requests.post(url, json=body, headers=dict(headers, Connection="close"),
-                                             timeout=120)
+                    response = requests.post(url, json=body, headers=dict(headers, Connection="close"), timeout=120)
                 kind = "" if response.status_code in (200, 201) else f"HTTP {response.status_code}"
             except requests.RequestException as exc:
                 kind = type(exc).__name__
@@ -259,14 +283,17 @@ class TriggerBench:
         client_before = sum(os.times()[:2])
         db_before = self.db_counters()
         spy = self.start_profile(variant, concurrency, list(before["api-server"])) if profile else None
-        seconds, latencies, errors = self.fire(self.args.runs, concurrency, VARIANTS[variant].keep_alive,
-                                               f"{variant}_c{concurrency}")
+        seconds, latencies, errors = self.fire(
+            self.args.runs, concurrency, VARIANTS[variant].keep_alive, f"{variant}_c{concurrency}"
+        )
         if spy is not None:
             self.stop_profile(spy)
         # per process: CPU now minus CPU at the start (a process started meanwhile counts in full;
         # one that ended meanwhile is not counted)
-        cpu = {role: sum(cpu_seconds([pid]) - before[role].get(pid, 0.0) for pid in pids)
-               for role, pids in self.groups().items()}
+        cpu = {
+            role: sum(cpu_seconds([pid]) - before[role].get(pid, 0.0) for pid in pids)
+            for role, pids in self.groups().items()
+        }
         cpu["client"] = sum(os.times()[:2]) - client_before
         time.sleep(0.6)  # the statistics collector reports at most every 500 ms
         db = {k: v - db_before[k] for k, v in self.db_counters().items()}
@@ -281,10 +308,26 @@ class TriggerBench:
             stem = self.args.profile_dir / f"api-{variant}-c{concurrency}-{pid}"
             # --gil: only the thread holding the GIL, i.e. where the process's Python CPU goes
             # (threads waiting in psycopg2 for Postgres hold no GIL and are not sampled)
-            out.append(subprocess.Popen(
-                [self.args.py_spy, "record", "--pid", str(pid), "--rate", "250", "--nonblocking", "--gil",
-                 "--format", "speedscope", "--output", str(stem) + ".json"],
-                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
+            out.append(
+                subprocess.Popen(
+                    [
+                        self.args.py_spy,
+                        "record",
+                        "--pid",
+                        str(pid),
+                        "--rate",
+                        "250",
+                        "--nonblocking",
+                        "--gil",
+                        "--format",
+                        "speedscope",
+                        "--output",
+                        str(stem) + ".json",
+                    ],
+                    stdout=subprocess.DEVNULL,
+                    stderr=subprocess.DEVNULL,
+                )
+            )
         time.sleep(1.0)  # py-spy attaches
         return out
 
@@ -304,23 +347,32 @@ class TriggerBench:
 
 def report(trials: list[Trial], args: argparse.Namespace) -> None:
     print()
-    print(f"=== Airflow api-server run creation: {args.runs} trigger POSTs per trial, {os.cpu_count()} CPUs, "
-          f"scheduler {'running' if args.scheduler else 'not started'}, DAG {'paused' if args.paused else 'unpaused'}, "
-          f"load average {os.getloadavg()[0]:.1f} at the end ===")
+    print(
+        f"=== Airflow api-server run creation: {args.runs} trigger POSTs per trial, {os.cpu_count()} CPUs, "
+        f"scheduler {'running' if args.scheduler else 'not started'}, DAG {'paused' if args.paused else 'unpaused'}, "
+        f"load average {os.getloadavg()[0]:.1f} at the end ==="
+    )
     roles = ["api-server", "postgres", "dag-processor", "scheduler", "client"]
-    header = (f"{'variant':14} {'conc':>4} {'runs/s':>7} {'p50 ms':>7} {'p95 ms':>7} {'max ms':>7} "
-              + " ".join(f"{r[:9]:>9}" for r in roles) + "  load  errors")
+    header = (
+        f"{'variant':14} {'conc':>4} {'runs/s':>7} {'p50 ms':>7} {'p95 ms':>7} {'max ms':>7} "
+        + " ".join(f"{r[:9]:>9}" for r in roles)
+        + "  load  errors"
+    )
     print("CPU columns: CPU seconds per 100 runs")
     print(header)
     db_rows: list[str] = []
     for t in trials:
         ok = len(t.latencies)
-        db_rows.append(f"{t.variant:14} {t.concurrency:4d} " + " ".join(f"{v / max(1, ok):9.1f}" for v in t.db.values()))
+        db_rows.append(
+            f"{t.variant:14} {t.concurrency:4d} " + " ".join(f"{v / max(1, ok):9.1f}" for v in t.db.values())
+        )
         cpu = " ".join(f"{100 * t.cpu.get(r, 0.0) / max(1, ok):9.2f}" for r in roles)
         errors = ", ".join(f"{k}: {v}" for k, v in t.errors.items()) or "-"
-        print(f"{t.variant:14} {t.concurrency:4d} {ok / t.seconds:7.1f} {1000 * pct(t.latencies, .5):7.0f} "
-              f"{1000 * pct(t.latencies, .95):7.0f} {1000 * max(t.latencies, default=float('nan')):7.0f} {cpu}  "
-              f"{t.load:4.1f}  {errors}")
+        print(
+            f"{t.variant:14} {t.concurrency:4d} {ok / t.seconds:7.1f} {1000 * pct(t.latencies, 0.5):7.0f} "
+            f"{1000 * pct(t.latencies, 0.95):7.0f} {1000 * max(t.latencies, default=float('nan')):7.0f} {cpu}  "
+            f"{t.load:4.1f}  {errors}"
+        )
     print()
     print("Airflow's database per run created (pg_stat_database; includes the client's token request):")
     print(f"{'variant':14} {'conc':>4} " + " ".join(f"{k:>9}" for k in ("commits", "inserted", "updated", "read")))
@@ -341,9 +393,12 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--runs", type=int, default=1000, help="trigger POSTs per trial")
     parser.add_argument("--concurrency", default="8,16", help="comma-separated numbers of concurrent clients")
-    parser.add_argument("--variants", default="before,stack",
-                        help=f"comma-separated, from: {', '.join(VARIANTS)}; VARIANT:8+16 measures that "
-                             "variant at those concurrencies only")
+    parser.add_argument(
+        "--variants",
+        default="before,stack",
+        help=f"comma-separated, from: {', '.join(VARIANTS)}; VARIANT:8+16 measures that "
+        "variant at those concurrencies only",
+    )
     parser.add_argument("--rounds", type=int, default=1, help="times every (variant, concurrency) is measured")
     parser.add_argument("--scheduler", action="store_true", help="also run Airflow's scheduler meanwhile")
     parser.add_argument("--paused", action="store_true", help="pause the DAG before measuring")
@@ -371,8 +426,11 @@ def main() -> int:
     profiled: set[str] = set()
     left: list[str] = []
     try:
-        print(f"bench home {home}: starting Postgres, Airflow (api-server, dag-processor"
-              f"{', scheduler' if args.scheduler else ''}) ...", flush=True)
+        print(
+            f"bench home {home}: starting Postgres, Airflow (api-server, dag-processor"
+            f"{', scheduler' if args.scheduler else ''}) ...",
+            flush=True,
+        )
         bench.start()
         for round_number in range(args.rounds):
             for variant, variant_concurrencies in plan:
@@ -381,9 +439,12 @@ def main() -> int:
                     profiled.add(variant) if profile else None
                     trial = bench.trial(variant, concurrency, profile)
                     trials.append(trial)
-                    print(f"round {round_number + 1} {variant} c={concurrency}: "
-                          f"{len(trial.latencies) / trial.seconds:.1f} runs/s, p95 "
-                          f"{1000 * pct(trial.latencies, .95):.0f} ms, load {trial.load:.1f}", flush=True)
+                    print(
+                        f"round {round_number + 1} {variant} c={concurrency}: "
+                        f"{len(trial.latencies) / trial.seconds:.1f} runs/s, p95 "
+                        f"{1000 * pct(trial.latencies, 0.95):.0f} ms, load {trial.load:.1f}",
+                        flush=True,
+                    )
         completed = True
     finally:
         left = bench.stop_all()

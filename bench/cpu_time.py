@@ -19,7 +19,7 @@ def stat_fields(stat: Path) -> list[str] | None:
         text = stat.read_text()
     except OSError:
         return None
-    return text[text.rindex(")") + 2:].split()
+    return text[text.rindex(")") + 2 :].split()
 
 
 def cpu_ticks(fields: list[str], children: bool = False) -> int:

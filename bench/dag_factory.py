@@ -45,7 +45,7 @@ class QueryCounter:
         self.count = 0
 
     @contextmanager
-    def installed(self) -> Iterator["QueryCounter"]:
+    def installed(self) -> Iterator[QueryCounter]:
         import psycopg2
         import psycopg2.extensions
 
@@ -54,7 +54,8 @@ class QueryCounter:
 
         def counting(factory: type) -> type:
             if factory not in subclasses:
-                def execute(cur: Any, query: Any, vars: Any = None) -> Any:  # noqa: A002 - psycopg2's name
+
+                def execute(cur: Any, query: Any, vars: Any = None) -> Any:
                     counter.count += 1
                     return factory.execute(cur, query, vars)
 
@@ -84,19 +85,48 @@ def _task_rows(flow_id: str, tasks: int) -> list[tuple[str, str, int, list[str] 
     """ingest -> scd2 -> (present_1 .. present_k in parallel) -> load; ``tasks`` >= 4."""
     dataset = flow_id
     rows: list[tuple[str, str, int, list[str] | None, str, dict[str, Any]]] = [
-        ("ingest", "landing_to_raw", 1, [], flow_id,
-         {"dataset": dataset, "format": "csv", "schema": {"id": "string", "amount": "decimal(12,2)"}}),
-        ("history", "raw_to_stage_scd2", 2, ["ingest"], flow_id,
-         {"dataset": dataset, "target_table": f"stage.{dataset}", "keys": ["id"]}),
+        (
+            "ingest",
+            "landing_to_raw",
+            1,
+            [],
+            flow_id,
+            {"dataset": dataset, "format": "csv", "schema": {"id": "string", "amount": "decimal(12,2)"}},
+        ),
+        (
+            "history",
+            "raw_to_stage_scd2",
+            2,
+            ["ingest"],
+            flow_id,
+            {"dataset": dataset, "target_table": f"stage.{dataset}", "keys": ["id"]},
+        ),
     ]
     presents = [f"present_{i}" for i in range(1, tasks - 2)]
     for i, task_id in enumerate(presents, start=3):
-        rows.append((task_id, "stage_to_presentation", i, ["history"], flow_id,
-                     {"sql": f"SELECT id, amount FROM stage.{dataset} WHERE _is_current",
-                      "target_table": f"presentation.{dataset}_{task_id}"}))
-    rows.append(("load", "presentation_to_warehouse", tasks, presents, flow_id,
-                 {"source_table": f"presentation.{dataset}_present_1",
-                  "target_table": f"presentation.{dataset}"}))
+        rows.append(
+            (
+                task_id,
+                "stage_to_presentation",
+                i,
+                ["history"],
+                flow_id,
+                {
+                    "sql": f"SELECT id, amount FROM stage.{dataset} WHERE _is_current",
+                    "target_table": f"presentation.{dataset}_{task_id}",
+                },
+            )
+        )
+    rows.append(
+        (
+            "load",
+            "presentation_to_warehouse",
+            tasks,
+            presents,
+            flow_id,
+            {"source_table": f"presentation.{dataset}_present_1", "target_table": f"presentation.{dataset}"},
+        )
+    )
     return rows
 
 
@@ -115,10 +145,18 @@ def load_flows(dsn: str, flows: int, tasks: int) -> None:
     ]
     with psycopg2.connect(dsn) as conn, conn.cursor() as cur:
         cur.execute("DELETE FROM lakehouse.flows WHERE 'bench' = ANY(tags)")
-        execute_values(cur, "INSERT INTO lakehouse.flows (flow_id, dag_id, trigger_bucket, trigger_key_pattern, "
-                            "owner, tags) VALUES %s", flow_rows)
-        execute_values(cur, "INSERT INTO lakehouse.flow_tasks (flow_id, task_id, task_order, upstream, "
-                            "template_id, parameters) VALUES %s", task_rows, page_size=2000)
+        execute_values(
+            cur,
+            "INSERT INTO lakehouse.flows (flow_id, dag_id, trigger_bucket, trigger_key_pattern, owner, tags) VALUES %s",
+            flow_rows,
+        )
+        execute_values(
+            cur,
+            "INSERT INTO lakehouse.flow_tasks (flow_id, task_id, task_order, upstream, "
+            "template_id, parameters) VALUES %s",
+            task_rows,
+            page_size=2000,
+        )
     conn.close()
 
 
@@ -136,8 +174,10 @@ def baseline_catalogue(dsn: str) -> Any:
             flows = [dict(r) for r in cur.fetchall()]
             templates: dict[str, dict[str, Any]] = {}
             for flow in flows:
-                cur.execute("SELECT * FROM lakehouse.flow_tasks WHERE flow_id = %s ORDER BY task_order, task_id",
-                            (flow["flow_id"],))
+                cur.execute(
+                    "SELECT * FROM lakehouse.flow_tasks WHERE flow_id = %s ORDER BY task_order, task_id",
+                    (flow["flow_id"],),
+                )
                 flow["tasks"] = [dict(r) for r in cur.fetchall()]
                 for task in flow["tasks"]:
                     cur.execute("SELECT * FROM lakehouse.templates WHERE template_id = %s", (task["template_id"],))
@@ -157,8 +197,13 @@ def measure(name: str, repeat: int, parse: Callable[[], int]) -> dict[str, Any]:
             start = time.perf_counter()
             dags = parse()
             times.append(time.perf_counter() - start)
-    return {"name": name, "median_s": statistics.median(times), "best_s": min(times),
-            "queries_per_parse": counter.count / repeat, "dags": dags}
+    return {
+        "name": name,
+        "median_s": statistics.median(times),
+        "best_s": min(times),
+        "queries_per_parse": counter.count / repeat,
+        "dags": dags,
+    }
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -173,8 +218,14 @@ def main(argv: list[str] | None = None) -> int:
 
     home = Path(tempfile.mkdtemp(prefix="lakehouse-bench-dags-"))
     home.chmod(0o755)
-    os.environ.update({"LAKEHOUSE_HOME": str(home), "LAKEHOUSE_PG_PORT": str(args.port),
-                       "AIRFLOW_HOME": str(home / "airflow"), "AIRFLOW__CORE__LOAD_EXAMPLES": "False"})
+    os.environ.update(
+        {
+            "LAKEHOUSE_HOME": str(home),
+            "LAKEHOUSE_PG_PORT": str(args.port),
+            "AIRFLOW_HOME": str(home / "airflow"),
+            "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
+        }
+    )
     from lakehouse.config import load_settings
     from lakehouse.metadata.migrations import migrate
     from lakehouse.stack import postgres
@@ -192,16 +243,24 @@ def main(argv: list[str] | None = None) -> int:
 
         shutil.rmtree(home, ignore_errors=True)
 
-    print(f"\nDAG factory, {args.flows} flows x {args.tasks} tasks, {args.repeat} parses each "
-          f"(python {sys.version.split()[0]}, {os.cpu_count()} cpus, load average {os.getloadavg()[0]:.1f})")
+    print(
+        f"\nDAG factory, {args.flows} flows x {args.tasks} tasks, {args.repeat} parses each "
+        f"(python {sys.version.split()[0]}, {os.cpu_count()} cpus, load average {os.getloadavg()[0]:.1f})"
+    )
     print(f"{'reader':<34} {'median s':>9} {'best s':>8} {'queries':>8} {'DAGs':>6}")
     for r in results:
-        print(f"{r['name']:<34} {r['median_s']:>9.3f} {r['best_s']:>8.3f} {r['queries_per_parse']:>8.0f} {r['dags']:>6}")
+        print(
+            f"{r['name']:<34} {r['median_s']:>9.3f} {r['best_s']:>8.3f} {r['queries_per_parse']:>8.0f} {r['dags']:>6}"
+        )
     full, single, base = results[0], results[1], results[2]
-    print(f"\nlakehouse vs baseline: {base['median_s'] / full['median_s']:.1f}x faster, "
-          f"{full['queries_per_parse']:.0f} vs {base['queries_per_parse']:.0f} queries per parse")
-    print(f"goals: full parse < 3 s: {'met' if full['median_s'] < 3 else 'MISSED'}; "
-          f"task-run parse < 0.2 s: {'met' if single['median_s'] < 0.2 else 'MISSED'}")
+    print(
+        f"\nlakehouse vs baseline: {base['median_s'] / full['median_s']:.1f}x faster, "
+        f"{full['queries_per_parse']:.0f} vs {base['queries_per_parse']:.0f} queries per parse"
+    )
+    print(
+        f"goals: full parse < 3 s: {'met' if full['median_s'] < 3 else 'MISSED'}; "
+        f"task-run parse < 0.2 s: {'met' if single['median_s'] < 0.2 else 'MISSED'}"
+    )
     return 0
 
 

@@ -65,26 +65,41 @@ def _sql(dsn: str, statements: list[tuple[str, tuple[Any, ...]]]) -> None:
 
 
 def install_healthy(dsn: str) -> None:
-    _sql(dsn, [
-        ("DELETE FROM lakehouse.flows WHERE flow_id = %s", (HEALTHY,)),
-        # its runs never finish (their task waits in a pool without slots): no cap on how many are active
-        ("INSERT INTO lakehouse.flows (flow_id, trigger_bucket, trigger_key_pattern, max_active_runs) "
-         "VALUES (%s, 'landing', 'iso/*', 100000)", (HEALTHY,)),
-        ("INSERT INTO lakehouse.flow_tasks (flow_id, task_id, task_order, template_id, parameters, pool) "
-         "VALUES (%s, 'a', 1, 'stage_to_presentation', %s, %s)", (HEALTHY, json.dumps(_PRESENT), POOL)),
-    ])
+    _sql(
+        dsn,
+        [
+            ("DELETE FROM lakehouse.flows WHERE flow_id = %s", (HEALTHY,)),
+            # its runs never finish (their task waits in a pool without slots): no cap on how many are active
+            (
+                "INSERT INTO lakehouse.flows (flow_id, trigger_bucket, trigger_key_pattern, max_active_runs) "
+                "VALUES (%s, 'landing', 'iso/*', 100000)",
+                (HEALTHY,),
+            ),
+            (
+                "INSERT INTO lakehouse.flow_tasks (flow_id, task_id, task_order, template_id, parameters, pool) "
+                "VALUES (%s, 'a', 1, 'stage_to_presentation', %s, %s)",
+                (HEALTHY, json.dumps(_PRESENT), POOL),
+            ),
+        ],
+    )
 
 
 def set_invalid(dsn: str, count: int) -> list[str]:
     flows = [f"iso_bad_{i}" for i in range(count)]
-    statements: list[tuple[str, tuple[Any, ...]]] = [("DELETE FROM lakehouse.flows WHERE flow_id LIKE 'iso_bad_%%'", ())]
+    statements: list[tuple[str, tuple[Any, ...]]] = [
+        ("DELETE FROM lakehouse.flows WHERE flow_id LIKE 'iso_bad_%%'", ())
+    ]
     for i, flow_id in enumerate(flows):
         schedule, tasks = BAD[i % len(BAD)]
         statements.append(("INSERT INTO lakehouse.flows (flow_id, schedule) VALUES (%s, %s)", (flow_id, schedule)))
         for task_id, order, template, parameters, upstream in tasks:
-            statements.append(("INSERT INTO lakehouse.flow_tasks (flow_id, task_id, task_order, template_id, "
-                               "parameters, upstream) VALUES (%s, %s, %s, %s, %s, %s)",
-                               (flow_id, task_id, order, template, json.dumps(parameters), upstream)))
+            statements.append(
+                (
+                    "INSERT INTO lakehouse.flow_tasks (flow_id, task_id, task_order, template_id, "
+                    "parameters, upstream) VALUES (%s, %s, %s, %s, %s, %s)",
+                    (flow_id, task_id, order, template, json.dumps(parameters), upstream),
+                )
+            )
     _sql(dsn, statements)
     return flows
 
@@ -156,8 +171,9 @@ def main() -> int:
         for round_no in range(args.rounds):
             for phase in ("clean", "invalid"):
                 bad = set_invalid(settings.metadata_dsn, args.invalid if phase == "invalid" else 0)
-                wait_until(f"{phase}: placeholders not parsed", lambda: all(
-                    "invalid" in _tags(client.get_dag(f)) for f in bad))
+                wait_until(
+                    f"{phase}: placeholders not parsed", lambda: all("invalid" in _tags(client.get_dag(f)) for f in bad)
+                )
                 if phase == "clean":
                     time.sleep(2 * 15)  # two parse intervals: the dropped flows' DAGs are gone from the parse
                 created, running = [], []
@@ -169,8 +185,11 @@ def main() -> int:
                 listed = client.list_dags(limit=100)["dags"]
                 healthy = next(d for d in listed if d["dag_id"] == HEALTHY)
                 assert not healthy["is_stale"], healthy
-                print(f"round {round_no + 1} {phase:7} ({len(bad)} invalid flows, {len(listed)} DAGs listed): "
-                      f"put → run created {summary(created)}; put → running {summary(running)}", flush=True)
+                print(
+                    f"round {round_no + 1} {phase:7} ({len(bad)} invalid flows, {len(listed)} DAGs listed): "
+                    f"put → run created {summary(created)}; put → running {summary(running)}",
+                    flush=True,
+                )
                 results.append((phase, created, running))
     finally:
         services.down(settings)

@@ -33,7 +33,6 @@ import signal
 import statistics
 import sys
 import tempfile
-import threading
 import time
 from datetime import date, datetime, timedelta
 from pathlib import Path
@@ -52,8 +51,11 @@ FLOW = "invoices"
 def invoice_file(serial: int, rows: int) -> bytes:
     rnd = random.Random(serial)
     day = date(2026, 11, 1) + timedelta(days=serial % 28)
-    lines = [f'{day} INVOICE INV-{serial:05d}{i:03d} customer="C{rnd.randint(1, 50)}" item="I{i}" '
-             f"qty={rnd.randint(1, 9)} amount={rnd.randint(100, 99999) / 100:.2f} USD" for i in range(rows)]
+    lines = [
+        f'{day} INVOICE INV-{serial:05d}{i:03d} customer="C{rnd.randint(1, 50)}" item="I{i}" '
+        f"qty={rnd.randint(1, 9)} amount={rnd.randint(100, 99999) / 100:.2f} USD"
+        for i in range(rows)
+    ]
     return ("\n".join(lines) + "\n").encode()
 
 
@@ -87,8 +89,9 @@ class Bench:
         env = dict(airflow_component_environment(self.env, "scheduler"), LAKEHOUSE_SPARK_MODE=mode)
         if idle:
             env["AIRFLOW__SCHEDULER__SCHEDULER_IDLE_SLEEP_TIME"] = idle
-        start_group(self.settings.run_dir, self.settings.log_dir, "airflow-scheduler", [_bin("airflow"), "scheduler"],
-                    env)
+        start_group(
+            self.settings.run_dir, self.settings.log_dir, "airflow-scheduler", [_bin("airflow"), "scheduler"], env
+        )
         deadline = time.monotonic() + 120
         while self.client.health().get("scheduler", {}).get("status") != "healthy":
             if time.monotonic() > deadline:
@@ -129,8 +132,9 @@ class Bench:
 
         conn = psycopg2.connect(self.settings.metadata_dsn)
         with conn.cursor() as cur:
-            cur.execute("SELECT metrics FROM lakehouse.task_runs WHERE dag_run_id = %s AND status = 'success'",
-                        (run_id,))
+            cur.execute(
+                "SELECT metrics FROM lakehouse.task_runs WHERE dag_run_id = %s AND status = 'success'", (run_id,)
+            )
             total = sum(float((m or {}).get("seconds", 0)) for (m,) in cur.fetchall())
         conn.close()
         return total
@@ -148,11 +152,14 @@ class Bench:
         ends = [_ts(self.finished(run_id)["end_date"]) for run_id, _ in dropped]
         burst = max(ends) - first_put if ends else 0.0
         mean = {k: statistics.mean(p[k] for p in parts) for k in parts[0]} if parts else {}
-        print(f"{mode:6} one at a time ({len(single)}): median {statistics.median(single):.1f} s, "
-              f"p95 {pct(single, 0.95):.1f} s, max {max(single):.1f} s | {self.args.burst} at once: all done in "
-              f"{burst:.1f} s | per run: scheduler {mean.get('scheduler', 0):.1f} s, executor "
-              f"{mean.get('executor', 0):.1f} s, tasks {mean.get('tasks', 0):.1f} s (templates "
-              f"{mean.get('template', 0):.1f} s)", flush=True)
+        print(
+            f"{mode:6} one at a time ({len(single)}): median {statistics.median(single):.1f} s, "
+            f"p95 {pct(single, 0.95):.1f} s, max {max(single):.1f} s | {self.args.burst} at once: all done in "
+            f"{burst:.1f} s | per run: scheduler {mean.get('scheduler', 0):.1f} s, executor "
+            f"{mean.get('executor', 0):.1f} s, tasks {mean.get('tasks', 0):.1f} s (templates "
+            f"{mean.get('template', 0):.1f} s)",
+            flush=True,
+        )
         return {"mode": mode, "single": single, "burst": burst, "parts": mean}
 
     def memory(self, runs: int) -> list[tuple[int, float]]:
@@ -165,9 +172,15 @@ class Bench:
         samples: list[tuple[int, float]] = []
         every = max(1, runs // 10)
         for n in range(1, runs + 1):
-            request = JobRequest("bench", "mem", "stage_to_presentation", "stage_to_presentation.py", f"mem_{n}",
-                                 f"mem_{n}", {"sql": "SELECT id, id * 2 AS twice FROM range(1000)",
-                                              "target_table": "presentation.bench_memory"})
+            request = JobRequest(
+                "bench",
+                "mem",
+                "stage_to_presentation",
+                "stage_to_presentation.py",
+                f"mem_{n}",
+                f"mem_{n}",
+                {"sql": "SELECT id, id * 2 AS twice FROM range(1000)", "target_table": "presentation.bench_memory"},
+            )
             runner.run(request)
             if n == 1 or n % every == 0:
                 status = pool_status(self.settings) or {}
@@ -181,16 +194,22 @@ def main() -> int:
     parser.add_argument("--sequential", type=int, default=5, help="files one after another per phase")
     parser.add_argument("--burst", type=int, default=10, help="files dropped at once per phase")
     parser.add_argument("--rows", type=int, default=20, help="lines per file (at most 100)")
-    parser.add_argument("--modes", default="warm,submit",
-                        help="variants in turns: warm, submit, optionally @<scheduler idle sleep s>, e.g. warm@0.2")
+    parser.add_argument(
+        "--modes",
+        default="warm,submit",
+        help="variants in turns: warm, submit, optionally @<scheduler idle sleep s>, e.g. warm@0.2",
+    )
     parser.add_argument("--memory-runs", type=int, default=200, help="runs on one warm driver (0: skip)")
     args = parser.parse_args()
     # a TERM (timeout, kill) ends the run like Ctrl-C: the finally below stops the whole stack
     signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
     home = Path(tempfile.mkdtemp(prefix="lakehouse-bench-"))
     home.chmod(0o755)  # the Postgres server runs as user postgres and must reach its data dir
-    configure_environment(home, base_port=BASE_PORT, extra={
-        "LAKEHOUSE_SPARK_DRIVERS": "2", "LAKEHOUSE_SPARK_DRIVER_MAX_RUNS": str(max(50, args.memory_runs + 10))})
+    configure_environment(
+        home,
+        base_port=BASE_PORT,
+        extra={"LAKEHOUSE_SPARK_DRIVERS": "2", "LAKEHOUSE_SPARK_DRIVER_MAX_RUNS": str(max(50, args.memory_runs + 10))},
+    )
     from lakehouse.demo import install_sample_flow, wait_for_dag
     from lakehouse.stack import services
     from lakehouse.stack.processes import processes_using_home
@@ -226,10 +245,12 @@ def main() -> int:
     for mode in dict.fromkeys(r["mode"] for r in results):
         single = [v for r in results if r["mode"] == mode for v in r["single"]]
         bursts = [r["burst"] for r in results if r["mode"] == mode]
-        print(f"all {mode:6}: one at a time median {statistics.median(single):.1f} s, p95 {pct(single, 0.95):.1f} s, "
-              f"max {max(single):.1f} s ({len(single)} runs); {args.burst} at once: "
-              f"{', '.join(f'{b:.1f}' for b in bursts)} s, i.e. {max(bursts) / statistics.median(single):.1f}x "
-              "the single-file median at worst")
+        print(
+            f"all {mode:6}: one at a time median {statistics.median(single):.1f} s, p95 {pct(single, 0.95):.1f} s, "
+            f"max {max(single):.1f} s ({len(single)} runs); {args.burst} at once: "
+            f"{', '.join(f'{b:.1f}' for b in bursts)} s, i.e. {max(bursts) / statistics.median(single):.1f}x "
+            "the single-file median at worst"
+        )
     print(json.dumps({"results": results, "memory": memory}))
     return 0 if not left else 1
 

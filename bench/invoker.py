@@ -83,7 +83,7 @@ from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
@@ -94,6 +94,8 @@ sys.path.insert(0, str(ROOT / "plugins"))
 
 # after the path: the baseline server below builds on the package's classes
 import psycopg2
+from psycopg2.extensions import connection as Connection
+
 from lakehouse.invoker.core import (
     ConnectionPool,
     Invoker,
@@ -102,7 +104,6 @@ from lakehouse.invoker.core import (
 )
 from lakehouse.invoker.events import decode_payload, from_seaweedfs_webhook
 from lakehouse.invoker.server import InvokerServer
-from psycopg2.extensions import connection as Connection
 
 BASE_PORT = 47100  # Postgres 47100, SeaweedFS 47101-47106, invoker 47107, Airflow 47108
 TOKEN = "bench-token"
@@ -114,8 +115,11 @@ FLOW_RECONCILE = "bench_reconcile"  # files under reconcile/ (the reconcile phas
 #: synchronous calls and per-use connections are not settings but the bench's own server
 PHASES: dict[str, dict[str, str]] = {
     "baseline": {"LAKEHOUSE_INVOKER_CATALOGUE_TTL": "0"},
-    "current": {"LAKEHOUSE_INVOKER_WORKERS": "8", "LAKEHOUSE_INVOKER_DB_POOL": "8",
-                "LAKEHOUSE_INVOKER_CATALOGUE_TTL": "5"},
+    "current": {
+        "LAKEHOUSE_INVOKER_WORKERS": "8",
+        "LAKEHOUSE_INVOKER_DB_POOL": "8",
+        "LAKEHOUSE_INVOKER_CATALOGUE_TTL": "5",
+    },
 }
 PHASES["batched"] = PHASES["reconcile"] = PHASES["current"]  # today's invoker, into batched flows
 PER_FILE_PHASES = ("baseline", "current")
@@ -125,17 +129,19 @@ def configure_environment(home: Path, base_port: int = BASE_PORT, extra: dict[st
     """Own home and ports before the package reads its configuration (also used by
     bench/airflow_trigger_rate.py, on its own ``base_port``)."""
     p = base_port
-    os.environ.update({
-        "LAKEHOUSE_HOME": str(home),
-        "LAKEHOUSE_PG_PORT": str(p),
-        "LAKEHOUSE_SEAWEED_PORTS": ",".join(str(p + i) for i in range(1, 7)),
-        "LAKEHOUSE_S3_ENDPOINT_URL": f"http://127.0.0.1:{p + 4}",
-        "LAKEHOUSE_INVOKER_PORT": str(p + 7),
-        "LAKEHOUSE_AIRFLOW_PORT": str(p + 8),
-        "LAKEHOUSE_INVOKER_TOKEN": TOKEN,
-        "AIRFLOW_HOME": str(home / "airflow"),
-        **(extra or {}),
-    })
+    os.environ.update(
+        {
+            "LAKEHOUSE_HOME": str(home),
+            "LAKEHOUSE_PG_PORT": str(p),
+            "LAKEHOUSE_SEAWEED_PORTS": ",".join(str(p + i) for i in range(1, 7)),
+            "LAKEHOUSE_S3_ENDPOINT_URL": f"http://127.0.0.1:{p + 4}",
+            "LAKEHOUSE_INVOKER_PORT": str(p + 7),
+            "LAKEHOUSE_AIRFLOW_PORT": str(p + 8),
+            "LAKEHOUSE_INVOKER_TOKEN": TOKEN,
+            "AIRFLOW_HOME": str(home / "airflow"),
+            **(extra or {}),
+        }
+    )
     for name in ("LAKEHOUSE_METADATA_DSN", "LAKEHOUSE_AIRFLOW_API", "LAKEHOUSE_AIRFLOW_URL", "LAKEHOUSE_PG_HOST"):
         os.environ.pop(name, None)
 
@@ -146,11 +152,17 @@ def install_bench_flow(metadata_dsn: str) -> None:
 
     conn = psycopg2.connect(metadata_dsn)
     with conn, conn.cursor() as cur:
-        cur.execute("INSERT INTO lakehouse.flows (flow_id, trigger_bucket, trigger_key_pattern) "
-                    "VALUES (%s, 'landing', 'bench/*') ON CONFLICT DO NOTHING", (FLOW,))
-        cur.execute("INSERT INTO lakehouse.flow_tasks (flow_id, task_id, template_id, parameters) VALUES "
-                    "(%s, 'a', 'stage_to_presentation', '{\"sql\": \"select 1\", \"target_table\": \"p.t\"}') "
-                    "ON CONFLICT DO NOTHING", (FLOW,))
+        cur.execute(
+            "INSERT INTO lakehouse.flows (flow_id, trigger_bucket, trigger_key_pattern) "
+            "VALUES (%s, 'landing', 'bench/*') ON CONFLICT DO NOTHING",
+            (FLOW,),
+        )
+        cur.execute(
+            "INSERT INTO lakehouse.flow_tasks (flow_id, task_id, template_id, parameters) VALUES "
+            '(%s, \'a\', \'stage_to_presentation\', \'{"sql": "select 1", "target_table": "p.t"}\') '
+            "ON CONFLICT DO NOTHING",
+            (FLOW,),
+        )
     conn.close()
 
 
@@ -162,14 +174,19 @@ def install_batched_flows(metadata_dsn: str, max_files: int, window: int) -> Non
     conn = psycopg2.connect(metadata_dsn)
     with conn, conn.cursor() as cur:
         for flow_id, pattern in ((FLOW_BATCHED, "batched/*"), (FLOW_RECONCILE, "reconcile/*")):
-            cur.execute("INSERT INTO lakehouse.flows (flow_id, trigger_bucket, trigger_key_pattern, max_files_per_run, "
-                        "batch_window_seconds) VALUES (%s, 'landing', %s, %s, %s) ON CONFLICT (flow_id) DO UPDATE "
-                        "SET max_files_per_run = EXCLUDED.max_files_per_run, "
-                        "batch_window_seconds = EXCLUDED.batch_window_seconds",
-                        (flow_id, pattern, max_files, window))
-            cur.execute("INSERT INTO lakehouse.flow_tasks (flow_id, task_id, template_id, parameters) VALUES "
-                        "(%s, 'a', 'stage_to_presentation', '{\"sql\": \"select 1\", \"target_table\": \"p.t\"}') "
-                        "ON CONFLICT DO NOTHING", (flow_id,))
+            cur.execute(
+                "INSERT INTO lakehouse.flows (flow_id, trigger_bucket, trigger_key_pattern, max_files_per_run, "
+                "batch_window_seconds) VALUES (%s, 'landing', %s, %s, %s) ON CONFLICT (flow_id) DO UPDATE "
+                "SET max_files_per_run = EXCLUDED.max_files_per_run, "
+                "batch_window_seconds = EXCLUDED.batch_window_seconds",
+                (flow_id, pattern, max_files, window),
+            )
+            cur.execute(
+                "INSERT INTO lakehouse.flow_tasks (flow_id, task_id, template_id, parameters) VALUES "
+                '(%s, \'a\', \'stage_to_presentation\', \'{"sql": "select 1", "target_table": "p.t"}\') '
+                "ON CONFLICT DO NOTHING",
+                (flow_id,),
+            )
     conn.close()
 
 
@@ -192,8 +209,13 @@ def start_airflow_component(settings: Any, env: dict[str, str], component: str) 
     from lakehouse.stack.processes import start_group
     from lakehouse.stack.services import _bin, airflow_component_environment
 
-    start_group(settings.run_dir, settings.log_dir, f"airflow-{component}", [_bin("airflow"), component],
-                airflow_component_environment(env, component))
+    start_group(
+        settings.run_dir,
+        settings.log_dir,
+        f"airflow-{component}",
+        [_bin("airflow"), component],
+        airflow_component_environment(env, component),
+    )
 
 
 def wait_airflow_healthy(airflow_url: str, timeout: float) -> float:
@@ -267,8 +289,13 @@ class PhaseResult:
     def goal_met(self) -> bool:
         """The issue's goal for the batched phase: p95 < 3 s while Airflow is up, 0 lost, every
         distinct version in exactly one run."""
-        return bool(self.lat_up) and pct(self.lat_up, .95) < 3.0 and self.lost == 0 and not self.in_zero \
+        return (
+            bool(self.lat_up)
+            and pct(self.lat_up, 0.95) < 3.0
+            and self.lost == 0
+            and not self.in_zero
             and not self.in_two
+        )
 
 
 @dataclass
@@ -305,9 +332,18 @@ class ReconcileResult:
     load: tuple[float, float, float] = (0.0, 0.0, 0.0)
 
     def ok(self) -> bool:
-        return (self.found == self.lost and not self.delivered_anyway and not self.duplicates and not self.in_zero
-                and not self.in_two and not self.large_lost and not self.large_in_zero and not self.large_in_two
-                and self.second_recorded == 0 and self.first_recorded == self.large)
+        return (
+            self.found == self.lost
+            and not self.delivered_anyway
+            and not self.duplicates
+            and not self.in_zero
+            and not self.in_two
+            and not self.large_lost
+            and not self.large_in_zero
+            and not self.large_in_two
+            and self.second_recorded == 0
+            and self.first_recorded == self.large
+        )
 
 
 class BlackHole(ThreadingHTTPServer):
@@ -437,8 +473,9 @@ class Bench:
     def airflow(self) -> Any:
         from lakehouse.hooks.airflow_api import AirflowApiClient
 
-        return AirflowApiClient(self.settings.airflow_url, self.settings.airflow_username,
-                                self.settings.airflow_password, timeout=30)
+        return AirflowApiClient(
+            self.settings.airflow_url, self.settings.airflow_username, self.settings.airflow_password, timeout=30
+        )
 
     def wait_airflow(self, timeout: float) -> float:
         return wait_airflow_healthy(self.settings.airflow_url, timeout)
@@ -459,10 +496,15 @@ class Bench:
         if service_running(s.run_dir, "invoker"):
             return
         print(f"starting the baseline invoker (synchronous, a connection per use) on {s.invoker_url}")
-        start_group(s.run_dir, s.log_dir, "invoker", [sys.executable, str(Path(__file__).resolve()),
-                                                        "--serve-baseline"], env)
-        services._wait("baseline invoker", lambda: requests.get(f"{s.invoker_url}/healthz", timeout=2).ok, 30,
-                       s.log_dir / "invoker.log")
+        start_group(
+            s.run_dir, s.log_dir, "invoker", [sys.executable, str(Path(__file__).resolve()), "--serve-baseline"], env
+        )
+        services._wait(
+            "baseline invoker",
+            lambda: requests.get(f"{s.invoker_url}/healthz", timeout=2).ok,
+            30,
+            s.log_dir / "invoker.log",
+        )
 
     def stop_invoker(self) -> None:
         from lakehouse.stack.processes import stop_group
@@ -510,8 +552,11 @@ class Bench:
         conn = psycopg2.connect(self.settings.metadata_dsn)
         try:
             with conn.cursor() as cur:
-                cur.execute("SELECT coalesce(sum(deliveries), 0), count(*) FILTER (WHERE status <> 'triggered') "
-                            "FROM lakehouse.file_ledger WHERE object_key LIKE %s", (prefix + "/%",))
+                cur.execute(
+                    "SELECT coalesce(sum(deliveries), 0), count(*) FILTER (WHERE status <> 'triggered') "
+                    "FROM lakehouse.file_ledger WHERE object_key LIKE %s",
+                    (prefix + "/%",),
+                )
                 deliveries, not_triggered = cur.fetchone()
             return int(deliveries), int(not_triggered)
         finally:
@@ -565,16 +610,27 @@ class Bench:
             local.session = session
             key = f"bench/{phase}/burst/b{i:05d}.csv"
             etag = hashlib.md5(key.encode()).hexdigest()
-            payload = {"event_type": "create", "key": f"/buckets/landing/{key}", "message": {"new_entry": {
-                "name": key.rsplit("/", 1)[1],
-                "attributes": {"file_size": 10, "mtime": int(time.time()),
-                               "md5": base64.b64encode(bytes.fromhex(etag)).decode()},
-                "extended": {"Seaweed-X-Amz-ETag": base64.b64encode(etag.encode()).decode()}}}}
+            payload = {
+                "event_type": "create",
+                "key": f"/buckets/landing/{key}",
+                "message": {
+                    "new_entry": {
+                        "name": key.rsplit("/", 1)[1],
+                        "attributes": {
+                            "file_size": 10,
+                            "mtime": int(time.time()),
+                            "md5": base64.b64encode(bytes.fromhex(etag)).decode(),
+                        },
+                        "extended": {"Seaweed-X-Amz-ETag": base64.b64encode(etag.encode()).decode()},
+                    }
+                },
+            }
             sent = time.time()
             for attempt in range(3):  # as a webhook sender does; a failed send is not an accepted event
                 try:
-                    response = session.post(url, json=payload, headers={"Authorization": f"Bearer {TOKEN}"},
-                                            timeout=120)
+                    response = session.post(
+                        url, json=payload, headers={"Authorization": f"Bearer {TOKEN}"}, timeout=120
+                    )
                     response.raise_for_status()
                     break
                 except requests.ConnectionError:
@@ -631,9 +687,14 @@ class Bench:
         from botocore.config import Config
 
         s = self.settings
-        return boto3.client("s3", endpoint_url=s.s3_endpoint_url, aws_access_key_id=s.s3_access_key_id,
-                            aws_secret_access_key=s.s3_secret_access_key, region_name="us-east-1",
-                            config=Config(max_pool_connections=threads * 2, retries={"max_attempts": 5}))
+        return boto3.client(
+            "s3",
+            endpoint_url=s.s3_endpoint_url,
+            aws_access_key_id=s.s3_access_key_id,
+            aws_secret_access_key=s.s3_secret_access_key,
+            region_name="us-east-1",
+            config=Config(max_pool_connections=threads * 2, retries={"max_attempts": 5}),
+        )
 
     def upload_with_outage(self, phase: str, prefix: str) -> dict[str, Any]:
         """The plan of the per-file and batched phases: uploads (with repeats, new versions and a
@@ -663,15 +724,31 @@ class Bench:
             if index in cross:  # the same version again, through a second transport
                 from urllib.parse import quote_plus
 
-                body = json.dumps({"Records": [{
-                    "eventSource": "aws:s3", "eventName": "ObjectCreated:Put",
-                    "eventTime": datetime.now(timezone.utc).isoformat(),
-                    "s3": {"bucket": {"name": "landing"},
-                           "object": {"key": quote_plus(key, safe="/"), "size": len(plan[index][1]),
-                                      "eTag": etag}}}]}).encode()
-                response = http.post(f"{s.invoker_url}/events/s3", data=body, timeout=60,
-                                     headers={SIGNATURE_HEADER: sign_body(TOKEN, body),
-                                              "Content-Type": "application/json"})
+                body = json.dumps(
+                    {
+                        "Records": [
+                            {
+                                "eventSource": "aws:s3",
+                                "eventName": "ObjectCreated:Put",
+                                "eventTime": datetime.now(UTC).isoformat(),
+                                "s3": {
+                                    "bucket": {"name": "landing"},
+                                    "object": {
+                                        "key": quote_plus(key, safe="/"),
+                                        "size": len(plan[index][1]),
+                                        "eTag": etag,
+                                    },
+                                },
+                            }
+                        ]
+                    }
+                ).encode()
+                response = http.post(
+                    f"{s.invoker_url}/events/s3",
+                    data=body,
+                    timeout=60,
+                    headers={SIGNATURE_HEADER: sign_body(TOKEN, body), "Content-Type": "application/json"},
+                )
                 response.raise_for_status()
 
         # three stretches, each uploaded as fast as the S3 API takes it: Airflow up; Airflow's
@@ -679,9 +756,12 @@ class Bench:
         # Airflow healthy again. Between the last two the bench waits for Airflow's health.
         cut1, cut2 = int(len(plan) * 0.4), int(len(plan) * 0.7)
         stretches = [(0, cut1), (cut1, cut2), (cut2, len(plan))]
-        print(f"[{phase}] {len(plan)} PUTs ({self.args.objects} objects, {len(plan) - self.args.objects} "
-              f"re-uploads), {len(cross)} also as S3 notifications; Airflow's api-server stopped during "
-              f"PUTs {cut1}..{cut2} and for at least {self.args.outage:.0f} s", flush=True)
+        print(
+            f"[{phase}] {len(plan)} PUTs ({self.args.objects} objects, {len(plan) - self.args.objects} "
+            f"re-uploads), {len(cross)} also as S3 notifications; Airflow's api-server stopped during "
+            f"PUTs {cut1}..{cut2} and for at least {self.args.outage:.0f} s",
+            flush=True,
+        )
         outage: list[float] = []
         active = 0.0  # seconds from each stretch's start until its last delivery was stored
         put_seconds = 0.0
@@ -701,8 +781,10 @@ class Bench:
                 while self.ledger_totals(prefix)[0] < expected and time.monotonic() < deadline:
                     time.sleep(0.05)
                 if self.ledger_totals(prefix)[0] < expected:
-                    notes.append(f"stretch {number + 1}: only {self.ledger_totals(prefix)[0]} of {expected} "
-                                 f"deliveries stored after 120 s")
+                    notes.append(
+                        f"stretch {number + 1}: only {self.ledger_totals(prefix)[0]} of {expected} "
+                        f"deliveries stored after 120 s"
+                    )
                 active += time.time() - started
                 if number == 1:
                     time.sleep(max(0.0, outage[0] + self.args.outage - time.time()))
@@ -711,8 +793,15 @@ class Bench:
         versions: dict[tuple[str, str], float] = {}
         for key, etag, at in sorted(uploads, key=lambda u: u[2]):
             versions.setdefault((key, etag), at)  # a version's latency counts from its first PUT
-        return {"uploads": uploads, "versions": versions, "outage": outage, "t0": t0, "active": active,
-                "put_seconds": put_seconds, "notes": notes}
+        return {
+            "uploads": uploads,
+            "versions": versions,
+            "outage": outage,
+            "t0": t0,
+            "active": active,
+            "put_seconds": put_seconds,
+            "notes": notes,
+        }
 
     def run_phase(self, phase: str) -> PhaseResult:
         from lakehouse.invoker.core import file_dag_run_id
@@ -736,11 +825,21 @@ class Bench:
                 (lat_outage if around else lat_up).append(phase_runs[run_id] - put_at)
         deliveries, not_triggered = self.ledger_totals(prefix)
         result = PhaseResult(
-            name=phase, puts=len(up["uploads"]), put_seconds=up["put_seconds"], deliveries=deliveries,
-            accept_seconds=up["active"], lat_up=lat_up, lat_outage=lat_outage, runs=len(phase_runs),
-            distinct=len(wanted), lost=len(set(wanted) - set(runs)), s3_distinct=len(wanted), dag_runs_total=len(runs),
+            name=phase,
+            puts=len(up["uploads"]),
+            put_seconds=up["put_seconds"],
+            deliveries=deliveries,
+            accept_seconds=up["active"],
+            lat_up=lat_up,
+            lat_outage=lat_outage,
+            runs=len(phase_runs),
+            distinct=len(wanted),
+            lost=len(set(wanted) - set(runs)),
+            s3_distinct=len(wanted),
+            dag_runs_total=len(runs),
             not_triggered=not_triggered,
-            outage=(outage[0] - t0, outage[1] - t0), notes=up["notes"],
+            outage=(outage[0] - t0, outage[1] - t0),
+            notes=up["notes"],
         )
         self.burst(phase, result)
         self.stop_invoker()
@@ -754,8 +853,11 @@ class Bench:
         conn = psycopg2.connect(self.settings.metadata_dsn)
         try:
             with conn.cursor() as cur:
-                cur.execute("SELECT object_key, etag, status, batch_id, dag_run_id, source FROM lakehouse.file_ledger "
-                            "WHERE flow_id = %s AND object_key LIKE %s", (flow_id, prefix + "%"))
+                cur.execute(
+                    "SELECT object_key, etag, status, batch_id, dag_run_id, source FROM lakehouse.file_ledger "
+                    "WHERE flow_id = %s AND object_key LIKE %s",
+                    (flow_id, prefix + "%"),
+                )
                 out: dict[tuple[str, str], list[tuple[Any, ...]]] = {}
                 for key, etag, *rest in cur.fetchall():
                     out.setdefault((key, etag), []).append(tuple(rest))
@@ -790,8 +892,9 @@ class Bench:
             return None
         return [(f["key"], f["etag"]) for f in document.get("files", ())]
 
-    def wait_batched(self, flow_id: str, prefix: str, versions: set[tuple[str, str]],
-                     timeout: float) -> tuple[dict[tuple[str, str], list[tuple[Any, ...]]], dict[str, dict[str, Any]]]:
+    def wait_batched(
+        self, flow_id: str, prefix: str, versions: set[tuple[str, str]], timeout: float
+    ) -> tuple[dict[tuple[str, str], list[tuple[Any, ...]]], dict[str, dict[str, Any]]]:
         """Until every version has a ledger row whose batch's run exists in Airflow (or the timeout);
         returns the ledger rows and the flow's runs."""
         deadline = time.monotonic() + timeout
@@ -853,11 +956,26 @@ class Bench:
         deliveries, not_triggered = self.ledger_totals(prefix)
         files_per_run = sorted(len(self.manifest_files(r) or ()) for r in runs.values())
         result = PhaseResult(
-            name=phase, puts=len(up["uploads"]), put_seconds=up["put_seconds"], deliveries=deliveries,
-            accept_seconds=up["active"], lat_up=lat_up, lat_outage=lat_outage, runs=len(runs),
-            distinct=len(versions), lost=lost, s3_distinct=len(versions), dag_runs_total=len(runs),
-            not_triggered=not_triggered, outage=(outage[0] - t0, outage[1] - t0), notes=notes, batched=True,
-            files_per_run=files_per_run, in_zero=in_zero, in_two=in_two, batches_total=self.batch_count(FLOW_BATCHED),
+            name=phase,
+            puts=len(up["uploads"]),
+            put_seconds=up["put_seconds"],
+            deliveries=deliveries,
+            accept_seconds=up["active"],
+            lat_up=lat_up,
+            lat_outage=lat_outage,
+            runs=len(runs),
+            distinct=len(versions),
+            lost=lost,
+            s3_distinct=len(versions),
+            dag_runs_total=len(runs),
+            not_triggered=not_triggered,
+            outage=(outage[0] - t0, outage[1] - t0),
+            notes=notes,
+            batched=True,
+            files_per_run=files_per_run,
+            in_zero=in_zero,
+            in_two=in_two,
+            batches_total=self.batch_count(FLOW_BATCHED),
             window=self.args.batch_window,
         )
         self.stop_invoker()
@@ -894,8 +1012,13 @@ class Bench:
         """One ``lakehouse reconcile --flow`` run with the stack's environment: (wall seconds,
         its summary line, objects it recorded)."""
         started = time.time()
-        proc = subprocess.run([sys.executable, "-m", "lakehouse.cli", "reconcile", "--flow", FLOW_RECONCILE,
-                               "--show", "0"], env=self.env, capture_output=True, text=True, timeout=3600)
+        proc = subprocess.run(
+            [sys.executable, "-m", "lakehouse.cli", "reconcile", "--flow", FLOW_RECONCILE, "--show", "0"],
+            env=self.env,
+            capture_output=True,
+            text=True,
+            timeout=3600,
+        )
         seconds = time.time() - started
         out = proc.stdout.strip()
         if proc.returncode != 0:
@@ -914,29 +1037,39 @@ class Bench:
         rows, _ = self.wait_batched(FLOW_RECONCILE, "reconcile/arrived/", set(arrived), a.drain_timeout)
         r.arrived = len(arrived)
         r.arrived_in_ledger = sum(1 for v in arrived if v in rows)
-        print(f"[reconcile] {r.arrived} objects uploaded with the invoker up; {r.arrived_in_ledger} in the ledger",
-              flush=True)
+        print(
+            f"[reconcile] {r.arrived} objects uploaded with the invoker up; {r.arrived_in_ledger} in the ledger",
+            flush=True,
+        )
 
         # 2. objects whose events are lost: the invoker's process group is stopped, so SeaweedFS's
         # webhook fails and gives up (a "dead letter"; 4.48 does not retry a refused connection)
         self.stop_invoker()
         lost, _ = self.put_many([f"reconcile/lost/l{i:05d}.csv" for i in range(a.lost)], a.threads)
         r.lost = len(lost)
-        print(f"[reconcile] {r.lost} objects uploaded with the invoker stopped; waiting until SeaweedFS's webhook "
-              f"gives up on them (up to {a.dead_letter_timeout:.0f} s)", flush=True)
+        print(
+            f"[reconcile] {r.lost} objects uploaded with the invoker stopped; waiting until SeaweedFS's webhook "
+            f"gives up on them (up to {a.dead_letter_timeout:.0f} s)",
+            flush=True,
+        )
         deadline = time.monotonic() + a.dead_letter_timeout
         while self.dead_letters("reconcile/lost/") < r.lost and time.monotonic() < deadline:
             time.sleep(2)
         r.dead_letters = self.dead_letters("reconcile/lost/")
         if r.dead_letters < r.lost:
-            r.notes.append(f"only {r.dead_letters} of {r.lost} dead-letter lines in seaweedfs.log after "
-                           f"{a.dead_letter_timeout:.0f} s")
+            r.notes.append(
+                f"only {r.dead_letters} of {r.lost} dead-letter lines in seaweedfs.log after "
+                f"{a.dead_letter_timeout:.0f} s"
+            )
         self.start_invoker("reconcile")
         time.sleep(5)  # a webhook retry still under way would land now
         rows = self.ledger_versions(FLOW_RECONCILE, "reconcile/lost/")
         r.delivered_anyway = sum(1 for v in lost if v in rows)
-        print(f"[reconcile] invoker started again; {r.dead_letters} dead letters, {r.delivered_anyway} of the "
-              f"{r.lost} in the ledger before the sweep", flush=True)
+        print(
+            f"[reconcile] invoker started again; {r.dead_letters} dead letters, {r.delivered_anyway} of the "
+            f"{r.lost} in the ledger before the sweep",
+            flush=True,
+        )
 
         # 3. ONE sweep
         runs_before = set(self.airflow_run_list(FLOW_RECONCILE))
@@ -945,8 +1078,11 @@ class Bench:
         rows, runs = self.wait_batched(FLOW_RECONCILE, "reconcile/", set(both), a.drain_timeout)
         r.found = sum(1 for v in lost if any(row[3] == "reconcile" for row in rows.get(v, ())))
         member = self.run_membership(runs, r.notes)
-        r.duplicates = sum(1 for v in arrived if len(rows.get(v, ())) != 1 or rows[v][0][3] == "reconcile"
-                           or len(member.get(v, ())) > 1)
+        r.duplicates = sum(
+            1
+            for v in arrived
+            if len(rows.get(v, ())) != 1 or rows[v][0][3] == "reconcile" or len(member.get(v, ())) > 1
+        )
         r.in_zero = sum(1 for v in both if not member.get(v))
         r.in_two = sum(1 for v in both if len(member.get(v, ())) > 1)
         r.runs_created = len(set(runs) - runs_before)
@@ -959,10 +1095,14 @@ class Bench:
             hole = BlackHole(self.settings.invoker_port)
             threading.Thread(target=hole.serve_forever, daemon=True).start()
             try:
-                print(f"[reconcile] uploading {n} objects under reconcile/large/ ({a.sweep_threads} clients), "
-                      f"webhook events dropped", flush=True)
-                large, r.large_put_seconds = self.put_many([f"reconcile/large/o{i:06d}.csv" for i in range(n)],
-                                                           a.sweep_threads)
+                print(
+                    f"[reconcile] uploading {n} objects under reconcile/large/ ({a.sweep_threads} clients), "
+                    f"webhook events dropped",
+                    flush=True,
+                )
+                large, r.large_put_seconds = self.put_many(
+                    [f"reconcile/large/o{i:06d}.csv" for i in range(n)], a.sweep_threads
+                )
                 settle = time.monotonic() + 60
                 while hole.count < n and time.monotonic() < settle:
                     time.sleep(0.5)
@@ -971,13 +1111,18 @@ class Bench:
                 hole.shutdown()
                 hole.server_close()
             r.large = len(large)
-            print(f"[reconcile] {r.large} objects in {r.large_put_seconds:.0f}s "
-                  f"({r.large / r.large_put_seconds:.0f} PUT/s); {r.large_dropped} webhook events dropped", flush=True)
+            print(
+                f"[reconcile] {r.large} objects in {r.large_put_seconds:.0f}s "
+                f"({r.large / r.large_put_seconds:.0f} PUT/s); {r.large_dropped} webhook events dropped",
+                flush=True,
+            )
             self.start_invoker("reconcile")
             s3 = self.s3_client(1)
             started = time.time()
-            r.listed = sum(page.get("KeyCount", 0) for page in
-                           s3.get_paginator("list_objects_v2").paginate(Bucket="landing", Prefix="reconcile/"))
+            r.listed = sum(
+                page.get("KeyCount", 0)
+                for page in s3.get_paginator("list_objects_v2").paginate(Bucket="landing", Prefix="reconcile/")
+            )
             r.listing_seconds = time.time() - started
             print(f"[reconcile] bare listing of reconcile/: {r.listed} keys in {r.listing_seconds:.1f}s", flush=True)
             runs_before = set(self.airflow_run_list(FLOW_RECONCILE))
@@ -999,7 +1144,9 @@ def report(results: list[PhaseResult], args: argparse.Namespace, reconciled: Rec
     def lat(values: list[float]) -> str:
         if not values:
             return "n=0"
-        return f"p50 {pct(values, .5):6.2f}s  p95 {pct(values, .95):6.2f}s  max {max(values):6.2f}s  (n={len(values)})"
+        return (
+            f"p50 {pct(values, 0.5):6.2f}s  p95 {pct(values, 0.95):6.2f}s  max {max(values):6.2f}s  (n={len(values)})"
+        )
 
     cumulative: dict[str, int] = {}
     total = 0
@@ -1010,62 +1157,101 @@ def report(results: list[PhaseResult], args: argparse.Namespace, reconciled: Rec
 
     def all_runs(r: PhaseResult) -> str:
         if r.batched:
-            return (f"{r.dag_runs_total} / {r.batches_total} batches stored  "
-                    f"{'EQUAL' if r.dag_runs_total == r.batches_total else 'DIFFERENT'}")
-        return (f"{r.dag_runs_total} / {cumulative[r.name]}  "
-                f"{'EQUAL' if r.dag_runs_total == cumulative[r.name] else 'EXTRA RUNS'}")
+            return (
+                f"{r.dag_runs_total} / {r.batches_total} batches stored  "
+                f"{'EQUAL' if r.dag_runs_total == r.batches_total else 'DIFFERENT'}"
+            )
+        return (
+            f"{r.dag_runs_total} / {cumulative[r.name]}  "
+            f"{'EQUAL' if r.dag_runs_total == cumulative[r.name] else 'EXTRA RUNS'}"
+        )
 
     def files_per_run(r: PhaseResult) -> str:
         f = r.files_per_run
         return f"{f[0]} / {statistics.median(f):g} / {f[-1]}  (limit {args.batch_size})" if f else "n=0"
 
     def goal(r: PhaseResult) -> str:
-        p95 = f"{pct(r.lat_up, .95):.2f}s" if r.lat_up else "n/a"
-        return (f"{'MET' if r.goal_met() else 'NOT MET'}: p95 up {p95}, lost {r.lost}, "
-                f"in 0/2+ runs {r.in_zero}/{r.in_two}")
+        p95 = f"{pct(r.lat_up, 0.95):.2f}s" if r.lat_up else "n/a"
+        return (
+            f"{'MET' if r.goal_met() else 'NOT MET'}: p95 up {p95}, lost {r.lost}, in 0/2+ runs {r.in_zero}/{r.in_two}"
+        )
 
     print()
-    print(f"=== invoker benchmark: {args.objects} objects per phase, real SeaweedFS + Airflow 3 api-server "
-          f"({args.airflow_api_workers} worker{'s' if args.airflow_api_workers > 1 else ''}), {os.cpu_count()} CPUs, "
-          f"load average {os.getloadavg()[0]:.1f} at the end ===")
+    print(
+        f"=== invoker benchmark: {args.objects} objects per phase, real SeaweedFS + Airflow 3 api-server "
+        f"({args.airflow_api_workers} worker{'s' if args.airflow_api_workers > 1 else ''}), {os.cpu_count()} CPUs, "
+        f"load average {os.getloadavg()[0]:.1f} at the end ==="
+    )
     batched = any(r.batched for r in results)
     rows: list[tuple[str, Callable[[PhaseResult], str]]] = [
         ("PUTs through the S3 API", lambda r: f"{r.puts} in {r.put_seconds:.1f}s = {r.puts / r.put_seconds:.0f}/s"),
-        ("events accepted (stored; while uploading)",
-         lambda r: f"{r.deliveries} in {r.accept_seconds:.1f}s = {r.deliveries / r.accept_seconds:.0f}/s"),
-        ("Airflow down (stop -> healthy again)", lambda r: f"{r.outage[0]:.1f}s .. {r.outage[1]:.1f}s "
-                                                           f"({r.outage[1] - r.outage[0]:.1f}s)"),
+        (
+            "events accepted (stored; while uploading)",
+            lambda r: f"{r.deliveries} in {r.accept_seconds:.1f}s = {r.deliveries / r.accept_seconds:.0f}/s",
+        ),
+        (
+            "Airflow down (stop -> healthy again)",
+            lambda r: f"{r.outage[0]:.1f}s .. {r.outage[1]:.1f}s ({r.outage[1] - r.outage[0]:.1f}s)",
+        ),
         ("upload -> run created, Airflow up", lambda r: lat(r.lat_up)),
         ("upload -> run created, around the outage", lambda r: lat(r.lat_outage)),
-        ("runs created / distinct file versions (S3)",
-         lambda r: f"{r.runs} runs for {r.s3_distinct} versions" if r.batched else
-         f"{r.runs} / {r.s3_distinct}  {'EQUAL' if r.runs == r.s3_distinct else 'DIFFERENT'}"),
+        (
+            "runs created / distinct file versions (S3)",
+            lambda r: (
+                f"{r.runs} runs for {r.s3_distinct} versions"
+                if r.batched
+                else f"{r.runs} / {r.s3_distinct}  {'EQUAL' if r.runs == r.s3_distinct else 'DIFFERENT'}"
+            ),
+        ),
         ("events lost (versions without a run)", lambda r: str(r.lost)),
-        *([("files per run (min / median / max)", lambda r: files_per_run(r) if r.batched else "1"),
-           ("versions in 0 runs / in 2+ runs (manifests)",
-            lambda r: f"{r.in_zero} / {r.in_two}" if r.batched else "-")] if batched else []),
-        ("burst: webhook events accepted", lambda r: f"{r.burst_events} in {r.burst_seconds:.1f}s = "
-                                                     f"{r.burst_events / r.burst_seconds:.0f}/s" if r.burst_events else "-"),
+        *(
+            [
+                ("files per run (min / median / max)", lambda r: files_per_run(r) if r.batched else "1"),
+                (
+                    "versions in 0 runs / in 2+ runs (manifests)",
+                    lambda r: f"{r.in_zero} / {r.in_two}" if r.batched else "-",
+                ),
+            ]
+            if batched
+            else []
+        ),
+        (
+            "burst: webhook events accepted",
+            lambda r: (
+                f"{r.burst_events} in {r.burst_seconds:.1f}s = {r.burst_events / r.burst_seconds:.0f}/s"
+                if r.burst_events
+                else "-"
+            ),
+        ),
         ("burst: event sent -> run created", lambda r: lat(r.burst_lat) if r.burst_events else "-"),
         ("burst: events lost", lambda r: str(r.burst_lost) if r.burst_events else "-"),
-        (f"paced {args.paced_rate:.0f}/s: event sent -> run created", lambda r: lat(r.paced_lat) if r.paced_events else "-"),
+        (
+            f"paced {args.paced_rate:.0f}/s: event sent -> run created",
+            lambda r: lat(r.paced_lat) if r.paced_events else "-",
+        ),
         (f"paced {args.paced_rate:.0f}/s: events lost", lambda r: str(r.paced_lost) if r.paced_events else "-"),
         ("all runs of the DAG / all versions so far", all_runs),
         ("ledger rows not 'triggered' at the end", lambda r: str(r.not_triggered)),
         ("load average 1/5/15 min at the phase's end", lambda r: "{:.1f} / {:.1f} / {:.1f}".format(*r.load)),
-        *([("goal: p95 < 3 s up, 0 lost, 1 run per version", lambda r: goal(r) if r.batched else "-")]
-          if batched else []),
+        *(
+            [("goal: p95 < 3 s up, 0 lost, 1 run per version", lambda r: goal(r) if r.batched else "-")]
+            if batched
+            else []
+        ),
     ]
     if results:
         width = max(len(label) for label, _ in rows)
-        names = [f"{r.name} ({args.batch_size} files/run, window {r.window} s)" if r.batched else r.name
-                 for r in results]
+        names = [
+            f"{r.name} ({args.batch_size} files/run, window {r.window} s)" if r.batched else r.name for r in results
+        ]
         print(f"{'':{width}}  " + "  |  ".join(f"{name:^52}" for name in names))
         for label, fmt in rows:
             print(f"{label:{width}}  " + "  |  ".join(f"{fmt(r):52}" for r in results))
         if batched:
-            print("(batched: \"run created\" = the Airflow queued_at of the run whose batch holds the file version; "
-                  "\"all runs\" = the batched DAG's runs / batch rows in the ledger)")
+            print(
+                '(batched: "run created" = the Airflow queued_at of the run whose batch holds the file version; '
+                '"all runs" = the batched DAG\'s runs / batch rows in the ledger)'
+            )
     for r in results:
         for note in r.notes:
             print(f"[{r.name}] NOTE: {note}")
@@ -1078,39 +1264,57 @@ def report_reconcile(r: ReconcileResult, args: argparse.Namespace) -> None:
         return "ok" if ok else "FAILED"
 
     print()
-    print(f"=== reconciliation (flow {FLOW_RECONCILE}, {args.batch_size} files per run, window {args.batch_window} s, "
-          f"load average {'{:.1f} / {:.1f} / {:.1f}'.format(*r.load)} at its end) ===")
+    print(
+        f"=== reconciliation (flow {FLOW_RECONCILE}, {args.batch_size} files per run, window {args.batch_window} s, "
+        f"load average {'{:.1f} / {:.1f} / {:.1f}'.format(*r.load)} at its end) ==="
+    )
     lines = [
-        ("objects uploaded, invoker up (events arrived)", f"{r.arrived} ({r.arrived_in_ledger} in the ledger before "
-                                                          f"the sweep)"),
-        ("objects uploaded, invoker stopped (events lost)", f"{r.lost}: {r.dead_letters} dead-letter lines in "
-                                                            f"seaweedfs.log; {r.delivered_anyway} reached the ledger "
-                                                            f"anyway  {check(not r.delivered_anyway)}"),
+        (
+            "objects uploaded, invoker up (events arrived)",
+            f"{r.arrived} ({r.arrived_in_ledger} in the ledger before the sweep)",
+        ),
+        (
+            "objects uploaded, invoker stopped (events lost)",
+            f"{r.lost}: {r.dead_letters} dead-letter lines in "
+            f"seaweedfs.log; {r.delivered_anyway} reached the ledger "
+            f"anyway  {check(not r.delivered_anyway)}",
+        ),
         ("ONE sweep (lakehouse reconcile --flow)", f"{r.sweep_seconds:.1f}s wall: {r.sweep_output}"),
         ("lost objects found by the sweep", f"{r.found} / {r.lost}  {check(r.found == r.lost)}"),
         ("duplicates for objects whose event arrived", f"{r.duplicates}  {check(not r.duplicates)}"),
         ("runs created by the sweep", str(r.runs_created)),
-        ("versions in 0 runs / in 2+ runs (manifests)", f"{r.in_zero} / {r.in_two}  "
-                                                        f"{check(not r.in_zero and not r.in_two)}"),
+        (
+            "versions in 0 runs / in 2+ runs (manifests)",
+            f"{r.in_zero} / {r.in_two}  {check(not r.in_zero and not r.in_two)}",
+        ),
     ]
     if r.large:
         lines += [
-            ("large listing: objects uploaded, webhook dropped",
-             f"{r.large} in {r.large_put_seconds:.0f}s = {r.large / r.large_put_seconds:.0f} PUT/s "
-             f"({args.sweep_threads} clients); {r.large_dropped} events dropped"),
+            (
+                "large listing: objects uploaded, webhook dropped",
+                f"{r.large} in {r.large_put_seconds:.0f}s = {r.large / r.large_put_seconds:.0f} PUT/s "
+                f"({args.sweep_threads} clients); {r.large_dropped} events dropped",
+            ),
             ("bare listing of the flow's prefix (boto3)", f"{r.listed} keys in {r.listing_seconds:.1f}s"),
             ("first sweep (records every object)", f"{r.first_seconds:.1f}s wall: {r.first_output}"),
-            ("  ... until its files are in created runs", f"{r.first_drain_seconds:.1f}s, {r.first_runs} runs; "
-                                                          f"{r.large_lost} lost, in 0/2+ runs "
-                                                          f"{r.large_in_zero}/{r.large_in_two}  "
-                                                          f"{check(not r.large_lost and not r.large_in_zero and not r.large_in_two)}"),
+            (
+                "  ... until its files are in created runs",
+                f"{r.first_drain_seconds:.1f}s, {r.first_runs} runs; "
+                f"{r.large_lost} lost, in 0/2+ runs "
+                f"{r.large_in_zero}/{r.large_in_two}  "
+                f"{check(not r.large_lost and not r.large_in_zero and not r.large_in_two)}",
+            ),
             ("second sweep (everything known: steady state)", f"{r.second_seconds:.1f}s wall: {r.second_output}"),
         ]
         if r.large < 100_000:
             per = r.large_put_seconds / r.large
-            lines.append(("100,000 objects, extrapolated linearly",
-                          f"upload ~{per * 100_000:.0f}s; first sweep ~{r.first_seconds / r.large * 100_000:.0f}s; "
-                          f"second sweep ~{r.second_seconds / r.listed * 100_300:.0f}s (from {r.large})"))
+            lines.append(
+                (
+                    "100,000 objects, extrapolated linearly",
+                    f"upload ~{per * 100_000:.0f}s; first sweep ~{r.first_seconds / r.large * 100_000:.0f}s; "
+                    f"second sweep ~{r.second_seconds / r.listed * 100_300:.0f}s (from {r.large})",
+                )
+            )
     width = max(len(label) for label, _ in lines)
     for label, text in lines:
         print(f"{label:{width}}  {text}")
@@ -1123,35 +1327,71 @@ def main() -> int:
     parser.add_argument("--objects", type=int, default=2000, help="new objects per per-file and batched phase")
     parser.add_argument("--threads", type=int, default=16, help="concurrent S3 clients")
     parser.add_argument("--outage", type=float, default=5.0, help="seconds Airflow's api-server stays stopped")
-    parser.add_argument("--phases", default="baseline,current,batched,reconcile",
-                        help="comma-separated, run in the order given: baseline, current, batched, reconcile")
-    parser.add_argument("--burst", type=int, default=1000,
-                        help="webhook events posted straight to the invoker per per-file phase (0: none)")
-    parser.add_argument("--paced-rate", type=float, default=20.0,
-                        help="events/s of the paced part (below Airflow's run-creation rate)")
+    parser.add_argument(
+        "--phases",
+        default="baseline,current,batched,reconcile",
+        help="comma-separated, run in the order given: baseline, current, batched, reconcile",
+    )
+    parser.add_argument(
+        "--burst",
+        type=int,
+        default=1000,
+        help="webhook events posted straight to the invoker per per-file phase (0: none)",
+    )
+    parser.add_argument(
+        "--paced-rate", type=float, default=20.0, help="events/s of the paced part (below Airflow's run-creation rate)"
+    )
     parser.add_argument("--paced-seconds", type=float, default=20.0, help="length of the paced part (0: none)")
-    parser.add_argument("--airflow-api-workers", type=int, default=None,
-                        help="uvicorn workers of Airflow's api-server (default: what the stack runs, "
-                             "LAKEHOUSE_AIRFLOW_API_WORKERS, 2)")
-    parser.add_argument("--drain-timeout", type=float, default=300.0,
-                        help="longest wait for the runs after the last upload")
-    parser.add_argument("--batch-size", type=int, default=200,
-                        help="max_files_per_run of the batched and reconcile phases' flows")
-    parser.add_argument("--batch-window", type=int, default=1,
-                        help="batch_window_seconds of the batched and reconcile phases' flows (0: gather at once)")
-    parser.add_argument("--arrived", type=int, default=100,
-                        help="reconcile: objects uploaded with the invoker up before the lost ones")
-    parser.add_argument("--lost", type=int, default=200,
-                        help="reconcile: objects uploaded while the invoker is stopped (their events dead-lettered)")
-    parser.add_argument("--dead-letter-timeout", type=float, default=480.0,
-                        help="reconcile: longest wait for SeaweedFS's webhook to give up on the lost objects' events")
-    parser.add_argument("--sweep-objects", type=int, default=100_000,
-                        help="reconcile: objects of the large listing the sweeps are timed on (0: none)")
-    parser.add_argument("--sweep-threads", type=int, default=32, help="reconcile: S3 clients uploading the large listing")
-    parser.add_argument("--keep-home", action="store_true",
-                        help="keep the bench home (its log/ folder) even when every check passed")
-    parser.add_argument("--serve-baseline", action="store_true",
-                        help="internal: run the baseline phase's invoker in this process (the bench starts it)")
+    parser.add_argument(
+        "--airflow-api-workers",
+        type=int,
+        default=None,
+        help="uvicorn workers of Airflow's api-server (default: what the stack runs, LAKEHOUSE_AIRFLOW_API_WORKERS, 2)",
+    )
+    parser.add_argument(
+        "--drain-timeout", type=float, default=300.0, help="longest wait for the runs after the last upload"
+    )
+    parser.add_argument(
+        "--batch-size", type=int, default=200, help="max_files_per_run of the batched and reconcile phases' flows"
+    )
+    parser.add_argument(
+        "--batch-window",
+        type=int,
+        default=1,
+        help="batch_window_seconds of the batched and reconcile phases' flows (0: gather at once)",
+    )
+    parser.add_argument(
+        "--arrived", type=int, default=100, help="reconcile: objects uploaded with the invoker up before the lost ones"
+    )
+    parser.add_argument(
+        "--lost",
+        type=int,
+        default=200,
+        help="reconcile: objects uploaded while the invoker is stopped (their events dead-lettered)",
+    )
+    parser.add_argument(
+        "--dead-letter-timeout",
+        type=float,
+        default=480.0,
+        help="reconcile: longest wait for SeaweedFS's webhook to give up on the lost objects' events",
+    )
+    parser.add_argument(
+        "--sweep-objects",
+        type=int,
+        default=100_000,
+        help="reconcile: objects of the large listing the sweeps are timed on (0: none)",
+    )
+    parser.add_argument(
+        "--sweep-threads", type=int, default=32, help="reconcile: S3 clients uploading the large listing"
+    )
+    parser.add_argument(
+        "--keep-home", action="store_true", help="keep the bench home (its log/ folder) even when every check passed"
+    )
+    parser.add_argument(
+        "--serve-baseline",
+        action="store_true",
+        help="internal: run the baseline phase's invoker in this process (the bench starts it)",
+    )
     args = parser.parse_args()
     if args.serve_baseline:
         return serve_baseline()
@@ -1164,9 +1404,15 @@ def main() -> int:
     # a short backoff so the outbox drains within seconds of Airflow coming back; no automatic
     # reconciliation sweeps (only the reconcile phase's explicit ones); the lake (batch manifests)
     # under the bench home
-    configure_environment(home, extra={"LAKEHOUSE_INVOKER_RETRY_BASE": "0.5", "LAKEHOUSE_INVOKER_RETRY_MAX": "2",
-                                       "LAKEHOUSE_RECONCILE_INTERVAL": "0",
-                                       "LAKEHOUSE_LAKE_URI": (home / "lake").as_uri()})
+    configure_environment(
+        home,
+        extra={
+            "LAKEHOUSE_INVOKER_RETRY_BASE": "0.5",
+            "LAKEHOUSE_INVOKER_RETRY_MAX": "2",
+            "LAKEHOUSE_RECONCILE_INTERVAL": "0",
+            "LAKEHOUSE_LAKE_URI": (home / "lake").as_uri(),
+        },
+    )
     bench = Bench(args, home)
     results: list[PhaseResult] = []
     reconciled: ReconcileResult | None = None
@@ -1186,11 +1432,13 @@ def main() -> int:
             results[-1].load = os.getloadavg()
         completed = True
         per_file = [r for r in results if not r.batched]
-        ok = all(r.lost == 0 and r.burst_lost == 0 and r.paced_lost == 0 for r in results) and all(
-            r.runs == r.s3_distinct for r in per_file) and (
-            not per_file or per_file[-1].dag_runs_total == sum(r.distinct for r in per_file)) and all(
-            r.goal_met() and r.dag_runs_total == r.batches_total for r in results if r.batched) and (
-            reconciled is None or reconciled.ok())
+        ok = (
+            all(r.lost == 0 and r.burst_lost == 0 and r.paced_lost == 0 for r in results)
+            and all(r.runs == r.s3_distinct for r in per_file)
+            and (not per_file or per_file[-1].dag_runs_total == sum(r.distinct for r in per_file))
+            and all(r.goal_met() and r.dag_runs_total == r.batches_total for r in results if r.batched)
+            and (reconciled is None or reconciled.ok())
+        )
     finally:
         left = bench.stop_all()
         print("stopped everything the bench started" if not left else "STILL RUNNING: " + "; ".join(left))

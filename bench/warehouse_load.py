@@ -64,35 +64,57 @@ def _own_cpu_seconds() -> float:
     return usage.ru_utime + usage.ru_stime
 
 
-def _round(spark, settings, table: str, n: int, template) -> list[tuple[int, str, float, float]]:  # noqa: ANN001
+def _round(spark, settings, table: str, n: int, template) -> list[tuple[int, str, float, float]]:
     """One load of each kind, plain JDBC first; (rows, method, seconds, CPU seconds)."""
     jvm_pid = int(spark.sparkContext._jvm.java.lang.ProcessHandle.current().pid())
-    postmaster = int((settings.home / "postgres" / "data" / "postmaster.pid").read_text().split()[0]) \
-        if (settings.home / "postgres" / "data" / "postmaster.pid").exists() else None
-    cpu = (lambda: sum(cpu_seconds(jvm_pid, postmaster)) + _own_cpu_seconds()) if postmaster \
-        else (lambda: float("nan"))
+    postmaster = (
+        int((settings.home / "postgres" / "data" / "postmaster.pid").read_text().split()[0])
+        if (settings.home / "postgres" / "data" / "postmaster.pid").exists()
+        else None
+    )
+    cpu = (lambda: sum(cpu_seconds(jvm_pid, postmaster)) + _own_cpu_seconds()) if postmaster else (lambda: float("nan"))
     cpu_before = cpu()
     started = time.monotonic()
-    (spark.table(table).write.format("jdbc").option("url", settings.jdbc_url(settings.warehouse_db))
-        .option("driver", "org.postgresql.Driver").option("dbtable", "bench.plain_jdbc")
-        .option("user", settings.pg_user).option("password", settings.pg_password)
-        .mode("overwrite").save())
+    (
+        spark.table(table)
+        .write.format("jdbc")
+        .option("url", settings.jdbc_url(settings.warehouse_db))
+        .option("driver", "org.postgresql.Driver")
+        .option("dbtable", "bench.plain_jdbc")
+        .option("user", settings.pg_user)
+        .option("password", settings.pg_password)
+        .mode("overwrite")
+        .save()
+    )
     plain = time.monotonic() - started
     plain_cpu = cpu() - cpu_before
     print(f"  spark jdbc  {plain:8.1f} s  {n / plain:>12,.0f} rows/s  cpu {plain_cpu:6.1f} s", flush=True)
 
     cpu_before = cpu()
     started = time.monotonic()
-    metrics = template.main(["--batch_id", f"bench_{n}", "--lake_uri", settings.lake_uri, "--source_table", table,
-                             "--target_table", "bench.template_copy"])
+    metrics = template.main(
+        [
+            "--batch_id",
+            f"bench_{n}",
+            "--lake_uri",
+            settings.lake_uri,
+            "--source_table",
+            table,
+            "--target_table",
+            "bench.template_copy",
+        ]
+    )
     took = time.monotonic() - started
     took_cpu = cpu() - cpu_before
     assert metrics["rows_out"] == n, metrics
-    print(f"  template    {took:8.1f} s  {n / took:>12,.0f} rows/s  cpu {took_cpu:6.1f} s  (spark writes files "
-          f"{metrics.get('write_seconds')} s, {metrics.get('copy_format')} COPY of {metrics.get('copy_files')} files "
-          f"done after "
-          f"{metrics.get('copy_seconds')} s, swap + commit {metrics.get('commit_seconds')} s)  "
-          f"load {os.getloadavg()[0]:.1f}", flush=True)
+    print(
+        f"  template    {took:8.1f} s  {n / took:>12,.0f} rows/s  cpu {took_cpu:6.1f} s  (spark writes files "
+        f"{metrics.get('write_seconds')} s, {metrics.get('copy_format')} COPY of {metrics.get('copy_files')} files "
+        f"done after "
+        f"{metrics.get('copy_seconds')} s, swap + commit {metrics.get('commit_seconds')} s)  "
+        f"load {os.getloadavg()[0]:.1f}",
+        flush=True,
+    )
     return [(n, "spark jdbc", plain, plain_cpu), (n, "template", took, took_cpu)]
 
 
@@ -131,11 +153,16 @@ def main(argv: list[str] | None = None) -> int:
             builder = builder.config(key, value)
         spark = builder.getOrCreate()
         spark.sparkContext.setLogLevel("ERROR")
-        os.environ.update({"LAKEHOUSE_WAREHOUSE_JDBC_URL": settings.jdbc_url(settings.warehouse_db),
-                           "LAKEHOUSE_WAREHOUSE_USER": settings.pg_user,
-                           "LAKEHOUSE_WAREHOUSE_PASSWORD": settings.pg_password})
-        from lakehouse_jobs.templates import presentation_to_warehouse
+        os.environ.update(
+            {
+                "LAKEHOUSE_WAREHOUSE_JDBC_URL": settings.jdbc_url(settings.warehouse_db),
+                "LAKEHOUSE_WAREHOUSE_USER": settings.pg_user,
+                "LAKEHOUSE_WAREHOUSE_PASSWORD": settings.pg_password,
+            }
+        )
         import psycopg2
+
+        from lakehouse_jobs.templates import presentation_to_warehouse
 
         with psycopg2.connect(settings.warehouse_dsn) as conn, conn.cursor() as cur:
             cur.execute("CREATE SCHEMA IF NOT EXISTS bench")
@@ -170,10 +197,14 @@ def main(argv: list[str] | None = None) -> int:
         shutil.rmtree(home, ignore_errors=True)
 
     load = ", ".join(f"{x:.1f}" for x in os.getloadavg())
-    print(f"\npresentation -> Postgres warehouse (python {sys.version.split()[0]}, {os.cpu_count()} cpus, "
-          f"Spark local[2], load average at the end {load})")
-    print(f"{'rows':>10} {'spark jdbc rows/s (best / median)':>34} {'template rows/s (best / median)':>32} "
-          f"{'speed-up':>9} {'CPU s jdbc / template (median)':>31}")
+    print(
+        f"\npresentation -> Postgres warehouse (python {sys.version.split()[0]}, {os.cpu_count()} cpus, "
+        f"Spark local[2], load average at the end {load})"
+    )
+    print(
+        f"{'rows':>10} {'spark jdbc rows/s (best / median)':>34} {'template rows/s (best / median)':>32} "
+        f"{'speed-up':>9} {'CPU s jdbc / template (median)':>31}"
+    )
     by_size: dict[int, dict[str, list[tuple[float, float]]]] = {}
     for n, name, seconds, cpu in results:
         by_size.setdefault(n, {}).setdefault(name, []).append((n / seconds, cpu))
@@ -182,8 +213,10 @@ def main(argv: list[str] | None = None) -> int:
         copy = [r for r, _ in rounds["template"]]
         jdbc_cpu = statistics.median(c for _, c in rounds["spark jdbc"])
         copy_cpu = statistics.median(c for _, c in rounds["template"])
-        print(f"{n:>10,} {max(jdbc):>20,.0f} / {statistics.median(jdbc):>11,.0f} {max(copy):>18,.0f} / "
-              f"{statistics.median(copy):>11,.0f} {max(copy) / max(jdbc):>8.1f}x {jdbc_cpu:>20.1f} / {copy_cpu:.1f}")
+        print(
+            f"{n:>10,} {max(jdbc):>20,.0f} / {statistics.median(jdbc):>11,.0f} {max(copy):>18,.0f} / "
+            f"{statistics.median(copy):>11,.0f} {max(copy) / max(jdbc):>8.1f}x {jdbc_cpu:>20.1f} / {copy_cpu:.1f}"
+        )
     return 0
 
 

@@ -44,8 +44,14 @@ os.environ.update(
         "LAKEHOUSE_RECONCILE_INTERVAL": "0",  # the tests sweep when they mean to
     }
 )
-for _name in ("LAKEHOUSE_AIRFLOW_URL", "LAKEHOUSE_METADATA_DSN", "LAKEHOUSE_WAREHOUSE_DSN", "LAKEHOUSE_CATALOG_DSN",
-              "LAKEHOUSE_LAKE_URI", "LAKEHOUSE_RUNNER"):
+for _name in (
+    "LAKEHOUSE_AIRFLOW_URL",
+    "LAKEHOUSE_METADATA_DSN",
+    "LAKEHOUSE_WAREHOUSE_DSN",
+    "LAKEHOUSE_CATALOG_DSN",
+    "LAKEHOUSE_LAKE_URI",
+    "LAKEHOUSE_RUNNER",
+):
     os.environ.pop(_name, None)
 
 from lakehouse.config import Settings, load_settings  # noqa: E402

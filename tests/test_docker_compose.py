@@ -28,7 +28,11 @@ ENV_EXAMPLE = ROOT / ".env.example"
 DOCKERFILE = ROOT / "deploy" / "docker" / "Dockerfile"
 AIRFLOW_COMPONENTS = ("api-server", "scheduler", "dag-processor", "triggerer")
 EXPECTED_SERVICES = {
-    "postgres", "seaweedfs", "invoker", "airflow-init", *(f"airflow-{c}" for c in AIRFLOW_COMPONENTS),
+    "postgres",
+    "seaweedfs",
+    "invoker",
+    "airflow-init",
+    *(f"airflow-{c}" for c in AIRFLOW_COMPONENTS),
 }
 #: variables of .env that only Compose reads (the config module has no single S3 port: its
 #: LAKEHOUSE_SEAWEED_PORTS lists six, and a host-side client sets LAKEHOUSE_S3_ENDPOINT_URL).
@@ -265,15 +269,19 @@ def test_databases_agree_with_the_config_module(resolved: dict, container_settin
     postgres = resolved["services"]["postgres"]
     assert settings.pg_managed is False
     assert settings.pg_host == "postgres" and settings.pg_port in [c for _, c in published(postgres)]
-    assert (settings.pg_user, settings.pg_password) == (postgres["environment"]["POSTGRES_USER"],
-                                                       postgres["environment"]["POSTGRES_PASSWORD"])
+    assert (settings.pg_user, settings.pg_password) == (
+        postgres["environment"]["POSTGRES_USER"],
+        postgres["environment"]["POSTGRES_PASSWORD"],
+    )
     assert postgres["environment"]["POSTGRES_DB"] == settings.metadata_db
     init_sql = (ROOT / "deploy/docker/init-databases.sql").read_text()
     for database in (settings.airflow_db, settings.catalog_db, settings.warehouse_db):
         assert f"CREATE DATABASE {database};" in init_sql
     # Airflow's own connection is the one the config module derives for the Airflow database
-    assert resolved["services"]["airflow-scheduler"]["environment"]["AIRFLOW__DATABASE__SQL_ALCHEMY_CONN"] \
+    assert (
+        resolved["services"]["airflow-scheduler"]["environment"]["AIRFLOW__DATABASE__SQL_ALCHEMY_CONN"]
         == settings.airflow_sql_alchemy_conn
+    )
 
 
 def test_services_reach_each_other_where_the_config_module_says(resolved: dict, container_settings) -> None:
@@ -285,7 +293,9 @@ def test_services_reach_each_other_where_the_config_module_says(resolved: dict, 
         assert s3.hostname == "seaweedfs" and s3.port == settings.seaweed_ports.s3  # weed mini's S3 port
         assert s3.port in [c for _, c in published(seaweed)]
         assert (settings.s3_access_key_id, settings.s3_secret_access_key) == (
-            seaweed["environment"]["AWS_ACCESS_KEY_ID"], seaweed["environment"]["AWS_SECRET_ACCESS_KEY"])
+            seaweed["environment"]["AWS_ACCESS_KEY_ID"],
+            seaweed["environment"]["AWS_SECRET_ACCESS_KEY"],
+        )
         assert settings.landing_bucket == seaweed["environment"]["LAKEHOUSE_LANDING_BUCKET"]
         assert settings.invoker_token == seaweed["environment"]["LAKEHOUSE_INVOKER_TOKEN"]
         airflow = urlsplit(settings.airflow_url)
@@ -308,22 +318,31 @@ def test_airflow_settings_agree_with_the_config_module(resolved: dict, container
     assert env["AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_USERS"] == f"{settings.airflow_username}:admin"
     assert env["AIRFLOW__CORE__EXECUTION_API_SERVER_URL"] == f"{settings.airflow_url}/execution/"
     assert Path(env["AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_PASSWORDS_FILE"]).is_relative_to(settings.home)
-    assert Path(env["AIRFLOW__LOGGING__BASE_LOG_FOLDER"]).is_relative_to(settings.home)  # shared: the UI reads task logs
+    assert Path(env["AIRFLOW__LOGGING__BASE_LOG_FOLDER"]).is_relative_to(
+        settings.home
+    )  # shared: the UI reads task logs
 
 
 def test_state_is_on_named_volumes_and_jars_are_in_the_image(resolved: dict, container_settings) -> None:
     for name in lakehouse_services(resolved):
         settings = container_settings(name)
-        mounts = {target: source for source, target in (v.split(":")[:2] for v in resolved["services"][name]["volumes"])}
+        mounts = {
+            target: source for source, target in (v.split(":")[:2] for v in resolved["services"][name]["volumes"])
+        }
         assert mounts.get(str(settings.home)) == "lakehouse-home", f"{name}: LAKEHOUSE_HOME is not the shared volume"
-        assert settings.lake_uri == (settings.home / "lake").as_uri() and settings.catalog_warehouse_uri.startswith(settings.lake_uri)
-        assert not settings.jars_dir.is_relative_to(settings.home), "jars under the volume would outlive an image rebuild"
+        assert settings.lake_uri == (settings.home / "lake").as_uri() and settings.catalog_warehouse_uri.startswith(
+            settings.lake_uri
+        )
+        assert not settings.jars_dir.is_relative_to(settings.home), (
+            "jars under the volume would outlive an image rebuild"
+        )
     assert resolved["services"]["postgres"]["volumes"][0] == "postgres-data:/var/lib/postgresql/data"
     assert resolved["services"]["seaweedfs"]["volumes"] == ["seaweedfs-data:/data"]
 
 
-def test_published_ports_are_what_a_host_side_client_configures(compose: dict, monkeypatch: pytest.MonkeyPatch,
-                                                               dot_env: dict[str, str]) -> None:
+def test_published_ports_are_what_a_host_side_client_configures(
+    compose: dict, monkeypatch: pytest.MonkeyPatch, dot_env: dict[str, str]
+) -> None:
     """`set -a; . ./.env` on the host: the CLI then reaches the published ports (the config
     module's own defaults are those ports too)."""
     for name in list(os.environ):
@@ -361,7 +380,9 @@ def test_docker_compose_config_validates(tmp_path: Path, dot_env: dict[str, str]
     env.write_text("".join(f"{k}={v}\n" for k, v in dot_env.items()))
     result = subprocess.run(
         ["docker-compose", "--env-file", str(env), "-f", str(COMPOSE), "config"],
-        capture_output=True, text=True, cwd=ROOT,
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
     )
     assert result.returncode == 0, result.stderr
     # Compose's own resolution gives the environments the tests above fed to the config module
@@ -379,8 +400,12 @@ def test_airflow_init_writes_the_login_file_for_any_password(compose: dict, tmp_
     script = compose["services"]["airflow-init"]["command"][2]
     first_step = script.split(" && airflow db migrate")[0].replace("/opt/lakehouse/var", str(tmp_path))
     password = "pa\"ss'w$rd\\x"
-    env = {"PATH": os.environ["PATH"], "LAKEHOUSE_AIRFLOW_USERNAME": "admin", "LAKEHOUSE_AIRFLOW_PASSWORD": password,
-           "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_PASSWORDS_FILE": str(tmp_path / "airflow" / "passwords.json")}
+    env = {
+        "PATH": os.environ["PATH"],
+        "LAKEHOUSE_AIRFLOW_USERNAME": "admin",
+        "LAKEHOUSE_AIRFLOW_PASSWORD": password,
+        "AIRFLOW__CORE__SIMPLE_AUTH_MANAGER_PASSWORDS_FILE": str(tmp_path / "airflow" / "passwords.json"),
+    }
     result = subprocess.run(["bash", "-c", first_step], env=env, capture_output=True, text=True)
     assert result.returncode == 0, result.stderr
     assert json.loads((tmp_path / "airflow" / "passwords.json").read_text()) == {"admin": password}

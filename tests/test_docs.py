@@ -13,8 +13,10 @@ _LINK = re.compile(r"\]\(([^)\s]+)\)")
 
 def _headings(text: str) -> set[str]:
     """GitHub's anchors of a page's headings."""
-    return {re.sub(r"[^\w\- ]", "", h.strip().lower()).replace(" ", "-")
-            for h in re.findall(r"^#+ (.+)$", text, flags=re.MULTILINE)}
+    return {
+        re.sub(r"[^\w\- ]", "", h.strip().lower()).replace(" ", "-")
+        for h in re.findall(r"^#+ (.+)$", text, flags=re.MULTILINE)
+    }
 
 
 def test_every_relative_link_resolves_inside_the_repository() -> None:
@@ -37,6 +39,9 @@ def test_nothing_tracked_points_outside_the_repository() -> None:
     """The design notes the code once cited live in docs/ now; ../shared is not part of a clone."""
     tracked = subprocess.run(["git", "ls-files"], cwd=ROOT, capture_output=True, text=True, check=True).stdout.split()
     this = Path(__file__).resolve().relative_to(ROOT).as_posix()
-    citing = [name for name in tracked if name != this and (ROOT / name).is_file()
-              and "shared/design" in (ROOT / name).read_text(errors="ignore")]
+    citing = [
+        name
+        for name in tracked
+        if name != this and (ROOT / name).is_file() and "shared/design" in (ROOT / name).read_text(errors="ignore")
+    ]
     assert citing == []

@@ -44,11 +44,20 @@ def _start(tmp_path: Path, test: str) -> tuple[subprocess.Popen[str], Path]:
     (tmp_path / "test_inner.py").write_text(INNER)
     ready = tmp_path / "ready"
     offset = int(os.environ.get("LAKEHOUSE_TEST_PORT_OFFSET", "0")) + 700  # beside this run's services
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(TESTS), os.environ.get("PYTHONPATH")])),
-           "LAKEHOUSE_TEST_PORT_OFFSET": str(offset), "READY_FILE": str(ready)}
+    env = {
+        **os.environ,
+        "PYTHONPATH": os.pathsep.join(filter(None, [str(TESTS), os.environ.get("PYTHONPATH")])),
+        "LAKEHOUSE_TEST_PORT_OFFSET": str(offset),
+        "READY_FILE": str(ready),
+    }
     process = subprocess.Popen(
         [sys.executable, "-m", "pytest", "-q", "-p", "conftest", "-p", "no:cacheprovider", f"test_inner.py::{test}"],
-        cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        cwd=tmp_path,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
     return process, ready
 
 

@@ -26,9 +26,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-import aws_cdk as cdk  # noqa: E402
-
-from lakehouse_stack import LakehouseProps, LakehouseStack  # noqa: E402
+import aws_cdk as cdk
+from lakehouse_stack import LakehouseProps, LakehouseStack
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -48,11 +47,17 @@ def main() -> None:
         airflow_version=ctx("airflow_version", "3.0.6") or "",
         mwaa_webserver_access=ctx("mwaa_webserver_access", "PUBLIC_ONLY") or "",
         alert_email=ctx("alert_email", None),
-        lake_databases=tuple(d.strip() for d in (ctx("lake_databases", "stage,presentation") or "").split(",") if d.strip()),
+        lake_databases=tuple(
+            d.strip() for d in (ctx("lake_databases", "stage,presentation") or "").split(",") if d.strip()
+        ),
         mwaa_environment_class=ctx("mwaa_environment_class", "mw1.small") or "mw1.small",
     )
-    LakehouseStack(app, ctx("stack_name", "Lakehouse") or "Lakehouse", props,
-                   description="lakehouse: metadata-driven pipelines (S3, Lambda, MWAA, Glue, RDS, Redshift Serverless)")
+    LakehouseStack(
+        app,
+        ctx("stack_name", "Lakehouse") or "Lakehouse",
+        props,
+        description="lakehouse: metadata-driven pipelines (S3, Lambda, MWAA, Glue, RDS, Redshift Serverless)",
+    )
     app.synth()
 
 

@@ -16,7 +16,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
-__all__ = ["ArgSpec", "COMMON_ARGS", "JobArgumentError", "parse_job_args"]
+__all__ = ["COMMON_ARGS", "ArgSpec", "JobArgumentError", "parse_job_args"]
 
 ArgType = Literal["str", "int", "float", "bool", "json", "list"]
 
@@ -141,7 +141,9 @@ def parse_job_args(argv: Sequence[str], spec: Sequence[ArgSpec]) -> dict[str, An
         if s.name in raw:
             result[s.name] = _convert(s, raw[s.name])
         elif s.required:
-            raise JobArgumentError(f"missing required argument --{s.name}" + (f" ({s.description})" if s.description else ""))
+            raise JobArgumentError(
+                f"missing required argument --{s.name}" + (f" ({s.description})" if s.description else "")
+            )
         else:
             result[s.name] = s.default
     return result

@@ -30,8 +30,9 @@ _UNSAFE_IN_PATH = re.compile(r"[^A-Za-z0-9_.-]+")
 def validate_identifier(name: str, what: str) -> str:
     """Return ``name`` if it matches ``^[a-z][a-z0-9_]*$``, else raise naming ``what`` it is."""
     if not isinstance(name, str) or not IDENTIFIER.match(name):
-        raise ValueError(f"{what} {name!r} is not a valid identifier: use lower-case letters, digits and _, "
-                         f"starting with a letter")
+        raise ValueError(
+            f"{what} {name!r} is not a valid identifier: use lower-case letters, digits and _, starting with a letter"
+        )
     if len(name) > _POSTGRES_MAX_IDENTIFIER:
         raise ValueError(f"{what} {name!r} is longer than {_POSTGRES_MAX_IDENTIFIER} characters")
     return name

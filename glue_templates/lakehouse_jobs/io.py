@@ -21,8 +21,19 @@ from pyspark.sql import SparkSession
 
 from lakehouse_jobs.environment import read_environment
 
-__all__ = ["STAGE_S3_CONF", "delete_path", "file_head", "is_manifest", "lake_path", "local_path", "localize_input",
-           "path_exists", "read_text", "s3_client", "write_text"]
+__all__ = [
+    "STAGE_S3_CONF",
+    "delete_path",
+    "file_head",
+    "is_manifest",
+    "lake_path",
+    "local_path",
+    "localize_input",
+    "path_exists",
+    "read_text",
+    "s3_client",
+    "write_text",
+]
 
 STAGE_S3_CONF = "spark.lakehouse.stage_s3_through_boto3"
 _S3_SCHEMES = ("s3", "s3a", "s3n")

@@ -44,8 +44,7 @@ def run_template(template: str, argv: Sequence[str], spec: Sequence[ArgSpec], bo
     except BaseException as exc:
         partial = exc.metrics if isinstance(exc, JobFailure) else {}
         # no default counts here: a count the job did not reach is unknown (NULL in the audit), not 0
-        failed = {**base, **partial, **_error_keys(exc),
-                  "seconds": round(time.monotonic() - started, 3)}
+        failed = {**base, **partial, **_error_keys(exc), "seconds": round(time.monotonic() - started, 3)}
         try:
             write_metrics(args["metrics_uri"], failed)
         except Exception as write_error:  # the job's own error matters more than the report's

@@ -23,8 +23,8 @@ from lakehouse_jobs.identifiers import IDENTIFIER, quote_spark
 from lakehouse_jobs.io import local_path
 
 __all__ = [
-    "LineRegex",
     "REASON_COLUMN",
+    "LineRegex",
     "cast_columns",
     "check_java_regex",
     "compile_line_regex",
@@ -71,7 +71,7 @@ def compile_line_regex(text: str) -> LineRegex:
         if ch == "\\":
             if text.startswith(("\\k<", "\\g<"), i):
                 raise ValueError("--regex: named back-references are not supported; use a numbered one like \\1")
-            out.append(text[i:i + 2])
+            out.append(text[i : i + 2])
             i += 2
             continue
         if in_class:
@@ -101,8 +101,10 @@ def compile_line_regex(text: str) -> LineRegex:
                 if not _GROUP_NAME.fullmatch(name):
                     raise ValueError(f"--regex: group name {name!r} is not valid")
                 if not IDENTIFIER.match(name):
-                    raise ValueError(f"--regex: group name {name!r} must be a lower-case column name "
-                                     f"(letters, digits, _; starting with a letter)")
+                    raise ValueError(
+                        f"--regex: group name {name!r} must be a lower-case column name "
+                        f"(letters, digits, _; starting with a letter)"
+                    )
                 if any(name == existing for existing, _ in columns):
                     raise ValueError(f"--regex: group name {name!r} is used twice")
                 columns.append((name, group))
@@ -155,8 +157,14 @@ def normalize_header(names: Sequence[str]) -> list[str]:
 
 def split_header_line(line: str, delimiter: str, quote: str = '"') -> list[str]:
     """The header's cells, parsed with the same quoting rules as the data lines."""
-    return next(csv.reader([line.lstrip("\ufeff")], delimiter=delimiter, quotechar=quote or None,
-                           quoting=csv.QUOTE_MINIMAL if quote else csv.QUOTE_NONE))
+    return next(
+        csv.reader(
+            [line.lstrip("\ufeff")],
+            delimiter=delimiter,
+            quotechar=quote or None,
+            quoting=csv.QUOTE_MINIMAL if quote else csv.QUOTE_NONE,
+        )
+    )
 
 
 def number_lines(spark: SparkSession, uri: str) -> DataFrame:
@@ -169,11 +177,14 @@ def number_lines(spark: SparkSession, uri: str) -> DataFrame:
     """
     local = local_path(uri)
     size = local.stat().st_size if local is not None and local.is_file() else None
-    limit = min(_byte_size(spark.conf.get("spark.sql.files.maxPartitionBytes", "128m")),
-                _byte_size(spark.conf.get("spark.sql.files.openCostInBytes", "4m")))
+    limit = min(
+        _byte_size(spark.conf.get("spark.sql.files.maxPartitionBytes", "128m")),
+        _byte_size(spark.conf.get("spark.sql.files.openCostInBytes", "4m")),
+    )
     if size is not None and (uri.endswith(".gz") or size <= limit):
         return spark.read.text(uri).select(
-            (F.monotonically_increasing_id() + 1).cast("long").alias("_line_number"), F.col("value").alias("_raw_line"))
+            (F.monotonically_increasing_id() + 1).cast("long").alias("_line_number"), F.col("value").alias("_raw_line")
+        )
     lines = spark.read.text(uri).select(
         F.col("value").alias("_raw_line"),
         F.col("_metadata.file_block_start").alias("_block"),
@@ -198,7 +209,7 @@ def _byte_size(text: str) -> int:
     text = text.strip().lower()
     scale = {"k": 1 << 10, "m": 1 << 20, "g": 1 << 30, "t": 1 << 40}
     number = text.rstrip("bkmgt")
-    unit = text[len(number):].rstrip("b")[:1]
+    unit = text[len(number) :].rstrip("b")[:1]
     return int(float(number) * scale.get(unit, 1))
 
 
@@ -222,8 +233,13 @@ def parse_csv_lines(lines: DataFrame, columns: Sequence[str], delimiter: str, qu
     corrupt = "_corrupt_record"
     ddl = ", ".join(f"{quote_spark(c)} STRING" for c in columns) + f", {corrupt} STRING"
     # an empty quote turns quoting off (Spark's spelling of that is the NUL character)
-    options = {"sep": delimiter, "quote": quote or "\u0000", "escape": quote or "\\", "mode": "PERMISSIVE",
-               "columnNameOfCorruptRecord": corrupt}
+    options = {
+        "sep": delimiter,
+        "quote": quote or "\u0000",
+        "escape": quote or "\\",
+        "mode": "PERMISSIVE",
+        "columnNameOfCorruptRecord": corrupt,
+    }
     parsed = F.from_csv(F.col("_raw_line"), ddl, options)
     blank = F.trim(F.col("_raw_line")) == ""
     bad = parsed[corrupt].isNotNull() | (blank & F.lit(len(columns) > 1))
@@ -271,8 +287,14 @@ def cast_columns(parsed: DataFrame, types: Mapping[str, DataType]) -> DataFrame:
     for name, data_type in types.items():
         cast = F.expr(f"try_cast({quote_spark(name)} AS {data_type.simpleString()})")
         failed = F.col(name).isNotNull() & cast.isNull()
-        failures.append(F.when(failed, F.format_string("column %s: value '%s' is not a valid %s",
-                                                        F.lit(name), F.col(name), F.lit(data_type.simpleString()))))
+        failures.append(
+            F.when(
+                failed,
+                F.format_string(
+                    "column %s: value '%s' is not a valid %s", F.lit(name), F.col(name), F.lit(data_type.simpleString())
+                ),
+            )
+        )
         casts[name] = cast
     if not failures:
         return parsed
@@ -295,8 +317,10 @@ def normalize_encoding(encoding: str | None) -> str:
     if name in ("UTF8", "UTF-8"):
         return "UTF-8"
     if name in _UNSUPPORTED_ENCODINGS:
-        raise ValueError(f"--encoding {encoding!r} is not supported: lines are split on the byte \\n, which "
-                         f"{name} does not use; convert the file to UTF-8 (or an 8-bit encoding)")
+        raise ValueError(
+            f"--encoding {encoding!r} is not supported: lines are split on the byte \\n, which "
+            f"{name} does not use; convert the file to UTF-8 (or an 8-bit encoding)"
+        )
     if not re.fullmatch(r"[A-Z0-9][A-Z0-9.:-]*", name):
         raise ValueError(f"--encoding {encoding!r} is not a charset name")
     return name
@@ -353,7 +377,8 @@ def parse_fixed_width_lines(lines: DataFrame, widths: Sequence[tuple[str, int]])
     too_short = length < total
     too_long = (length > total) & (F.trim(F.substring("_raw_line", total + 1, 1 << 30)) != "")
     reason = F.when(too_short, F.format_string(f"line has %d characters, expected {total}", length)).when(
-        too_long, F.format_string(f"line has %d characters, expected {total} (text after the last column)", length))
+        too_long, F.format_string(f"line has %d characters, expected {total} (text after the last column)", length)
+    )
     bad = too_short | too_long
     cols = []
     position = 1
@@ -371,15 +396,17 @@ def json_path(path: str, column: str) -> str:
     """``customer.name`` / ``items[0].sku`` / ``$.a['b c']`` → a ``$``-rooted JSON path."""
     text = path.strip() if isinstance(path, str) else ""
     if not text or not _PATH.match(text):
-        raise ValueError(f"--json_paths: path {path!r} of column {column!r} is not a path like "
-                         f"customer.name or items[0].sku")
+        raise ValueError(
+            f"--json_paths: path {path!r} of column {column!r} is not a path like customer.name or items[0].sku"
+        )
     if text.startswith("$"):
         return text
     return "$" + ("" if text.startswith("[") else ".") + text
 
 
-def parse_json_lines(lines: DataFrame, paths: Sequence[tuple[str, str]] | None,
-                     keys: Sequence[tuple[str, str]] | None = None) -> DataFrame:
+def parse_json_lines(
+    lines: DataFrame, paths: Sequence[tuple[str, str]] | None, keys: Sequence[tuple[str, str]] | None = None
+) -> DataFrame:
     """Each line (or record) one JSON object; columns from declared paths (nested objects flattened),
     or from its top-level keys (``keys``: column → key). Nested values without a path stay JSON text."""
     is_object = F.json_object_keys("_raw_line").isNotNull()
@@ -397,8 +424,12 @@ def parse_json_lines(lines: DataFrame, paths: Sequence[tuple[str, str]] | None,
 
 def json_top_level_keys(lines: DataFrame) -> list[str]:
     """Every top-level key of the JSON objects, in order of first appearance (one pass)."""
-    keys = (lines.select("_line_number", F.explode(F.json_object_keys("_raw_line")).alias("key"))
-            .groupBy("key").agg(F.min("_line_number").alias("first")).collect())
+    keys = (
+        lines.select("_line_number", F.explode(F.json_object_keys("_raw_line")).alias("key"))
+        .groupBy("key")
+        .agg(F.min("_line_number").alias("first"))
+        .collect()
+    )
     return [r["key"] for r in sorted(keys, key=lambda r: (r["first"], r["key"]))]
 
 
@@ -410,11 +441,13 @@ def json_document_records(spark: SparkSession, uri: str) -> tuple[DataFrame, boo
     """
     doc = spark.read.text(uri, wholetext=True).select(F.trim(F.regexp_replace("value", "^\ufeff", "")).alias("v"))
     records = F.when(F.col("v").startswith("["), F.from_json("v", "array<string>")).when(
-        F.col("v").startswith("{") & F.json_object_keys("v").isNotNull(), F.array("v"))
+        F.col("v").startswith("{") & F.json_object_keys("v").isNotNull(), F.array("v")
+    )
     parsed = doc.select(records.alias("records")).persist()
     ok = parsed.filter(F.col("records").isNull()).count() == 0
     out = parsed.select(F.posexplode("records").alias("pos", "_raw_line")).select(
-        (F.col("pos") + 1).cast("long").alias("_line_number"), "_raw_line")
+        (F.col("pos") + 1).cast("long").alias("_line_number"), "_raw_line"
+    )
     return out, ok
 
 
@@ -424,7 +457,9 @@ _DECIMAL = r"^[+-]?[0-9]+(\.[0-9]+)?$"
 _DOUBLE = r"^[+-]?([0-9]+\.?[0-9]*|\.[0-9]+)([eE][+-]?[0-9]+)?$"
 _BOOL = r"^(?i)(true|false)$"
 _DATE = r"^[0-9]{4}-[0-9]{2}-[0-9]{2}$"
-_TIMESTAMP = r"^[0-9]{4}-[0-9]{2}-[0-9]{2}[T ][0-9]{2}:[0-9]{2}(:[0-9]{2}(\.[0-9]{1,9})?)?(Z|[+-][0-9]{2}(:?[0-9]{2})?)?$"
+_TIMESTAMP = (
+    r"^[0-9]{4}-[0-9]{2}-[0-9]{2}[T ][0-9]{2}:[0-9]{2}(:[0-9]{2}(\.[0-9]{1,9})?)?(Z|[+-][0-9]{2}(:?[0-9]{2})?)?$"
+)
 
 
 def infer_types(parsed: DataFrame, columns: Sequence[str]) -> dict[str, str]:
@@ -451,8 +486,9 @@ def infer_types(parsed: DataFrame, columns: Sequence[str]) -> dict[str, str]:
             count_if(v.rlike(_DECIMAL), "dec", i),
             count_if(v.rlike(_DOUBLE), "dbl", i),
             count_if(v.rlike(_DATE) & F.expr(f"try_cast(trim({quote_spark(name)}) AS date)").isNotNull(), "date", i),
-            count_if(v.rlike(_TIMESTAMP) & F.expr(f"try_cast(trim({quote_spark(name)}) AS timestamp)").isNotNull(),
-                     "ts", i),
+            count_if(
+                v.rlike(_TIMESTAMP) & F.expr(f"try_cast(trim({quote_spark(name)}) AS timestamp)").isNotNull(), "ts", i
+            ),
             F.max(F.when(present & v.rlike(_DECIMAL), F.length(fraction))).alias(f"scale{i}"),
             F.max(F.when(present & v.rlike(_DECIMAL), F.length(integer))).alias(f"digits{i}"),
         ]

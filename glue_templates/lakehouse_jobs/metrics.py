@@ -84,7 +84,7 @@ def error_summary(exc: BaseException) -> str:
 def _one_line(text: str) -> str:
     """No line breaks of any kind (``splitlines`` knows them all), at most the limit, "…" when cut."""
     flat = " ".join(part.strip() for part in text.splitlines() if part.strip())
-    return flat if len(flat) <= SUMMARY_MAX_CHARS else flat[:SUMMARY_MAX_CHARS - 1].rstrip() + "…"
+    return flat if len(flat) <= SUMMARY_MAX_CHARS else flat[: SUMMARY_MAX_CHARS - 1].rstrip() + "…"
 
 
 def summary_line(template: str, metrics: Mapping[str, Any]) -> str:

@@ -48,8 +48,14 @@ def _safe(url: str) -> str:
     return f"{parsed.scheme}://{host}{port}{parsed.path}"
 
 
-def fetch_to_file(url: str, folder: str, headers: Mapping[str, str] | None = None, timeout: float = 60,
-                  attempts: int = 3, backoff: float = 1.0) -> Fetched:
+def fetch_to_file(
+    url: str,
+    folder: str,
+    headers: Mapping[str, str] | None = None,
+    timeout: float = 60,
+    attempts: int = 3,
+    backoff: float = 1.0,
+) -> Fetched:
     """Download ``url`` into a new file under ``folder``; retries transient failures."""
     if urlparse(url).scheme not in ("http", "https"):
         raise ValueError(f"--url must be http:// or https://, got {_safe(url)!r}")
@@ -69,7 +75,7 @@ def _fetch_once(url: str, folder: str, headers: dict[str, str], timeout: float) 
     request = urllib.request.Request(url, headers={"User-Agent": "lakehouse-http-to-landing", **headers})
     where = _safe(url)
     try:
-        response = urllib.request.urlopen(request, timeout=timeout)  # noqa: S310 - scheme checked above
+        response = urllib.request.urlopen(request, timeout=timeout)
     except urllib.error.HTTPError as exc:
         error = FetchError(f"GET {where} answered HTTP {exc.code} {exc.reason}")
         error.transient = exc.code in _RETRY_STATUS  # type: ignore[attr-defined]
@@ -89,8 +95,11 @@ def _fetch_once(url: str, folder: str, headers: dict[str, str], timeout: float) 
                     try:
                         chunk = response.read(_CHUNK)
                     except Exception as exc:  # http.client.IncompleteRead, a reset connection
-                        error = FetchError(f"GET {where}: the connection broke after {size} bytes"
-                                           + (f" of {declared}" if declared else "") + f" ({type(exc).__name__})")
+                        error = FetchError(
+                            f"GET {where}: the connection broke after {size} bytes"
+                            + (f" of {declared}" if declared else "")
+                            + f" ({type(exc).__name__})"
+                        )
                         error.transient = True  # type: ignore[attr-defined]
                         raise error from None
                     if not chunk:
@@ -110,8 +119,14 @@ def _fetch_once(url: str, folder: str, headers: dict[str, str], timeout: float) 
             except OSError:
                 pass
             raise
-        return Fetched(handle.name, size, digest.hexdigest(), response.headers.get("Content-Type"),
-                       response.headers.get("ETag"), response.headers.get("Last-Modified"))
+        return Fetched(
+            handle.name,
+            size,
+            digest.hexdigest(),
+            response.headers.get("Content-Type"),
+            response.headers.get("ETag"),
+            response.headers.get("Last-Modified"),
+        )
 
 
 def put_file(client: Any, fetched: Fetched, bucket: str, key: str, source_url: str) -> dict[str, Any]:
@@ -122,6 +137,7 @@ def put_file(client: Any, fetched: Fetched, bucket: str, key: str, source_url: s
     client.upload_file(fetched.path, bucket, key, ExtraArgs=extra)
     head = client.head_object(Bucket=bucket, Key=key)
     if int(head["ContentLength"]) != fetched.size:
-        raise FetchError(f"s3://{bucket}/{key} has {head['ContentLength']} bytes after the upload, expected "
-                         f"{fetched.size}")
+        raise FetchError(
+            f"s3://{bucket}/{key} has {head['ContentLength']} bytes after the upload, expected {fetched.size}"
+        )
     return {"etag": head.get("ETag", "").strip('"'), "size": fetched.size}

@@ -19,7 +19,7 @@ from __future__ import annotations
 import json
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from pyspark.sql import Column, DataFrame
@@ -50,8 +50,14 @@ class CheckResult:
     sample: list[dict[str, Any]] = field(default_factory=list)
 
     def as_dict(self) -> dict[str, Any]:
-        return {"name": self.name, "type": self.type, "passed": self.passed, "failing": self.failing,
-                "detail": self.detail, "sample": self.sample}
+        return {
+            "name": self.name,
+            "type": self.type,
+            "passed": self.passed,
+            "failing": self.failing,
+            "detail": self.detail,
+            "sample": self.sample,
+        }
 
 
 def _col(name: str) -> Column:
@@ -106,8 +112,9 @@ def _literal(value: Any) -> Column:
     return F.lit(value)
 
 
-def run_check(df: DataFrame, check: Mapping[str, Any], sample_size: int, now: datetime,
-              previous_count: int | None) -> CheckResult:
+def run_check(
+    df: DataFrame, check: Mapping[str, Any], sample_size: int, now: datetime, previous_count: int | None
+) -> CheckResult:
     kind, name = check["type"], check["name"]
     data = df.filter(F.expr(check["where"])) if check.get("where") else df
     if kind == "not_null":
@@ -134,8 +141,14 @@ def run_check(df: DataFrame, check: Mapping[str, Any], sample_size: int, now: da
         dupes = data.groupBy(*cols).agg(F.count(F.lit(1)).alias("_rows")).filter(F.col("_rows") > 1)
         count = dupes.count()
         sample = _sample(dupes.orderBy(F.col("_rows").desc()).limit(sample_size).collect()) if count else []
-        return CheckResult(name, kind, count == 0, count,
-                           f"{count} values of ({', '.join(check['columns'])}) occur more than once", sample)
+        return CheckResult(
+            name,
+            kind,
+            count == 0,
+            count,
+            f"{count} values of ({', '.join(check['columns'])}) occur more than once",
+            sample,
+        )
     if kind == "row_count":
         rows = data.count()
         problems = []
@@ -146,10 +159,13 @@ def run_check(df: DataFrame, check: Mapping[str, Any], sample_size: int, now: da
         if check.get("max_change") is not None and previous_count is not None:
             change = abs(rows - previous_count) / previous_count if previous_count else (0.0 if rows == 0 else 1.0)
             if change > float(check["max_change"]):
-                problems.append(f"{rows} rows vs {previous_count} in the previous run: a change of {change:.1%}, "
-                                f"more than max_change {float(check['max_change']):.1%}")
+                problems.append(
+                    f"{rows} rows vs {previous_count} in the previous run: a change of {change:.1%}, "
+                    f"more than max_change {float(check['max_change']):.1%}"
+                )
         detail = "; ".join(problems) or f"{rows} rows" + (
-            f" (previous run: {previous_count})" if previous_count is not None else " (no previous run)")
+            f" (previous run: {previous_count})" if previous_count is not None else " (no previous run)"
+        )
         return CheckResult(name, kind, not problems, rows if problems else 0, detail, [{"row_count": rows}])
     if kind == "freshness":
         c = check["column"]
@@ -160,11 +176,13 @@ def run_check(df: DataFrame, check: Mapping[str, Any], sample_size: int, now: da
         if not isinstance(newest, datetime):  # a date: midnight (UTC) of that day
             newest = datetime(newest.year, newest.month, newest.day)
         if newest.tzinfo is None:
-            newest = newest.replace(tzinfo=timezone.utc)  # sessions run in UTC
+            newest = newest.replace(tzinfo=UTC)  # sessions run in UTC
         age = now - newest
         passed = age <= limit
-        detail = (f"newest {c} is {newest.isoformat()}, {age.total_seconds() / 3600:.1f} h old at "
-                  f"{now.isoformat()}; allowed {float(check['max_age_hours'])} h")
+        detail = (
+            f"newest {c} is {newest.isoformat()}, {age.total_seconds() / 3600:.1f} h old at "
+            f"{now.isoformat()}; allowed {float(check['max_age_hours'])} h"
+        )
         return CheckResult(name, kind, passed, 0, detail, [] if passed else [{"newest": newest.isoformat()}])
     raise ValueError(f"unknown check type {kind!r}")
 

@@ -29,5 +29,6 @@ def read_secret(secret_id: str, client: Any = None, environ: Mapping[str, str] |
     try:
         return json.loads(value["SecretString"])
     except (KeyError, ValueError) as exc:
-        raise ValueError(f"secret {secret_id!r} is not a JSON object with host, port, dbname, username, "
-                         "password") from exc
+        raise ValueError(
+            f"secret {secret_id!r} is not a JSON object with host, port, dbname, username, password"
+        ) from exc

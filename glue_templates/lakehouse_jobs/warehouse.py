@@ -57,8 +57,8 @@ from lakehouse_jobs.secrets import read_secret
 
 __all__ = [
     "LoadOptions",
-    "SchemaDiff",
     "SchemaChangeRefused",
+    "SchemaDiff",
     "WarehouseConnection",
     "connection_from_env",
     "connection_from_secret",
@@ -67,8 +67,8 @@ __all__ = [
     "load_atomically",
     "merge_statements",
     "redshift_copy_statement",
-    "schema_diff",
     "schema_change_statements",
+    "schema_diff",
     "staging_table_name",
     "swap_statements",
     "warehouse_type",
@@ -97,8 +97,10 @@ def connection_from_env(environ: Mapping[str, str] | None = None) -> WarehouseCo
     """Local runs: ``LAKEHOUSE_WAREHOUSE_JDBC_URL`` / ``_USER`` / ``_PASSWORD`` (set by the runner)."""
     login = read_environment(environ).warehouse
     if not login.url:
-        raise ValueError("no warehouse connection: pass --secret_id or set LAKEHOUSE_WAREHOUSE_JDBC_URL, "
-                         "LAKEHOUSE_WAREHOUSE_USER and LAKEHOUSE_WAREHOUSE_PASSWORD")
+        raise ValueError(
+            "no warehouse connection: pass --secret_id or set LAKEHOUSE_WAREHOUSE_JDBC_URL, "
+            "LAKEHOUSE_WAREHOUSE_USER and LAKEHOUSE_WAREHOUSE_PASSWORD"
+        )
     driver = _DRIVERS["redshift"] if login.url.startswith("jdbc:redshift:") else _DRIVERS["postgres"]
     return WarehouseConnection(login.url, login.user, login.password, driver)
 
@@ -114,8 +116,9 @@ def connection_from_secret(secret_id: str, client: Any = None) -> WarehouseConne
     port = int(secret.get("port") or (5439 if engine == "redshift" else 5432))
     dbname = secret.get("dbname") or ("dev" if engine == "redshift" else "postgres")
     scheme = "redshift" if engine == "redshift" else "postgresql"
-    return WarehouseConnection(f"jdbc:{scheme}://{secret['host']}:{port}/{dbname}", secret["username"],
-                               secret["password"], _DRIVERS[engine])
+    return WarehouseConnection(
+        f"jdbc:{scheme}://{secret['host']}:{port}/{dbname}", secret["username"], secret["password"], _DRIVERS[engine]
+    )
 
 
 def staging_table_name(table: str, batch_id: str) -> str:
@@ -125,7 +128,7 @@ def staging_table_name(table: str, batch_id: str) -> str:
     if len(name) <= _MAX_IDENTIFIER and readable:
         return name
     digest = hashlib.sha1(batch_id.encode("utf-8")).hexdigest()[:12]
-    return f"{table[:_MAX_IDENTIFIER - len('__load_') - len(digest)]}__load_{digest}"
+    return f"{table[: _MAX_IDENTIFIER - len('__load_') - len(digest)]}__load_{digest}"
 
 
 @contextmanager
@@ -153,9 +156,15 @@ def _jdbc(spark: SparkSession, connection: WarehouseConnection) -> Iterator[Any]
 
 
 # pgJDBC URL parameters with a libpq equivalent (pgJDBC name -> libpq name)
-_LIBPQ_PARAMETERS = {"sslmode": "sslmode", "sslrootcert": "sslrootcert", "sslcert": "sslcert", "sslkey": "sslkey",
-                     "connectTimeout": "connect_timeout", "ApplicationName": "application_name",
-                     "options": "options"}
+_LIBPQ_PARAMETERS = {
+    "sslmode": "sslmode",
+    "sslrootcert": "sslrootcert",
+    "sslcert": "sslcert",
+    "sslkey": "sslkey",
+    "connectTimeout": "connect_timeout",
+    "ApplicationName": "application_name",
+    "options": "options",
+}
 
 
 def libpq_uri(connection: WarehouseConnection) -> str:
@@ -172,8 +181,10 @@ def libpq_uri(connection: WarehouseConnection) -> str:
     for pair in filter(None, (query or "").split("&")):
         key, _, value = pair.partition("=")
         if key not in _LIBPQ_PARAMETERS:
-            raise ValueError(f"warehouse URL parameter {key!r} has no libpq equivalent for the binary load; "
-                             f"use one of {sorted(_LIBPQ_PARAMETERS)}")
+            raise ValueError(
+                f"warehouse URL parameter {key!r} has no libpq equivalent for the binary load; "
+                f"use one of {sorted(_LIBPQ_PARAMETERS)}"
+            )
         params.append(f"{_LIBPQ_PARAMETERS[key]}={value}")
     login = f"{quote(connection.user, safe='')}:{quote(connection.password, safe='')}@"
     return f"postgresql://{login}{host}/{database or ''}" + (f"?{'&'.join(params)}" if params else "")
@@ -265,6 +276,7 @@ def _count(conn: Any, table: TableName) -> int:
 # types and schema changes
 # ---------------------------------------------------------------------------------------------
 
+
 def warehouse_type(data_type: T.DataType, engine: str = "postgres") -> str:
     """The warehouse column type of a Spark type, spelled as ``information_schema`` reports it."""
     redshift = engine == "redshift"
@@ -328,17 +340,24 @@ def schema_diff(existing: Sequence[tuple[str, str]], wanted: Sequence[tuple[str,
 def schema_change_statements(target: TableName, diff: SchemaDiff) -> list[str]:
     """``apply`` for merge mode: add new columns, alter changed types, let dropped ones be NULL."""
     statements = [f"ALTER TABLE {target.postgres} ADD COLUMN {quote_postgres(c)} {t}" for c, t in diff.added]
-    statements += [f"ALTER TABLE {target.postgres} ALTER COLUMN {quote_postgres(c)} TYPE {new} "
-                   f"USING {quote_postgres(c)}::{new}" for c, _, new in diff.changed]
-    statements += [f"ALTER TABLE {target.postgres} ALTER COLUMN {quote_postgres(c)} DROP NOT NULL"
-                   for c in diff.removed]
+    statements += [
+        f"ALTER TABLE {target.postgres} ALTER COLUMN {quote_postgres(c)} TYPE {new} USING {quote_postgres(c)}::{new}"
+        for c, _, new in diff.changed
+    ]
+    statements += [
+        f"ALTER TABLE {target.postgres} ALTER COLUMN {quote_postgres(c)} DROP NOT NULL" for c in diff.removed
+    ]
     return statements
 
 
 def _existing_columns(conn: Any, table: TableName) -> list[tuple[str, str]] | None:
-    rows = _query(conn, "SELECT column_name, data_type, numeric_precision, numeric_scale, character_maximum_length "
-                        "FROM information_schema.columns WHERE table_schema = ? AND table_name = ? "
-                        "ORDER BY ordinal_position", (table.namespace, table.table))
+    rows = _query(
+        conn,
+        "SELECT column_name, data_type, numeric_precision, numeric_scale, character_maximum_length "
+        "FROM information_schema.columns WHERE table_schema = ? AND table_name = ? "
+        "ORDER BY ordinal_position",
+        (table.namespace, table.table),
+    )
     if not rows:
         return None
     columns = []
@@ -355,6 +374,7 @@ def _existing_columns(conn: Any, table: TableName) -> list[tuple[str, str]] | No
 # SQL of the two modes (the same for Postgres and Redshift)
 # ---------------------------------------------------------------------------------------------
 
+
 def create_table_statement(table: TableName, columns: Sequence[tuple[str, str]], unlogged: bool = False) -> str:
     body = ", ".join(f"{quote_postgres(c)} {t}" for c, t in columns)
     return f"CREATE {'UNLOGGED ' if unlogged else ''}TABLE {table.postgres} ({body})"
@@ -362,8 +382,10 @@ def create_table_statement(table: TableName, columns: Sequence[tuple[str, str]],
 
 def swap_statements(target: TableName, staging: TableName) -> list[str]:
     """Replace ``target`` by ``staging`` (run inside one transaction)."""
-    return [f"DROP TABLE IF EXISTS {target.postgres}",
-            f"ALTER TABLE {staging.postgres} RENAME TO {quote_postgres(target.table)}"]
+    return [
+        f"DROP TABLE IF EXISTS {target.postgres}",
+        f"ALTER TABLE {staging.postgres} RENAME TO {quote_postgres(target.table)}",
+    ]
 
 
 def merge_statements(target: TableName, staging: TableName, columns: Sequence[str], keys: Sequence[str]) -> list[str]:
@@ -372,9 +394,11 @@ def merge_statements(target: TableName, staging: TableName, columns: Sequence[st
     t, s = quote_postgres(target.table), quote_postgres(staging.table)  # same schema: table names qualify
     match = " AND ".join(f"{t}.{quote_postgres(k)} = {s}.{quote_postgres(k)}" for k in keys)
     names = ", ".join(quote_postgres(c) for c in columns)
-    return [f"DELETE FROM {target.postgres} USING {staging.postgres} WHERE {match}",
-            f"INSERT INTO {target.postgres} ({names}) SELECT {names} FROM {staging.postgres}",
-            f"DROP TABLE {staging.postgres}"]
+    return [
+        f"DELETE FROM {target.postgres} USING {staging.postgres} WHERE {match}",
+        f"INSERT INTO {target.postgres} ({names}) SELECT {names} FROM {staging.postgres}",
+        f"DROP TABLE {staging.postgres}",
+    ]
 
 
 def redshift_copy_statement(staging: TableName, columns: Sequence[str], s3_prefix: str, iam_role: str) -> str:
@@ -384,13 +408,13 @@ def redshift_copy_statement(staging: TableName, columns: Sequence[str], s3_prefi
     if not re.fullmatch(r"arn:aws[a-z-]*:iam::\d{12}:role/[A-Za-z0-9+=,.@_/-]+", iam_role or ""):
         raise ValueError(f"--iam_role must be an IAM role ARN Redshift can assume, got {iam_role!r}")
     names = ", ".join(quote_postgres(c) for c in columns)
-    return (f"COPY {staging.postgres} ({names}) FROM '{s3_prefix.rstrip('/')}/' "
-            f"IAM_ROLE '{iam_role}' FORMAT AS PARQUET")
+    return f"COPY {staging.postgres} ({names}) FROM '{s3_prefix.rstrip('/')}/' IAM_ROLE '{iam_role}' FORMAT AS PARQUET"
 
 
 # ---------------------------------------------------------------------------------------------
 # the load
 # ---------------------------------------------------------------------------------------------
+
 
 @dataclass(frozen=True)
 class LoadOptions:
@@ -420,12 +444,21 @@ def _csv_ready(df: DataFrame) -> DataFrame:
 
 
 def _write_csv(df: DataFrame, uri: str, rows_per_file: int = 0) -> None:
-    writer = (_csv_ready(df).write.mode("overwrite")
-              .option("header", False).option("quote", '"').option("escape", '"').option("emptyValue", '""')
-              .option("nullValue", "").option("ignoreLeadingWhiteSpace", False)
-              .option("ignoreTrailingWhiteSpace", False)
-              .option("dateFormat", "yyyy-MM-dd").option("timestampFormat", "yyyy-MM-dd HH:mm:ss.SSSSSS")
-              .option("timestampNTZFormat", "yyyy-MM-dd HH:mm:ss.SSSSSS").option("encoding", "UTF-8"))
+    writer = (
+        _csv_ready(df)
+        .write.mode("overwrite")
+        .option("header", False)
+        .option("quote", '"')
+        .option("escape", '"')
+        .option("emptyValue", '""')
+        .option("nullValue", "")
+        .option("ignoreLeadingWhiteSpace", False)
+        .option("ignoreTrailingWhiteSpace", False)
+        .option("dateFormat", "yyyy-MM-dd")
+        .option("timestampFormat", "yyyy-MM-dd HH:mm:ss.SSSSSS")
+        .option("timestampNTZFormat", "yyyy-MM-dd HH:mm:ss.SSSSSS")
+        .option("encoding", "UTF-8")
+    )
     if rows_per_file:
         writer = writer.option("maxRecordsPerFile", rows_per_file)
     writer.csv(uri)
@@ -455,8 +488,12 @@ def _arrow_ready(df: DataFrame) -> DataFrame:
 def _write_parquet(df: DataFrame, uri: str, rows_per_file: int = 0) -> None:
     """Parquet for the binary load: neither compressed nor dictionary-encoded, which measured the
     cheapest for Spark to write (the files are read once, right away, from local disk)."""
-    writer = (_arrow_ready(df).write.mode("overwrite").option("compression", "none")
-              .option("parquet.enable.dictionary", "false"))
+    writer = (
+        _arrow_ready(df)
+        .write.mode("overwrite")
+        .option("compression", "none")
+        .option("parquet.enable.dictionary", "false")
+    )
     if rows_per_file:
         writer = writer.option("maxRecordsPerFile", rows_per_file)
     writer.parquet(uri)
@@ -466,8 +503,11 @@ def _data_files(spark: SparkSession, uri: str) -> list[Any]:
     jvm = spark.sparkContext._jvm
     path = jvm.org.apache.hadoop.fs.Path(uri)
     fs = path.getFileSystem(spark.sparkContext._jsc.hadoopConfiguration())
-    return [s.getPath() for s in fs.listStatus(path)
-            if s.isFile() and not s.getPath().getName().startswith(("_", ".")) and s.getLen() > 0]
+    return [
+        s.getPath()
+        for s in fs.listStatus(path)
+        if s.isFile() and not s.getPath().getName().startswith(("_", ".")) and s.getLen() > 0
+    ]
 
 
 _ROWS_PER_FILE = 100_000
@@ -486,6 +526,7 @@ def _complete_files(folder: str) -> dict[str, tuple[str, int]]:
     opened the next one (a higher ``-cNNN`` counter); files in a task folder are. Any other layout
     (another committer) shows nothing until the job has committed.
     """
+
     def entries(parent: str) -> list[os.DirEntry]:
         try:
             with os.scandir(parent) as listing:
@@ -519,9 +560,15 @@ def _moved(exc: BaseException) -> bool:
     return isinstance(exc, FileNotFoundError) or "FileNotFound" in str(exc)
 
 
-def _load_while_writing(spark: SparkSession, write: Callable[[str, int], None], work: str,
-                        open_file: Callable[[Any], Any], load_files: Callable[[int, Iterator[Any]], int],
-                        consumers: int, pipeline: bool) -> tuple[int, int, float]:
+def _load_while_writing(
+    spark: SparkSession,
+    write: Callable[[str, int], None],
+    work: str,
+    open_file: Callable[[Any], Any],
+    load_files: Callable[[int, Iterator[Any]], int],
+    consumers: int,
+    pipeline: bool,
+) -> tuple[int, int, float]:
     """Let ``write(work, rows_per_file)`` write files into ``work`` and load every file: consumer
     ``i`` of ``consumers`` runs ``load_files(i, files)``, which loads the files the iterator
     ``files`` hands it (each opened with ``open_file(hadoop_path)``, closed when the next one is
@@ -561,7 +608,7 @@ def _load_while_writing(spark: SparkSession, write: Callable[[str, int], None], 
         for attempt in range(50):
             try:
                 return open_file(where[name])
-            except Exception as exc:  # noqa: BLE001 - moved between listing and opening
+            except Exception as exc:
                 if not _moved(exc) or attempt == 49:
                     raise
             moved: dict[str, tuple[Any, int]] = dict(_complete_files(str(folder))) if folder else {}
@@ -591,8 +638,9 @@ def _load_while_writing(spark: SparkSession, write: Callable[[str, int], None], 
             failures.append(exc)
 
     writer = threading.Thread(target=run_write, name="warehouse-file-write", daemon=True)
-    threads = [threading.Thread(target=consume, args=(i,), name=f"warehouse-copy-{i}", daemon=True)
-               for i in range(consumers)]
+    threads = [
+        threading.Thread(target=consume, args=(i,), name=f"warehouse-copy-{i}", daemon=True) for i in range(consumers)
+    ]
     writer.start()
     for c in threads:
         c.start()
@@ -607,8 +655,9 @@ def _load_while_writing(spark: SparkSession, write: Callable[[str, int], None], 
         writer.join()
         if failures:
             raise failures[0]
-        final = {p.getName(): (p, p.getFileSystem(hadoop_conf).getFileStatus(p).getLen())
-                 for p in _data_files(spark, work)}
+        final = {
+            p.getName(): (p, p.getFileSystem(hadoop_conf).getFileStatus(p).getLen()) for p in _data_files(spark, work)
+        }
         for name, length in seen.items():
             if final.get(name, (None, -1))[1] != length:  # a retried task wrote other content
                 raise RuntimeError(f"file {name} changed after it was loaded; the load is rolled back")
@@ -630,22 +679,28 @@ def _load_while_writing(spark: SparkSession, write: Callable[[str, int], None], 
     return sum(copied_rows), len(seen), write_seconds[0]
 
 
-def _copy_csv(spark: SparkSession, df: DataFrame, work: str, sql: str,
-              connections: Sequence[Any]) -> tuple[int, int, float]:
+def _copy_csv(
+    spark: SparkSession, df: DataFrame, work: str, sql: str, connections: Sequence[Any]
+) -> tuple[int, int, float]:
     """CSV files streamed with ``sql`` (``COPY ... FROM STDIN``) through the JDBC driver's
     CopyManager of each connection, after the write: on a server that logs every write the
     connections and Spark compete for the same cores, and overlapping them measured slower."""
     hadoop_conf = spark.sparkContext._jsc.hadoopConfiguration()
     managers = [c.getCopyAPI() for c in connections]
     return _load_while_writing(
-        spark, lambda uri, rows_per_file: _write_csv(df, uri, rows_per_file), work,
+        spark,
+        lambda uri, rows_per_file: _write_csv(df, uri, rows_per_file),
+        work,
         lambda path: path.getFileSystem(hadoop_conf).open(path),
         lambda i, streams: sum(int(managers[i].copyIn(sql, stream, 1 << 20)) for stream in streams),
-        len(connections), pipeline=False)
+        len(connections),
+        pipeline=False,
+    )
 
 
-def _ingest_parquet(spark: SparkSession, df: DataFrame, work: str, conn: _ArrowConnection,
-                    staging: TableName) -> tuple[int, int, float]:
+def _ingest_parquet(
+    spark: SparkSession, df: DataFrame, work: str, conn: _ArrowConnection, staging: TableName
+) -> tuple[int, int, float]:
     """Parquet files in the local folder ``work``, each read by pyarrow as soon as Spark has
     finished it and sent on ``conn``, all in one binary COPY that waits for the next file (one
     connection: Postgres stores while Spark encodes; one COPY: no pause between files)."""
@@ -660,41 +715,67 @@ def _ingest_parquet(spark: SparkSession, df: DataFrame, work: str, conn: _ArrowC
             return 0
         table = pq.read_table(first)
         rest = (batch for source in files for batch in pq.read_table(source).to_batches())
-        return conn.ingest(staging, pa.RecordBatchReader.from_batches(
-            table.schema, itertools.chain(table.to_batches(), rest)))
+        return conn.ingest(
+            staging, pa.RecordBatchReader.from_batches(table.schema, itertools.chain(table.to_batches(), rest))
+        )
 
     return _load_while_writing(
-        spark, lambda uri, rows_per_file: _write_parquet(df, uri, rows_per_file), work,
+        spark,
+        lambda uri, rows_per_file: _write_parquet(df, uri, rows_per_file),
+        work,
         # a memory map stays readable when the committer moves the file
         lambda path: pa.memory_map(path if isinstance(path, str) else str(path.toUri().getPath())),
-        lambda _, files: copy(files), 1, pipeline=True)
+        lambda _, files: copy(files),
+        1,
+        pipeline=True,
+    )
 
 
 def _check_keys(df: DataFrame, keys: Sequence[str]) -> None:
     missing = [k for k in keys if k not in df.columns]
     if missing:
         raise ValueError(f"--merge_keys {missing} are not columns of the presentation table ({df.columns})")
-    null_key = F.greatest(*[F.col(f"`{k}`").isNull().cast("int") for k in keys]) == 1 if len(keys) > 1 else \
-        F.col(f"`{keys[0]}`").isNull()
+    null_key = (
+        F.greatest(*[F.col(f"`{k}`").isNull().cast("int") for k in keys]) == 1
+        if len(keys) > 1
+        else F.col(f"`{keys[0]}`").isNull()
+    )
     nulls = df.filter(null_key).limit(5).collect()
     if nulls:
-        raise ValueError(f"merge keys {list(keys)} are NULL in rows of the presentation table, e.g. "
-                         f"{[r.asDict() for r in nulls[:3]]}")
+        raise ValueError(
+            f"merge keys {list(keys)} are NULL in rows of the presentation table, e.g. "
+            f"{[r.asDict() for r in nulls[:3]]}"
+        )
     dupes = df.groupBy(*[f"`{k}`" for k in keys]).count().filter("count > 1").limit(5).collect()
     if dupes:
-        raise ValueError(f"merge keys {list(keys)} are not unique in the presentation table, e.g. "
-                         f"{[r.asDict() for r in dupes]}")
+        raise ValueError(
+            f"merge keys {list(keys)} are not unique in the presentation table, e.g. {[r.asDict() for r in dupes]}"
+        )
 
 
-def _publish(conn: Any, target: TableName, staging: TableName, names: Sequence[str], existing: Any,
-             diff: SchemaDiff, options: LoadOptions, engine: str, rows: int) -> dict[str, Any]:
+def _publish(
+    conn: Any,
+    target: TableName,
+    staging: TableName,
+    names: Sequence[str],
+    existing: Any,
+    diff: SchemaDiff,
+    options: LoadOptions,
+    engine: str,
+    rows: int,
+) -> dict[str, Any]:
     """The statements that make the staged rows visible (caller commits)."""
     if options.mode == "replace" or existing is None:
         _execute(conn, swap_statements(target, staging))
         if options.mode == "merge" and engine != "redshift":
             key_names = ", ".join(quote_postgres(k) for k in options.keys)
-            _execute(conn, [f"CREATE UNIQUE INDEX {quote_postgres(target.table + '__merge_key')} "
-                            f"ON {target.postgres} ({key_names})"])
+            _execute(
+                conn,
+                [
+                    f"CREATE UNIQUE INDEX {quote_postgres(target.table + '__merge_key')} "
+                    f"ON {target.postgres} ({key_names})"
+                ],
+            )
         return {"rows_replaced": 0, "rows_inserted": rows}
     _execute(conn, schema_change_statements(target, diff))
     replaced, written, _ = _execute(conn, merge_statements(target, staging, names, options.keys))
@@ -705,8 +786,14 @@ def _wal_level(conn: Any) -> str:
     return str(_query(conn, "SELECT current_setting('wal_level')")[0][0])
 
 
-def load(spark: SparkSession, df: DataFrame, target: TableName, batch_id: str, connection: WarehouseConnection,
-         options: LoadOptions) -> dict[str, Any]:
+def load(
+    spark: SparkSession,
+    df: DataFrame,
+    target: TableName,
+    batch_id: str,
+    connection: WarehouseConnection,
+    options: LoadOptions,
+) -> dict[str, Any]:
     """Load ``df`` into ``target`` (see the module docstring); returns counts for the metrics."""
     if options.mode not in ("replace", "merge"):
         raise ValueError(f"--mode must be replace or merge, got {options.mode!r}")
@@ -719,30 +806,44 @@ def load(spark: SparkSession, df: DataFrame, target: TableName, batch_id: str, c
     if not options.work_uri:
         raise ValueError("the load needs a work folder (work_uri) for the files COPY reads")
     engine = connection.engine
-    columns = [(validate_identifier(f.name, "presentation column"), warehouse_type(f.dataType, engine))
-               for f in df.schema.fields]
+    columns = [
+        (validate_identifier(f.name, "presentation column"), warehouse_type(f.dataType, engine))
+        for f in df.schema.fields
+    ]
     names = [c for c, _ in columns]
-    staging = TableName(target.namespace, validate_identifier(staging_table_name(target.table, batch_id),
-                                                               "staging table"))
+    staging = TableName(
+        target.namespace, validate_identifier(staging_table_name(target.table, batch_id), "staging table")
+    )
     with _jdbc(spark, connection) as conn:
         existing = _existing_columns(conn, target)
         diff = schema_diff(existing, columns) if existing is not None else SchemaDiff()
         if diff and options.on_schema_change == "refuse":
-            raise SchemaChangeRefused(f"warehouse table {target} differs from the presentation table and "
-                                      f"on_schema_change is refuse: {diff.describe()}")
-        single = engine == "postgres" and (options.single_transaction if options.single_transaction is not None
-                                           else _wal_level(conn) == "minimal")
+            raise SchemaChangeRefused(
+                f"warehouse table {target} differs from the presentation table and "
+                f"on_schema_change is refuse: {diff.describe()}"
+            )
+        single = engine == "postgres" and (
+            options.single_transaction if options.single_transaction is not None else _wal_level(conn) == "minimal"
+        )
         # a merge's staging table is dropped after the upsert: Postgres need not log it
-        create_staging = create_table_statement(staging, columns, unlogged=engine == "postgres"
-                                                and options.mode == "merge" and existing is not None)
-        _execute(conn, [f"CREATE SCHEMA IF NOT EXISTS {quote_postgres(target.namespace)}",
-                        f"DROP TABLE IF EXISTS {staging.postgres}",  # left over by a failed earlier run
-                        *([] if single else [create_staging])])
+        create_staging = create_table_statement(
+            staging, columns, unlogged=engine == "postgres" and options.mode == "merge" and existing is not None
+        )
+        _execute(
+            conn,
+            [
+                f"CREATE SCHEMA IF NOT EXISTS {quote_postgres(target.namespace)}",
+                f"DROP TABLE IF EXISTS {staging.postgres}",  # left over by a failed earlier run
+                *([] if single else [create_staging]),
+            ],
+        )
         conn.commit()
     work = f"{options.work_uri.rstrip('/')}/{target.namespace}.{target.table}/{staging.table}"
     result: dict[str, Any] = {"mode": options.mode, "schema_changes": diff.describe() or None}
-    copy_sql = (f"COPY {staging.postgres} ({', '.join(quote_postgres(c) for c in names)}) FROM STDIN "
-                f"WITH (FORMAT csv{', FREEZE' if single else ''})")
+    copy_sql = (
+        f"COPY {staging.postgres} ({', '.join(quote_postgres(c) for c in names)}) FROM STDIN "
+        f"WITH (FORMAT csv{', FREEZE' if single else ''})"
+    )
     # binary COPY of parquet files read by the driver: needs the files on the driver's disk
     binary = single and work.startswith("file:")
     result["copy_format"] = "binary" if binary else "csv" if engine == "postgres" else "parquet"
@@ -756,10 +857,16 @@ def load(spark: SparkSession, df: DataFrame, target: TableName, batch_id: str, c
             started = time.monotonic()
             with _arrow(connection) if binary else _jdbc(spark, connection) as conn:
                 _execute(conn, [create_staging])
-                rows, files, write_seconds = (_ingest_parquet(spark, df, work, conn, staging) if binary
-                                              else _copy_csv(spark, df, work, copy_sql, [conn]))
-                result.update(write_seconds=round(write_seconds, 3), copy_files=files,
-                              copy_seconds=round(time.monotonic() - started, 3))
+                rows, files, write_seconds = (
+                    _ingest_parquet(spark, df, work, conn, staging)
+                    if binary
+                    else _copy_csv(spark, df, work, copy_sql, [conn])
+                )
+                result.update(
+                    write_seconds=round(write_seconds, 3),
+                    copy_files=files,
+                    copy_seconds=round(time.monotonic() - started, 3),
+                )
                 started = time.monotonic()
                 result.update(_publish(conn, target, staging, names, existing, diff, options, engine, rows))
                 conn.commit()
@@ -779,8 +886,11 @@ def load(spark: SparkSession, df: DataFrame, target: TableName, batch_id: str, c
                 copied, files, write_seconds = _copy_csv(spark, df, work, copy_sql, conns)
                 for each in conns:
                     each.commit()
-            result.update(write_seconds=round(write_seconds, 3), copy_files=files,
-                          copy_seconds=round(time.monotonic() - started, 3))
+            result.update(
+                write_seconds=round(write_seconds, 3),
+                copy_files=files,
+                copy_seconds=round(time.monotonic() - started, 3),
+            )
         started = time.monotonic()
         with _jdbc(spark, connection) as conn:
             # the staging table is this load's alone: what COPY reported is what readers will see
@@ -802,7 +912,8 @@ def load(spark: SparkSession, df: DataFrame, target: TableName, batch_id: str, c
     return result
 
 
-def load_atomically(spark: SparkSession, df: DataFrame, target: TableName, batch_id: str,
-                    connection: WarehouseConnection, work_uri: str) -> int:
+def load_atomically(
+    spark: SparkSession, df: DataFrame, target: TableName, batch_id: str, connection: WarehouseConnection, work_uri: str
+) -> int:
     """Replace ``target`` with the rows of ``df`` in one visible step; returns the rows loaded."""
     return int(load(spark, df, target, batch_id, connection, LoadOptions(work_uri=work_uri))["rows"])

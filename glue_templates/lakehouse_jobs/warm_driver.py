@@ -78,8 +78,9 @@ def run_script(base: SparkSession, request: Mapping[str, Any]) -> dict[str, Any]
     script = str(request["script"])
     sys.argv = [script, *request.get("argv", ())]
     context = base.sparkContext
-    context.setJobGroup(str(request.get("run_id", "run")), str(request.get("description", script)),
-                        interruptOnCancel=True)
+    context.setJobGroup(
+        str(request.get("run_id", "run")), str(request.get("description", script)), interruptOnCancel=True
+    )
     outcome: dict[str, Any] = {"status": "ok"}
     try:
         runpy.run_path(script, run_name="__main__")

@@ -32,16 +32,20 @@ def _cmd_down(args: argparse.Namespace) -> int:
 
 
 def _cmd_status(args: argparse.Namespace) -> int:
-    from lakehouse.stack import services
-
     from lakehouse.runners.spark_pool import pool_status
+    from lakehouse.stack import services
 
     settings = load_settings()
     for s in services.status(settings):
-        print(f"{s.name:24} {'running' if s.running else 'stopped'}" + (f"  pgid={s.pid} processes={s.processes}" if s.running and s.pid else ""))
+        print(
+            f"{s.name:24} {'running' if s.running else 'stopped'}"
+            + (f"  pgid={s.pid} processes={s.processes}" if s.running and s.pid else "")
+        )
         if s.name == "spark-pool" and s.running and (pool := pool_status(settings)) is not None:
-            print(f"{'':24} drivers: {len(pool['ready'])} ready, {len(pool['busy'])} busy, "
-                  f"{len(pool['starting'])} starting; {pool['served']} run(s) served")
+            print(
+                f"{'':24} drivers: {len(pool['ready'])} ready, {len(pool['busy'])} busy, "
+                f"{len(pool['starting'])} starting; {pool['served']} run(s) served"
+            )
     return 0
 
 
@@ -52,7 +56,9 @@ def _cmd_info(args: argparse.Namespace) -> int:
     else:
         a, s = info["airflow"], info["s3"]
         print(f"Airflow UI/API  {a['url']}  login {a['username']} / {a['password']}")
-        print(f"S3 (landing)    {s['endpoint_url']}  bucket {s['landing_bucket']}  keys {s['access_key_id']} / {s['secret_access_key']}")
+        print(
+            f"S3 (landing)    {s['endpoint_url']}  bucket {s['landing_bucket']}  keys {s['access_key_id']} / {s['secret_access_key']}"
+        )
         print(f"metadata        {info['metadata_dsn']}")
         print(f"warehouse       {info['warehouse_dsn']}")
         print(f"Iceberg catalog {info['catalog_dsn']}")
@@ -88,17 +94,21 @@ def _cmd_invoker_serve(args: argparse.Namespace) -> int:
     from lakehouse.invoker.server import InvokerServer
 
     settings = load_settings()
-    from lakehouse.invoker.spool import EventSpool
-
     from lakehouse.hooks.s3 import landing_client
     from lakehouse.invoker.reconcile import reconcile
+    from lakehouse.invoker.spool import EventSpool
 
     invoker = build_invoker(settings)
     s3 = landing_client(settings)
-    server = InvokerServer((settings.invoker_bind, settings.invoker_port), invoker, settings.invoker_token,
-                           dispatch_workers=settings.invoker_dispatch_workers,
-                           spool=EventSpool(settings.run_dir / "invoker-spool"),
-                           sweep=lambda: reconcile(invoker, s3)[1], sweep_interval=settings.reconcile_interval)
+    server = InvokerServer(
+        (settings.invoker_bind, settings.invoker_port),
+        invoker,
+        settings.invoker_token,
+        dispatch_workers=settings.invoker_dispatch_workers,
+        spool=EventSpool(settings.run_dir / "invoker-spool"),
+        sweep=lambda: reconcile(invoker, s3)[1],
+        sweep_interval=settings.reconcile_interval,
+    )
     logging.getLogger(__name__).info("invoker listening on %s", settings.invoker_url)
     server.serve()
     return 0
@@ -108,8 +118,7 @@ def _cmd_spark_pool_serve(args: argparse.Namespace) -> int:
     from lakehouse.runners.spark_pool import SparkPool, pool_socket
 
     settings = load_settings()
-    pool = SparkPool(settings, settings.spark_drivers, settings.spark_driver_max_runs,
-                     settings.spark_driver_max_rss_mb)
+    pool = SparkPool(settings, settings.spark_drivers, settings.spark_driver_max_runs, settings.spark_driver_max_rss_mb)
     pool.serve_forever(pool_socket(settings))
     return 0
 
@@ -143,7 +152,9 @@ def _cmd_replay(args: argparse.Namespace) -> int:
         invoker.close()
     for outcome in outcomes:
         if args.verbose or outcome.status not in ("duplicate", "not_matching"):
-            print(f"{outcome.status:12} s3://{outcome.bucket}/{outcome.key}  {outcome.dag_run_id or ''} {outcome.detail}")
+            print(
+                f"{outcome.status:12} s3://{outcome.bucket}/{outcome.key}  {outcome.dag_run_id or ''} {outcome.detail}"
+            )
     counts = Counter(o.status for o in outcomes)
     print("replay: " + (", ".join(f"{n} {status}" for status, n in sorted(counts.items())) or "no objects"))
     return 1 if counts.get("failed") else 0
@@ -201,8 +212,10 @@ def _cmd_flow_apply(args: argparse.Namespace) -> int:
             for problem in exc.problems:
                 print(f"  {problem}", file=sys.stderr)
             continue
-        print(f"{path}: flow {flow.flow_id!r} applied ({len(flow.tasks)} task(s)); "
-              f"DAG {flow.effective_dag_id!r} appears at the next dag-processor parse")
+        print(
+            f"{path}: flow {flow.flow_id!r} applied ({len(flow.tasks)} task(s)); "
+            f"DAG {flow.effective_dag_id!r} appears at the next dag-processor parse"
+        )
     return 1 if failed else 0
 
 
@@ -274,22 +287,28 @@ def build_parser() -> argparse.ArgumentParser:
     info.add_argument("--json", action="store_true")
     info.set_defaults(func=_cmd_info)
     demo = sub.add_parser("demo", help="start the stack and run the sample invoice flow end to end")
-    demo.add_argument("--no-up", action="store_true",
-                      help="do not start the local stack: use one that already runs (docker compose)")
+    demo.add_argument(
+        "--no-up", action="store_true", help="do not start the local stack: use one that already runs (docker compose)"
+    )
     demo.set_defaults(func=_cmd_demo)
     db = sub.add_parser("db", help="metadata database").add_subparsers(dest="db_command", required=True)
     db.add_parser("migrate", help="apply pending migrations").set_defaults(func=_cmd_db_migrate)
-    inv = sub.add_parser("invoker", help="the object-event invoker").add_subparsers(dest="invoker_command", required=True)
+    inv = sub.add_parser("invoker", help="the object-event invoker").add_subparsers(
+        dest="invoker_command", required=True
+    )
     inv.add_parser("serve", help="serve the webhook endpoint").set_defaults(func=_cmd_invoker_serve)
     pool = sub.add_parser("spark-pool", help="the pool of warm Spark drivers").add_subparsers(
-        dest="pool_command", required=True)
+        dest="pool_command", required=True
+    )
     pool.add_parser("serve", help="keep warm drivers ready and run templates on them").set_defaults(
-        func=_cmd_spark_pool_serve)
+        func=_cmd_spark_pool_serve
+    )
     rep = sub.add_parser("replay", help="send every object under a prefix to a flow again (backfill)")
     rep.add_argument("--flow", required=True, help="flow_id to start")
     rep.add_argument("--prefix", default="", help="key prefix in the flow's trigger bucket")
-    rep.add_argument("--force", action="store_true",
-                     help="start a new run even for file versions this flow already ran")
+    rep.add_argument(
+        "--force", action="store_true", help="start a new run even for file versions this flow already ran"
+    )
     rep.add_argument("--verbose", action="store_true", help="also list duplicates and non-matching keys")
     rep.set_defaults(func=_cmd_replay)
     rec = sub.add_parser("reconcile", help="list the flows' trigger prefixes and record files no event announced")
@@ -307,7 +326,8 @@ def build_parser() -> argparse.ArgumentParser:
     export.add_argument("flow_id")
     export.set_defaults(func=_cmd_flow_export)
     flow.add_parser("schema", help="print the flow document's JSON Schema (for editors and CI)").set_defaults(
-        func=_cmd_flow_schema)
+        func=_cmd_flow_schema
+    )
     for parent, name in ((flow, "validate"), (sub, "validate")):  # `lakehouse validate`: the short form
         val = parent.add_parser(name, help="check stored flows (paused ones too) as the DAG factory does")
         val.add_argument("flow_id", nargs="?")
@@ -324,10 +344,10 @@ def build_parser() -> argparse.ArgumentParser:
     trace.add_argument("--no-airflow", action="store_true", help="do not ask Airflow for each run's state")
     trace.set_defaults(func=_cmd_trace)
     docs = sub.add_parser("docs", help="generated reference pages").add_subparsers(dest="docs_command", required=True)
-    docs.add_parser("config", help="the settings reference (docs/configuration.md)").set_defaults(
-        func=_cmd_docs_config)
+    docs.add_parser("config", help="the settings reference (docs/configuration.md)").set_defaults(func=_cmd_docs_config)
     docs.add_parser("templates", help="the templates reference (docs/templates.md)").set_defaults(
-        func=_cmd_docs_templates)
+        func=_cmd_docs_templates
+    )
     return parser
 
 

@@ -53,9 +53,17 @@ class SeaweedPorts:
         return cls(*parts)
 
 
-def setting(variable: str, description: str, default: Any = None, *,
-            derived: Callable[[dict[str, Any]], Any] | None = None, shown: str | None = None,
-            kind: str | None = None, ge: float | None = None, secret: bool = False) -> Any:
+def setting(
+    variable: str,
+    description: str,
+    default: Any = None,
+    *,
+    derived: Callable[[dict[str, Any]], Any] | None = None,
+    shown: str | None = None,
+    kind: str | None = None,
+    ge: float | None = None,
+    secret: bool = False,
+) -> Any:
     """One setting's declaration: its variable, meaning and default (``derived`` computes it from
     the settings declared above; ``shown`` is how the reference prints it, ``kind`` its type)."""
     extra: dict[str, Any] = {}
@@ -64,10 +72,17 @@ def setting(variable: str, description: str, default: Any = None, *,
     if kind is not None:
         extra["kind"] = kind
     if derived is not None:
-        return Field(default_factory=derived, validation_alias=variable, description=description, ge=ge,
-                     repr=not secret, json_schema_extra=extra)
-    return Field(default, validation_alias=variable, description=description, ge=ge, repr=not secret,
-                 json_schema_extra=extra)
+        return Field(
+            default_factory=derived,
+            validation_alias=variable,
+            description=description,
+            ge=ge,
+            repr=not secret,
+            json_schema_extra=extra,
+        )
+    return Field(
+        default, validation_alias=variable, description=description, ge=ge, repr=not secret, json_schema_extra=extra
+    )
 
 
 def _resolved(path: Path) -> Path:
@@ -97,126 +112,199 @@ class Settings(BaseSettings):
     """
 
     model_config = SettingsConfigDict(
-        case_sensitive=True, env_ignore_empty=True, enable_decoding=False, frozen=True,
-        validate_default=True, validate_by_name=True, validate_by_alias=True,
+        case_sensitive=True,
+        env_ignore_empty=True,
+        enable_decoding=False,
+        frozen=True,
+        validate_default=True,
+        validate_by_name=True,
+        validate_by_alias=True,
     )
 
     # -- where things are ----------------------------------------------------------------------
     root: Annotated[Path, AfterValidator(_resolved)] = setting(
-        "LAKEHOUSE_ROOT", "the checkout (`dags/`, `glue_templates/`, `metadata/` ...)", _PACKAGE_ROOT,
-        shown="two levels above the `lakehouse` package")
+        "LAKEHOUSE_ROOT",
+        "the checkout (`dags/`, `glue_templates/`, `metadata/` ...)",
+        _PACKAGE_ROOT,
+        shown="two levels above the `lakehouse` package",
+    )
     home: Annotated[Path, AfterValidator(_resolved)] = setting(
-        "LAKEHOUSE_HOME", "runtime state: data, logs, pids, secrets",
-        derived=lambda s: s["root"] / "var", shown="`$LAKEHOUSE_ROOT/var`")
+        "LAKEHOUSE_HOME",
+        "runtime state: data, logs, pids, secrets",
+        derived=lambda s: s["root"] / "var",
+        shown="`$LAKEHOUSE_ROOT/var`",
+    )
     # -- Postgres --------------------------------------------------------------------------------
     pg_host: str = setting("LAKEHOUSE_PG_HOST", "the Postgres server of the stack", "127.0.0.1")
     pg_port: int = setting("LAKEHOUSE_PG_PORT", "port of that server", 5433)
     pg_user: str = setting("LAKEHOUSE_PG_USER", "login on that server", "lakehouse")
-    pg_password: str = setting("LAKEHOUSE_PG_PASSWORD", "password of that login", "lakehouse",
-                               secret=True)
+    pg_password: str = setting("LAKEHOUSE_PG_PASSWORD", "password of that login", "lakehouse", secret=True)
     pg_managed: Annotated[bool, BeforeValidator(_flag)] = setting(
-        "LAKEHOUSE_PG_MANAGED", "`1`: the stack runs its own Postgres cluster; anything else: it uses the "
-        "server above as it is (docker compose, RDS)", True, shown="`1`", kind="flag")
+        "LAKEHOUSE_PG_MANAGED",
+        "`1`: the stack runs its own Postgres cluster; anything else: it uses the "
+        "server above as it is (docker compose, RDS)",
+        True,
+        shown="`1`",
+        kind="flag",
+    )
     metadata_db: str = setting("LAKEHOUSE_METADATA_DB", "flows, templates, ledger, audit", "lakehouse")
     airflow_db: str = setting("LAKEHOUSE_AIRFLOW_DB", "Airflow's own database", "airflow")
     catalog_db: str = setting("LAKEHOUSE_CATALOG_DB", "the Iceberg JDBC catalog", "iceberg_catalog")
     warehouse_db: str = setting("LAKEHOUSE_WAREHOUSE_DB", "the local warehouse", "warehouse")
     given_metadata_dsn: str | None = setting(
-        "LAKEHOUSE_METADATA_DSN", "the metadata database as a whole URL (e.g. RDS), instead of the "
-        "server and database above", shown="built from the `LAKEHOUSE_PG_*` settings", secret=True)
+        "LAKEHOUSE_METADATA_DSN",
+        "the metadata database as a whole URL (e.g. RDS), instead of the server and database above",
+        shown="built from the `LAKEHOUSE_PG_*` settings",
+        secret=True,
+    )
     given_warehouse_dsn: str | None = setting(
-        "LAKEHOUSE_WAREHOUSE_DSN", "the warehouse database as a whole URL",
-        shown="built from the `LAKEHOUSE_PG_*` settings", secret=True)
+        "LAKEHOUSE_WAREHOUSE_DSN",
+        "the warehouse database as a whole URL",
+        shown="built from the `LAKEHOUSE_PG_*` settings",
+        secret=True,
+    )
     given_catalog_dsn: str | None = setting(
-        "LAKEHOUSE_CATALOG_DSN", "the Iceberg catalog database as a SQLAlchemy URL (PyIceberg's "
-        "`SqlCatalog`)", shown="built from the `LAKEHOUSE_PG_*` settings", secret=True)
+        "LAKEHOUSE_CATALOG_DSN",
+        "the Iceberg catalog database as a SQLAlchemy URL (PyIceberg's `SqlCatalog`)",
+        shown="built from the `LAKEHOUSE_PG_*` settings",
+        secret=True,
+    )
     # -- the landing store (S3 API) ----------------------------------------------------------------
-    s3_endpoint_url: str = setting("LAKEHOUSE_S3_ENDPOINT_URL", "S3 API of the landing store",
-                                   "http://127.0.0.1:8333")
+    s3_endpoint_url: str = setting("LAKEHOUSE_S3_ENDPOINT_URL", "S3 API of the landing store", "http://127.0.0.1:8333")
     s3_access_key_id: str = setting("LAKEHOUSE_S3_ACCESS_KEY_ID", "S3 access key", "lakehouse")
-    s3_secret_access_key: str = setting("LAKEHOUSE_S3_SECRET_ACCESS_KEY", "S3 secret key", "lakehouse-secret",
-                                        secret=True)
+    s3_secret_access_key: str = setting(
+        "LAKEHOUSE_S3_SECRET_ACCESS_KEY", "S3 secret key", "lakehouse-secret", secret=True
+    )
     landing_bucket: str = setting("LAKEHOUSE_LANDING_BUCKET", "the bucket files are dropped into", "landing")
     seaweed_ports: Annotated[SeaweedPorts, BeforeValidator(_ports)] = setting(
-        "LAKEHOUSE_SEAWEED_PORTS", "ports of the local SeaweedFS: master, volume, filer, s3, webdav, iceberg",
-        "9333,9340,8888,8333,7333,8181", kind="6 ports, comma-separated")
+        "LAKEHOUSE_SEAWEED_PORTS",
+        "ports of the local SeaweedFS: master, volume, filer, s3, webdav, iceberg",
+        "9333,9340,8888,8333,7333,8181",
+        kind="6 ports, comma-separated",
+    )
     # -- the invoker --------------------------------------------------------------------------------
     invoker_port: int = setting("LAKEHOUSE_INVOKER_PORT", "the invoker's webhook port", 8765)
     invoker_bind: str = setting("LAKEHOUSE_INVOKER_BIND", "address the invoker listens on", "127.0.0.1")
     given_invoker_token: str | None = setting(
-        "LAKEHOUSE_INVOKER_TOKEN", "webhook secret: bearer token, or HMAC key of "
-        "`X-Lakehouse-Signature: sha256=<hex>`", shown=_SECRET_FILE, secret=True)
+        "LAKEHOUSE_INVOKER_TOKEN",
+        "webhook secret: bearer token, or HMAC key of `X-Lakehouse-Signature: sha256=<hex>`",
+        shown=_SECRET_FILE,
+        secret=True,
+    )
     invoker_retry_base: float = setting(
-        "LAKEHOUSE_INVOKER_RETRY_BASE", "first retry delay (s) of a pending trigger; doubles per attempt", 2.0, ge=0)
+        "LAKEHOUSE_INVOKER_RETRY_BASE", "first retry delay (s) of a pending trigger; doubles per attempt", 2.0, ge=0
+    )
     invoker_retry_max: float = setting("LAKEHOUSE_INVOKER_RETRY_MAX", "longest retry delay (s)", 300.0, ge=0)
-    invoker_db_pool: int = setting("LAKEHOUSE_INVOKER_DB_POOL",
-                                   "Postgres connections the invoker keeps open (at most in use at once)", 8, ge=1)
+    invoker_db_pool: int = setting(
+        "LAKEHOUSE_INVOKER_DB_POOL", "Postgres connections the invoker keeps open (at most in use at once)", 8, ge=1
+    )
     invoker_dispatch_workers: int = setting(
-        "LAKEHOUSE_INVOKER_WORKERS", "threads calling Airflow after the webhook answered", 8, ge=1)
+        "LAKEHOUSE_INVOKER_WORKERS", "threads calling Airflow after the webhook answered", 8, ge=1
+    )
     invoker_lease: float = setting(
-        "LAKEHOUSE_INVOKER_LEASE", "seconds a row being triggered is held before the retry loop (or another "
-        "invoker) may take it over", 30.0, ge=1)
+        "LAKEHOUSE_INVOKER_LEASE",
+        "seconds a row being triggered is held before the retry loop (or another invoker) may take it over",
+        30.0,
+        ge=1,
+    )
     invoker_catalogue_ttl: float = setting(
-        "LAKEHOUSE_INVOKER_CATALOGUE_TTL", "seconds the invoker caches the flows (a new flow is seen within "
-        "this)", 5.0, ge=0)
+        "LAKEHOUSE_INVOKER_CATALOGUE_TTL",
+        "seconds the invoker caches the flows (a new flow is seen within this)",
+        5.0,
+        ge=0,
+    )
     reconcile_interval: float = setting(
-        "LAKEHOUSE_RECONCILE_INTERVAL", "seconds between the invoker's sweeps of each file-triggered flow's "
-        "prefix for files no event announced; `0`: off", 900.0, ge=0)
+        "LAKEHOUSE_RECONCILE_INTERVAL",
+        "seconds between the invoker's sweeps of each file-triggered flow's "
+        "prefix for files no event announced; `0`: off",
+        900.0,
+        ge=0,
+    )
     # -- Airflow ----------------------------------------------------------------------------------
     airflow_port: int = setting("LAKEHOUSE_AIRFLOW_PORT", "Airflow api-server port", 8080)
     airflow_api_workers: int = setting(
-        "LAKEHOUSE_AIRFLOW_API_WORKERS", "uvicorn worker processes of the local api-server (one Python process "
-        "runs on one core: the rate at which it creates DAG runs scales with the cores, not beyond)", 2, ge=1)
+        "LAKEHOUSE_AIRFLOW_API_WORKERS",
+        "uvicorn worker processes of the local api-server (one Python process "
+        "runs on one core: the rate at which it creates DAG runs scales with the cores, not beyond)",
+        2,
+        ge=1,
+    )
     airflow_url: Annotated[str, AfterValidator(lambda url: url.rstrip("/"))] = setting(
-        "LAKEHOUSE_AIRFLOW_URL", "Airflow base URL (MWAA or remote)",
-        derived=lambda s: f"http://127.0.0.1:{s['airflow_port']}", shown="`http://127.0.0.1:$LAKEHOUSE_AIRFLOW_PORT`")
+        "LAKEHOUSE_AIRFLOW_URL",
+        "Airflow base URL (MWAA or remote)",
+        derived=lambda s: f"http://127.0.0.1:{s['airflow_port']}",
+        shown="`http://127.0.0.1:$LAKEHOUSE_AIRFLOW_PORT`",
+    )
     airflow_username: str = setting("LAKEHOUSE_AIRFLOW_USERNAME", "Airflow login", "admin")
-    given_airflow_password: str | None = setting("LAKEHOUSE_AIRFLOW_PASSWORD", "Airflow password",
-                                                 shown=_SECRET_FILE, secret=True)
-    given_jwt_secret: str | None = setting("LAKEHOUSE_AIRFLOW_JWT_SECRET",
-                                           "key the local api-server signs its JWTs with", shown=_SECRET_FILE,
-                                           secret=True)
+    given_airflow_password: str | None = setting(
+        "LAKEHOUSE_AIRFLOW_PASSWORD", "Airflow password", shown=_SECRET_FILE, secret=True
+    )
+    given_jwt_secret: str | None = setting(
+        "LAKEHOUSE_AIRFLOW_JWT_SECRET", "key the local api-server signs its JWTs with", shown=_SECRET_FILE, secret=True
+    )
     airflow_api: Literal["rest", "mwaa"] = setting(
-        "LAKEHOUSE_AIRFLOW_API", "how the invoker triggers runs: `rest` (URL + login) or `mwaa` (boto3 "
-        "`invoke_rest_api`, IAM, no password)", "rest")
+        "LAKEHOUSE_AIRFLOW_API",
+        "how the invoker triggers runs: `rest` (URL + login) or `mwaa` (boto3 `invoke_rest_api`, IAM, no password)",
+        "rest",
+    )
     mwaa_environment: str | None = setting("LAKEHOUSE_MWAA_ENVIRONMENT", "MWAA environment name (`mwaa` only)")
     # -- the lake and the jobs --------------------------------------------------------------------
-    lake_uri: str = setting("LAKEHOUSE_LAKE_URI", "root of raw / rejects / Iceberg data",
-                            derived=lambda s: (s["home"] / "lake").as_uri(), shown="`file://$LAKEHOUSE_HOME/lake`")
+    lake_uri: str = setting(
+        "LAKEHOUSE_LAKE_URI",
+        "root of raw / rejects / Iceberg data",
+        derived=lambda s: (s["home"] / "lake").as_uri(),
+        shown="`file://$LAKEHOUSE_HOME/lake`",
+    )
     catalog_name: str = setting("LAKEHOUSE_CATALOG_NAME", "Iceberg catalog name (Spark and PyIceberg)", "lake")
-    templates_uri: str = setting("LAKEHOUSE_TEMPLATES_URI", "where template scripts live",
-                                 derived=lambda s: str(s["root"] / "glue_templates"),
-                                 shown="`$LAKEHOUSE_ROOT/glue_templates`")
+    templates_uri: str = setting(
+        "LAKEHOUSE_TEMPLATES_URI",
+        "where template scripts live",
+        derived=lambda s: str(s["root"] / "glue_templates"),
+        shown="`$LAKEHOUSE_ROOT/glue_templates`",
+    )
     jars_dir: Annotated[Path, AfterValidator(_resolved)] = setting(
-        "LAKEHOUSE_JARS_DIR", "Spark jars (Iceberg, Jackson, JDBC)", derived=lambda s: s["root"] / "var" / "jars",
-        shown="`$LAKEHOUSE_ROOT/var/jars`")
+        "LAKEHOUSE_JARS_DIR",
+        "Spark jars (Iceberg, Jackson, JDBC)",
+        derived=lambda s: s["root"] / "var" / "jars",
+        shown="`$LAKEHOUSE_ROOT/var/jars`",
+    )
     runner: Literal["local", "glue"] = setting("LAKEHOUSE_RUNNER", "`local` (this machine) or `glue`", "local")
     spark_master: str = setting("LAKEHOUSE_SPARK_MASTER", "Spark master for the local runner", "local[2]")
     spark_driver_memory: str = setting("LAKEHOUSE_SPARK_DRIVER_MEMORY", "driver memory of the local runner", "2g")
     spark_mode: Literal["warm", "submit"] = setting(
-        "LAKEHOUSE_SPARK_MODE", "`warm`: templates run on the stack's pool of ready Spark drivers; `submit`: "
-        "`spark-submit` per task", "warm")
+        "LAKEHOUSE_SPARK_MODE",
+        "`warm`: templates run on the stack's pool of ready Spark drivers; `submit`: `spark-submit` per task",
+        "warm",
+    )
     spark_drivers: int = setting("LAKEHOUSE_SPARK_DRIVERS", "warm drivers the pool keeps (= runs at once)", 2, ge=1)
-    spark_driver_max_runs: int = setting("LAKEHOUSE_SPARK_DRIVER_MAX_RUNS", "runs after which a driver is replaced",
-                                         50, ge=1)
-    spark_driver_max_rss_mb: int = setting("LAKEHOUSE_SPARK_DRIVER_MAX_RSS_MB",
-                                           "memory (MB) above which a driver is replaced after its run", 4096,
-                                           ge=256)
+    spark_driver_max_runs: int = setting(
+        "LAKEHOUSE_SPARK_DRIVER_MAX_RUNS", "runs after which a driver is replaced", 50, ge=1
+    )
+    spark_driver_max_rss_mb: int = setting(
+        "LAKEHOUSE_SPARK_DRIVER_MAX_RSS_MB", "memory (MB) above which a driver is replaced after its run", 4096, ge=256
+    )
     # -- AWS ----------------------------------------------------------------------------------------
     glue_role_arn: str | None = setting("LAKEHOUSE_GLUE_ROLE_ARN", "IAM role of generated Glue jobs")
     glue_connections: Annotated[tuple[str, ...], BeforeValidator(_comma_list)] = setting(
-        "LAKEHOUSE_GLUE_CONNECTIONS", "Glue connections every job gets (a NETWORK one reaches a VPC: the "
-        "private Redshift warehouse)", (), shown="(none)", kind="names, comma-separated")
+        "LAKEHOUSE_GLUE_CONNECTIONS",
+        "Glue connections every job gets (a NETWORK one reaches a VPC: the private Redshift warehouse)",
+        (),
+        shown="(none)",
+        kind="names, comma-separated",
+    )
     alert_webhook_url: str | None = setting("LAKEHOUSE_ALERT_WEBHOOK_URL", "extra webhook for failure alerts")
     alert_sns_topic_arn: str | None = setting("LAKEHOUSE_ALERT_SNS_TOPIC_ARN", "SNS topic for failure alerts (AWS)")
     aws_region: str = setting("AWS_DEFAULT_REGION", "region of the AWS path", "us-east-1")
 
     @classmethod
-    def settings_customise_sources(cls, settings_cls: type[BaseSettings], init_settings: PydanticBaseSettingsSource,
-                                   env_settings: PydanticBaseSettingsSource,
-                                   dotenv_settings: PydanticBaseSettingsSource,
-                                   file_secret_settings: PydanticBaseSettingsSource,
-                                   ) -> tuple[PydanticBaseSettingsSource, ...]:
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
         """Arguments and the environment only: no ``.env`` file or secrets folder is ever read, and
         skipping those sources halves the cost of a :func:`load_settings` call (made per use)."""
         return init_settings, env_settings
@@ -275,8 +363,11 @@ class Settings(BaseSettings):
     # -- secrets -------------------------------------------------------------------------------
     def secret(self, name: str) -> str:
         """A stack secret: from the environment if given, else generated once and kept in HOME."""
-        given = {"airflow_password": self.given_airflow_password, "invoker_token": self.given_invoker_token,
-                 "jwt_secret": self.given_jwt_secret}.get(name)
+        given = {
+            "airflow_password": self.given_airflow_password,
+            "invoker_token": self.given_invoker_token,
+            "jwt_secret": self.given_jwt_secret,
+        }.get(name)
         if given:
             return given
         path = self.home / "secrets.json"
@@ -408,8 +499,12 @@ def _default_text(field: FieldInfo) -> str:
 def settings_reference_markdown() -> str:
     """``docs/configuration.md``: one row per declared setting, in declaration order."""
     rows = [
-        "| " + " | ".join(cell.replace("|", "\\|") for cell in (
-            f"`{_variable(field)}`", _type_text(field), _default_text(field), field.description or "")) + " |"
+        "| "
+        + " | ".join(
+            cell.replace("|", "\\|")
+            for cell in (f"`{_variable(field)}`", _type_text(field), _default_text(field), field.description or "")
+        )
+        + " |"
         for field in Settings.model_fields.values()
     ]
     return _PAGE_HEAD + "\n".join(rows) + "\n"

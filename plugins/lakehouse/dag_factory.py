@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Mapping, Sequence
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from airflow.sdk import DAG, get_parsing_context
@@ -23,12 +23,12 @@ from lakehouse.metadata.catalogue import load_catalogue
 from lakehouse.operators.invalid_flow import InvalidFlowOperator
 from lakehouse.operators.template_task import TemplateTaskOperator
 
-__all__ = ["build_dags", "build_dag", "build_invalid_flow_dag", "airflow_dag_defaults", "INVALID_TAG"]
+__all__ = ["INVALID_TAG", "airflow_dag_defaults", "build_dag", "build_dags", "build_invalid_flow_dag"]
 
 log = logging.getLogger(__name__)
 
 INVALID_TAG = INVALID_FLOW_TAG
-_START = datetime(2024, 1, 1, tzinfo=timezone.utc)
+_START = datetime(2024, 1, 1, tzinfo=UTC)
 
 
 def _doc(flow: Flow) -> str:
@@ -137,8 +137,9 @@ def build_invalid_flow_dag(
     return dag
 
 
-def _flow_dag(flow: Flow, problems: list[FlowProblem], templates: dict[str, Template],
-              dag_defaults: Mapping[str, Any]) -> DAG:
+def _flow_dag(
+    flow: Flow, problems: list[FlowProblem], templates: dict[str, Template], dag_defaults: Mapping[str, Any]
+) -> DAG:
     """The flow's DAG, or its placeholder: whatever a row holds, this never raises for one flow."""
     if not problems:
         try:
@@ -147,8 +148,9 @@ def _flow_dag(flow: Flow, problems: list[FlowProblem], templates: dict[str, Temp
             return dag
         except Exception as exc:  # a value the validator let through but Airflow refuses
             problems = [FlowProblem(flow.flow_id, "flows", f"Airflow refused the DAG: {type(exc).__name__}: {exc}")]
-    log.error("invalid flow, placeholder DAG %r loaded instead: %s", flow.effective_dag_id,
-              "; ".join(map(str, problems)))
+    log.error(
+        "invalid flow, placeholder DAG %r loaded instead: %s", flow.effective_dag_id, "; ".join(map(str, problems))
+    )
     return build_invalid_flow_dag(flow, problems, dag_defaults)
 
 
@@ -158,10 +160,12 @@ def build_dags(catalogue: Catalogue | None = None, settings: Settings | None = N
     settings = settings or load_settings()
     only = get_parsing_context().dag_id
     if catalogue is None:
-        catalogue = load_catalogue(settings.metadata_dsn, snapshot_path=settings.run_dir / "catalogue.json",
-                                   dag_id=only)
-    active = {f.flow_id: f for f in catalogue.flows.values()
-              if f.is_active and (only is None or f.effective_dag_id == only)}
+        catalogue = load_catalogue(
+            settings.metadata_dsn, snapshot_path=settings.run_dir / "catalogue.json", dag_id=only
+        )
+    active = {
+        f.flow_id: f for f in catalogue.flows.values() if f.is_active and (only is None or f.effective_dag_id == only)
+    }
     problems = validate_catalogue(Catalogue(active, catalogue.templates))
     dags: dict[str, DAG] = {}
     dag_defaults = airflow_dag_defaults()

@@ -19,7 +19,7 @@ from lakehouse.hooks.airflow_api import AirflowApiClient
 from lakehouse.hooks.s3 import landing_client
 from lakehouse.invoker.core import file_dag_run_id
 
-__all__ = ["run_demo", "install_sample_flow", "drop_file_and_wait"]
+__all__ = ["drop_file_and_wait", "install_sample_flow", "run_demo"]
 
 SAMPLE_FLOW = "invoices"
 SAMPLE_PREFIX = "invoices/"
@@ -27,7 +27,6 @@ SAMPLE_PREFIX = "invoices/"
 
 def sample_dir(settings: Settings) -> Path:
     return settings.root / "metadata" / "samples" / "invoices"
-
 
 
 def install_sample_flow(settings: Settings) -> None:
@@ -138,9 +137,7 @@ def run_demo(settings: Settings, echo: Callable[[str], None] = print) -> int:
             echo("failed tasks:\n" + _task_errors(settings, run["dag_run_id"]))
             return 1
 
-    columns, rows = query(
-        settings.warehouse_dsn, "SELECT * FROM presentation.daily_expenses ORDER BY invoice_date"
-    )
+    columns, rows = query(settings.warehouse_dsn, "SELECT * FROM presentation.daily_expenses ORDER BY invoice_date")
     echo("\nWarehouse: SELECT * FROM presentation.daily_expenses ORDER BY invoice_date")
     echo(format_table(columns, rows))
 

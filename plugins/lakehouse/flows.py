@@ -97,7 +97,8 @@ class ParameterSpecEntry(BaseModel):
     choices: list[Any] | None = Field(default=None, description="the only values allowed")
     description: str = Field(default="", description="what it means, for the templates reference")
     requires: dict[str, list[Any] | None] = Field(
-        default={}, description="other parameters it needs: name -> allowed values, or null for any given value")
+        default={}, description="other parameters it needs: name -> allowed values, or null for any given value"
+    )
     excludes: list[str] = Field(default=[], description="parameters it cannot be given together with")
     item_choices: list[Any] | None = Field(default=None, description="allowed items of a list, or values of an object")
 
@@ -338,7 +339,8 @@ def _check_value(spec: ParameterSpec, value: Any) -> str | None:
         "float": isinstance(value, (int, float)) and not isinstance(value, bool),
         "bool": isinstance(value, bool),
         "json": isinstance(value, (dict, list)),
-        "list": isinstance(value, list) and all(isinstance(v, str) for v in value)
+        "list": (isinstance(value, list)
+        and all(isinstance(v, str) for v in value))
         or (isinstance(value, str) and value != ""),
     }[spec.type]
     if not ok:
@@ -393,7 +395,7 @@ def _cycle(flow: Flow) -> list[str] | None:
         stack.append(node)
         for nxt in graph.get(node, ()):
             if state.get(nxt) == 1:
-                return stack[stack.index(nxt):] + [nxt]
+                return stack[stack.index(nxt) :] + [nxt]
             if nxt in graph and state.get(nxt) is None and (found := visit(nxt)):
                 return found
         stack.pop()
@@ -408,8 +410,17 @@ def _cycle(flow: Flow) -> list[str] | None:
 
 _BUCKET_NAME = re.compile(r"[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]")
 #: Schedules Airflow accepts besides five-field cron expressions.
-SCHEDULE_PRESETS = ("@once", "@continuous", "@hourly", "@daily", "@weekly", "@monthly", "@quarterly",
-                    "@yearly", "@annually")
+SCHEDULE_PRESETS = (
+    "@once",
+    "@continuous",
+    "@hourly",
+    "@daily",
+    "@weekly",
+    "@monthly",
+    "@quarterly",
+    "@yearly",
+    "@annually",
+)
 
 
 def schedule_problem(schedule: str) -> str | None:
@@ -443,8 +454,11 @@ def validate_flow(flow: Flow, templates: Mapping[str, Template]) -> list[FlowPro
     if flow.trigger_key_pattern and flow.trigger_key_pattern.startswith(("/", "^/")):
         add("flows.trigger_key_pattern", "S3 keys never start with '/': it would match nothing")
     if flow.trigger_bucket and not _BUCKET_NAME.fullmatch(flow.trigger_bucket):
-        add("flows.trigger_bucket", f"{flow.trigger_bucket!r} is not a valid S3 bucket name "
-            "(3-63 characters: lower-case letters, digits, '.', '-')")
+        add(
+            "flows.trigger_bucket",
+            f"{flow.trigger_bucket!r} is not a valid S3 bucket name "
+            "(3-63 characters: lower-case letters, digits, '.', '-')",
+        )
     task_ids = {t.task_id for t in flow.tasks}
     for task in flow.tasks:
         row = f"flow_tasks[{task.task_id}]"
@@ -454,14 +468,19 @@ def validate_flow(flow: Flow, templates: Mapping[str, Template]) -> list[FlowPro
         template = templates.get(task.template_key)
         if template is None:
             if task.template_version is not None and task.template_id in templates:
-                add(f"{row}.template_version", f"template {task.template_id!r} has no version "
-                    f"{task.template_version} (current: {templates[task.template_id].version})")
+                add(
+                    f"{row}.template_version",
+                    f"template {task.template_id!r} has no version "
+                    f"{task.template_version} (current: {templates[task.template_id].version})",
+                )
             else:
                 add(f"{row}.template_id", f"unknown template {task.template_id!r}")
             continue
         if template.problem is not None:
-            add(f"{row}.template_id", f"template {template.template_id!r} has an invalid parameter_spec: "
-                f"{template.problem}")
+            add(
+                f"{row}.template_id",
+                f"template {template.template_id!r} has an invalid parameter_spec: {template.problem}",
+            )
             continue
         for name, value in task.parameters.items():
             where = f"{row}.parameters.{name}"
@@ -496,9 +515,14 @@ def validate_catalogue(catalogue: Catalogue) -> dict[str, list[FlowProblem]]:
     for dag_id, flow_ids in by_dag.items():
         if len(flow_ids) > 1:
             for flow_id in flow_ids:
-                problems[flow_id].append(FlowProblem(
-                    flow_id, "flows.dag_id", f"DAG id {dag_id!r} is also the DAG of flow(s) "
-                    f"{', '.join(repr(f) for f in flow_ids if f != flow_id)}: give each flow its own dag_id"))
+                problems[flow_id].append(
+                    FlowProblem(
+                        flow_id,
+                        "flows.dag_id",
+                        f"DAG id {dag_id!r} is also the DAG of flow(s) "
+                        f"{', '.join(repr(f) for f in flow_ids if f != flow_id)}: give each flow its own dag_id",
+                    )
+                )
     return problems
 
 
@@ -538,14 +562,24 @@ class RunContext:
             name = "file.uri"
         if name.startswith("file."):
             if self.file is None and self.manifest_uri:
-                raise ValueError(f"{where}: ${{{name}}} names one file, but run {self.run_id!r} is a batch of "
-                                 f"{self.file_count} files: use ${{files.uri}} (their manifest)")
+                raise ValueError(
+                    f"{where}: ${{{name}}} names one file, but run {self.run_id!r} is a batch of "
+                    f"{self.file_count} files: use ${{files.uri}} (their manifest)"
+                )
             if self.file is None:
                 raise ValueError(f"{where}: ${{{name}}} needs a triggering file, but run {self.run_id!r} has none")
-            return {"file.uri": self.file.uri, "file.bucket": self.file.bucket,
-                    "file.key": self.file.key, "file.etag": self.file.etag}[name]
-        return {"batch_id": self.batch_id, "flow_id": self.flow_id, "run_id": self.run_id,
-                "logical_date": self.logical_date}[name]
+            return {
+                "file.uri": self.file.uri,
+                "file.bucket": self.file.bucket,
+                "file.key": self.file.key,
+                "file.etag": self.file.etag,
+            }[name]
+        return {
+            "batch_id": self.batch_id,
+            "flow_id": self.flow_id,
+            "run_id": self.run_id,
+            "logical_date": self.logical_date,
+        }[name]
 
 
 def _as_argument(spec_type: str, value: Any) -> str:
@@ -570,4 +604,3 @@ def render_arguments(task: FlowTask, template: Template, context: RunContext) ->
         text = _as_argument(spec.type, value)
         arguments[name] = _PLACEHOLDER.sub(lambda m: context.placeholder(m.group(1), where), text)
     return arguments
-

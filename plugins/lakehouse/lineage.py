@@ -60,8 +60,12 @@ class Database:
         if parsed.scheme not in ("postgresql", "postgres", "redshift") or not parsed.hostname:
             return None
         engine = "redshift" if parsed.scheme == "redshift" else "postgres"
-        return cls(engine, parsed.hostname, parsed.port or (5439 if engine == "redshift" else 5432),
-                   parsed.path.strip("/") or ("dev" if engine == "redshift" else "postgres"))
+        return cls(
+            engine,
+            parsed.hostname,
+            parsed.port or (5439 if engine == "redshift" else 5432),
+            parsed.path.strip("/") or ("dev" if engine == "redshift" else "postgres"),
+        )
 
     @classmethod
     def from_secret(cls, secret: Mapping[str, Any]) -> Database | None:
@@ -69,8 +73,12 @@ class Database:
         if not secret.get("host"):
             return None
         engine = "redshift" if str(secret.get("engine", "")).lower() == "redshift" else "postgres"
-        return cls(engine, str(secret["host"]), int(secret.get("port") or (5439 if engine == "redshift" else 5432)),
-                   str(secret.get("dbname") or ("dev" if engine == "redshift" else "postgres")))
+        return cls(
+            engine,
+            str(secret["host"]),
+            int(secret.get("port") or (5439 if engine == "redshift" else 5432)),
+            str(secret.get("dbname") or ("dev" if engine == "redshift" else "postgres")),
+        )
 
     @property
     def namespace(self) -> str:
@@ -163,12 +171,14 @@ def _input(namespace: str, name: str, facets: dict[str, DatasetFacet] | None = N
     return InputDataset(namespace=namespace, name=name, facets=facets or {})
 
 
-def _output(namespace: str, name: str, facets: dict[str, DatasetFacet] | None = None,
-            rows: Any = None) -> OutputDataset:
+def _output(
+    namespace: str, name: str, facets: dict[str, DatasetFacet] | None = None, rows: Any = None
+) -> OutputDataset:
     statistics: dict[str, OutputDatasetFacet] = {}
     if isinstance(rows, int) and not isinstance(rows, bool):
         statistics["outputStatistics"] = output_statistics_output_dataset.OutputStatisticsOutputDatasetFacet(
-            rowCount=rows)
+            rowCount=rows
+        )
     return OutputDataset(namespace=namespace, name=name, facets=facets or {}, outputFacets=statistics)
 
 
@@ -183,8 +193,12 @@ def _iceberg(table: str, site: Site) -> tuple[str, str, dict[str, DatasetFacet]]
     facets: dict[str, DatasetFacet] = {}
     if catalog == site.catalog_name:
         facets["catalog"] = catalog_dataset.CatalogDatasetFacet(
-            framework="iceberg", type=site.catalog_type, name=catalog, warehouseUri=site.lake("warehouse"),
-            source="spark")
+            framework="iceberg",
+            type=site.catalog_type,
+            name=catalog,
+            warehouseUri=site.lake("warehouse"),
+            source="spark",
+        )
     return f"iceberg://{catalog}", ".".join(parts), facets
 
 
@@ -218,9 +232,16 @@ def _given(metrics: Mapping[str, Any], parameters: Mapping[str, Any], key: str) 
     return value if value not in (None, "") else parameters.get(key) or None
 
 
-def task_datasets(template_id: str, parameters: Mapping[str, Any], metrics: Mapping[str, Any] | None = None, *,
-                  site: Site, secret: Database | None = None, secret_pending: bool = False,
-                  manifest_files: ManifestReader | None = None) -> TaskDatasets:
+def task_datasets(
+    template_id: str,
+    parameters: Mapping[str, Any],
+    metrics: Mapping[str, Any] | None = None,
+    *,
+    site: Site,
+    secret: Database | None = None,
+    secret_pending: bool = False,
+    manifest_files: ManifestReader | None = None,
+) -> TaskDatasets:
     """Inputs and outputs of one run of ``template_id``: from its rendered ``parameters`` (before
     the job ran) and its ``metrics`` (after). ``secret`` is the database the task's ``secret_id``
     names, where it was read here; ``secret_pending`` says it will be read later (a local run's
@@ -261,12 +282,16 @@ def task_datasets(template_id: str, parameters: Mapping[str, Any], metrics: Mapp
         if raw := raw_folder(parameters.get("dataset")):
             found.outputs.append(_output(*storage_name(raw), rows=rows_out))
         if metrics.get("rejects_path"):
-            found.outputs.append(_output(*storage_name(dataset_folder(str(metrics["rejects_path"]))),
-                                         rows=metrics.get("rows_rejected")))
+            found.outputs.append(
+                _output(*storage_name(dataset_folder(str(metrics["rejects_path"]))), rows=metrics.get("rows_rejected"))
+            )
     elif template_id == "db_to_raw":
         database = secret if secret_id else site.source
-        tables = ([str(parameters["source_table"])] if parameters.get("source_table")
-                  else _sql_tables(str(parameters.get("query") or ""), "postgres"))
+        tables = (
+            [str(parameters["source_table"])]
+            if parameters.get("source_table")
+            else _sql_tables(str(parameters.get("query") or ""), "postgres")
+        )
         for table in tables if secret_known else ():
             found.inputs.append(_input(*_database_table(table, database, secret_id)))
         if raw := raw_folder(parameters.get("dataset")):
@@ -276,7 +301,9 @@ def task_datasets(template_id: str, parameters: Mapping[str, Any], metrics: Mapp
             read(str(parameters["url"]))
         target = metrics.get("target_uri") or (
             f"s3://{parameters.get('bucket') or site.landing_bucket}/{str(parameters['target_key']).lstrip('/')}"
-            if parameters.get("target_key") else None)
+            if parameters.get("target_key")
+            else None
+        )
         if target:
             found.outputs.append(_output(*storage_name(str(target)), rows=rows_out))
     elif template_id == "raw_to_stage_scd2":

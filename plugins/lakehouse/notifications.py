@@ -76,7 +76,9 @@ def _channels(settings: Settings, failure: TaskFailure) -> list[tuple[str, Any]]
     channels: list[tuple[str, Any]] = []
     target = failure.alert_target or ""
     if settings.alert_webhook_url:
-        channels.append((f"webhook:{settings.alert_webhook_url}", lambda: _webhook(settings.alert_webhook_url, failure)))
+        channels.append(
+            (f"webhook:{settings.alert_webhook_url}", lambda: _webhook(settings.alert_webhook_url, failure))
+        )
     if target.startswith(("http://", "https://")):
         channels.append((f"webhook:{target}", lambda: _webhook(target, failure)))
     elif target.startswith("arn:aws:sns:"):
@@ -106,8 +108,16 @@ def notify_failure(settings: Settings, failure: TaskFailure) -> dict[str, str]:
                 """INSERT INTO lakehouse.notifications (flow_id, task_id, dag_run_id, file_uri, error, error_summary,
                                                         log_url, channels)
                    VALUES (%s, %s, %s, %s, %s, %s, %s, %s)""",
-                (failure.flow_id, failure.task_id, failure.dag_run_id, failure.file_uri,
-                 (failure.details or failure.error)[:8000], failure.error, failure.log_url, json.dumps(results)),
+                (
+                    failure.flow_id,
+                    failure.task_id,
+                    failure.dag_run_id,
+                    failure.file_uri,
+                    (failure.details or failure.error)[:8000],
+                    failure.error,
+                    failure.log_url,
+                    json.dumps(results),
+                ),
             )
     finally:
         conn.close()

@@ -19,14 +19,15 @@ from typing import Any
 __all__ = [
     "SECRET_PARAMETER",
     "literal_secret_problems",
-    "secret_values",
     "redact",
+    "secret_values",
 ]
 
 SECRET_PARAMETER = "secret_id"
 #: parameter names that hold credentials: whole ``_``-separated words, so ``author`` or ``passenger`` pass
-_SECRET_NAME = re.compile(r"(^|_)(password|passwd|pass|pwd|secret|token|api_?key|credentials?|private_?key)($|_)",
-                          re.IGNORECASE)
+_SECRET_NAME = re.compile(
+    r"(^|_)(password|passwd|pass|pwd|secret|token|api_?key|credentials?|private_?key)($|_)", re.IGNORECASE
+)
 _URL_WITH_PASSWORD = re.compile(r"\b([a-z][a-z0-9+.-]*://[^/\s:@]+:)([^/\s@]+)(@)", re.IGNORECASE)
 _MASK = "***"
 
@@ -46,11 +47,21 @@ def literal_secret_problems(parameters: Mapping[str, Any]) -> list[tuple[str, st
             return
         leaf = path.rsplit(".", 1)[-1]
         if leaf != SECRET_PARAMETER and _SECRET_NAME.search(leaf) and isinstance(value, str) and value:
-            found.append((path, "looks like a credential: keep it in a connection or Secrets Manager and "
-                                f"pass its id as {SECRET_PARAMETER!r}"))
+            found.append(
+                (
+                    path,
+                    "looks like a credential: keep it in a connection or Secrets Manager and "
+                    f"pass its id as {SECRET_PARAMETER!r}",
+                )
+            )
         elif isinstance(value, str) and _URL_WITH_PASSWORD.search(value):
-            found.append((path, "contains a URL with a password: keep the login in a connection or Secrets "
-                                f"Manager and pass its id as {SECRET_PARAMETER!r}"))
+            found.append(
+                (
+                    path,
+                    "contains a URL with a password: keep the login in a connection or Secrets "
+                    f"Manager and pass its id as {SECRET_PARAMETER!r}",
+                )
+            )
 
     for name, value in parameters.items():
         walk(name, value)

@@ -34,14 +34,15 @@ CFN_LINT = Path(sys.executable).with_name("cfn-lint")
 ALLOWED_FINDINGS = {"W3005"}
 
 
-
 def test_the_cdk_cli_is_installed() -> None:
     """`make setup` installs it (`npm ci --prefix deploy/aws`); a missing CLI fails, never skips."""
     assert shutil.which("node"), "node is not installed: deploy/prerequisites.sh lists it (apt-get install nodejs npm)"
     assert CDK.exists() and os.access(CDK, os.X_OK), f"{CDK} missing: run `make setup` (npm ci --prefix deploy/aws)"
     lock = json.loads((APP / "package-lock.json").read_text())
     installed = json.loads((APP / "node_modules" / "aws-cdk" / "package.json").read_text())["version"]
-    assert installed == lock["packages"]["node_modules/aws-cdk"]["version"], "node_modules differs from the lock: make setup"
+    assert installed == lock["packages"]["node_modules/aws-cdk"]["version"], (
+        "node_modules differs from the lock: make setup"
+    )
 
 
 @pytest.fixture(scope="module")
@@ -51,10 +52,28 @@ def cdk_out(tmp_path_factory: pytest.TempPathFactory, dist: Path) -> Path:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("AWS_", "CDK_"))}
     env.update({"CDK_DISABLE_VERSION_CHECK": "1", "AWS_EC2_METADATA_DISABLED": "true"})
     result = subprocess.run(
-        [str(CDK), "synth", "--quiet", "--no-notices", "--no-version-reporting", "--output", str(out),
-         "-c", f"dist_dir={dist}", "-c", "schedule_flow_id=orders", "-c", "schedule_expression=cron(15 4 * * ? *)",
-         "-c", "lake_databases=stage,presentation,sales"],
-        cwd=APP, env=env, capture_output=True, text=True, timeout=300,
+        [
+            str(CDK),
+            "synth",
+            "--quiet",
+            "--no-notices",
+            "--no-version-reporting",
+            "--output",
+            str(out),
+            "-c",
+            f"dist_dir={dist}",
+            "-c",
+            "schedule_flow_id=orders",
+            "-c",
+            "schedule_expression=cron(15 4 * * ? *)",
+            "-c",
+            "lake_databases=stage,presentation,sales",
+        ],
+        cwd=APP,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
     assert result.returncode == 0, result.stderr[-4000:]
     return out
@@ -104,16 +123,22 @@ def test_landing_notifications_invoke_the_invoker(template: dict[str, Any]) -> N
     [config] = notifications["Properties"]["NotificationConfiguration"]["LambdaFunctionConfigurations"]
     assert config["Events"] == ["s3:ObjectCreated:*"]
     assert config["LambdaFunctionArn"] == {"Fn::GetAtt": [invoker_id, "Arn"]}
-    permission = [p["Properties"] for p in resources(template, "AWS::Lambda::Permission").values()
-                  if p["Properties"]["Principal"] == "s3.amazonaws.com"]
+    permission = [
+        p["Properties"]
+        for p in resources(template, "AWS::Lambda::Permission").values()
+        if p["Properties"]["Principal"] == "s3.amazonaws.com"
+    ]
     assert permission and permission[0]["SourceArn"] == {"Fn::GetAtt": [landing_id, "Arn"]}
 
 
 def test_every_handler_exists_and_env_uses_config_names(template: dict[str, Any]) -> None:
     config_source = Path(lakehouse.config.__file__).read_text()
     known = set(re.findall(r'"(LAKEHOUSE_[A-Z0-9_]+)"', config_source))
-    ours = [f for k, f in resources(template, "AWS::Lambda::Function").items()
-            if f["Properties"].get("Handler", "").startswith("lakehouse.")]
+    ours = [
+        f
+        for k, f in resources(template, "AWS::Lambda::Function").items()
+        if f["Properties"].get("Handler", "").startswith("lakehouse.")
+    ]
     assert len(ours) == 3  # invoker, scheduled invoker, retrier
     for function in ours:
         props = function["Properties"]
@@ -130,19 +155,27 @@ def test_every_handler_exists_and_env_uses_config_names(template: dict[str, Any]
 
 def test_schedule_passes_the_flow_id_and_time(template: dict[str, Any]) -> None:
     scheduled_id, _ = only(template, "AWS::Lambda::Function", "ScheduledInvoker")
-    rules = [r["Properties"] for r in resources(template, "AWS::Events::Rule").values()
-             if r["Properties"]["Targets"][0]["Arn"] == {"Fn::GetAtt": [scheduled_id, "Arn"]}]
+    rules = [
+        r["Properties"]
+        for r in resources(template, "AWS::Events::Rule").values()
+        if r["Properties"]["Targets"][0]["Arn"] == {"Fn::GetAtt": [scheduled_id, "Arn"]}
+    ]
     assert len(rules) == 1
     rule = rules[0]
     assert rule["ScheduleExpression"] == "cron(15 4 * * ? *)" and rule["State"] == "ENABLED"
     transformer = rule["Targets"][0]["InputTransformer"]
-    assert json.loads(re.sub(r"<(\w+)>", r'"\1"', transformer["InputTemplate"])) == {"flow_id": "orders", "time": "time"}
+    assert json.loads(re.sub(r"<(\w+)>", r'"\1"', transformer["InputTemplate"])) == {
+        "flow_id": "orders",
+        "time": "time",
+    }
     assert transformer["InputPathsMap"] == {"time": "$.time"}
 
 
 def test_glue_role_is_least_privilege(template: dict[str, Any]) -> None:
     role_id, role = only(template, "AWS::IAM::Role", "GlueJobRole")
-    assert role["Properties"]["AssumeRolePolicyDocument"]["Statement"][0]["Principal"] == {"Service": "glue.amazonaws.com"}
+    assert role["Properties"]["AssumeRolePolicyDocument"]["Statement"][0]["Principal"] == {
+        "Service": "glue.amazonaws.com"
+    }
     assert "ManagedPolicyArns" not in role["Properties"]
     bucket_ids = {k for k in resources(template, "AWS::S3::Bucket")}
     found = list(statements(template, role_id))
@@ -174,23 +207,41 @@ def test_mwaa_environment_reads_the_packaged_bundle(template: dict[str, Any]) ->
     assert props["SourceBucketArn"] == {"Fn::GetAtt": [source_id, "Arn"]}
     assert source["Properties"]["VersioningConfiguration"]["Status"] == "Enabled"
     assert "airflow" in json.dumps(source["Properties"]["BucketName"])  # MWAA's bucket-name rule
-    assert (props["DagS3Path"], props["PluginsS3Path"], props["RequirementsS3Path"], props["StartupScriptS3Path"]) \
-        == ("dags", "plugins.zip", "requirements.txt", "startup.sh")
+    assert (props["DagS3Path"], props["PluginsS3Path"], props["RequirementsS3Path"], props["StartupScriptS3Path"]) == (
+        "dags",
+        "plugins.zip",
+        "requirements.txt",
+        "startup.sh",
+    )
     assert len(props["NetworkConfiguration"]["SubnetIds"]) == 2
-    deployments = [k for k, r in resources(template, "Custom::CDKBucketDeployment").items()
-                   if r["Properties"]["DestinationBucketName"] == {"Ref": source_id}]
+    deployments = [
+        k
+        for k, r in resources(template, "Custom::CDKBucketDeployment").items()
+        if r["Properties"]["DestinationBucketName"] == {"Ref": source_id}
+    ]
     assert deployments and deployments[0] in env["DependsOn"]  # bundle uploaded before MWAA starts
     role_id = props["ExecutionRoleArn"]["Fn::GetAtt"][0]
     actions = {a for s in statements(template, role_id) for a in as_list(s["Action"])}
-    assert {"glue:CreateJob", "glue:StartJobRun", "glue:DeleteJob", "iam:PassRole", "sns:Publish",
-            "airflow:GetEnvironment", "ssm:GetParameter", "secretsmanager:GetSecretValue"} <= actions
+    assert {
+        "glue:CreateJob",
+        "glue:StartJobRun",
+        "glue:DeleteJob",
+        "iam:PassRole",
+        "sns:Publish",
+        "airflow:GetEnvironment",
+        "ssm:GetParameter",
+        "secretsmanager:GetSecretValue",
+    } <= actions
     # the startup script's settings: what lakehouse/config.py reads, secrets only by reference
     known = set(re.findall(r'"(LAKEHOUSE_[A-Z0-9_]+)"', Path(lakehouse.config.__file__).read_text()))
     _, parameter = only(template, "AWS::SSM::Parameter")
     text = json.dumps(parameter["Properties"]["Value"])
     names = set(re.findall(r"LAKEHOUSE_[A-Z0-9_]+", text))
-    assert names <= known and {"LAKEHOUSE_RUNNER", "LAKEHOUSE_GLUE_ROLE_ARN", "LAKEHOUSE_PG_PASSWORD",
-                               "LAKEHOUSE_GLUE_CONNECTIONS"} <= names
+    assert (
+        names <= known
+        and {"LAKEHOUSE_RUNNER", "LAKEHOUSE_GLUE_ROLE_ARN", "LAKEHOUSE_PG_PASSWORD", "LAKEHOUSE_GLUE_CONNECTIONS"}
+        <= names
+    )
     assert "resolve:secretsmanager" not in text  # the startup script resolves the secret at start
 
 
@@ -204,7 +255,9 @@ def test_metadata_warehouse_alerts_and_secrets(template: dict[str, Any]) -> None
     assert "resolve:secretsmanager" in json.dumps(namespace["Properties"]["AdminUserPassword"])
     assert workgroup["Properties"]["PubliclyAccessible"] is False and len(workgroup["Properties"]["SubnetIds"]) == 3
     assert resources(template, "AWS::SNS::Topic")
-    names = {json.dumps(s["Properties"].get("Name")) for s in resources(template, "AWS::SecretsManager::Secret").values()}
+    names = {
+        json.dumps(s["Properties"].get("Name")) for s in resources(template, "AWS::SecretsManager::Secret").values()
+    }
     assert names == {'"lakehouse/metadata-db"', '"lakehouse/warehouse"'}
     _, warehouse = only(template, "AWS::SecretsManager::Secret", "WarehouseSecret")
     generate = warehouse["Properties"]["GenerateSecretString"]
@@ -241,13 +294,24 @@ def test_metadata_schema_is_migrated_during_the_deployment(template: dict[str, A
 
 def test_outputs_name_what_the_post_deploy_steps_use(template: dict[str, Any]) -> None:
     outputs = set(template["Outputs"])
-    assert {"LandingBucket", "MetadataAdminFunction", "WarehouseSecretArn", "WarehouseWorkgroupName",
-            "AirflowUiUrl", "AlertTopicArn", "GlueWarehouseConnection"} <= outputs
+    assert {
+        "LandingBucket",
+        "MetadataAdminFunction",
+        "WarehouseSecretArn",
+        "WarehouseWorkgroupName",
+        "AirflowUiUrl",
+        "AlertTopicArn",
+        "GlueWarehouseConnection",
+    } <= outputs
 
 
 def test_cfn_lint_finds_no_errors(cdk_out: Path) -> None:
-    result = subprocess.run([str(CFN_LINT), "--format", "json", str(cdk_out / "Lakehouse.template.json")],
-                            capture_output=True, text=True, timeout=300)
+    result = subprocess.run(
+        [str(CFN_LINT), "--format", "json", str(cdk_out / "Lakehouse.template.json")],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     findings = json.loads(result.stdout or "[]")
     unexpected = [f for f in findings if f["Rule"]["Id"] not in ALLOWED_FINDINGS]
     assert unexpected == [], json.dumps(unexpected, indent=1)[:4000]

@@ -23,12 +23,19 @@ def _names(path: Path) -> set[str]:
         return set(archive.namelist())
 
 
-def _run_isolated(code: str, *, env: dict[str, str] | None = None, no_site: bool = True) -> subprocess.CompletedProcess[str]:
+def _run_isolated(
+    code: str, *, env: dict[str, str] | None = None, no_site: bool = True
+) -> subprocess.CompletedProcess[str]:
     """A fresh interpreter; with ``no_site`` it sees the standard library only (-I -S), like a
     Lambda sees nothing but the runtime and the zip."""
     flags = ["-I", "-S"] if no_site else ["-I"]
-    return subprocess.run([sys.executable, *flags, "-c", code], capture_output=True, text=True,
-                          env=env or {"PATH": os.environ.get("PATH", "")}, timeout=120)
+    return subprocess.run(
+        [sys.executable, *flags, "-c", code],
+        capture_output=True,
+        text=True,
+        env=env or {"PATH": os.environ.get("PATH", "")},
+        timeout=120,
+    )
 
 
 def test_templates_are_where_the_glue_runner_looks(dist: Path) -> None:
@@ -36,9 +43,19 @@ def test_templates_are_where_the_glue_runner_looks(dist: Path) -> None:
     every script_location of the template catalogue must exist in the package."""
     templates = dist / "templates"
     catalogue = (ROOT / "metadata" / "migrations" / "R__template_catalogue.sql").read_text()
-    runner = GlueRunner(role_arn="arn:aws:iam::123456789012:role/x", templates_uri="s3://t/templates/",
-                        lake_uri="s3://l/lake", client=object(), s3=object())
-    for script in ("landing_to_raw.py", "raw_to_stage_scd2.py", "stage_to_presentation.py", "presentation_to_warehouse.py"):
+    runner = GlueRunner(
+        role_arn="arn:aws:iam::123456789012:role/x",
+        templates_uri="s3://t/templates/",
+        lake_uri="s3://l/lake",
+        client=object(),
+        s3=object(),
+    )
+    for script in (
+        "landing_to_raw.py",
+        "raw_to_stage_scd2.py",
+        "stage_to_presentation.py",
+        "presentation_to_warehouse.py",
+    ):
         assert f"'{script}'" in catalogue, f"{script} is not a script_location of the catalogue"
         assert runner._script_uri(script) == f"s3://t/templates/{script}"
         assert (templates / script).read_bytes() == (ROOT / "glue_templates" / script).read_bytes()
@@ -69,8 +86,13 @@ def test_mwaa_bundle_has_dags_plugins_requirements_and_startup(dist: Path, packa
     assert (mwaa / "dags" / "lakehouse_dags.py").read_text() == (ROOT / "dags" / "lakehouse_dags.py").read_text()
     names = _names(mwaa / "plugins.zip")
     # MWAA unpacks plugins.zip into $AIRFLOW_HOME/plugins, which is on sys.path: package at the root
-    for module in ("lakehouse/__init__.py", "lakehouse/dag_factory.py", "lakehouse/runners/glue.py",
-                   "lakehouse/notifications.py", "lakehouse/config.py"):
+    for module in (
+        "lakehouse/__init__.py",
+        "lakehouse/dag_factory.py",
+        "lakehouse/runners/glue.py",
+        "lakehouse/notifications.py",
+        "lakehouse/config.py",
+    ):
         assert module in names
     requirements = (mwaa / "requirements.txt").read_text()
     requirement_lines = [line for line in requirements.splitlines() if line and not line.startswith("#")]
@@ -109,9 +131,15 @@ def test_lambda_zip_is_self_contained_and_reaches_the_database(dist: Path, tmp_p
         "except psycopg2.OperationalError as exc:\n"
         "    print('db-unreachable', exc)\n"
     )
-    env = {"PATH": os.environ.get("PATH", ""), "LAKEHOUSE_HOME": str(tmp_path / "home"),
-           "LAKEHOUSE_PG_HOST": "127.0.0.1", "LAKEHOUSE_PG_PORT": "9", "LAKEHOUSE_PG_PASSWORD": "x",
-           "LAKEHOUSE_AIRFLOW_URL": "http://127.0.0.1:9", "LAKEHOUSE_AIRFLOW_PASSWORD": "x"}
+    env = {
+        "PATH": os.environ.get("PATH", ""),
+        "LAKEHOUSE_HOME": str(tmp_path / "home"),
+        "LAKEHOUSE_PG_HOST": "127.0.0.1",
+        "LAKEHOUSE_PG_PORT": "9",
+        "LAKEHOUSE_PG_PASSWORD": "x",
+        "LAKEHOUSE_AIRFLOW_URL": "http://127.0.0.1:9",
+        "LAKEHOUSE_AIRFLOW_PASSWORD": "x",
+    }
     result = _run_isolated(code, env=env)
     assert result.returncode == 0, result.stderr
     assert "db-unreachable" in result.stdout
@@ -131,15 +159,21 @@ def test_zips_are_deterministic(tmp_path: Path, packager: ModuleType) -> None:
 
 
 def test_command_line_prints_every_artifact(tmp_path: Path) -> None:
-    result = subprocess.run([sys.executable, str(ROOT / "deploy" / "package.py"), "--out", str(tmp_path / "d")],
-                            capture_output=True, text=True, timeout=300)
+    result = subprocess.run(
+        [sys.executable, str(ROOT / "deploy" / "package.py"), "--out", str(tmp_path / "d")],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert result.returncode == 0, result.stderr
     for line in ("templates/lakehouse_jobs.zip", "mwaa/plugins.zip", "mwaa/requirements.txt", "lambda/invoker.zip"):
         assert line in result.stdout
 
 
-@pytest.mark.parametrize("requirement,expected", [("requests>=2 ; python_version >= '3.8'", ["requests"]),
-                                                  ("pysocks ; extra == 'socks'", [])])
+@pytest.mark.parametrize(
+    "requirement,expected",
+    [("requests>=2 ; python_version >= '3.8'", ["requests"]), ("pysocks ; extra == 'socks'", [])],
+)
 def test_requirement_markers_and_extras(packager: ModuleType, requirement: str, expected: list[str]) -> None:
     """Extras are not vendored; markers are evaluated for this Python (the Lambda's minor)."""
 
@@ -173,9 +207,14 @@ def test_metadata_admin_migrates_and_runs_sql_from_the_zip_alone(dist: Path, tmp
         "deleted = metadata_admin.handler({'RequestType': 'Delete', 'PhysicalResourceId': 'x'}, None)\n"
         "print(json.dumps([created, rows, deleted]))\n"
     )
-    env = {"PATH": os.environ.get("PATH", ""), "LAKEHOUSE_HOME": str(tmp_path / "home"),
-           "LAKEHOUSE_PG_HOST": pg.pg_host, "LAKEHOUSE_PG_PORT": str(pg.pg_port),
-           "LAKEHOUSE_PG_USER": pg.pg_user, "LAKEHOUSE_PG_PASSWORD": pg.pg_password}
+    env = {
+        "PATH": os.environ.get("PATH", ""),
+        "LAKEHOUSE_HOME": str(tmp_path / "home"),
+        "LAKEHOUSE_PG_HOST": pg.pg_host,
+        "LAKEHOUSE_PG_PORT": str(pg.pg_port),
+        "LAKEHOUSE_PG_USER": pg.pg_user,
+        "LAKEHOUSE_PG_PASSWORD": pg.pg_password,
+    }
     result = _run_isolated(code, env=env)
     assert result.returncode == 0, result.stderr
     created, rows, deleted = json.loads(result.stdout.splitlines()[-1])
@@ -193,8 +232,9 @@ def test_lambda_zip_refuses_a_platform_lambda_cannot_load(packager: ModuleType) 
         packager.check_lambda_platform("Linux", "x86_64", (3, 12))
 
 
-def test_mwaa_startup_script_exports_settings_and_resolved_secrets(dist: Path, tmp_path: Path,
-                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+def test_mwaa_startup_script_exports_settings_and_resolved_secrets(
+    dist: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """startup.sh's Python part against moto (SSM, Secrets Manager, MWAA), then its output
     evaluated by sh as MWAA does: every value arrives intact, quotes and spaces included."""
     import contextlib
@@ -211,10 +251,16 @@ def test_mwaa_startup_script_exports_settings_and_resolved_secrets(dist: Path, t
         monkeypatch.setenv(name, "testing")
     with mock_aws():
         secret_arn = boto3.client("secretsmanager").create_secret(
-            Name="lakehouse/metadata-db", SecretString=json.dumps({"username": "lakehouse", "password": "p'a ss$x"}))["ARN"]
-        settings = {"env": {"LAKEHOUSE_RUNNER": "glue", "LAKEHOUSE_PG_HOST": "db.example.internal",
-                            "LAKEHOUSE_MWAA_ENVIRONMENT": "lakehouse"},
-                    "secrets": {"LAKEHOUSE_PG_PASSWORD": [secret_arn, "password"]}}
+            Name="lakehouse/metadata-db", SecretString=json.dumps({"username": "lakehouse", "password": "p'a ss$x"})
+        )["ARN"]
+        settings = {
+            "env": {
+                "LAKEHOUSE_RUNNER": "glue",
+                "LAKEHOUSE_PG_HOST": "db.example.internal",
+                "LAKEHOUSE_MWAA_ENVIRONMENT": "lakehouse",
+            },
+            "secrets": {"LAKEHOUSE_PG_PASSWORD": [secret_arn, "password"]},
+        }
         boto3.client("ssm").put_parameter(Name="/lakehouse/settings", Type="String", Value=json.dumps(settings))
         out = io.StringIO()
         monkeypatch.setattr(sys, "argv", ["-", "/lakehouse/settings"])

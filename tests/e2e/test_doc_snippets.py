@@ -50,8 +50,10 @@ def demo_tables(stack: Settings, client: AirflowApiClient) -> Settings:
 
 @pytest.mark.parametrize("page", [p for p in PAGES if blocks(p, "python")], ids=lambda p: p.name)
 def test_python_examples_run_as_written(demo_tables: Settings, page: Path) -> None:
-    script = "\n".join(f"# --- example {i + 1} of {page.name}\n{localised(b, demo_tables)}"
-                       for i, b in enumerate(blocks(page, "python")))
+    script = "\n".join(
+        f"# --- example {i + 1} of {page.name}\n{localised(b, demo_tables)}"
+        for i, b in enumerate(blocks(page, "python"))
+    )
     result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, f"{page.name}:\n{result.stderr[-3000:]}"
     assert result.stdout.strip(), f"{page.name}: the examples printed nothing"
@@ -59,8 +61,12 @@ def test_python_examples_run_as_written(demo_tables: Settings, page: Path) -> No
 
 @pytest.mark.parametrize("page", [p for p in PAGES if blocks(p, "sql")], ids=lambda p: p.name)
 def test_metadata_queries_run_as_written(demo_tables: Settings, page: Path) -> None:
-    queries = [b for b in blocks(page, "sql") if "lakehouse." in b and all(
-        s.strip().upper().startswith("SELECT") for s in re.sub(r"--[^\n]*", "", b).split(";") if s.strip())]
+    queries = [
+        b
+        for b in blocks(page, "sql")
+        if "lakehouse." in b
+        and all(s.strip().upper().startswith("SELECT") for s in re.sub(r"--[^\n]*", "", b).split(";") if s.strip())
+    ]
     if not queries:
         pytest.skip(f"{page.name} has no read-only query on the lakehouse schema")
     conn = psycopg2.connect(demo_tables.metadata_dsn)
@@ -75,13 +81,24 @@ def test_metadata_queries_run_as_written(demo_tables: Settings, page: Path) -> N
 
 
 def test_read_only_commands_run_as_written(demo_tables: Settings) -> None:
-    commands = [line.split("#")[0].strip() for page in PAGES for block in blocks(page, "bash")
-                for line in block.splitlines()
-                if line.startswith(".venv/bin/lakehouse ") and line.split()[1:3] and (
-                    line.split()[1] in READ_ONLY or " ".join(line.split()[1:3]) in READ_ONLY)]
+    commands = [
+        line.split("#")[0].strip()
+        for page in PAGES
+        for block in blocks(page, "bash")
+        for line in block.splitlines()
+        if line.startswith(".venv/bin/lakehouse ")
+        and line.split()[1:3]
+        and (line.split()[1] in READ_ONLY or " ".join(line.split()[1:3]) in READ_ONLY)
+    ]
     assert commands, "no read-only lakehouse command found in the docs"
     for command in commands:
-        result = subprocess.run(command.replace(".venv/bin/lakehouse", f"{Path(sys.executable).parent}/lakehouse"),
-                                shell=True, capture_output=True, text=True, cwd=ROOT, timeout=120)
+        result = subprocess.run(
+            command.replace(".venv/bin/lakehouse", f"{Path(sys.executable).parent}/lakehouse"),
+            shell=True,
+            capture_output=True,
+            text=True,
+            cwd=ROOT,
+            timeout=120,
+        )
         allowed = (0, 1) if " validate" in command else (0,)  # validate: 1 = it found problems (e2e flows)
         assert result.returncode in allowed and "Traceback" not in result.stderr, f"{command}:\n{result.stderr}"

@@ -39,8 +39,9 @@ def datasets(event: dict[str, Any], side: str) -> list[tuple[str, str]]:
     return [(d["namespace"], d["name"]) for d in event.get(side) or []]
 
 
-def test_every_task_reports_what_it_read_and_wrote(stack: Settings, client: AirflowApiClient,
-                                                   scalar: Callable[..., object]) -> None:
+def test_every_task_reports_what_it_read_and_wrote(
+    stack: Settings, client: AirflowApiClient, scalar: Callable[..., object]
+) -> None:
     first = sorted(sample_dir(stack).glob("*.txt"))[0]
     key = f"invoices/{first.name}"
     run = drop_file_and_wait(stack, client, "invoices", first, key)  # the same file version: the same run
@@ -70,8 +71,12 @@ def test_every_task_reports_what_it_read_and_wrote(stack: Settings, client: Airf
     landing = complete["landing_to_raw"]
     assert datasets(landing, "inputs") == [(f"s3://{stack.landing_bucket}", key)]
     assert datasets(landing, "outputs")[0] == raw
-    rows_out = scalar(stack.metadata_dsn, "SELECT rows_out FROM lakehouse.task_runs WHERE dag_run_id = %s AND "
-                      "task_id = 'landing_to_raw' AND status = 'success'", run_id)
+    rows_out = scalar(
+        stack.metadata_dsn,
+        "SELECT rows_out FROM lakehouse.task_runs WHERE dag_run_id = %s AND "
+        "task_id = 'landing_to_raw' AND status = 'success'",
+        run_id,
+    )
     assert landing["outputs"][0]["outputFacets"]["outputStatistics"]["rowCount"] == rows_out
 
     scd2 = complete["raw_to_stage_scd2"]
@@ -80,7 +85,9 @@ def test_every_task_reports_what_it_read_and_wrote(stack: Settings, client: Airf
 
     presentation_event = complete["stage_to_presentation"]
     assert (datasets(presentation_event, "inputs"), datasets(presentation_event, "outputs")) == (
-        [stage], [presentation])
+        [stage],
+        [presentation],
+    )
 
     load = complete["presentation_to_warehouse"]
     assert (datasets(load, "inputs"), datasets(load, "outputs")) == ([presentation], [warehouse])

@@ -21,17 +21,46 @@ SPEC = [
 
 
 def test_types_defaults_and_glue_reserved_arguments() -> None:
-    argv = ["--JOB_ID", "j_1", "--dataset", "invoices", "--job-bookmark-option", "job-bookmark-disable",
-            "--header", "False", "--ratio", "0.25", "--limit=7", "--schema", '{"a": "int"}',
-            "--keys", "invoice_id, line_no", "--enable-metrics", "--TempDir", "s3://tmp/x"]
+    argv = [
+        "--JOB_ID",
+        "j_1",
+        "--dataset",
+        "invoices",
+        "--job-bookmark-option",
+        "job-bookmark-disable",
+        "--header",
+        "False",
+        "--ratio",
+        "0.25",
+        "--limit=7",
+        "--schema",
+        '{"a": "int"}',
+        "--keys",
+        "invoice_id, line_no",
+        "--enable-metrics",
+        "--TempDir",
+        "s3://tmp/x",
+    ]
     args = parse_job_args(argv, SPEC)
-    assert args == {"dataset": "invoices", "header": False, "ratio": 0.25, "limit": 7, "schema": {"a": "int"},
-                    "keys": ["invoice_id", "line_no"]}
+    assert args == {
+        "dataset": "invoices",
+        "header": False,
+        "ratio": 0.25,
+        "limit": 7,
+        "schema": {"a": "int"},
+        "keys": ["invoice_id", "line_no"],
+    }
 
 
 def test_absent_optional_arguments_get_defaults() -> None:
-    assert parse_job_args(["--dataset", "d"], SPEC) == {"dataset": "d", "header": True, "ratio": 0.0, "limit": None,
-                                                        "schema": None, "keys": None}
+    assert parse_job_args(["--dataset", "d"], SPEC) == {
+        "dataset": "d",
+        "header": True,
+        "ratio": 0.0,
+        "limit": None,
+        "schema": None,
+        "keys": None,
+    }
 
 
 def test_values_may_start_with_a_dash_and_lists_may_be_json() -> None:
@@ -39,16 +68,19 @@ def test_values_may_start_with_a_dash_and_lists_may_be_json() -> None:
     assert (args["dataset"], args["ratio"], args["keys"]) == ("--weird--", -1.5, ["a", "b,c"])
 
 
-@pytest.mark.parametrize(("argv", "message"), [
-    ([], "missing required argument --dataset"),
-    (["--dataset", "d", "--header", "maybe"], "--header must be true or false"),
-    (["--dataset", "d", "--ratio", "lots"], "--ratio must be a number"),
-    (["--dataset", "d", "--limit", "1.5"], "--limit must be an integer"),
-    (["--dataset", "d", "--schema", "{bad"], "--schema is not valid JSON"),
-    (["--dataset", "d", "--keys", " , "], "--keys must name at least one item"),
-    (["--dataset", "d", "--dataset", "e"], "--dataset was given twice"),
-    (["--dataset"], "--dataset needs a value"),
-])
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        ([], "missing required argument --dataset"),
+        (["--dataset", "d", "--header", "maybe"], "--header must be true or false"),
+        (["--dataset", "d", "--ratio", "lots"], "--ratio must be a number"),
+        (["--dataset", "d", "--limit", "1.5"], "--limit must be an integer"),
+        (["--dataset", "d", "--schema", "{bad"], "--schema is not valid JSON"),
+        (["--dataset", "d", "--keys", " , "], "--keys must name at least one item"),
+        (["--dataset", "d", "--dataset", "e"], "--dataset was given twice"),
+        (["--dataset"], "--dataset needs a value"),
+    ],
+)
 def test_errors_name_the_argument(argv: list[str], message: str) -> None:
     with pytest.raises(JobArgumentError, match=message):
         parse_job_args(argv, SPEC)

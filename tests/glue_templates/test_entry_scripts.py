@@ -33,13 +33,38 @@ def test_spark_submit_runs_landing_to_raw(spark: SparkSession, pg: Settings, tmp
     spark_submit = Path(sys.executable).with_name("spark-submit")
     env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
     env.update({"PYSPARK_PYTHON": sys.executable, "PYSPARK_DRIVER_PYTHON": sys.executable})
-    argv = [str(spark_submit if spark_submit.exists() else "spark-submit"), "--properties-file", str(properties),
-            str(TEMPLATES / "landing_to_raw.py"),
-            "--JOB_NAME", "glue-adds-this", "--flow_id", "f", "--task_id", "landing_to_raw", "--run_id", "r",
-            "--batch_id", f"submit_{unique}", "--lake_uri", pg.lake_uri, "--metrics_uri", str(metrics_file),
-            "--source_uri", str(source), "--dataset", f"submit_{unique}", "--format", "regex",
-            "--regex", r"(?<invoice_id>INV-\d+) (?<amount>\S+)", "--schema", '{"amount": "decimal(10,2)"}',
-            "--max_reject_ratio", "0.5"]
+    argv = [
+        str(spark_submit if spark_submit.exists() else "spark-submit"),
+        "--properties-file",
+        str(properties),
+        str(TEMPLATES / "landing_to_raw.py"),
+        "--JOB_NAME",
+        "glue-adds-this",
+        "--flow_id",
+        "f",
+        "--task_id",
+        "landing_to_raw",
+        "--run_id",
+        "r",
+        "--batch_id",
+        f"submit_{unique}",
+        "--lake_uri",
+        pg.lake_uri,
+        "--metrics_uri",
+        str(metrics_file),
+        "--source_uri",
+        str(source),
+        "--dataset",
+        f"submit_{unique}",
+        "--format",
+        "regex",
+        "--regex",
+        r"(?<invoice_id>INV-\d+) (?<amount>\S+)",
+        "--schema",
+        '{"amount": "decimal(10,2)"}',
+        "--max_reject_ratio",
+        "0.5",
+    ]
     done = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=240)
     assert done.returncode == 0, done.stderr[-3000:]
     assert "[landing_to_raw] ok rows_in=3 rows_out=2 rows_rejected=1" in done.stdout

@@ -14,9 +14,17 @@ from lakehouse_jobs.templates import db_to_raw
 from lakehouse_jobs.warehouse import connection_from_env
 
 LIBRARY = Path(environment.__file__).resolve().parent
-JOB_VARIABLES = ("AWS_ENDPOINT_URL_S3", "LAKEHOUSE_LANDING_BUCKET", "LAKEHOUSE_SECRETS_JSON",
-                 "LAKEHOUSE_WAREHOUSE_JDBC_URL", "LAKEHOUSE_WAREHOUSE_USER", "LAKEHOUSE_WAREHOUSE_PASSWORD",
-                 "LAKEHOUSE_SOURCE_JDBC_URL", "LAKEHOUSE_SOURCE_JDBC_USER", "LAKEHOUSE_SOURCE_JDBC_PASSWORD")
+JOB_VARIABLES = (
+    "AWS_ENDPOINT_URL_S3",
+    "LAKEHOUSE_LANDING_BUCKET",
+    "LAKEHOUSE_SECRETS_JSON",
+    "LAKEHOUSE_WAREHOUSE_JDBC_URL",
+    "LAKEHOUSE_WAREHOUSE_USER",
+    "LAKEHOUSE_WAREHOUSE_PASSWORD",
+    "LAKEHOUSE_SOURCE_JDBC_URL",
+    "LAKEHOUSE_SOURCE_JDBC_USER",
+    "LAKEHOUSE_SOURCE_JDBC_PASSWORD",
+)
 
 
 @pytest.fixture
@@ -27,12 +35,17 @@ def clean(monkeypatch: pytest.MonkeyPatch) -> pytest.MonkeyPatch:
 
 
 def test_every_variable_from_a_mapping_and_empty_counts_as_unset() -> None:
-    env = read_environment({
-        "AWS_ENDPOINT_URL_S3": "http://127.0.0.1:8333", "LAKEHOUSE_LANDING_BUCKET": "",
-        "LAKEHOUSE_SECRETS_JSON": json.dumps({"wh": {"host": "h"}}),
-        "LAKEHOUSE_WAREHOUSE_JDBC_URL": "jdbc:postgresql://h:5432/warehouse", "LAKEHOUSE_WAREHOUSE_USER": "u",
-        "LAKEHOUSE_WAREHOUSE_PASSWORD": "secret-pw", "LAKEHOUSE_SOURCE_JDBC_URL": "",
-    })
+    env = read_environment(
+        {
+            "AWS_ENDPOINT_URL_S3": "http://127.0.0.1:8333",
+            "LAKEHOUSE_LANDING_BUCKET": "",
+            "LAKEHOUSE_SECRETS_JSON": json.dumps({"wh": {"host": "h"}}),
+            "LAKEHOUSE_WAREHOUSE_JDBC_URL": "jdbc:postgresql://h:5432/warehouse",
+            "LAKEHOUSE_WAREHOUSE_USER": "u",
+            "LAKEHOUSE_WAREHOUSE_PASSWORD": "secret-pw",
+            "LAKEHOUSE_SOURCE_JDBC_URL": "",
+        }
+    )
     assert env.s3_endpoint_url == "http://127.0.0.1:8333" and env.landing_bucket is None
     assert env.handed_over_secrets() == {"wh": {"host": "h"}}
     assert env.warehouse == JdbcLogin("jdbc:postgresql://h:5432/warehouse", "u", "secret-pw")
@@ -70,11 +83,15 @@ def test_a_warm_run_sees_its_own_variables_and_the_next_one_does_not(clean: pyte
     clean.setenv("LAKEHOUSE_WAREHOUSE_JDBC_URL", "jdbc:postgresql://before:5432/warehouse")
     previous = warm_driver._apply_environment(
         {"LAKEHOUSE_WAREHOUSE_JDBC_URL": "jdbc:redshift://run:5439/dev", "LAKEHOUSE_WAREHOUSE_USER": "run-user"},
-        unset=("LAKEHOUSE_SECRETS_JSON",))
+        unset=("LAKEHOUSE_SECRETS_JSON",),
+    )
     try:
         connection = connection_from_env()
-        assert (connection.url, connection.user, connection.engine) == ("jdbc:redshift://run:5439/dev", "run-user",
-                                                                        "redshift")
+        assert (connection.url, connection.user, connection.engine) == (
+            "jdbc:redshift://run:5439/dev",
+            "run-user",
+            "redshift",
+        )
     finally:
         warm_driver._restore_environment(previous)
     assert connection_from_env().url == "jdbc:postgresql://before:5432/warehouse"
@@ -83,7 +100,8 @@ def test_a_warm_run_sees_its_own_variables_and_the_next_one_does_not(clean: pyte
 
 def test_only_the_environment_module_reads_the_environment() -> None:
     offenders = [
-        str(p.relative_to(LIBRARY)) for p in LIBRARY.rglob("*.py")
+        str(p.relative_to(LIBRARY))
+        for p in LIBRARY.rglob("*.py")
         # the warm driver sets and restores a run's variables: it writes them, it reads none
         if p.name not in ("environment.py", "warm_driver.py")
         and re.search(r"os\.environ|os\.getenv|getenv\(", p.read_text())

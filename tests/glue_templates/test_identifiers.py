@@ -23,7 +23,9 @@ def test_bad_table_names_are_refused_naming_the_argument(text: str) -> None:
 def test_batch_ids_become_safe_distinct_deterministic_folders() -> None:
     assert sanitize_batch_id("s3__invoices__3f2a9c") == "s3__invoices__3f2a9c"
     scheduled = sanitize_batch_id("scheduled__2026-11-23T00:00:00+00:00")
-    assert scheduled.startswith("scheduled__2026-11-23T00_00_00_00_00-") and ":" not in scheduled and "+" not in scheduled
+    assert (
+        scheduled.startswith("scheduled__2026-11-23T00_00_00_00_00-") and ":" not in scheduled and "+" not in scheduled
+    )
     assert scheduled == sanitize_batch_id("scheduled__2026-11-23T00:00:00+00:00")
     assert sanitize_batch_id("a:b") != sanitize_batch_id("a+b") != sanitize_batch_id("a_b")
     assert "/" not in sanitize_batch_id("../../etc") and not sanitize_batch_id("../../etc").startswith(".")

@@ -10,10 +10,17 @@ import pytest
 
 from lakehouse.config import Settings
 from lakehouse.flows import Flow, Template, validate_flow
-from lakehouse_jobs.templates import db_to_raw, http_to_landing, landing_to_raw, presentation_to_warehouse, quality_check
+from lakehouse_jobs.templates import (
+    db_to_raw,
+    http_to_landing,
+    landing_to_raw,
+    presentation_to_warehouse,
+    quality_check,
+)
 
-MODULES = {m.TEMPLATE: m for m in (landing_to_raw, presentation_to_warehouse, quality_check, db_to_raw,
-                                    http_to_landing)}
+MODULES = {
+    m.TEMPLATE: m for m in (landing_to_raw, presentation_to_warehouse, quality_check, db_to_raw, http_to_landing)
+}
 
 
 @pytest.fixture(scope="module")
@@ -33,26 +40,55 @@ def test_catalogue_row_declares_the_job_arguments(templates: dict[str, Template]
 
 
 def _problems(templates: dict[str, Template], template_id: str, parameters: dict[str, Any]) -> list[str]:
-    flow = Flow.from_row({"flow_id": "f", "tasks": [{"flow_id": "f", "task_id": "t", "template_id": template_id,
-                                                    "parameters": parameters}]})
+    flow = Flow.from_row(
+        {
+            "flow_id": "f",
+            "tasks": [{"flow_id": "f", "task_id": "t", "template_id": template_id, "parameters": parameters}],
+        }
+    )
     return [str(p).split("parameters.", 1)[-1] for p in validate_flow(flow, templates)]
 
 
 def test_validator_enforces_formats_modes_and_combinations(templates: dict[str, Template]) -> None:
-    assert _problems(templates, "landing_to_raw", {"dataset": "d", "format": "jsonl",
-                                                   "json_paths": {"city": "address.city"}}) == []
+    assert (
+        _problems(
+            templates, "landing_to_raw", {"dataset": "d", "format": "jsonl", "json_paths": {"city": "address.city"}}
+        )
+        == []
+    )
     assert _problems(templates, "landing_to_raw", {"dataset": "d", "format": "xml"})[0].startswith(
-        "format: must be one of")
+        "format: must be one of"
+    )
     assert _problems(templates, "landing_to_raw", {"dataset": "d", "format": "csv", "widths": {"a": 1}}) == [
-        "widths: needs 'format' in ['fixed_width'], got 'csv'"]
-    assert _problems(templates, "presentation_to_warehouse", {"source_table": "p.t", "target_table": "w.t",
-                                                              "merge_keys": ["id"]}) == [
-        "merge_keys: needs 'mode' in ['merge'], got 'replace'"]
-    assert _problems(templates, "presentation_to_warehouse", {"source_table": "p.t", "target_table": "w.t",
-                                                              "mode": "merge", "merge_keys": ["id"],
-                                                              "on_schema_change": "refuse"}) == []
+        "widths: needs 'format' in ['fixed_width'], got 'csv'"
+    ]
+    assert _problems(
+        templates, "presentation_to_warehouse", {"source_table": "p.t", "target_table": "w.t", "merge_keys": ["id"]}
+    ) == ["merge_keys: needs 'mode' in ['merge'], got 'replace'"]
+    assert (
+        _problems(
+            templates,
+            "presentation_to_warehouse",
+            {
+                "source_table": "p.t",
+                "target_table": "w.t",
+                "mode": "merge",
+                "merge_keys": ["id"],
+                "on_schema_change": "refuse",
+            },
+        )
+        == []
+    )
     assert len(_problems(templates, "quality_check", {"table": "s.t", "dataset": "d", "checks": []})) == 2
-    assert _problems(templates, "db_to_raw", {"dataset": "d", "source_table": "s.t", "watermark_column": "id",
-                                              "secret_id": "crm"}) == []
-    assert _problems(templates, "http_to_landing", {"url": "https://x/y.csv",
-                                                    "target_key": "rates/${logical_date}.csv"}) == []
+    assert (
+        _problems(
+            templates,
+            "db_to_raw",
+            {"dataset": "d", "source_table": "s.t", "watermark_column": "id", "secret_id": "crm"},
+        )
+        == []
+    )
+    assert (
+        _problems(templates, "http_to_landing", {"url": "https://x/y.csv", "target_key": "rates/${logical_date}.csv"})
+        == []
+    )

@@ -25,13 +25,16 @@ def test_escaped_parentheses_and_classes_are_not_groups() -> None:
     assert regex.columns == (("a", 1), ("b", 2))
 
 
-@pytest.mark.parametrize(("pattern", "message"), [
-    (r"(\d+)", "needs named groups"),
-    (r"(?<InvoiceId>\d+)", "lower-case column name"),
-    (r"(?<a>\d)(?<a>\d)", "used twice"),
-    (r"(?<a>\d)\k<a>", "back-references"),
-    (r"(?<a>[\d)", "not a valid regular expression"),
-])
+@pytest.mark.parametrize(
+    ("pattern", "message"),
+    [
+        (r"(\d+)", "needs named groups"),
+        (r"(?<InvoiceId>\d+)", "lower-case column name"),
+        (r"(?<a>\d)(?<a>\d)", "used twice"),
+        (r"(?<a>\d)\k<a>", "back-references"),
+        (r"(?<a>[\d)", "not a valid regular expression"),
+    ],
+)
 def test_bad_patterns_are_refused(pattern: str, message: str) -> None:
     with pytest.raises(ValueError, match=message):
         compile_line_regex(pattern)

@@ -25,6 +25,8 @@ def test_secrets_manager_when_not_handed_over(monkeypatch: pytest.MonkeyPatch) -
         client.create_secret(Name="wh", SecretString=json.dumps({"host": "db", "password": "pw"}))
         client.create_secret(Name="plain", SecretString="just-a-password")
         assert read_secret("wh", environ={"LAKEHOUSE_SECRETS_JSON": json.dumps({"other": {}})}) == {
-            "host": "db", "password": "pw"}
+            "host": "db",
+            "password": "pw",
+        }
         with pytest.raises(ValueError, match="secret 'plain' is not a JSON object"):
             read_secret("plain", environ={})

@@ -14,6 +14,7 @@ from types import ModuleType
 from typing import Any
 
 import pytest
+
 from lakehouse.flows import PLACEHOLDER_NAMES, RESERVED_ARGUMENTS, ParameterSpecEntry, ParameterSpecList
 from lakehouse.metadata.catalogue import declared_templates
 from lakehouse_jobs.args import COMMON_ARGS, ArgSpec
@@ -37,8 +38,10 @@ def _disagreements(entries: list[ParameterSpecEntry], spec: tuple[ArgSpec, ...])
     job = {a.name: a for a in spec if a.name not in common}
     problems = [f"{name}: in the catalogue only" for name in sorted(set(catalogue) - set(job) - common)]
     problems += [f"{name}: in the job's SPEC only" for name in sorted(set(job) - set(catalogue))]
-    problems += [f"{name}: the orchestrator sets it, the catalogue must not declare it"
-                 for name in sorted(set(catalogue) & common)]
+    problems += [
+        f"{name}: the orchestrator sets it, the catalogue must not declare it"
+        for name in sorted(set(catalogue) & common)
+    ]
     for name in sorted(set(catalogue) & set(job)):
         entry, arg = catalogue[name], job[name]
         if entry.type != arg.type:
@@ -70,16 +73,23 @@ def test_the_orchestrators_arguments_are_the_jobs_common_ones() -> None:
 
 
 def test_a_disagreement_is_named() -> None:
-    entries = ParameterSpecList.model_validate([
-        {"name": "source_uri", "type": "str", "default": "${files.uri}"},
-        {"name": "dataset", "type": "str", "required": True},
-        {"name": "mode", "type": "str", "default": "cdc"},
-        {"name": "size", "type": "int"},
-        {"name": "batch_id", "type": "str"},
-        {"name": "only_here", "type": "bool"},
-    ]).root
-    spec = (ArgSpec("source_uri", required=True), ArgSpec("dataset"), ArgSpec("mode", default="snapshot"),
-            ArgSpec("size", "float"), ArgSpec("only_there"))
+    entries = ParameterSpecList.model_validate(
+        [
+            {"name": "source_uri", "type": "str", "default": "${files.uri}"},
+            {"name": "dataset", "type": "str", "required": True},
+            {"name": "mode", "type": "str", "default": "cdc"},
+            {"name": "size", "type": "int"},
+            {"name": "batch_id", "type": "str"},
+            {"name": "only_here", "type": "bool"},
+        ]
+    ).root
+    spec = (
+        ArgSpec("source_uri", required=True),
+        ArgSpec("dataset"),
+        ArgSpec("mode", default="snapshot"),
+        ArgSpec("size", "float"),
+        ArgSpec("only_there"),
+    )
     assert _disagreements(entries, spec) == [
         "only_here: in the catalogue only",
         "only_there: in the job's SPEC only",

@@ -28,10 +28,19 @@ def test_staging_names_fit_postgres_and_differ_per_batch() -> None:
 
 
 def test_connection_from_env_and_its_repr_hides_the_password() -> None:
-    conn = connection_from_env({"LAKEHOUSE_WAREHOUSE_JDBC_URL": "jdbc:postgresql://h:5432/warehouse",
-                                "LAKEHOUSE_WAREHOUSE_USER": "u", "LAKEHOUSE_WAREHOUSE_PASSWORD": "s3cret"})
+    conn = connection_from_env(
+        {
+            "LAKEHOUSE_WAREHOUSE_JDBC_URL": "jdbc:postgresql://h:5432/warehouse",
+            "LAKEHOUSE_WAREHOUSE_USER": "u",
+            "LAKEHOUSE_WAREHOUSE_PASSWORD": "s3cret",
+        }
+    )
     assert (conn.url, conn.user, conn.password, conn.driver) == (
-        "jdbc:postgresql://h:5432/warehouse", "u", "s3cret", "org.postgresql.Driver")
+        "jdbc:postgresql://h:5432/warehouse",
+        "u",
+        "s3cret",
+        "org.postgresql.Driver",
+    )
     assert "s3cret" not in repr(conn)
     with pytest.raises(ValueError, match="--secret_id"):
         connection_from_env({})
@@ -39,10 +48,14 @@ def test_connection_from_env_and_its_repr_hides_the_password() -> None:
 
 def test_the_binary_load_connects_with_the_same_login_through_libpq() -> None:
     login = ("u@x", "p:/?#@ss")
-    assert libpq_uri(WarehouseConnection("jdbc:postgresql://h:5432/warehouse", *login)) == \
-        "postgresql://u%40x:p%3A%2F%3F%23%40ss@h:5432/warehouse"
-    assert libpq_uri(WarehouseConnection("jdbc:postgresql://h/wh?sslmode=require&connectTimeout=5", *login)) == \
-        "postgresql://u%40x:p%3A%2F%3F%23%40ss@h/wh?sslmode=require&connect_timeout=5"
+    assert (
+        libpq_uri(WarehouseConnection("jdbc:postgresql://h:5432/warehouse", *login))
+        == "postgresql://u%40x:p%3A%2F%3F%23%40ss@h:5432/warehouse"
+    )
+    assert (
+        libpq_uri(WarehouseConnection("jdbc:postgresql://h/wh?sslmode=require&connectTimeout=5", *login))
+        == "postgresql://u%40x:p%3A%2F%3F%23%40ss@h/wh?sslmode=require&connect_timeout=5"
+    )
     with pytest.raises(ValueError, match="'ssl' has no libpq equivalent"):  # dropping it would drop TLS
         libpq_uri(WarehouseConnection("jdbc:postgresql://h/wh?ssl=true", *login))
     with pytest.raises(ValueError, match="one host"):
@@ -55,10 +68,18 @@ def test_connection_from_a_secrets_manager_secret(monkeypatch: pytest.MonkeyPatc
     monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
     with mock_aws():
         client = boto3.client("secretsmanager")
-        client.create_secret(Name="wh", SecretString=json.dumps(
-            {"host": "db.internal", "port": 5432, "dbname": "warehouse", "username": "loader", "password": "pw"}))
-        client.create_secret(Name="rs", SecretString=json.dumps(
-            {"engine": "redshift", "host": "rs.internal", "username": "loader", "password": "pw"}))
+        client.create_secret(
+            Name="wh",
+            SecretString=json.dumps(
+                {"host": "db.internal", "port": 5432, "dbname": "warehouse", "username": "loader", "password": "pw"}
+            ),
+        )
+        client.create_secret(
+            Name="rs",
+            SecretString=json.dumps(
+                {"engine": "redshift", "host": "rs.internal", "username": "loader", "password": "pw"}
+            ),
+        )
         client.create_secret(Name="broken", SecretString=json.dumps({"host": "db.internal"}))
         pg = connection_from_secret("wh")
         rs = connection_from_secret("rs")

@@ -36,7 +36,7 @@ def fake_airflow() -> Iterator[tuple[str, FakeAirflowApi]]:
             self.end_headers()
             self.wfile.write(data)
 
-        def do_POST(self) -> None:  # noqa: N802
+        def do_POST(self) -> None:
             body = json.loads(self.rfile.read(int(self.headers.get("Content-Length") or 0)) or b"{}")
             if state.fail_with:
                 return self._send(state.fail_with, {"detail": "boom"})

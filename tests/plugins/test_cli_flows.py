@@ -43,7 +43,9 @@ def test_apply_export_validate_round_trip(cli_db: Settings, tmp_path: Path, caps
     assert "every flow is valid" in capsys.readouterr().out
 
 
-def test_apply_prints_every_problem_and_fails(cli_db: Settings, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_apply_prints_every_problem_and_fails(
+    cli_db: Settings, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     bad = tmp_path / "bad.yaml"
     bad.write_text(GOOD.replace("target_table: presentation.cli_x", "password: hunter22"))
     assert main(["flow", "apply", str(bad)]) == 1
@@ -62,8 +64,11 @@ def test_apply_prints_every_problem_and_fails(cli_db: Settings, tmp_path: Path, 
 def test_runs_failed_lists_timeouts_and_kills(cli_db: Settings, capsys: pytest.CaptureFixture[str]) -> None:
     with psycopg2.connect(cli_db.metadata_dsn) as conn, conn.cursor() as cur:
         for n, status in enumerate(("success", "timeout", "killed"), start=1):
-            cur.execute("INSERT INTO lakehouse.task_runs (flow_id, task_id, template_id, dag_id, dag_run_id, "
-                        "try_number, status) VALUES ('cli_runs', 't', 'x', 'cli_runs', 'r', %s, %s)", (n, status))
+            cur.execute(
+                "INSERT INTO lakehouse.task_runs (flow_id, task_id, template_id, dag_id, dag_run_id, "
+                "try_number, status) VALUES ('cli_runs', 't', 'x', 'cli_runs', 'r', %s, %s)",
+                (n, status),
+            )
     conn.close()
     assert main(["runs", "--flow", "cli_runs", "--failed"]) == 0
     out = capsys.readouterr().out

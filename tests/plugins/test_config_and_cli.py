@@ -48,7 +48,10 @@ def test_explicit_secret_wins(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("LAKEHOUSE_AIRFLOW_JWT_SECRET", "jwt")
     settings = load_settings()
     assert (settings.airflow_password, settings.invoker_token, settings.secret("jwt_secret")) == (
-        "given", "token", "jwt")
+        "given",
+        "token",
+        "jwt",
+    )
     assert "given" not in repr(settings) and "token" not in repr(settings)
 
 
@@ -69,33 +72,47 @@ def test_bad_values_are_named(monkeypatch: pytest.MonkeyPatch) -> None:
         load_settings()
 
 
-@pytest.mark.parametrize(("name", "value", "message"), [
-    ("LAKEHOUSE_RUNNER", "emr", "LAKEHOUSE_RUNNER must be 'local' or 'glue', got 'emr'"),
-    ("LAKEHOUSE_AIRFLOW_API", "grpc", "LAKEHOUSE_AIRFLOW_API must be 'rest' or 'mwaa', got 'grpc'"),
-    ("LAKEHOUSE_SPARK_MODE", "cold", "LAKEHOUSE_SPARK_MODE must be 'warm' or 'submit', got 'cold'"),
-    ("LAKEHOUSE_SEAWEED_PORTS", "1,2",
-     "LAKEHOUSE_SEAWEED_PORTS needs 6 ports (master,volume,filer,s3,webdav,iceberg), got '1,2'"),
-    ("LAKEHOUSE_SEAWEED_PORTS", "a,b,c,d,e,f",
-     "LAKEHOUSE_SEAWEED_PORTS needs 6 ports (master,volume,filer,s3,webdav,iceberg), got 'a,b,c,d,e,f'"),
-    ("LAKEHOUSE_PG_PORT", "fivefour", "LAKEHOUSE_PG_PORT must be an integer, got 'fivefour'"),
-    ("LAKEHOUSE_INVOKER_PORT", "1.5", "LAKEHOUSE_INVOKER_PORT must be an integer, got '1.5'"),
-    ("LAKEHOUSE_AIRFLOW_PORT", "http", "LAKEHOUSE_AIRFLOW_PORT must be an integer, got 'http'"),
-    ("LAKEHOUSE_INVOKER_WORKERS", "eight", "LAKEHOUSE_INVOKER_WORKERS must be an integer, got 'eight'"),
-    ("LAKEHOUSE_INVOKER_WORKERS", "0", "LAKEHOUSE_INVOKER_WORKERS must be at least 1, got '0'"),
-    ("LAKEHOUSE_INVOKER_DB_POOL", "0", "LAKEHOUSE_INVOKER_DB_POOL must be at least 1, got '0'"),
-    ("LAKEHOUSE_INVOKER_RETRY_BASE", "2s", "LAKEHOUSE_INVOKER_RETRY_BASE must be a number, got '2s'"),
-    ("LAKEHOUSE_INVOKER_RETRY_BASE", "-2", "LAKEHOUSE_INVOKER_RETRY_BASE must be at least 0, got '-2'"),
-    ("LAKEHOUSE_INVOKER_RETRY_MAX", "-1", "LAKEHOUSE_INVOKER_RETRY_MAX must be at least 0, got '-1'"),
-    ("LAKEHOUSE_INVOKER_LEASE", "0", "LAKEHOUSE_INVOKER_LEASE must be at least 1, got '0'"),
-    ("LAKEHOUSE_INVOKER_CATALOGUE_TTL", "soon", "LAKEHOUSE_INVOKER_CATALOGUE_TTL must be a number, got 'soon'"),
-    ("LAKEHOUSE_RECONCILE_INTERVAL", "-5", "LAKEHOUSE_RECONCILE_INTERVAL must be at least 0, got '-5'"),
-    ("LAKEHOUSE_AIRFLOW_API_WORKERS", "0", "LAKEHOUSE_AIRFLOW_API_WORKERS must be at least 1, got '0'"),
-    ("LAKEHOUSE_SPARK_DRIVERS", "0", "LAKEHOUSE_SPARK_DRIVERS must be at least 1, got '0'"),
-    ("LAKEHOUSE_SPARK_DRIVER_MAX_RUNS", "0", "LAKEHOUSE_SPARK_DRIVER_MAX_RUNS must be at least 1, got '0'"),
-    ("LAKEHOUSE_SPARK_DRIVER_MAX_RSS_MB", "128", "LAKEHOUSE_SPARK_DRIVER_MAX_RSS_MB must be at least 256, got '128'"),
-])
-def test_every_bad_value_is_one_line_naming_its_variable(monkeypatch: pytest.MonkeyPatch, name: str, value: str,
-                                                         message: str) -> None:
+@pytest.mark.parametrize(
+    ("name", "value", "message"),
+    [
+        ("LAKEHOUSE_RUNNER", "emr", "LAKEHOUSE_RUNNER must be 'local' or 'glue', got 'emr'"),
+        ("LAKEHOUSE_AIRFLOW_API", "grpc", "LAKEHOUSE_AIRFLOW_API must be 'rest' or 'mwaa', got 'grpc'"),
+        ("LAKEHOUSE_SPARK_MODE", "cold", "LAKEHOUSE_SPARK_MODE must be 'warm' or 'submit', got 'cold'"),
+        (
+            "LAKEHOUSE_SEAWEED_PORTS",
+            "1,2",
+            "LAKEHOUSE_SEAWEED_PORTS needs 6 ports (master,volume,filer,s3,webdav,iceberg), got '1,2'",
+        ),
+        (
+            "LAKEHOUSE_SEAWEED_PORTS",
+            "a,b,c,d,e,f",
+            "LAKEHOUSE_SEAWEED_PORTS needs 6 ports (master,volume,filer,s3,webdav,iceberg), got 'a,b,c,d,e,f'",
+        ),
+        ("LAKEHOUSE_PG_PORT", "fivefour", "LAKEHOUSE_PG_PORT must be an integer, got 'fivefour'"),
+        ("LAKEHOUSE_INVOKER_PORT", "1.5", "LAKEHOUSE_INVOKER_PORT must be an integer, got '1.5'"),
+        ("LAKEHOUSE_AIRFLOW_PORT", "http", "LAKEHOUSE_AIRFLOW_PORT must be an integer, got 'http'"),
+        ("LAKEHOUSE_INVOKER_WORKERS", "eight", "LAKEHOUSE_INVOKER_WORKERS must be an integer, got 'eight'"),
+        ("LAKEHOUSE_INVOKER_WORKERS", "0", "LAKEHOUSE_INVOKER_WORKERS must be at least 1, got '0'"),
+        ("LAKEHOUSE_INVOKER_DB_POOL", "0", "LAKEHOUSE_INVOKER_DB_POOL must be at least 1, got '0'"),
+        ("LAKEHOUSE_INVOKER_RETRY_BASE", "2s", "LAKEHOUSE_INVOKER_RETRY_BASE must be a number, got '2s'"),
+        ("LAKEHOUSE_INVOKER_RETRY_BASE", "-2", "LAKEHOUSE_INVOKER_RETRY_BASE must be at least 0, got '-2'"),
+        ("LAKEHOUSE_INVOKER_RETRY_MAX", "-1", "LAKEHOUSE_INVOKER_RETRY_MAX must be at least 0, got '-1'"),
+        ("LAKEHOUSE_INVOKER_LEASE", "0", "LAKEHOUSE_INVOKER_LEASE must be at least 1, got '0'"),
+        ("LAKEHOUSE_INVOKER_CATALOGUE_TTL", "soon", "LAKEHOUSE_INVOKER_CATALOGUE_TTL must be a number, got 'soon'"),
+        ("LAKEHOUSE_RECONCILE_INTERVAL", "-5", "LAKEHOUSE_RECONCILE_INTERVAL must be at least 0, got '-5'"),
+        ("LAKEHOUSE_AIRFLOW_API_WORKERS", "0", "LAKEHOUSE_AIRFLOW_API_WORKERS must be at least 1, got '0'"),
+        ("LAKEHOUSE_SPARK_DRIVERS", "0", "LAKEHOUSE_SPARK_DRIVERS must be at least 1, got '0'"),
+        ("LAKEHOUSE_SPARK_DRIVER_MAX_RUNS", "0", "LAKEHOUSE_SPARK_DRIVER_MAX_RUNS must be at least 1, got '0'"),
+        (
+            "LAKEHOUSE_SPARK_DRIVER_MAX_RSS_MB",
+            "128",
+            "LAKEHOUSE_SPARK_DRIVER_MAX_RSS_MB must be at least 256, got '128'",
+        ),
+    ],
+)
+def test_every_bad_value_is_one_line_naming_its_variable(
+    monkeypatch: pytest.MonkeyPatch, name: str, value: str, message: str
+) -> None:
     monkeypatch.setenv(name, value)
     with pytest.raises(ValueError) as raised:
         load_settings()
@@ -107,30 +124,70 @@ def test_several_bad_values_are_reported_together(monkeypatch: pytest.MonkeyPatc
     monkeypatch.setenv("LAKEHOUSE_RUNNER", "emr")
     with pytest.raises(ValueError) as raised:
         load_settings()
-    assert str(raised.value) == ("LAKEHOUSE_AIRFLOW_PORT must be an integer, got 'x'; "
-                                 "LAKEHOUSE_RUNNER must be 'local' or 'glue', got 'emr'")
+    assert str(raised.value) == (
+        "LAKEHOUSE_AIRFLOW_PORT must be an integer, got 'x'; LAKEHOUSE_RUNNER must be 'local' or 'glue', got 'emr'"
+    )
 
 
 def test_defaults(bare: Path) -> None:
     s = load_settings()
     assert s.root == Path(lakehouse.config.__file__).resolve().parents[2]
-    assert (s.pg_host, s.pg_port, s.pg_user, s.pg_password, s.pg_managed) == ("127.0.0.1", 5433, "lakehouse",
-                                                                              "lakehouse", True)
-    assert (s.metadata_db, s.airflow_db, s.catalog_db, s.warehouse_db) == ("lakehouse", "airflow", "iceberg_catalog",
-                                                                           "warehouse")
+    assert (s.pg_host, s.pg_port, s.pg_user, s.pg_password, s.pg_managed) == (
+        "127.0.0.1",
+        5433,
+        "lakehouse",
+        "lakehouse",
+        True,
+    )
+    assert (s.metadata_db, s.airflow_db, s.catalog_db, s.warehouse_db) == (
+        "lakehouse",
+        "airflow",
+        "iceberg_catalog",
+        "warehouse",
+    )
     assert s.metadata_dsn == "postgresql://lakehouse:lakehouse@127.0.0.1:5433/lakehouse"
     assert s.catalog_dsn == "postgresql+psycopg2://lakehouse:lakehouse@127.0.0.1:5433/iceberg_catalog"
     assert (s.seaweed_ports.master, s.seaweed_ports.s3, s.seaweed_ports.iceberg) == (9333, 8333, 8181)
     assert (s.s3_endpoint_url, s.landing_bucket, s.invoker_port, s.invoker_bind) == (
-        "http://127.0.0.1:8333", "landing", 8765, "127.0.0.1")
-    assert (s.invoker_retry_base, s.invoker_retry_max, s.invoker_db_pool, s.invoker_dispatch_workers,
-            s.invoker_lease, s.invoker_catalogue_ttl, s.reconcile_interval) == (2.0, 300.0, 8, 8, 30.0, 5.0, 900.0)
+        "http://127.0.0.1:8333",
+        "landing",
+        8765,
+        "127.0.0.1",
+    )
+    assert (
+        s.invoker_retry_base,
+        s.invoker_retry_max,
+        s.invoker_db_pool,
+        s.invoker_dispatch_workers,
+        s.invoker_lease,
+        s.invoker_catalogue_ttl,
+        s.reconcile_interval,
+    ) == (2.0, 300.0, 8, 8, 30.0, 5.0, 900.0)
     assert (s.airflow_port, s.airflow_url, s.airflow_username, s.airflow_api, s.airflow_api_workers) == (
-        8080, "http://127.0.0.1:8080", "admin", "rest", 2)
-    assert (s.runner, s.spark_mode, s.spark_master, s.spark_driver_memory, s.spark_drivers, s.spark_driver_max_runs,
-            s.spark_driver_max_rss_mb) == ("local", "warm", "local[2]", "2g", 2, 50, 4096)
-    assert (s.mwaa_environment, s.glue_role_arn, s.glue_connections, s.alert_webhook_url, s.alert_sns_topic_arn,
-            s.aws_region, s.catalog_name) == (None, None, (), None, None, "us-east-1", "lake")
+        8080,
+        "http://127.0.0.1:8080",
+        "admin",
+        "rest",
+        2,
+    )
+    assert (
+        s.runner,
+        s.spark_mode,
+        s.spark_master,
+        s.spark_driver_memory,
+        s.spark_drivers,
+        s.spark_driver_max_runs,
+        s.spark_driver_max_rss_mb,
+    ) == ("local", "warm", "local[2]", "2g", 2, 50, 4096)
+    assert (
+        s.mwaa_environment,
+        s.glue_role_arn,
+        s.glue_connections,
+        s.alert_webhook_url,
+        s.alert_sns_topic_arn,
+        s.aws_region,
+        s.catalog_name,
+    ) == (None, None, (), None, None, "us-east-1", "lake")
 
 
 def test_dependent_defaults_follow_the_settings_they_depend_on(bare: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -144,13 +201,18 @@ def test_dependent_defaults_follow_the_settings_they_depend_on(bare: Path, monke
     assert s.jars_dir == bare / "checkout" / "var" / "jars"
     assert s.airflow_url == "http://127.0.0.1:9090"
     assert (s.run_dir, s.log_dir, s.airflow_home, s.dags_folder) == (
-        s.home / "run", s.home / "log", s.home / "airflow", s.root / "dags")
+        s.home / "run",
+        s.home / "log",
+        s.home / "airflow",
+        s.root / "dags",
+    )
     monkeypatch.setenv("LAKEHOUSE_HOME", str(bare / "elsewhere" / ".." / "state"))
     assert load_settings().lake_uri == (bare / "state" / "lake").as_uri()  # resolved, then derived
 
 
-def test_given_values_win_over_derived_ones_and_empty_counts_as_unset(bare: Path,
-                                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+def test_given_values_win_over_derived_ones_and_empty_counts_as_unset(
+    bare: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.setenv("LAKEHOUSE_AIRFLOW_URL", "https://mwaa.example/")
     monkeypatch.setenv("LAKEHOUSE_LAKE_URI", "s3://lake-bucket")
     monkeypatch.setenv("LAKEHOUSE_METADATA_DSN", "postgresql://rds/meta")
@@ -190,11 +252,13 @@ def test_settings_are_a_snapshot(bare: Path, monkeypatch: pytest.MonkeyPatch) ->
 def test_the_configuration_page_is_what_the_declarations_render() -> None:
     page = ROOT / "docs" / "configuration.md"
     assert page.read_text() == settings_reference_markdown(), (
-        "docs/configuration.md is stale: run `.venv/bin/lakehouse docs config > docs/configuration.md`")
+        "docs/configuration.md is stale: run `.venv/bin/lakehouse docs config > docs/configuration.md`"
+    )
 
 
-def test_the_page_has_one_row_per_setting_and_ignores_the_environment(monkeypatch: pytest.MonkeyPatch,
-                                                                      capsys: pytest.CaptureFixture[str]) -> None:
+def test_the_page_has_one_row_per_setting_and_ignores_the_environment(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
     page = settings_reference_markdown()
     rows = [line for line in page.splitlines() if line.startswith("| `")]
     assert [re.match(r"\| `([A-Z0-9_]+)`", row).group(1) for row in rows] == VARIABLES  # type: ignore[union-attr]
@@ -219,7 +283,8 @@ def test_every_variable_in_the_module_is_declared() -> None:
 def test_no_other_module_reads_lakehouse_variables() -> None:
     package = Path(lakehouse.config.__file__).parent
     offenders = [
-        str(p.relative_to(package)) for p in package.rglob("*.py")
+        str(p.relative_to(package))
+        for p in package.rglob("*.py")
         if p.name != "config.py" and re.search(r"os\.environ(\.get)?[\[(]\s*[\"']LAKEHOUSE_", p.read_text())
     ]
     assert offenders == []

@@ -33,7 +33,7 @@ def factory_flows(pg: Settings):
             cur.execute(
                 "INSERT INTO lakehouse.flow_tasks (flow_id, task_id, task_order, template_id, parameters, retries) "
                 "VALUES (%s, 'first', 1, 'stage_to_presentation', %s, 2), "
-                "(%s, 'second', 2, 'stage_to_presentation', '{\"sql\": \"select 2\", \"target_table\": \"p.u\"}', 0)",
+                '(%s, \'second\', 2, \'stage_to_presentation\', \'{"sql": "select 2", "target_table": "p.u"}\', 0)',
                 (flow_id, params, flow_id),
             )
     yield
@@ -91,9 +91,15 @@ def test_each_invalid_flow_is_a_placeholder_dag_of_its_own() -> None:
     dags = build_dags(Catalogue(_bad_flows(), {"t": template}))
     assert sorted(dags) == sorted(_bad_flows())
     assert INVALID_TAG not in dags["good"].tags and dags["good"].schedule == "@daily"
-    expected = {"unknown_template": "flow_tasks[a].template_id", "pinned_missing": "flow_tasks[a].template_version",
-                "missing_param": "flow_tasks[a].parameters.n", "mistyped": "flow_tasks[a].parameters.n",
-                "no_tasks": "flow_tasks", "cycle": "flow_tasks.upstream", "bad_schedule": "flows.schedule"}
+    expected = {
+        "unknown_template": "flow_tasks[a].template_id",
+        "pinned_missing": "flow_tasks[a].template_version",
+        "missing_param": "flow_tasks[a].parameters.n",
+        "mistyped": "flow_tasks[a].parameters.n",
+        "no_tasks": "flow_tasks",
+        "cycle": "flow_tasks.upstream",
+        "bad_schedule": "flows.schedule",
+    }
     for dag_id, field in expected.items():
         dag = dags[dag_id]
         assert INVALID_TAG in dag.tags, dag_id
@@ -127,8 +133,11 @@ def test_a_flow_airflow_refuses_becomes_a_placeholder_too(monkeypatch: pytest.Mo
 
 def test_flows_sharing_a_dag_id_are_both_named() -> None:
     template = Template("t", "t.py")
-    flows = {"a": Flow("a", (FlowTask("a", "x", "t"),), dag_id="b"), "b": Flow("b", (FlowTask("b", "x", "t"),)),
-             "c": Flow("c", (FlowTask("c", "x", "t"),))}
+    flows = {
+        "a": Flow("a", (FlowTask("a", "x", "t"),), dag_id="b"),
+        "b": Flow("b", (FlowTask("b", "x", "t"),)),
+        "c": Flow("c", (FlowTask("c", "x", "t"),)),
+    }
     dags = build_dags(Catalogue(flows, {"t": template}))
     assert sorted(dags) == ["b", "c"] and INVALID_TAG not in dags["c"].tags
     assert INVALID_TAG in dags["b"].tags

@@ -56,9 +56,7 @@ def test_unknown_template_names_row_and_field() -> None:
 
 def test_missing_required_parameter() -> None:
     t = FlowTask("f", "a", "load", {"format": "csv"})
-    assert messages(flow(t)) == [
-        "flow 'f': flow_tasks[a].parameters.dataset: required by template 'load' but missing"
-    ]
+    assert messages(flow(t)) == ["flow 'f': flow_tasks[a].parameters.dataset: required by template 'load' but missing"]
 
 
 @pytest.mark.parametrize(
@@ -104,8 +102,14 @@ def test_upstream_defaults_to_previous_task_by_order_and_explicit_list_wins() ->
 
 
 def vars_of(t: FlowTask) -> dict[str, object]:
-    return {"flow_id": t.flow_id, "task_id": t.task_id, "template_id": t.template_id, "parameters": dict(t.parameters),
-            "task_order": t.task_order, "upstream": list(t.upstream) if t.upstream is not None else None}
+    return {
+        "flow_id": t.flow_id,
+        "task_id": t.task_id,
+        "template_id": t.template_id,
+        "parameters": dict(t.parameters),
+        "task_order": t.task_order,
+        "upstream": list(t.upstream) if t.upstream is not None else None,
+    }
 
 
 @pytest.mark.parametrize(

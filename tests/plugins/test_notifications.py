@@ -17,8 +17,12 @@ from lakehouse.config import Settings
 from lakehouse.notifications import TaskFailure, notify_failure
 
 FAILURE = TaskFailure(
-    flow_id="invoices", task_id="landing_to_raw", dag_id="invoices", dag_run_id="s3__invoices__n1",
-    error="ValueError: 3 of 10 lines rejected", file_uri="s3://landing/invoices/a.txt",
+    flow_id="invoices",
+    task_id="landing_to_raw",
+    dag_id="invoices",
+    dag_run_id="s3__invoices__n1",
+    error="ValueError: 3 of 10 lines rejected",
+    file_uri="s3://landing/invoices/a.txt",
     log_url="http://127.0.0.1:8080/dags/invoices/runs/x/tasks/landing_to_raw?try_number=1",
 )
 
@@ -28,7 +32,7 @@ def webhook() -> Iterator[tuple[str, list[dict]]]:
     received: list[dict] = []
 
     class Handler(BaseHTTPRequestHandler):
-        def do_POST(self) -> None:  # noqa: N802
+        def do_POST(self) -> None:
             received.append(json.loads(self.rfile.read(int(self.headers["Content-Length"]))))
             self.send_response(204)
             self.end_headers()
@@ -46,8 +50,10 @@ def notification_rows(settings: Settings, run_id: str) -> list[tuple]:
     conn = psycopg2.connect(settings.metadata_dsn)
     try:
         with conn.cursor() as cur:
-            cur.execute("SELECT flow_id, task_id, file_uri, error, channels FROM lakehouse.notifications "
-                        "WHERE dag_run_id = %s", (run_id,))
+            cur.execute(
+                "SELECT flow_id, task_id, file_uri, error, channels FROM lakehouse.notifications WHERE dag_run_id = %s",
+                (run_id,),
+            )
             return cur.fetchall()
     finally:
         conn.close()
@@ -74,7 +80,11 @@ def test_unreachable_channel_is_recorded_not_fatal(pg: Settings) -> None:
 
 
 def test_sns_target_on_aws(pg: Settings, monkeypatch: pytest.MonkeyPatch) -> None:
-    for name, value in {"AWS_ACCESS_KEY_ID": "t", "AWS_SECRET_ACCESS_KEY": "t", "AWS_DEFAULT_REGION": "us-east-1"}.items():
+    for name, value in {
+        "AWS_ACCESS_KEY_ID": "t",
+        "AWS_SECRET_ACCESS_KEY": "t",
+        "AWS_DEFAULT_REGION": "us-east-1",
+    }.items():
         monkeypatch.setenv(name, value)
     with mock_aws():
         sns = boto3.client("sns", region_name="us-east-1")

@@ -10,14 +10,18 @@ from lakehouse.secrets import literal_secret_problems, redact, secret_values
 
 
 def test_credentials_in_parameters_are_refused_with_the_field() -> None:
-    found = dict(literal_secret_problems({
-        "secret_id": "warehouse_login",
-        "password": "hunter22",
-        "options": {"api_key": "abc123", "author": "ann"},
-        "source": "postgresql://loader:hunter22@db:5432/shop",
-        "sql": "select 1",
-        "passenger_count": "3",
-    }))
+    found = dict(
+        literal_secret_problems(
+            {
+                "secret_id": "warehouse_login",
+                "password": "hunter22",
+                "options": {"api_key": "abc123", "author": "ann"},
+                "source": "postgresql://loader:hunter22@db:5432/shop",
+                "sql": "select 1",
+                "passenger_count": "3",
+            }
+        )
+    )
     assert sorted(found) == ["options.api_key", "password", "source"]
     assert "pass its id as 'secret_id'" in found["password"]
 
@@ -32,8 +36,14 @@ def test_validate_flow_names_a_literal_password() -> None:
 def test_airflow_connection_resolves_in_the_rds_secret_shape(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("AIRFLOW_CONN_WAREHOUSE_LOGIN", "postgresql://loader:s3cr3t-pw@db.internal:5432/warehouse")
     secret = resolve_connection_secret("warehouse_login")
-    assert secret == {"engine": "postgres", "host": "db.internal", "port": 5432, "dbname": "warehouse",
-                      "username": "loader", "password": "s3cr3t-pw"}
+    assert secret == {
+        "engine": "postgres",
+        "host": "db.internal",
+        "port": 5432,
+        "dbname": "warehouse",
+        "username": "loader",
+        "password": "s3cr3t-pw",
+    }
     assert secret_values([secret]) == ["s3cr3t-pw"]
 
 

@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Sequence
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any
 
 from pyspark.sql import SparkSession
@@ -55,8 +55,10 @@ def _connection(args: dict[str, Any]) -> WarehouseConnection:
         return connection_from_secret(args["secret_id"])
     login = read_environment().source
     if not login.url:
-        raise ValueError("no source connection: pass --secret_id or set LAKEHOUSE_SOURCE_JDBC_URL, "
-                         "LAKEHOUSE_SOURCE_JDBC_USER and LAKEHOUSE_SOURCE_JDBC_PASSWORD")
+        raise ValueError(
+            "no source connection: pass --secret_id or set LAKEHOUSE_SOURCE_JDBC_URL, "
+            "LAKEHOUSE_SOURCE_JDBC_USER and LAKEHOUSE_SOURCE_JDBC_PASSWORD"
+        )
     return WarehouseConnection(login.url, login.user, login.password)
 
 
@@ -111,22 +113,59 @@ def run(spark: SparkSession, args: dict[str, Any]) -> dict[str, Any]:
     conditions.append(f"q.{column} <= {_literal(high)}" if high is not None else "1 = 0")
     query = f"SELECT q.* FROM ({source_sql}) q WHERE {' AND '.join(conditions)}"
 
-    ingested_at = (datetime.fromisoformat(args["batch_time"]).astimezone(timezone.utc)
-                   if args.get("batch_time") else datetime.now(timezone.utc))
-    commit_watermark(state_uri, {**{k: v for k, v in state.items() if k != "pending"},
-                                 "pending": {"batch_id": batch_id, "low": low, "high": high}})
-    rows = (spark.read.format("jdbc").option("url", connection.url).option("driver", connection.driver)
-            .option("user", connection.user).option("password", connection.password)
-            .option("query", query).option("fetchsize", args["fetchsize"]).load())
-    rows = rows.withColumns({"_source_file": F.lit(f"{connection.url.split('?')[0]}#{source_name}"),
-                             "_batch_id": F.lit(batch_id), "_ingested_at": F.lit(ingested_at)})
+    ingested_at = (
+        datetime.fromisoformat(args["batch_time"]).astimezone(UTC)
+        if args.get("batch_time")
+        else datetime.now(UTC)
+    )
+    commit_watermark(
+        state_uri,
+        {
+            **{k: v for k, v in state.items() if k != "pending"},
+            "pending": {"batch_id": batch_id, "low": low, "high": high},
+        },
+    )
+    rows = (
+        spark.read.format("jdbc")
+        .option("url", connection.url)
+        .option("driver", connection.driver)
+        .option("user", connection.user)
+        .option("password", connection.password)
+        .option("query", query)
+        .option("fetchsize", args["fetchsize"])
+        .load()
+    )
+    rows = rows.withColumns(
+        {
+            "_source_file": F.lit(f"{connection.url.split('?')[0]}#{source_name}"),
+            "_batch_id": F.lit(batch_id),
+            "_ingested_at": F.lit(ingested_at),
+        }
+    )
     rows.write.mode("overwrite").parquet(raw_path)
     count = spark.read.parquet(raw_path).count()
-    commit_watermark(state_uri, {"dataset": dataset, "watermark_column": args["watermark_column"],
-                                 "watermark": high, "previous_watermark": low, "batch_id": batch_id,
-                                 "rows": count, "committed_at": datetime.now(timezone.utc).isoformat()})
-    return {"rows_in": count, "rows_out": count, "rows_rejected": 0, "raw_path": raw_path,
-            "watermark_from": low, "watermark_to": high, "watermark_uri": state_uri, **metrics}
+    commit_watermark(
+        state_uri,
+        {
+            "dataset": dataset,
+            "watermark_column": args["watermark_column"],
+            "watermark": high,
+            "previous_watermark": low,
+            "batch_id": batch_id,
+            "rows": count,
+            "committed_at": datetime.now(UTC).isoformat(),
+        },
+    )
+    return {
+        "rows_in": count,
+        "rows_out": count,
+        "rows_rejected": 0,
+        "raw_path": raw_path,
+        "watermark_from": low,
+        "watermark_to": high,
+        "watermark_uri": state_uri,
+        **metrics,
+    }
 
 
 def main(argv: Sequence[str]) -> dict[str, Any]:

@@ -46,8 +46,9 @@ def _auth_headers(secret_id: str) -> dict[str, str]:
     secret = read_secret(secret_id)
     if secret.get("headers") is not None:
         headers = secret["headers"]
-        if not isinstance(headers, dict) or not all(isinstance(k, str) and isinstance(v, str)
-                                                    for k, v in headers.items()):
+        if not isinstance(headers, dict) or not all(
+            isinstance(k, str) and isinstance(v, str) for k, v in headers.items()
+        ):
             raise ValueError(f"secret {secret_id}: headers must map header names to string values")
         return dict(headers)
     password = secret.get("password") or ""
@@ -69,8 +70,14 @@ def run(spark: SparkSession, args: dict[str, Any]) -> dict[str, Any]:
     try:
         fetched = fetch_to_file(args["url"], folder, headers, args["timeout_seconds"], max(1, args["attempts"]))
         client = io.s3_client()
-        metrics: dict[str, Any] = {"rows_in": 1, "rows_out": 1, "rows_rejected": 0, "bytes": fetched.size,
-                                   "sha256": fetched.sha256, "target_uri": f"s3://{bucket}/{key}"}
+        metrics: dict[str, Any] = {
+            "rows_in": 1,
+            "rows_out": 1,
+            "rows_rejected": 0,
+            "bytes": fetched.size,
+            "sha256": fetched.sha256,
+            "target_uri": f"s3://{bucket}/{key}",
+        }
         if args["skip_unchanged"]:
             try:
                 existing = client.head_object(Bucket=bucket, Key=key)

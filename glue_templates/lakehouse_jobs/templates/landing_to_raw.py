@@ -40,7 +40,7 @@ import sys
 from collections.abc import Sequence
 from contextlib import ExitStack
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import PurePosixPath
 from typing import Any
 from urllib.parse import urlparse
@@ -84,8 +84,12 @@ TEMPLATE = "landing_to_raw"
 FORMATS = ("csv", "json", "jsonl", "parquet", "fixed_width", "regex")
 
 SPEC: tuple[ArgSpec, ...] = (
-    ArgSpec("source_uri", required=True, description="the landing file (s3://bucket/key, file:// URI or path), or "
-                                                     "a run's manifest listing several (a micro-batch)"),
+    ArgSpec(
+        "source_uri",
+        required=True,
+        description="the landing file (s3://bucket/key, file:// URI or path), or "
+        "a run's manifest listing several (a micro-batch)",
+    ),
     ArgSpec("dataset", required=True, description="raw dataset name"),
     ArgSpec("format", required=True, description=" | ".join(FORMATS)),
     ArgSpec("regex", description="format=regex: full-line pattern with named groups"),
@@ -95,7 +99,7 @@ SPEC: tuple[ArgSpec, ...] = (
     ArgSpec("encoding", default="utf-8", description="text formats: character encoding of the file"),
     ArgSpec("columns", "list", description="format=csv: column names (required without header)"),
     ArgSpec("widths", "json", description="format=fixed_width: {column: width} in file order"),
-    ArgSpec("json_paths", "json", description="format=json/jsonl: {column: path} e.g. {\"city\": \"address.city\"}"),
+    ArgSpec("json_paths", "json", description='format=json/jsonl: {column: path} e.g. {"city": "address.city"}'),
     ArgSpec("schema", "json", description="column -> Spark SQL type"),
     ArgSpec("infer_schema", "bool", default=True, description="without --schema: infer types and store them"),
     ArgSpec("max_reject_ratio", "float", default=0.0, description="fail when rejects/records exceeds this"),
@@ -169,13 +173,17 @@ def _parse(spark: SparkSession, readable: str, args: dict[str, Any]) -> tuple[Da
         parsed = renamed.select(
             (F.col("_metadata.row_index") + 1).cast("long").alias("_line_number"),
             F.to_json(F.struct(*[F.col(n) for n in names])).alias("_raw_line"),
-            *names, F.lit(None).cast("string").alias(REASON_COLUMN))
+            *names,
+            F.lit(None).cast("string").alias(REASON_COLUMN),
+        )
         return parsed, names, False
     if fmt == "json":
         records, ok = json_document_records(spark, readable)
         if not ok:
-            raise JobFailure(f"landing file {source} is not valid JSON: the document is truncated or malformed "
-                             f"(expected an array of objects or one object)")
+            raise JobFailure(
+                f"landing file {source} is not valid JSON: the document is truncated or malformed "
+                f"(expected an array of objects or one object)"
+            )
         lines = records
     else:
         lines = _read_lines(spark, readable, args)
@@ -202,8 +210,12 @@ def _parse(spark: SparkSession, readable: str, args: dict[str, Any]) -> tuple[Da
         columns = list(args["columns"] or [])
         quote = args["quote"] or ""
         if args["header"]:
-            first = lines.filter(F.trim("_raw_line") != "").orderBy("_line_number").select(
-                "_line_number", "_raw_line").first()
+            first = (
+                lines.filter(F.trim("_raw_line") != "")
+                .orderBy("_line_number")
+                .select("_line_number", "_raw_line")
+                .first()
+            )
             if first is None:
                 raise JobFailure(f"landing file {source} is empty", {"rows_in": 0, "rows_valid": 0, "rows_rejected": 0})
             header = normalize_header(split_header_line(first["_raw_line"], args["delimiter"], quote))
@@ -258,8 +270,9 @@ def _stored_schema(uri: str) -> dict[str, str] | None:
     return {c["name"]: c["type"] for c in stored["columns"]}
 
 
-def _types(spark: SparkSession, parsed: DataFrame, columns: list[str], text_columns: bool,
-           args: dict[str, Any]) -> tuple[dict[str, str] | None, str]:
+def _types(
+    spark: SparkSession, parsed: DataFrame, columns: list[str], text_columns: bool, args: dict[str, Any]
+) -> tuple[dict[str, str] | None, str]:
     """The column types to apply and where they came from (``parameters``/``stored``/``inferred``/``none``)."""
     source = args["source_uri"]
     if args["schema"]:
@@ -279,12 +292,14 @@ def _types(spark: SparkSession, parsed: DataFrame, columns: list[str], text_colu
                 f"landing file {source} does not match the stored schema of dataset {args['dataset']} "
                 f"({schema_uri}): missing columns {missing}, new columns {extra}. Pass --schema, or delete "
                 f"{SCHEMA_FILE} to accept the new columns",
-                {"schema_source": "stored", "schema_uri": schema_uri, "missing_columns": missing, "new_columns": extra})
+                {"schema_source": "stored", "schema_uri": schema_uri, "missing_columns": missing, "new_columns": extra},
+            )
         return stored, "stored"
     if text_columns:
         return infer_types(parsed, columns), "inferred"
-    return {c: t for c, t in ((f.name, f.dataType.simpleString()) for f in parsed.schema.fields) if c in columns}, \
-        "inferred"
+    return {
+        c: t for c, t in ((f.name, f.dataType.simpleString()) for f in parsed.schema.fields) if c in columns
+    }, "inferred"
 
 
 def run(spark: SparkSession, args: dict[str, Any]) -> dict[str, Any]:
@@ -292,8 +307,12 @@ def run(spark: SparkSession, args: dict[str, Any]) -> dict[str, Any]:
     batch_folder = f"_batch_id={sanitize_batch_id(args['batch_id'])}"
     raw_path = io.lake_path(args["lake_uri"], "raw", dataset, batch_folder)
     rejects_path = io.lake_path(args["lake_uri"], "rejects", dataset, batch_folder)
-    failure_context = {"source_uri": args["source_uri"], "format": args["format"], "raw_path": None,
-                       "rejects_path": None}
+    failure_context = {
+        "source_uri": args["source_uri"],
+        "format": args["format"],
+        "raw_path": None,
+        "rejects_path": None,
+    }
     try:
         # an earlier try's output goes first: if this try dies anywhere, no stale batch is left
         io.delete_path(spark, raw_path)
@@ -328,8 +347,11 @@ def _load(spark: SparkSession, args: dict[str, Any], raw_path: str, rejects_path
     source, dataset, batch_id, fmt = args["source_uri"], args["dataset"], args["batch_id"], args["format"]
     unit = "rows" if fmt == "parquet" else "records" if fmt == "json" else "lines"
     # the run's time, not the clock: a re-run of an old batch must not look newer than later batches
-    ingested_at = (datetime.fromisoformat(args["batch_time"]).astimezone(timezone.utc)
-                   if args.get("batch_time") else datetime.now(timezone.utc))
+    ingested_at = (
+        datetime.fromisoformat(args["batch_time"]).astimezone(UTC)
+        if args.get("batch_time")
+        else datetime.now(UTC)
+    )
     metrics: dict[str, Any] = {}
     with io.localize_input(spark, source) as readable:
         _check_file(source, readable, fmt)
@@ -338,11 +360,13 @@ def _load(spark: SparkSession, args: dict[str, Any], raw_path: str, rejects_path
             types, schema_source = _types(spark, parsed, columns, text_columns, args)
             if types:
                 parsed = cast_columns(parsed, parse_schema(spark, types, columns))
-            parsed = parsed.withColumns({
-                "_source_file": F.lit(source),
-                "_batch_id": F.lit(batch_id),
-                "_ingested_at": F.lit(ingested_at),
-            }).persist()
+            parsed = parsed.withColumns(
+                {
+                    "_source_file": F.lit(source),
+                    "_batch_id": F.lit(batch_id),
+                    "_ingested_at": F.lit(ingested_at),
+                }
+            ).persist()
             try:
                 counts = parsed.agg(
                     F.count(F.lit(1)).alias("rows_in"),
@@ -365,8 +389,9 @@ def _load(spark: SparkSession, args: dict[str, Any], raw_path: str, rejects_path
                     raise JobFailure(f"landing file {source} is empty: it has no data {unit}", metrics)
                 # rejects are kept whether or not the file passes: nothing read is lost
                 if rows_rejected:
-                    parsed.filter(F.col(REASON_COLUMN).isNotNull()).select(*REJECT_COLUMNS) \
-                        .coalesce(1).write.mode("overwrite").json(rejects_path)
+                    parsed.filter(F.col(REASON_COLUMN).isNotNull()).select(*REJECT_COLUMNS).coalesce(1).write.mode(
+                        "overwrite"
+                    ).json(rejects_path)
                     metrics["rejects_path"] = rejects_path
                 else:
                     io.delete_path(spark, rejects_path)  # rejects of an earlier run of this batch are stale now
@@ -392,9 +417,19 @@ def _load(spark: SparkSession, args: dict[str, Any], raw_path: str, rejects_path
             raise JobFailure(f"landing file {source} {problem} (read as {fmt})", metrics) from exc
     if schema_source == "inferred" and types is not None:
         # written after the raw write committed: the next file of the dataset is checked against it
-        io.write_text(_schema_uri(args), json.dumps({
-            "dataset": dataset, "format": fmt, "inferred_from": source, "batch_id": batch_id,
-            "columns": [{"name": c, "type": types[c]} for c in columns]}, indent=2))
+        io.write_text(
+            _schema_uri(args),
+            json.dumps(
+                {
+                    "dataset": dataset,
+                    "format": fmt,
+                    "inferred_from": source,
+                    "batch_id": batch_id,
+                    "columns": [{"name": c, "type": types[c]} for c in columns],
+                },
+                indent=2,
+            ),
+        )
         metrics["schema_uri"] = _schema_uri(args)
     return metrics
 
@@ -416,12 +451,14 @@ def _manifest_files(source_uri: str) -> list[_SourceFile] | None:
     files = json.loads(text).get("files") or []
     if not files:
         raise JobFailure(f"manifest {source_uri} lists no files")
-    return [_SourceFile(f["uri"], datetime.fromisoformat(f["event_time"]) if f.get("event_time") else None)
-            for f in files]
+    return [
+        _SourceFile(f["uri"], datetime.fromisoformat(f["event_time"]) if f.get("event_time") else None) for f in files
+    ]
 
 
-def _load_files(spark: SparkSession, args: dict[str, Any], files: list[_SourceFile], raw_path: str,
-                rejects_path: str) -> dict[str, Any]:
+def _load_files(
+    spark: SparkSession, args: dict[str, Any], files: list[_SourceFile], raw_path: str, rejects_path: str
+) -> dict[str, Any]:
     """Many files in one run: parsed one by one (lazily), read, counted and written together.
 
     A file is accepted or rejected as a whole: one that is empty, binary, truncated, in the wrong
@@ -434,8 +471,11 @@ def _load_files(spark: SparkSession, args: dict[str, Any], files: list[_SourceFi
     _validate(args)
     dataset, batch_id, fmt = args["dataset"], args["batch_id"], args["format"]
     unit = "rows" if fmt == "parquet" else "records" if fmt == "json" else "lines"
-    batch_time = (datetime.fromisoformat(args["batch_time"]).astimezone(timezone.utc)
-                  if args.get("batch_time") else datetime.now(timezone.utc))
+    batch_time = (
+        datetime.fromisoformat(args["batch_time"]).astimezone(UTC)
+        if args.get("batch_time")
+        else datetime.now(UTC)
+    )
     rejected: dict[str, str] = {}
     with ExitStack() as staged:
         parsed_files: list[tuple[_SourceFile, DataFrame, list[str], bool]] = []
@@ -455,17 +495,30 @@ def _load_files(spark: SparkSession, args: dict[str, Any], files: list[_SourceFi
                     raise
                 rejected[source.uri] = f"landing file {source.uri} {problem} (read as {fmt})"
                 continue
-            ingested_at = (source.event_time or batch_time).astimezone(timezone.utc)
-            parsed_files.append((source, frame.withColumns({
-                "_source_file": F.lit(source.uri), "_batch_id": F.lit(batch_id),
-                "_ingested_at": F.lit(ingested_at)}), columns, text_columns))
+            ingested_at = (source.event_time or batch_time).astimezone(UTC)
+            parsed_files.append(
+                (
+                    source,
+                    frame.withColumns(
+                        {
+                            "_source_file": F.lit(source.uri),
+                            "_batch_id": F.lit(batch_id),
+                            "_ingested_at": F.lit(ingested_at),
+                        }
+                    ),
+                    columns,
+                    text_columns,
+                )
+            )
         if not parsed_files:
             raise JobFailure(_all_rejected(files, rejected), {"rejected_files": _listed(rejected)})
         columns = parsed_files[0][2]
         for source, _, file_columns, _ in parsed_files[1:]:
             if file_columns != columns:
-                rejected[source.uri] = (f"landing file {source.uri} has columns {file_columns}, the batch's first "
-                                        f"file {parsed_files[0][0].uri} has {columns}")
+                rejected[source.uri] = (
+                    f"landing file {source.uri} has columns {file_columns}, the batch's first "
+                    f"file {parsed_files[0][0].uri} has {columns}"
+                )
         kept = [(s, f, t) for s, f, c, t in parsed_files if s.uri not in rejected]
         union = kept[0][1]
         for _, frame, _ in kept[1:]:
@@ -477,14 +530,24 @@ def _load_files(spark: SparkSession, args: dict[str, Any], files: list[_SourceFi
         try:
             accepted = [s.uri for s, _, _ in kept if s.uri not in rejected]
             if metrics["rows_rejected"]:
-                union.filter(F.col(REASON_COLUMN).isNotNull()).select(*REJECT_COLUMNS) \
-                    .coalesce(1).write.mode("overwrite").json(rejects_path)
+                union.filter(F.col(REASON_COLUMN).isNotNull()).select(*REJECT_COLUMNS).coalesce(1).write.mode(
+                    "overwrite"
+                ).json(rejects_path)
                 metrics["rejects_path"] = rejects_path
             else:
                 io.delete_path(spark, rejects_path)
-            metrics.update(source_uri=args["source_uri"], format=fmt, files=len(files), files_accepted=len(accepted),
-                           files_rejected=len(rejected), rejected_files=_listed(rejected), raw_path=None,
-                           schema_source=schema_source, schema=types, rows_out=0)
+            metrics.update(
+                source_uri=args["source_uri"],
+                format=fmt,
+                files=len(files),
+                files_accepted=len(accepted),
+                files_rejected=len(rejected),
+                rejected_files=_listed(rejected),
+                raw_path=None,
+                schema_source=schema_source,
+                schema=types,
+                rows_out=0,
+            )
             if not accepted:
                 raise JobFailure(_all_rejected(files, rejected), metrics)
             good = union.filter(F.col(REASON_COLUMN).isNull() & F.col("_source_file").isin(accepted))
@@ -494,16 +557,32 @@ def _load_files(spark: SparkSession, args: dict[str, Any], files: list[_SourceFi
         finally:
             union.unpersist()
     if schema_source == "inferred" and types is not None:
-        io.write_text(_schema_uri(args), json.dumps({
-            "dataset": dataset, "format": fmt, "inferred_from": accepted[0], "batch_id": batch_id,
-            "columns": [{"name": c, "type": types[c]} for c in columns]}, indent=2))
+        io.write_text(
+            _schema_uri(args),
+            json.dumps(
+                {
+                    "dataset": dataset,
+                    "format": fmt,
+                    "inferred_from": accepted[0],
+                    "batch_id": batch_id,
+                    "columns": [{"name": c, "type": types[c]} for c in columns],
+                },
+                indent=2,
+            ),
+        )
         metrics["schema_uri"] = _schema_uri(args)
     return metrics
 
 
-def _count_by_file(union: DataFrame, kept: list[tuple[_SourceFile, DataFrame, bool]], staged_as: dict[str, str],
-                   rejected: dict[str, str], args: dict[str, Any], unit: str,
-                   fmt: str) -> tuple[dict[str, Any], DataFrame]:
+def _count_by_file(
+    union: DataFrame,
+    kept: list[tuple[_SourceFile, DataFrame, bool]],
+    staged_as: dict[str, str],
+    rejected: dict[str, str],
+    args: dict[str, Any],
+    unit: str,
+    fmt: str,
+) -> tuple[dict[str, Any], DataFrame]:
     """Records and rejects per file, in one job over all files; files empty or over the reject
     ratio are added to ``rejected``. A file Spark cannot read at all (a cut gzip stream found only
     while reading) is named from the error, set aside, and the count runs again without it."""
@@ -511,14 +590,18 @@ def _count_by_file(union: DataFrame, kept: list[tuple[_SourceFile, DataFrame, bo
         frame = union.filter(~F.col("_source_file").isin(list(rejected))) if rejected else union
         frame = frame.persist()
         try:
-            counts = frame.groupBy("_source_file").agg(
-                F.count(F.lit(1)).alias("rows_in"), F.count(F.col(REASON_COLUMN)).alias("rows_rejected")).collect()
+            counts = (
+                frame.groupBy("_source_file")
+                .agg(F.count(F.lit(1)).alias("rows_in"), F.count(F.col(REASON_COLUMN)).alias("rows_rejected"))
+                .collect()
+            )
             break
         except Exception as exc:
             frame.unpersist()
             problem = _describe_read_error(exc)
-            culprit = next((s.uri for s, _, _ in kept
-                            if s.uri not in rejected and _names_file(exc, staged_as[s.uri])), None)
+            culprit = next(
+                (s.uri for s, _, _ in kept if s.uri not in rejected and _names_file(exc, staged_as[s.uri])), None
+            )
             if problem is None or culprit is None:
                 raise
             rejected[culprit] = f"landing file {culprit} {problem} (read as {fmt})"
@@ -530,11 +613,17 @@ def _count_by_file(union: DataFrame, kept: list[tuple[_SourceFile, DataFrame, bo
         if rows_in == 0:
             rejected[source.uri] = f"landing file {source.uri} is empty: it has no data {unit}"
         elif bad / rows_in > args["max_reject_ratio"]:
-            rejected[source.uri] = (f"landing file {source.uri}: {bad} of {rows_in} {unit} rejected "
-                                    f"({bad / rows_in:.1%}), more than max_reject_ratio {args['max_reject_ratio']}")
-    metrics = {"rows_in": sum(n for n, _ in by_file.values()), "rows_rejected": sum(b for _, b in by_file.values()),
-               "rows_valid": sum(n - b for n, b in by_file.values()), "rejects_path": None,
-               "_valid_by_file": {uri: n - b for uri, (n, b) in by_file.items()}}
+            rejected[source.uri] = (
+                f"landing file {source.uri}: {bad} of {rows_in} {unit} rejected "
+                f"({bad / rows_in:.1%}), more than max_reject_ratio {args['max_reject_ratio']}"
+            )
+    metrics = {
+        "rows_in": sum(n for n, _ in by_file.values()),
+        "rows_rejected": sum(b for _, b in by_file.values()),
+        "rows_valid": sum(n - b for n, b in by_file.values()),
+        "rejects_path": None,
+        "_valid_by_file": {uri: n - b for uri, (n, b) in by_file.items()},
+    }
     return metrics, frame
 
 

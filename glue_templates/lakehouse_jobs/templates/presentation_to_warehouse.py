@@ -34,12 +34,18 @@ SPEC: tuple[ArgSpec, ...] = (
     ArgSpec("mode", default="replace", description="replace (atomic swap) | merge (upsert by merge_keys)"),
     ArgSpec("merge_keys", "list", description="mode=merge: key columns"),
     ArgSpec("on_schema_change", default="apply", description="apply | refuse"),
-    ArgSpec("temp_uri", description="folder for the files COPY reads (default {lake_uri}/_tmp/warehouse; "
-                                    "s3:// for Redshift)"),
+    ArgSpec(
+        "temp_uri",
+        description="folder for the files COPY reads (default {lake_uri}/_tmp/warehouse; s3:// for Redshift)",
+    ),
     ArgSpec("iam_role", description="Redshift: IAM role ARN that COPY assumes to read temp_uri"),
-    ArgSpec("copy_parallelism", "int", default=2,
-            description="Postgres logging every write (wal_level above minimal, e.g. RDS): files copied at once; "
-                        "on wal_level=minimal one connection loads in one transaction"),
+    ArgSpec(
+        "copy_parallelism",
+        "int",
+        default=2,
+        description="Postgres logging every write (wal_level above minimal, e.g. RDS): files copied at once; "
+        "on wal_level=minimal one connection loads in one transaction",
+    ),
 )
 
 
@@ -54,13 +60,24 @@ def run(spark: SparkSession, args: dict[str, Any]) -> dict[str, Any]:
     if args["on_schema_change"] not in ("apply", "refuse"):
         raise ValueError(f"--on_schema_change must be apply or refuse, got {args['on_schema_change']!r}")
     connection = connection_from_secret(args["secret_id"]) if args["secret_id"] else connection_from_env()
-    options = LoadOptions(mode=args["mode"], keys=keys, on_schema_change=args["on_schema_change"],
-                          work_uri=args["temp_uri"] or io.lake_path(args["lake_uri"], "_tmp", "warehouse"),
-                          iam_role=args["iam_role"] or "", parallelism=max(1, args["copy_parallelism"]))
+    options = LoadOptions(
+        mode=args["mode"],
+        keys=keys,
+        on_schema_change=args["on_schema_change"],
+        work_uri=args["temp_uri"] or io.lake_path(args["lake_uri"], "_tmp", "warehouse"),
+        iam_role=args["iam_role"] or "",
+        parallelism=max(1, args["copy_parallelism"]),
+    )
     result = load(spark, _read_split(spark, source.spark), target, args["batch_id"], connection, options)
     rows = result.pop("rows")
-    return {"rows_in": rows, "rows_out": rows, "rows_rejected": 0, "source_table": str(source),
-            "target_table": str(target), **result}
+    return {
+        "rows_in": rows,
+        "rows_out": rows,
+        "rows_rejected": 0,
+        "source_table": str(source),
+        "target_table": str(target),
+        **result,
+    }
 
 
 def _read_split(spark: SparkSession, table: str) -> DataFrame:
@@ -71,7 +88,8 @@ def _read_split(spark: SparkSession, table: str) -> DataFrame:
     """
     try:  # the snapshot summary, read through Iceberg's API: no Spark job
         loaded = spark.sparkContext._jvm.org.apache.iceberg.spark.Spark3Util.loadIcebergTable(
-            spark._jsparkSession, table.replace("`", ""))
+            spark._jsparkSession, table.replace("`", "")
+        )
         snapshot = loaded.currentSnapshot()
         total = int(snapshot.summary().get("total-files-size") or 0) if snapshot is not None else 0
     except Exception:  # not an Iceberg table: Spark's own splitting

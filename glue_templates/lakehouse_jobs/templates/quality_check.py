@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Sequence
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any
 
 from pyspark.sql import DataFrame, SparkSession
@@ -34,8 +34,9 @@ SPEC: tuple[ArgSpec, ...] = (
     ArgSpec("table", description="catalog table to check, namespace.table (stage/presentation)"),
     ArgSpec("dataset", description="raw dataset to check instead of a table"),
     ArgSpec("raw_scope", default="batch", description="dataset: batch (this batch's folder) | all"),
-    ArgSpec("checks", "json", required=True, description="list of checks, e.g. [{\"type\": \"not_null\", "
-                                                         "\"columns\": [\"id\"]}]"),
+    ArgSpec(
+        "checks", "json", required=True, description='list of checks, e.g. [{"type": "not_null", "columns": ["id"]}]'
+    ),
     ArgSpec("sample_size", "int", default=5, description="offending rows shown per failed check"),
 )
 
@@ -49,8 +50,9 @@ def _subject(spark: SparkSession, args: dict[str, Any]) -> tuple[str, DataFrame]
     dataset = validate_identifier(args["dataset"], "--dataset")
     if args["raw_scope"] not in ("batch", "all"):
         raise ValueError(f"--raw_scope must be batch or all, got {args['raw_scope']!r}")
-    parts = ["raw", dataset] + ([f"_batch_id={sanitize_batch_id(args['batch_id'])}"] if args["raw_scope"] == "batch"
-                                else [])
+    parts = ["raw", dataset] + (
+        [f"_batch_id={sanitize_batch_id(args['batch_id'])}"] if args["raw_scope"] == "batch" else []
+    )
     path = io.lake_path(args["lake_uri"], *parts)
     if not io.path_exists(spark, path):
         raise FileNotFoundError(f"raw data {path} does not exist: did landing_to_raw run for this batch?")
@@ -62,8 +64,11 @@ def run(spark: SparkSession, args: dict[str, Any]) -> dict[str, Any]:
     if args["sample_size"] < 0:
         raise ValueError("--sample_size must not be negative")
     subject, df = _subject(spark, args)
-    now = (datetime.fromisoformat(args["batch_time"]).astimezone(timezone.utc)
-           if args.get("batch_time") else datetime.now(timezone.utc))
+    now = (
+        datetime.fromisoformat(args["batch_time"]).astimezone(UTC)
+        if args.get("batch_time")
+        else datetime.now(UTC)
+    )
     state_uri = io.lake_path(args["lake_uri"], "_quality", subject, "_last_success.json")
     state = json.loads(io.read_text(state_uri) or "null")
     previous = state
@@ -78,19 +83,38 @@ def run(spark: SparkSession, args: dict[str, Any]) -> dict[str, Any]:
     finally:
         df.unpersist()
     failed = [r for r in results if not r.passed]
-    report = {"subject": subject, "batch_id": args["batch_id"], "checked_at": now.isoformat(), "row_count": rows,
-              "passed": not failed, "checks": [r.as_dict() for r in results]}
-    report_uri = io.lake_path(args["lake_uri"], "_quality", subject,
-                              f"_batch_id={sanitize_batch_id(args['batch_id'])}.json")
+    report = {
+        "subject": subject,
+        "batch_id": args["batch_id"],
+        "checked_at": now.isoformat(),
+        "row_count": rows,
+        "passed": not failed,
+        "checks": [r.as_dict() for r in results],
+    }
+    report_uri = io.lake_path(
+        args["lake_uri"], "_quality", subject, f"_batch_id={sanitize_batch_id(args['batch_id'])}.json"
+    )
     io.write_text(report_uri, json.dumps(report, indent=2, default=str))
-    metrics = {"rows_in": rows, "rows_out": rows, "rows_rejected": 0, "subject": subject,
-               "checks": len(results), "checks_failed": len(failed), "failed_checks": [r.name for r in failed],
-               "report_uri": report_uri}
+    metrics = {
+        "rows_in": rows,
+        "rows_out": rows,
+        "rows_rejected": 0,
+        "subject": subject,
+        "checks": len(results),
+        "checks_failed": len(failed),
+        "failed_checks": [r.name for r in failed],
+        "report_uri": report_uri,
+    }
     if failed:
         raise JobFailure(report_text(subject, results) + f"\nreport: {report_uri}", metrics)
     earlier = {k: previous[k] for k in ("batch_id", "row_count", "checked_at") if k in previous} if previous else None
-    io.write_text(state_uri, json.dumps({"batch_id": args["batch_id"], "row_count": rows,
-                                         "checked_at": now.isoformat(), "previous": earlier}, default=str))
+    io.write_text(
+        state_uri,
+        json.dumps(
+            {"batch_id": args["batch_id"], "row_count": rows, "checked_at": now.isoformat(), "previous": earlier},
+            default=str,
+        ),
+    )
     return metrics
 
 

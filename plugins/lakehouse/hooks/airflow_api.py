@@ -130,8 +130,9 @@ class AirflowApiClient:
 
     def list_dag_runs(self, dag_id: str, limit: int = 100, offset: int = 0) -> list[dict[str, Any]]:
         """One page of the DAG's runs, oldest first (Airflow's default order); 100 is the API's page cap."""
-        response = self._request("GET", f"/api/v2/dags/{quote(dag_id, safe='')}/dagRuns",
-                                 params={"limit": limit, "offset": offset})
+        response = self._request(
+            "GET", f"/api/v2/dags/{quote(dag_id, safe='')}/dagRuns", params={"limit": limit, "offset": offset}
+        )
         if response.status_code != 200:
             raise AirflowApiError(response.status_code, response.text[:300])
         return response.json()["dag_runs"]
@@ -149,8 +150,13 @@ class AirflowApiClient:
         response = self._request(
             "POST",
             f"/api/v2/dags/{quote(dag_id, safe='')}/clearTaskInstances",
-            json={"dry_run": False, "dag_run_id": dag_run_id, "only_failed": True, "reset_dag_runs": True,
-                  "include_downstream": True},
+            json={
+                "dry_run": False,
+                "dag_run_id": dag_run_id,
+                "only_failed": True,
+                "reset_dag_runs": True,
+                "include_downstream": True,
+            },
         )
         if response.status_code != 200:
             raise AirflowApiError(response.status_code, response.text[:300])

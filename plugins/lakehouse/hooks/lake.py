@@ -24,8 +24,9 @@ def write_json(lake_uri: str, relative: str, document: Any) -> str:
     body = json.dumps(document, default=str, sort_keys=True)
     parsed = urlparse(uri)
     if parsed.scheme == "s3":
-        boto3.client("s3").put_object(Bucket=parsed.netloc, Key=parsed.path.lstrip("/"), Body=body.encode(),
-                                      ContentType="application/json")
+        boto3.client("s3").put_object(
+            Bucket=parsed.netloc, Key=parsed.path.lstrip("/"), Body=body.encode(), ContentType="application/json"
+        )
         return uri
     if parsed.scheme not in ("", "file"):
         raise ValueError(f"cannot write {uri!r}: the lake must be a file:// or s3:// URI")

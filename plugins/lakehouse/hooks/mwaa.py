@@ -33,7 +33,9 @@ class MwaaTriggerClient:
 
     def __init__(self, environment: str, region: str, client: Any | None = None) -> None:
         if not environment:
-            raise ValueError("LAKEHOUSE_MWAA_ENVIRONMENT must name the MWAA environment when LAKEHOUSE_AIRFLOW_API=mwaa")
+            raise ValueError(
+                "LAKEHOUSE_MWAA_ENVIRONMENT must name the MWAA environment when LAKEHOUSE_AIRFLOW_API=mwaa"
+            )
         self.environment = environment
         self._client = client or boto3.client(
             "mwaa", region_name=region, config=Config(retries={"max_attempts": 3, "mode": "standard"})
@@ -43,14 +45,21 @@ class MwaaTriggerClient:
         """(Airflow's status, its answer) for one call; 409 and 404 come back as statuses, and the
         control plane's errors map to the REST client's exceptions."""
         if len(path) > MAX_PATH_LENGTH:  # final: retrying cannot shorten it; a shorter dag_id can
-            raise AirflowApiError(400, f"MWAA: path {path!r} is {len(path)} characters, invoke_rest_api takes at "
-                                       f"most {MAX_PATH_LENGTH}; set flows.dag_id shorter")
+            raise AirflowApiError(
+                400,
+                f"MWAA: path {path!r} is {len(path)} characters, invoke_rest_api takes at "
+                f"most {MAX_PATH_LENGTH}; set flows.dag_id shorter",
+            )
         try:
-            response = self._client.invoke_rest_api(Name=self.environment, Path=path, Method=method,
-                                                    **({"Body": body} if body is not None else {}))
+            response = self._client.invoke_rest_api(
+                Name=self.environment, Path=path, Method=method, **({"Body": body} if body is not None else {})
+            )
         except ClientError as exc:
             code = exc.response.get("Error", {}).get("Code", "")
-            status = int(exc.response.get("RestApiStatusCode") or exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0))
+            status = int(
+                exc.response.get("RestApiStatusCode")
+                or exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0)
+            )
             detail = exc.response.get("RestApiResponse") or exc.response.get("Error", {}).get("Message", "")
             if code == "RestApiClientException" and status in (404, 409):
                 return status, detail
@@ -64,8 +73,11 @@ class MwaaTriggerClient:
     def trigger_dag_run(
         self, dag_id: str, dag_run_id: str, conf: dict[str, Any] | None = None
     ) -> Literal["created", "exists"]:
-        status, answer = self._invoke("POST", f"/dags/{quote(dag_id, safe='')}/dagRuns",
-                                      {"dag_run_id": dag_run_id, "logical_date": None, "conf": conf or {}})
+        status, answer = self._invoke(
+            "POST",
+            f"/dags/{quote(dag_id, safe='')}/dagRuns",
+            {"dag_run_id": dag_run_id, "logical_date": None, "conf": conf or {}},
+        )
         if status == 409:
             return "exists"
         if status not in (200, 201):

@@ -33,7 +33,7 @@ import time
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import contextmanager, nullcontext
 from dataclasses import asdict, dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from functools import cached_property
 from typing import Any, Literal, Protocol
 
@@ -54,16 +54,16 @@ from lakehouse.metadata import batches, ledger
 from lakehouse.metadata.catalogue import fetch_catalogue_document
 
 __all__ = [
-    "DagRunTrigger",
-    "TriggerCatalogue",
-    "TriggerOutcome",
-    "TriggerJob",
-    "Invoker",
     "ConnectionPool",
-    "file_dag_run_id",
-    "scheduled_dag_run_id",
-    "load_trigger_catalogue",
+    "DagRunTrigger",
+    "Invoker",
+    "TriggerCatalogue",
+    "TriggerJob",
+    "TriggerOutcome",
     "build_invoker",
+    "file_dag_run_id",
+    "load_trigger_catalogue",
+    "scheduled_dag_run_id",
 ]
 
 log = logging.getLogger(__name__)
@@ -90,7 +90,7 @@ def file_dag_run_id(flow_id: str, bucket: str, key: str, etag: str, run_suffix: 
 
 
 def scheduled_dag_run_id(flow_id: str, at: datetime) -> str:
-    stamp = at.astimezone(timezone.utc).strftime("%Y%m%dT%H%M%SZ")
+    stamp = at.astimezone(UTC).strftime("%Y%m%dT%H%M%SZ")
     return f"invoked__{flow_id}__{stamp}"
 
 
@@ -129,8 +129,11 @@ class TriggerCatalogue:
     def invalid(self) -> dict[str, str]:
         """flow_id -> its problems on one line, for the flows whose DAG is a placeholder: the same
         validation the DAG factory runs, so both sides agree on which flows can run."""
-        return {flow_id: "; ".join(f"{p.field}: {p.message}" for p in found)
-                for flow_id, found in validate_catalogue(self.catalogue).items() if found}
+        return {
+            flow_id: "; ".join(f"{p.field}: {p.message}" for p in found)
+            for flow_id, found in validate_catalogue(self.catalogue).items()
+            if found
+        }
 
     def flows_to_start(self, bucket: str, key: str) -> tuple[list[Flow], list[tuple[Flow, str]]]:
         """(flows to start, [(flow skipped, why)]) for one object."""
@@ -271,7 +274,9 @@ class Invoker:
         if flow_id in rules.invalid:
             return f"flow {flow_id!r} is invalid ({rules.invalid[flow_id]}); the file starts once the flow is fixed"
         if flow_id not in rules.catalogue.flows:
-            return f"flow {flow_id!r} is not active (deleted, or is_active = false); the file starts if it is active again"
+            return (
+                f"flow {flow_id!r} is not active (deleted, or is_active = false); the file starts if it is active again"
+            )
         if flow_id in self._unconfirmed:
             return f"flow {flow_id!r} was fixed; waiting for Airflow to load its DAG"
         return None
@@ -355,19 +360,28 @@ class Invoker:
                 start, skipped = rules.flows_to_start(event.bucket, event.key)
                 for flow, why in skipped:
                     with conn:
-                        ledger.record_event(conn, **self._row_fields(event), flow_id=flow.flow_id,
-                                            dag_id=flow.effective_dag_id, dag_run_id=None, status="skipped",
-                                            last_error=why)
+                        ledger.record_event(
+                            conn,
+                            **self._row_fields(event),
+                            flow_id=flow.flow_id,
+                            dag_id=flow.effective_dag_id,
+                            dag_run_id=None,
+                            status="skipped",
+                            last_error=why,
+                        )
                     log.info("s3://%s/%s: flow %s skipped (%s)", event.bucket, event.key, flow.flow_id, why)
-                    outcomes.append(TriggerOutcome("skipped", event.bucket, event.key, flow.flow_id,
-                                                   flow.effective_dag_id, None, why))
+                    outcomes.append(
+                        TriggerOutcome(
+                            "skipped", event.bucket, event.key, flow.flow_id, flow.effective_dag_id, None, why
+                        )
+                    )
                 if not start and not skipped:
                     with conn:
-                        ledger.record_event(conn, **self._row_fields(event), flow_id=None, dag_id=None,
-                                            dag_run_id=None)
+                        ledger.record_event(conn, **self._row_fields(event), flow_id=None, dag_id=None, dag_run_id=None)
                     log.warning("no flow matches s3://%s/%s; recorded as unmatched", event.bucket, event.key)
-                    outcomes.append(TriggerOutcome("unmatched", event.bucket, event.key,
-                                                   detail="no flow matches this key"))
+                    outcomes.append(
+                        TriggerOutcome("unmatched", event.bucket, event.key, detail="no flow matches this key")
+                    )
                 for flow in start:
                     outcome, job = self._store_for_flow(conn, event, flow)
                     outcomes.append(outcome)
@@ -392,8 +406,9 @@ class Invoker:
         }
 
     @staticmethod
-    def _conf(flow_id: str, bucket: str, key: str, etag: str, size: int | None, event_time: datetime | None,
-              ledger_id: int) -> dict[str, Any]:
+    def _conf(
+        flow_id: str, bucket: str, key: str, etag: str, size: int | None, event_time: datetime | None, ledger_id: int
+    ) -> dict[str, Any]:
         return {
             "flow_id": flow_id,
             "file": {"bucket": bucket, "key": key, "etag": etag, "size": size, "uri": f"s3://{bucket}/{key}"},
@@ -401,27 +416,44 @@ class Invoker:
             "ledger_id": ledger_id,
         }
 
-    def _store_for_flow(self, conn: Connection, event: ObjectEvent, flow: Flow, run_suffix: str = "",
-                        commit: bool = True) -> tuple[TriggerOutcome, TriggerJob | None]:
+    def _store_for_flow(
+        self, conn: Connection, event: ObjectEvent, flow: Flow, run_suffix: str = "", commit: bool = True
+    ) -> tuple[TriggerOutcome, TriggerJob | None]:
         """Store one event for one flow. ``commit=False``: in the caller's transaction (a sweep
         stores a page of found files at once); the caller commits before any trigger call."""
         dag_id = flow.effective_dag_id
         transaction = conn if commit else nullcontext()
         if flow.batched:  # gathered into the flow's next micro-batch, which names the run
             with transaction:
-                row = ledger.record_event(conn, **self._row_fields(event), flow_id=flow.flow_id, dag_id=dag_id,
-                                          dag_run_id=None, status="queued", run_suffix=run_suffix)
-            base = TriggerOutcome("", event.bucket, event.key, flow.flow_id, dag_id, row.dag_run_id,
-                                  ledger_id=row.ledger_id)
+                row = ledger.record_event(
+                    conn,
+                    **self._row_fields(event),
+                    flow_id=flow.flow_id,
+                    dag_id=dag_id,
+                    dag_run_id=None,
+                    status="queued",
+                    run_suffix=run_suffix,
+                )
+            base = TriggerOutcome(
+                "", event.bucket, event.key, flow.flow_id, dag_id, row.dag_run_id, ledger_id=row.ledger_id
+            )
             if row.inserted:
                 return _with(base, "queued", "stored; gathered into the flow's next batch"), None
-            return _with(base, "duplicate" if row.status == "triggered" else row.status,
-                         f"already stored; delivery #{row.deliveries}"), None
+            return _with(
+                base,
+                "duplicate" if row.status == "triggered" else row.status,
+                f"already stored; delivery #{row.deliveries}",
+            ), None
         run_id = file_dag_run_id(flow.flow_id, event.bucket, event.key, event.etag, run_suffix)
         with transaction:  # committed before Airflow is called: the ledger is the outbox
             row = ledger.record_event(
-                conn, **self._row_fields(event), flow_id=flow.flow_id, dag_id=dag_id, dag_run_id=run_id,
-                run_suffix=run_suffix, lease_seconds=self.lease_seconds,
+                conn,
+                **self._row_fields(event),
+                flow_id=flow.flow_id,
+                dag_id=dag_id,
+                dag_run_id=run_id,
+                run_suffix=run_suffix,
+                lease_seconds=self.lease_seconds,
             )
         base = TriggerOutcome("", event.bucket, event.key, flow.flow_id, dag_id, run_id, ledger_id=row.ledger_id)
         if row.status == "triggered":
@@ -432,10 +464,12 @@ class Invoker:
             with transaction:
                 claimed = ledger.claim_row(conn, row.ledger_id, self.lease_seconds)
             if not claimed:
-                return _with(base, "pending", f"already stored, trigger under way or scheduled; delivery "
-                                              f"#{row.deliveries}"), None
-        conf = self._conf(flow.flow_id, event.bucket, event.key, event.etag, event.size, event.event_time,
-                          row.ledger_id)
+                return _with(
+                    base, "pending", f"already stored, trigger under way or scheduled; delivery #{row.deliveries}"
+                ), None
+        conf = self._conf(
+            flow.flow_id, event.bucket, event.key, event.etag, event.size, event.event_time, row.ledger_id
+        )
         return _with(base, "accepted", "stored; trigger queued"), TriggerJob(row.ledger_id, base, conf)
 
     def dispatch(self, job: TriggerJob, probe: bool = False) -> TriggerOutcome:
@@ -510,8 +544,15 @@ class Invoker:
                     with self._in_flight_lock:
                         busy = self._in_flight.get(flow_id, 0) > 0  # one being sent: full batches only
                     with conn:  # one transaction per batch: gathered, assigned and stored together
-                        batch = batches.gather_batch(conn, flow_id, flow.effective_dag_id, flow.max_files_per_run,
-                                                     flow.batch_window_seconds, self.lease_seconds, full_only=busy)
+                        batch = batches.gather_batch(
+                            conn,
+                            flow_id,
+                            flow.effective_dag_id,
+                            flow.max_files_per_run,
+                            flow.batch_window_seconds,
+                            self.lease_seconds,
+                            full_only=busy,
+                        )
                     if batch is None:
                         break
                     jobs.append(self._batch_job(batch))
@@ -526,10 +567,16 @@ class Invoker:
         """The trigger call of a stored batch, counted in flight until :meth:`dispatch` ends it."""
         with self._in_flight_lock:
             self._in_flight[batch.flow_id] = self._in_flight.get(batch.flow_id, 0) + 1
-        outcome = TriggerOutcome("", flow_id=batch.flow_id, dag_id=batch.dag_id, dag_run_id=batch.dag_run_id,
-                                 detail=f"batch {batch.batch_id}")
-        return TriggerJob(None, outcome, {"manifest": batch.manifest_uri} if batch.manifest_uri else {},
-                          batch_id=batch.batch_id)
+        outcome = TriggerOutcome(
+            "",
+            flow_id=batch.flow_id,
+            dag_id=batch.dag_id,
+            dag_run_id=batch.dag_run_id,
+            detail=f"batch {batch.batch_id}",
+        )
+        return TriggerJob(
+            None, outcome, {"manifest": batch.manifest_uri} if batch.manifest_uri else {}, batch_id=batch.batch_id
+        )
 
     def _batch_sent(self, flow_id: str) -> None:
         with self._in_flight_lock:
@@ -549,14 +596,23 @@ class Invoker:
                 raise RuntimeError("a batched flow needs the lake (LAKEHOUSE_LAKE_URI) for its manifests")
             from lakehouse.hooks.lake import write_json
 
-            manifest = write_json(self.lake_uri, f"_manifests/{job.outcome.flow_id}/{job.outcome.dag_run_id}.json", {
-                "flow_id": job.outcome.flow_id, "batch_id": job.batch_id, "dag_run_id": job.outcome.dag_run_id,
-                "files": [f.as_dict() for f in files]})
+            manifest = write_json(
+                self.lake_uri,
+                f"_manifests/{job.outcome.flow_id}/{job.outcome.dag_run_id}.json",
+                {
+                    "flow_id": job.outcome.flow_id,
+                    "batch_id": job.batch_id,
+                    "dag_run_id": job.outcome.dag_run_id,
+                    "files": [f.as_dict() for f in files],
+                },
+            )
             with self.pool.connection() as conn, conn:
                 batches.set_manifest(conn, job.batch_id, manifest)
-        return {"flow_id": job.outcome.flow_id,
-                "batch": {"batch_id": job.batch_id, "files": len(files), "manifest": manifest},
-                "file": files[0].as_dict() if len(files) == 1 else None}
+        return {
+            "flow_id": job.outcome.flow_id,
+            "batch": {"batch_id": job.batch_id, "files": len(files), "manifest": manifest},
+            "file": files[0].as_dict() if len(files) == 1 else None,
+        }
 
     def claim_due(self, limit: int = 100) -> list[TriggerJob]:
         """Lease pending rows whose backoff has passed (or whose live lease ran out) to the caller."""
@@ -565,10 +621,24 @@ class Invoker:
         return [
             TriggerJob(
                 row["ledger_id"],
-                TriggerOutcome("", row["bucket"], row["object_key"], row["flow_id"], row["dag_id"], row["dag_run_id"],
-                               ledger_id=row["ledger_id"]),
-                self._conf(row["flow_id"], row["bucket"], row["object_key"], row["etag"], row["size"],
-                           row["event_time"], row["ledger_id"]),
+                TriggerOutcome(
+                    "",
+                    row["bucket"],
+                    row["object_key"],
+                    row["flow_id"],
+                    row["dag_id"],
+                    row["dag_run_id"],
+                    ledger_id=row["ledger_id"],
+                ),
+                self._conf(
+                    row["flow_id"],
+                    row["bucket"],
+                    row["object_key"],
+                    row["etag"],
+                    row["size"],
+                    row["event_time"],
+                    row["ledger_id"],
+                ),
             )
             for row in rows
         ]
@@ -591,10 +661,10 @@ class Invoker:
                 reason = self.hold_reason(flow_id)
                 if reason is None:
                     batched = flow is not None and flow.batched
-                    released[flow_id] = (ledger.release_held_rows(conn, flow_id, batched)
-                                         + batches.release_held_batches(conn, flow_id))
-                    log.info("flow %s can run again: %d held file(s) or batch(es) released", flow_id,
-                             released[flow_id])
+                    released[flow_id] = ledger.release_held_rows(conn, flow_id, batched) + batches.release_held_batches(
+                        conn, flow_id
+                    )
+                    log.info("flow %s can run again: %d held file(s) or batch(es) released", flow_id, released[flow_id])
                 else:
                     ledger.update_hold_reason(conn, flow_id, reason)
         return released
@@ -630,12 +700,19 @@ class Invoker:
         flow = self.catalogue().flows.get(flow_id)
         if flow is None:
             raise LookupError(f"no active flow {flow_id!r}")
-        suffix = "force" + datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%S%fZ") if force else ""
+        suffix = "force" + datetime.now(UTC).strftime("%Y%m%dT%H%M%S%fZ") if force else ""
         outcomes = []
         for event in objects:
             if not flow.matches(event.bucket, event.key):
-                outcomes.append(TriggerOutcome("not_matching", event.bucket, event.key, flow_id,
-                                               detail=f"key does not match {flow.trigger_key_pattern!r}"))
+                outcomes.append(
+                    TriggerOutcome(
+                        "not_matching",
+                        event.bucket,
+                        event.key,
+                        flow_id,
+                        detail=f"key does not match {flow.trigger_key_pattern!r}",
+                    )
+                )
                 continue
             with self.pool.connection() as conn:
                 outcome, job = self._store_for_flow(conn, event, flow, run_suffix=suffix)
@@ -645,7 +722,9 @@ class Invoker:
                 self.dispatch(job)
         return outcomes
 
-    def trigger_flow(self, flow_id: str, at: datetime | None = None, conf: dict[str, Any] | None = None) -> TriggerOutcome:
+    def trigger_flow(
+        self, flow_id: str, at: datetime | None = None, conf: dict[str, Any] | None = None
+    ) -> TriggerOutcome:
         """The scheduled invoker: start a flow by id. ``at`` (the schedule's time) makes retries idempotent."""
         if not re.fullmatch(r"[a-z][a-z0-9_]{0,62}", flow_id):
             raise ValueError(f"invalid flow_id {flow_id!r}")
@@ -654,14 +733,15 @@ class Invoker:
             raise LookupError(f"no active flow {flow_id!r}")
         if (reason := self.hold_reason(flow_id)) is not None:
             raise LookupError(f"not started: {reason}")
-        run_id = scheduled_dag_run_id(flow_id, at or datetime.now(timezone.utc))
+        run_id = scheduled_dag_run_id(flow_id, at or datetime.now(UTC))
         result = self.airflow.trigger_dag_run(flow.effective_dag_id, run_id, {"flow_id": flow_id, **(conf or {})})
         return TriggerOutcome(result, flow_id=flow_id, dag_id=flow.effective_dag_id, dag_run_id=run_id)
 
 
 def _with(base: TriggerOutcome, status: str, detail: str = "") -> TriggerOutcome:
-    return TriggerOutcome(status, base.bucket, base.key, base.flow_id, base.dag_id, base.dag_run_id, detail,
-                          base.ledger_id)
+    return TriggerOutcome(
+        status, base.bucket, base.key, base.flow_id, base.dag_id, base.dag_run_id, detail, base.ledger_id
+    )
 
 
 def build_invoker(settings: Any) -> Invoker:
@@ -688,7 +768,9 @@ def build_invoker(settings: Any) -> Invoker:
 
 
 def _what(base: TriggerOutcome, job: TriggerJob) -> str:
-    return f"batch {job.batch_id} of flow {base.flow_id}" if job.batch_id is not None else f"s3://{base.bucket}/{base.key}"
+    return (
+        f"batch {job.batch_id} of flow {base.flow_id}" if job.batch_id is not None else f"s3://{base.bucket}/{base.key}"
+    )
 
 
 @dataclass(frozen=True)

@@ -25,23 +25,23 @@ import json
 import logging
 from collections.abc import Mapping
 from dataclasses import dataclass
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from typing import Any
 from urllib.parse import unquote_plus
 
 __all__ = [
-    "ObjectEvent",
-    "IgnoredEvent",
     "EventError",
+    "IgnoredEvent",
+    "ObjectEvent",
     "SqsMessage",
     "check_key",
     "decode_payload",
     "decode_sqs_batch",
-    "is_sqs_batch",
     "from_eventbridge",
     "from_s3_notification",
     "from_seaweedfs_webhook",
     "from_sns_envelope",
+    "is_sqs_batch",
 ]
 
 log = logging.getLogger(__name__)
@@ -185,7 +185,7 @@ def from_seaweedfs_webhook(payload: Mapping[str, Any]) -> list[ObjectEvent | Ign
             key=key,
             etag=etag,
             size=attributes.get("file_size"),
-            event_time=datetime.fromtimestamp(mtime, tz=timezone.utc) if mtime else None,
+            event_time=datetime.fromtimestamp(mtime, tz=UTC) if mtime else None,
             source="seaweedfs",
         )
     ]
@@ -273,8 +273,11 @@ def decode_sqs_batch(payload: Mapping[str, Any]) -> list[SqsMessage]:
 
 def is_sqs_batch(payload: Mapping[str, Any]) -> bool:
     records = payload.get("Records")
-    return isinstance(records, list) and bool(records) and isinstance(records[0], dict) and (
-        records[0].get("eventSource") == "aws:sqs"
+    return (
+        isinstance(records, list)
+        and bool(records)
+        and isinstance(records[0], dict)
+        and (records[0].get("eventSource") == "aws:sqs")
     )
 
 
@@ -308,6 +311,4 @@ def decode_payload(payload: Mapping[str, Any]) -> list[ObjectEvent | IgnoredEven
                 out.extend(from_sns_envelope(sns))
             return out
         return from_s3_notification(payload)
-    raise EventError(
-        "unrecognised event shape: expected an S3 notification, SNS, SQS, EventBridge or SeaweedFS event"
-    )
+    raise EventError("unrecognised event shape: expected an S3 notification, SNS, SQS, EventBridge or SeaweedFS event")

@@ -26,7 +26,7 @@ from lakehouse.config import load_settings
 from lakehouse.invoker.core import Invoker, build_invoker
 from lakehouse.invoker.events import is_sqs_batch
 
-__all__ = ["handler", "retry_handler", "reconcile_handler", "scheduled_handler"]
+__all__ = ["handler", "reconcile_handler", "retry_handler", "scheduled_handler"]
 
 log = logging.getLogger(__name__)
 
@@ -38,8 +38,14 @@ def _invoker() -> Invoker:
     invocation), rebuilt only if the configuration it was built from changed."""
     global _cached
     settings = load_settings()
-    key = (settings.metadata_dsn, settings.airflow_api, settings.airflow_url, settings.airflow_username,
-           settings.airflow_password, settings.mwaa_environment or "")
+    key = (
+        settings.metadata_dsn,
+        settings.airflow_api,
+        settings.airflow_url,
+        settings.airflow_username,
+        settings.airflow_password,
+        settings.mwaa_environment or "",
+    )
     if _cached is None or _cached[0] != key:
         if _cached is not None:
             _cached[1].close()
@@ -53,8 +59,15 @@ def handler(event: dict[str, Any], context: Any) -> dict[str, Any]:
     if is_sqs_batch(event):
         outcomes, failed = invoker.handle_sqs_batch(event)
         for outcome in outcomes:
-            log.info("%s s3://%s/%s flow=%s run=%s %s", outcome.status, outcome.bucket, outcome.key,
-                     outcome.flow_id, outcome.dag_run_id, outcome.detail)
+            log.info(
+                "%s s3://%s/%s flow=%s run=%s %s",
+                outcome.status,
+                outcome.bucket,
+                outcome.key,
+                outcome.flow_id,
+                outcome.dag_run_id,
+                outcome.detail,
+            )
         return {"batchItemFailures": [{"itemIdentifier": message_id} for message_id in failed]}
     outcomes = invoker.handle_payload(event)
     return {"outcomes": [o.as_dict() for o in outcomes]}

@@ -23,7 +23,7 @@ from lakehouse.flows import Flow
 from lakehouse.invoker.core import Invoker, TriggerJob, TriggerOutcome
 from lakehouse.invoker.events import EventError, ObjectEvent
 
-__all__ = ["SweepResult", "bucket_objects", "key_prefix", "reconcile_flow", "reconcile"]
+__all__ = ["SweepResult", "bucket_objects", "key_prefix", "reconcile", "reconcile_flow"]
 
 log = logging.getLogger(__name__)
 
@@ -40,9 +40,11 @@ class SweepResult:
     refused: list[str] = field(default_factory=list)
 
     def line(self) -> str:
-        return (f"flow {self.flow_id}: listed {self.listed} object(s) under s3://{self.bucket}/{self.prefix}, "
-                f"{self.matching} match its pattern, {self.known} already in the ledger, "
-                f"{len(self.recorded)} recorded now" + (f", {len(self.refused)} refused" if self.refused else ""))
+        return (
+            f"flow {self.flow_id}: listed {self.listed} object(s) under s3://{self.bucket}/{self.prefix}, "
+            f"{self.matching} match its pattern, {self.known} already in the ledger, "
+            f"{len(self.recorded)} recorded now" + (f", {len(self.refused)} refused" if self.refused else "")
+        )
 
 
 def key_prefix(flow: Flow) -> str:

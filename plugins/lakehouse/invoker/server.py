@@ -28,8 +28,8 @@ import json
 import logging
 import queue
 import threading
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from collections.abc import Callable
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 import psycopg2
@@ -38,7 +38,7 @@ from lakehouse.invoker.core import Invoker, TriggerJob, TriggerOutcome
 from lakehouse.invoker.events import EventError, decode_payload, from_seaweedfs_webhook
 from lakehouse.invoker.spool import EventSpool
 
-__all__ = ["InvokerServer", "MAX_BODY_BYTES", "SIGNATURE_HEADER", "sign_body"]
+__all__ = ["MAX_BODY_BYTES", "SIGNATURE_HEADER", "InvokerServer", "sign_body"]
 
 log = logging.getLogger(__name__)
 
@@ -59,9 +59,17 @@ class InvokerServer(ThreadingHTTPServer):
     # once, and a full backlog makes the kernel reset new connections
     request_queue_size = 256
 
-    def __init__(self, address: tuple[str, int], invoker: Invoker, token: str, retry_interval: float = 1.0,
-                 dispatch_workers: int = 8, spool: EventSpool | None = None,
-                 sweep: Callable[[], list[TriggerJob]] | None = None, sweep_interval: float = 0.0) -> None:
+    def __init__(
+        self,
+        address: tuple[str, int],
+        invoker: Invoker,
+        token: str,
+        retry_interval: float = 1.0,
+        dispatch_workers: int = 8,
+        spool: EventSpool | None = None,
+        sweep: Callable[[], list[TriggerJob]] | None = None,
+        sweep_interval: float = 0.0,
+    ) -> None:
         if not token:
             raise ValueError("LAKEHOUSE_INVOKER_TOKEN is empty: the webhook would accept anyone")
         if dispatch_workers < 1:
@@ -82,12 +90,16 @@ class InvokerServer(ThreadingHTTPServer):
         self._sweep = sweep
         self._sweep_interval = sweep_interval
         self._sweeps = 0
-        self._workers = [threading.Thread(target=self._retry_loop, name="invoker-retry", daemon=True),
-                         threading.Thread(target=self._batch_loop, name="invoker-batcher", daemon=True)]
+        self._workers = [
+            threading.Thread(target=self._retry_loop, name="invoker-retry", daemon=True),
+            threading.Thread(target=self._batch_loop, name="invoker-batcher", daemon=True),
+        ]
         if sweep is not None and sweep_interval > 0:
             self._workers.append(threading.Thread(target=self._sweep_loop, name="invoker-reconcile", daemon=True))
-        self._workers += [threading.Thread(target=self._dispatch_loop, name=f"invoker-dispatch-{i}", daemon=True)
-                          for i in range(dispatch_workers)]
+        self._workers += [
+            threading.Thread(target=self._dispatch_loop, name=f"invoker-dispatch-{i}", daemon=True)
+            for i in range(dispatch_workers)
+        ]
 
     def serve(self) -> None:
         for thread in self._workers:
@@ -122,8 +134,11 @@ class InvokerServer(ThreadingHTTPServer):
                 raise
             path = self.spool.append(route, payload)
             log.warning("metadata database unavailable (%s); event spooled to %s", " ".join(str(exc).split()), path)
-            return [TriggerOutcome("spooled", detail="metadata database unavailable; kept on disk, stored when it "
-                                                      "answers again")]
+            return [
+                TriggerOutcome(
+                    "spooled", detail="metadata database unavailable; kept on disk, stored when it answers again"
+                )
+            ]
         self.submit(jobs)
         if any(o.status == "queued" for o in outcomes):
             self._batch_wanted.set()
@@ -150,8 +165,9 @@ class InvokerServer(ThreadingHTTPServer):
         events. The first sweep catches the events sent while no invoker ran: SeaweedFS's webhook
         does not retry a delivery that failed."""
         assert self._sweep is not None
-        while not self._stop.wait(min(STARTUP_SWEEP_DELAY, self._sweep_interval) if self._sweeps == 0
-                                  else self._sweep_interval):
+        while not self._stop.wait(
+            min(STARTUP_SWEEP_DELAY, self._sweep_interval) if self._sweeps == 0 else self._sweep_interval
+        ):
             self._sweeps += 1
             try:
                 self.submit(self._sweep())
@@ -174,11 +190,19 @@ class InvokerServer(ThreadingHTTPServer):
                 continue
             try:
                 outcome = self.invoker.dispatch(job)
-                log.info("%s %s s3://%s/%s %s", outcome.status, outcome.dag_run_id, outcome.bucket, outcome.key,
-                         outcome.detail)
+                log.info(
+                    "%s %s s3://%s/%s %s",
+                    outcome.status,
+                    outcome.dag_run_id,
+                    outcome.bucket,
+                    outcome.key,
+                    outcome.detail,
+                )
             except Exception:  # the row (or batch) stays pending and leased; the retry loop takes it up later
-                log.exception("dispatch of %s failed",
-                              f"batch {job.batch_id}" if job.batch_id is not None else f"ledger row {job.ledger_id}")
+                log.exception(
+                    "dispatch of %s failed",
+                    f"batch {job.batch_id}" if job.batch_id is not None else f"ledger row {job.ledger_id}",
+                )
             finally:
                 self._jobs.task_done()
 
@@ -253,7 +277,9 @@ class _Handler(BaseHTTPRequestHandler):
             self._reply(413, {"error": f"body larger than {MAX_BODY_BYTES} bytes (or no valid Content-Length)"})
             return
         body = self.rfile.read(length)
-        if not bearer_ok and not hmac.compare_digest((signature or "").encode(), sign_body(self.server.token, body).encode()):
+        if not bearer_ok and not hmac.compare_digest(
+            (signature or "").encode(), sign_body(self.server.token, body).encode()
+        ):
             self._reply(401, {"error": f"{SIGNATURE_HEADER} does not match the body"})
             return
         try:

@@ -13,7 +13,7 @@ from typing import Any
 
 import psycopg2
 
-__all__ = ["start_task_run", "finish_task_run", "close_unfinished_task_run"]
+__all__ = ["close_unfinished_task_run", "finish_task_run", "start_task_run"]
 
 
 def start_task_run(

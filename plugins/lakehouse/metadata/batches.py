@@ -15,9 +15,21 @@ from typing import Any
 
 from psycopg2.extensions import connection as Connection
 
-__all__ = ["BatchFile", "GatheredBatch", "batch_dag_run_id", "gather_batch", "flows_with_queued_files", "batch_files",
-           "claim_due_batches", "set_manifest", "mark_batch_triggered", "mark_batch_attempt_failed", "hold_batch",
-           "defer_batch", "release_held_batches"]
+__all__ = [
+    "BatchFile",
+    "GatheredBatch",
+    "batch_dag_run_id",
+    "batch_files",
+    "claim_due_batches",
+    "defer_batch",
+    "flows_with_queued_files",
+    "gather_batch",
+    "hold_batch",
+    "mark_batch_attempt_failed",
+    "mark_batch_triggered",
+    "release_held_batches",
+    "set_manifest",
+]
 
 
 @dataclass(frozen=True)
@@ -34,8 +46,15 @@ class BatchFile:
         return f"s3://{self.bucket}/{self.key}"
 
     def as_dict(self) -> dict[str, Any]:
-        return {"uri": self.uri, "bucket": self.bucket, "key": self.key, "etag": self.etag, "size": self.size,
-                "event_time": self.event_time.isoformat() if self.event_time else None, "ledger_id": self.ledger_id}
+        return {
+            "uri": self.uri,
+            "bucket": self.bucket,
+            "key": self.key,
+            "etag": self.etag,
+            "size": self.size,
+            "event_time": self.event_time.isoformat() if self.event_time else None,
+            "ledger_id": self.ledger_id,
+        }
 
 
 @dataclass(frozen=True)
@@ -58,8 +77,15 @@ def flows_with_queued_files(conn: Connection) -> list[str]:
         return sorted(row[0] for row in cur.fetchall())
 
 
-def gather_batch(conn: Connection, flow_id: str, dag_id: str, max_files: int, window_seconds: float,
-                 lease_seconds: float, full_only: bool = False) -> GatheredBatch | None:
+def gather_batch(
+    conn: Connection,
+    flow_id: str,
+    dag_id: str,
+    max_files: int,
+    window_seconds: float,
+    lease_seconds: float,
+    full_only: bool = False,
+) -> GatheredBatch | None:
     """One batch of the flow's queued files, assigned and leased to the caller in the caller's
     transaction; None when there is nothing to gather, or when fewer than ``max_files`` wait and
     (``full_only``) or the oldest has waited less than ``window_seconds``."""
@@ -91,8 +117,11 @@ def gather_batch(conn: Connection, flow_id: str, dag_id: str, max_files: int, wi
 
 def batch_files(conn: Connection, batch_id: int) -> list[BatchFile]:
     with conn.cursor() as cur:
-        cur.execute("""SELECT ledger_id, bucket, object_key, etag, size, event_time FROM lakehouse.file_ledger
-                       WHERE batch_id = %s ORDER BY ledger_id""", (batch_id,))
+        cur.execute(
+            """SELECT ledger_id, bucket, object_key, etag, size, event_time FROM lakehouse.file_ledger
+                       WHERE batch_id = %s ORDER BY ledger_id""",
+            (batch_id,),
+        )
         return [BatchFile(*row) for row in cur.fetchall()]
 
 
@@ -119,14 +148,21 @@ def mark_batch_triggered(conn: Connection, batch_id: int) -> None:
     """The run exists: the batch and every file of it are ``triggered``."""
     with conn.cursor() as cur:
         cur.execute("SET LOCAL synchronous_commit = off")  # a lost update only repeats a 409 (see ledger)
-        cur.execute("""UPDATE lakehouse.file_batches SET status = 'triggered', attempts = attempts + 1,
-                           last_error = NULL, updated_at = now() WHERE batch_id = %s""", (batch_id,))
-        cur.execute("""UPDATE lakehouse.file_ledger SET status = 'triggered', attempts = attempts + 1,
-                           last_error = NULL, updated_at = now() WHERE batch_id = %s""", (batch_id,))
+        cur.execute(
+            """UPDATE lakehouse.file_batches SET status = 'triggered', attempts = attempts + 1,
+                           last_error = NULL, updated_at = now() WHERE batch_id = %s""",
+            (batch_id,),
+        )
+        cur.execute(
+            """UPDATE lakehouse.file_ledger SET status = 'triggered', attempts = attempts + 1,
+                           last_error = NULL, updated_at = now() WHERE batch_id = %s""",
+            (batch_id,),
+        )
 
 
-def mark_batch_attempt_failed(conn: Connection, batch_id: int, error: str, final: bool, base: float,
-                              maximum: float) -> None:
+def mark_batch_attempt_failed(
+    conn: Connection, batch_id: int, error: str, final: bool, base: float, maximum: float
+) -> None:
     status = "failed" if final else "pending"
     with conn.cursor() as cur:
         cur.execute(
@@ -135,35 +171,53 @@ def mark_batch_attempt_failed(conn: Connection, batch_id: int, error: str, final
                    updated_at = now() WHERE batch_id = %s""",
             (status, error[:2000], maximum, base, batch_id),
         )
-        cur.execute("""UPDATE lakehouse.file_ledger SET status = %s, attempts = attempts + 1, last_error = %s,
-                           updated_at = now() WHERE batch_id = %s""", (status, error[:2000], batch_id))
+        cur.execute(
+            """UPDATE lakehouse.file_ledger SET status = %s, attempts = attempts + 1, last_error = %s,
+                           updated_at = now() WHERE batch_id = %s""",
+            (status, error[:2000], batch_id),
+        )
 
 
 def defer_batch(conn: Connection, batch_id: int, reason: str, delay_seconds: float) -> None:
     """Leave the batch pending without a call (Airflow is known to be down): due after the delay."""
     with conn.cursor() as cur:
-        cur.execute("""UPDATE lakehouse.file_batches SET last_error = %s, updated_at = now(),
+        cur.execute(
+            """UPDATE lakehouse.file_batches SET last_error = %s, updated_at = now(),
                            next_attempt_at = now() + make_interval(secs => %s)
-                       WHERE batch_id = %s AND status = 'pending'""", (reason[:2000], delay_seconds, batch_id))
+                       WHERE batch_id = %s AND status = 'pending'""",
+            (reason[:2000], delay_seconds, batch_id),
+        )
 
 
 def hold_batch(conn: Connection, batch_id: int, reason: str) -> None:
     """The flow cannot run now: the batch and its files wait as ``flow_invalid`` with the reason."""
     with conn.cursor() as cur:
-        cur.execute("""UPDATE lakehouse.file_batches SET status = 'flow_invalid', last_error = %s, updated_at = now()
-                       WHERE batch_id = %s AND status = 'pending'""", (reason[:2000], batch_id))
-        cur.execute("""UPDATE lakehouse.file_ledger SET status = 'flow_invalid', last_error = %s, updated_at = now()
-                       WHERE batch_id = %s""", (reason[:2000], batch_id))
+        cur.execute(
+            """UPDATE lakehouse.file_batches SET status = 'flow_invalid', last_error = %s, updated_at = now()
+                       WHERE batch_id = %s AND status = 'pending'""",
+            (reason[:2000], batch_id),
+        )
+        cur.execute(
+            """UPDATE lakehouse.file_ledger SET status = 'flow_invalid', last_error = %s, updated_at = now()
+                       WHERE batch_id = %s""",
+            (reason[:2000], batch_id),
+        )
 
 
 def release_held_batches(conn: Connection, flow_id: str) -> int:
     """The flow can run again: its held batches are due now, their files pending with them."""
     with conn.cursor() as cur:
-        cur.execute("""UPDATE lakehouse.file_batches SET status = 'pending', next_attempt_at = now(),
+        cur.execute(
+            """UPDATE lakehouse.file_batches SET status = 'pending', next_attempt_at = now(),
                            last_error = NULL, updated_at = now()
-                       WHERE flow_id = %s AND status = 'flow_invalid' RETURNING batch_id""", (flow_id,))
+                       WHERE flow_id = %s AND status = 'flow_invalid' RETURNING batch_id""",
+            (flow_id,),
+        )
         released = [row[0] for row in cur.fetchall()]
         if released:
-            cur.execute("""UPDATE lakehouse.file_ledger SET status = 'pending', last_error = NULL, updated_at = now()
-                           WHERE batch_id = ANY(%s)""", (released,))
+            cur.execute(
+                """UPDATE lakehouse.file_ledger SET status = 'pending', last_error = NULL, updated_at = now()
+                           WHERE batch_id = ANY(%s)""",
+                (released,),
+            )
         return len(released)

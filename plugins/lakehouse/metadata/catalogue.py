@@ -125,7 +125,7 @@ def declared_templates(path: Path = CATALOGUE_SQL) -> list[dict[str, Any]]:
     rows: list[dict[str, Any]] = []
     i = 0
     while i < len(tokens):
-        if [t.upper() for t in tokens[i:i + 3]] != ["INSERT", "INTO", "LAKEHOUSE.TEMPLATES"]:
+        if [t.upper() for t in tokens[i : i + 3]] != ["INSERT", "INTO", "LAKEHOUSE.TEMPLATES"]:
             i += 1
             continue
         i += 3
@@ -148,8 +148,9 @@ def declared_templates(path: Path = CATALOGUE_SQL) -> list[dict[str, Any]]:
                     values.append(_sql_value(tokens[i], f"{path.name}: row {len(rows) + 1}"))
                 i += 1
             if len(values) != len(columns):
-                raise ValueError(f"{path.name}: row {len(rows) + 1} has {len(values)} values "
-                                 f"for {len(columns)} columns")
+                raise ValueError(
+                    f"{path.name}: row {len(rows) + 1} has {len(values)} values for {len(columns)} columns"
+                )
             row = dict(zip(columns, values))
             if isinstance(row.get("parameter_spec"), str):
                 row["parameter_spec"] = json.loads(row["parameter_spec"])
@@ -161,8 +162,14 @@ def declared_templates(path: Path = CATALOGUE_SQL) -> list[dict[str, Any]]:
 
 
 # -- the templates reference page ---------------------------------------------------------------------
-_TYPE_TEXT = {"str": "string", "int": "integer", "float": "number", "bool": "boolean",
-              "json": "JSON (object or list)", "list": "list of strings"}
+_TYPE_TEXT = {
+    "str": "string",
+    "int": "integer",
+    "float": "number",
+    "bool": "boolean",
+    "json": "JSON (object or list)",
+    "list": "list of strings",
+}
 
 _PAGE_HEAD = """\
 # Templates
@@ -205,8 +212,11 @@ def _rules(entries: list[ParameterSpecEntry]) -> list[str]:
     seen: set[frozenset[str]] = set()
     for entry in entries:
         for other, allowed in entry.requires.items():
-            needs = (f"{_code(other)} is given" if allowed is None
-                     else f"{_code(other)} is {' or '.join(_code(v) for v in allowed)}")
+            needs = (
+                f"{_code(other)} is given"
+                if allowed is None
+                else f"{_code(other)} is {' or '.join(_code(v) for v in allowed)}"
+            )
             default = next((e.default for e in entries if e.name == other), None)
             if allowed is not None and default in allowed:
                 needs += f" (`{other}` omitted: its default {_code(default)})"
@@ -216,8 +226,10 @@ def _rules(entries: list[ParameterSpecEntry]) -> list[str]:
                 seen.add(pair)
                 rules.append(f"{_code(entry.name)} and {_code(other)} cannot be given together")
         if entry.item_choices is not None:
-            rules.append(f"{_code(entry.name)}: every item (or object value) is one of "
-                         + ", ".join(_code(v) for v in entry.item_choices))
+            rules.append(
+                f"{_code(entry.name)}: every item (or object value) is one of "
+                + ", ".join(_code(v) for v in entry.item_choices)
+            )
     return rules
 
 
@@ -225,23 +237,41 @@ def templates_reference_markdown(path: Path = CATALOGUE_SQL) -> str:
     """``docs/templates.md``: each template's description, parameters and the rules between them,
     in the catalogue's order, read through the same model the catalogue is loaded with."""
     templates = declared_templates(path)
-    head = _PAGE_HEAD.format(placeholders=", ".join(f"`${{{n}}}`" for n in PLACEHOLDER_NAMES),
-                             reserved=", ".join(f"`{n}`" for n in RESERVED_ARGUMENTS))
-    index = [f"| [`{t['template_id']}`](#{t['template_id']}) | {_cell(t.get('description') or '')} |"
-             for t in templates]
+    head = _PAGE_HEAD.format(
+        placeholders=", ".join(f"`${{{n}}}`" for n in PLACEHOLDER_NAMES),
+        reserved=", ".join(f"`{n}`" for n in RESERVED_ARGUMENTS),
+    )
+    index = [
+        f"| [`{t['template_id']}`](#{t['template_id']}) | {_cell(t.get('description') or '')} |" for t in templates
+    ]
     sections: list[str] = []
     for t in templates:
         entries = ParameterSpecList.model_validate(t.get("parameter_spec") or []).root
-        lines = [f"## `{t['template_id']}`", "", _cell(t.get("description") or ""), "",
-                 f"Version {t.get('version', 1)}; the job: `glue_templates/{t['script_location']}`.", "",
-                 "| Parameter | Type | Required | Default | Choices | Meaning |",
-                 "| --- | --- | --- | --- | --- | --- |"]
+        lines = [
+            f"## `{t['template_id']}`",
+            "",
+            _cell(t.get("description") or ""),
+            "",
+            f"Version {t.get('version', 1)}; the job: `glue_templates/{t['script_location']}`.",
+            "",
+            "| Parameter | Type | Required | Default | Choices | Meaning |",
+            "| --- | --- | --- | --- | --- | --- |",
+        ]
         for e in entries:
-            lines.append("| " + " | ".join((
-                f"`{e.name}`", _TYPE_TEXT[e.type], "yes" if e.required else "no",
-                _cell(_code(e.default)) if e.default is not None else "",
-                _cell(", ".join(_code(c) for c in e.choices)) if e.choices is not None else "",
-                _cell(e.description))) + " |")
+            lines.append(
+                "| "
+                + " | ".join(
+                    (
+                        f"`{e.name}`",
+                        _TYPE_TEXT[e.type],
+                        "yes" if e.required else "no",
+                        _cell(_code(e.default)) if e.default is not None else "",
+                        _cell(", ".join(_code(c) for c in e.choices)) if e.choices is not None else "",
+                        _cell(e.description),
+                    )
+                )
+                + " |"
+            )
         if rules := _rules(entries):
             lines += ["", "Rules between parameters:", "", *(f"- {_cell(rule)}" for rule in rules)]
         sections.append("\n".join(lines))

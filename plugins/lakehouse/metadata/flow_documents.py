@@ -34,12 +34,12 @@ from lakehouse.metadata.flow_model import FlowDocument, FlowDocumentError, parse
 
 __all__ = [
     "FlowDocumentError",
-    "flow_from_document",
-    "read_flow_document",
     "apply_flow_document",
     "export_flow_document",
-    "validate_stored_flows",
+    "flow_from_document",
+    "read_flow_document",
     "stored_flow_problems",
+    "validate_stored_flows",
 ]
 
 _T = TypeVar("_T")

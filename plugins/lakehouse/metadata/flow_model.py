@@ -66,8 +66,11 @@ class _Part(BaseModel):
         if not isinstance(data, Mapping):
             return data
         fields = cls.model_fields
-        return {k: v for k, v in data.items()
-                if v is not None or k not in fields or fields[k].is_required() or fields[k].default is None}
+        return {
+            k: v
+            for k, v in data.items()
+            if v is not None or k not in fields or fields[k].is_required() or fields[k].default is None
+        }
 
 
 def _trigger_schema(schema: dict[str, Any], model: type[BaseModel]) -> None:
@@ -83,9 +86,11 @@ class TriggerDocument(_Part):
     bucket: str | None = Field(default=None, description="the landing bucket the flow listens to")
     key_pattern: str | None = Field(default=None, description="object keys that start a run, e.g. 'orders/*.csv'")
     syntax: Literal["glob", "regex"] = Field(
-        default="glob", description="glob: fnmatch on the whole key ('*' crosses '/'); regex: must match the whole key")
+        default="glob", description="glob: fnmatch on the whole key ('*' crosses '/'); regex: must match the whole key"
+    )
     multi_match: bool = Field(
-        default=True, description="false: skip this flow when an object also matches another flow's trigger")
+        default=True, description="false: skip this flow when an object also matches another flow's trigger"
+    )
 
     @model_validator(mode="after")
     def _bucket_and_pattern(self) -> TriggerDocument:
@@ -100,16 +105,20 @@ class TaskDocument(_Part):
     task_id: str = Field(pattern=_NAME, description="the task's name, unique in the flow")
     template: str = Field(pattern=_NAME, description="the template it runs (docs/templates.md)")
     template_version: int | None = Field(
-        default=None, ge=1, description="a pinned template version; null: always the template's current version")
+        default=None, ge=1, description="a pinned template version; null: always the template's current version"
+    )
     upstream: list[str] | None = Field(
-        default=None, description="the task ids it waits for; null: the previous task in the list, []: none")
+        default=None, description="the task ids it waits for; null: the previous task in the list, []: none"
+    )
     retries: int = Field(default=0, ge=0, description="tries after the first fails")
     retry_delay_seconds: int = Field(default=60, ge=0, description="wait between tries")
     timeout_seconds: int | None = Field(default=None, gt=0, description="a try running longer fails; null: no limit")
     pool: str | None = Field(
-        default=None, description="an Airflow pool limiting such tasks across flows; null: default_pool")
+        default=None, description="an Airflow pool limiting such tasks across flows; null: default_pool"
+    )
     parameters: dict[str, JsonValue] = Field(
-        default={}, description="the template's parameters, may use placeholders like ${file.uri} (docs/templates.md)")
+        default={}, description="the template's parameters, may use placeholders like ${file.uri} (docs/templates.md)"
+    )
 
 
 class FlowDocument(_Part):
@@ -122,18 +131,23 @@ class FlowDocument(_Part):
     dag_id: str | None = Field(default=None, pattern=_DAG_ID, description="the Airflow DAG id; null: the flow_id")
     description: str = Field(default="", description="shown in Airflow")
     schedule: str | None = Field(
-        default=None, description="a five-field cron expression or a preset (@daily, ...); null: file-triggered only")
+        default=None, description="a five-field cron expression or a preset (@daily, ...); null: file-triggered only"
+    )
     trigger: TriggerDocument | None = Field(
-        default=None, description="the landing objects that start a run; null: none")
+        default=None, description="the landing objects that start a run; null: none"
+    )
     owner: str = Field(default="lakehouse", description="the DAG's owner in Airflow")
     alert_target: str | None = Field(
-        default=None, description="where failures are reported: an e-mail, an https:// webhook or an SNS topic ARN")
+        default=None, description="where failures are reported: an e-mail, an https:// webhook or an SNS topic ARN"
+    )
     tags: list[str] = Field(default=[], description="the DAG's tags in Airflow")
     max_active_runs: int = Field(default=16, ge=1, description="runs of the flow at the same time")
     max_files_per_run: int = Field(
-        default=1, ge=1, le=100000, description="above 1: pending files are gathered into one run (a micro-batch)")
+        default=1, ge=1, le=100000, description="above 1: pending files are gathered into one run (a micro-batch)"
+    )
     batch_window_seconds: int = Field(
-        default=0, ge=0, le=86400, description="with batching: how long a batch waits after its first file for more")
+        default=0, ge=0, le=86400, description="with batching: how long a batch waits after its first file for more"
+    )
     active: bool = Field(default=True, description="false: paused (no DAG, files wait)")
     tasks: list[TaskDocument] = Field(min_length=1, description="the tasks, in order")
 
@@ -170,19 +184,22 @@ class FlowDocument(_Part):
 
     def task_rows(self) -> list[dict[str, Any]]:
         """The ``lakehouse.flow_tasks`` rows, ``task_order`` from the list's order."""
-        return [{
-            "flow_id": self.flow_id,
-            "task_id": t.task_id,
-            "task_order": order,
-            "template_id": t.template,
-            "template_version": t.template_version,
-            "upstream": t.upstream,
-            "parameters": dict(t.parameters),
-            "retries": t.retries,
-            "retry_delay_seconds": t.retry_delay_seconds,
-            "timeout_seconds": t.timeout_seconds,
-            "pool": t.pool,
-        } for order, t in enumerate(self.tasks, start=1)]
+        return [
+            {
+                "flow_id": self.flow_id,
+                "task_id": t.task_id,
+                "task_order": order,
+                "template_id": t.template,
+                "template_version": t.template_version,
+                "upstream": t.upstream,
+                "parameters": dict(t.parameters),
+                "retries": t.retries,
+                "retry_delay_seconds": t.retry_delay_seconds,
+                "timeout_seconds": t.timeout_seconds,
+                "pool": t.pool,
+            }
+            for order, t in enumerate(self.tasks, start=1)
+        ]
 
     @classmethod
     def from_rows(cls, flow: Mapping[str, Any], tasks: Sequence[Mapping[str, Any]]) -> FlowDocument:
@@ -190,47 +207,65 @@ class FlowDocument(_Part):
         Rows the document cannot express (a flow without tasks) raise FlowDocumentError."""
         trigger = None
         if flow.get("trigger_bucket"):
-            trigger = {"bucket": flow["trigger_bucket"], "key_pattern": flow["trigger_key_pattern"],
-                       "syntax": flow.get("trigger_pattern_syntax") or "glob",
-                       "multi_match": flow.get("trigger_multi_match", True)}
-        return parse_flow_document({
-            "flow_id": flow["flow_id"],
-            "dag_id": flow.get("dag_id") if flow.get("dag_id") != flow["flow_id"] else None,
-            "description": flow.get("description"),
-            "schedule": flow.get("schedule"),
-            "trigger": trigger,
-            "owner": flow.get("owner"),
-            "alert_target": flow.get("alert_target"),
-            "tags": list(flow.get("tags") or []),
-            "max_active_runs": flow.get("max_active_runs"),
-            "max_files_per_run": flow.get("max_files_per_run"),
-            "batch_window_seconds": flow.get("batch_window_seconds"),
-            "active": flow.get("is_active"),
-            "tasks": [{
-                "task_id": t["task_id"],
-                "template": t["template_id"],
-                "template_version": t.get("template_version"),
-                "upstream": list(t["upstream"]) if t.get("upstream") is not None else None,
-                "retries": t.get("retries"),
-                "retry_delay_seconds": t.get("retry_delay_seconds"),
-                "timeout_seconds": t.get("timeout_seconds"),
-                "pool": t.get("pool"),
-                "parameters": t.get("parameters"),
-            } for t in tasks],
-        }, f"lakehouse.flows[{flow['flow_id']}]")
+            trigger = {
+                "bucket": flow["trigger_bucket"],
+                "key_pattern": flow["trigger_key_pattern"],
+                "syntax": flow.get("trigger_pattern_syntax") or "glob",
+                "multi_match": flow.get("trigger_multi_match", True),
+            }
+        return parse_flow_document(
+            {
+                "flow_id": flow["flow_id"],
+                "dag_id": flow.get("dag_id") if flow.get("dag_id") != flow["flow_id"] else None,
+                "description": flow.get("description"),
+                "schedule": flow.get("schedule"),
+                "trigger": trigger,
+                "owner": flow.get("owner"),
+                "alert_target": flow.get("alert_target"),
+                "tags": list(flow.get("tags") or []),
+                "max_active_runs": flow.get("max_active_runs"),
+                "max_files_per_run": flow.get("max_files_per_run"),
+                "batch_window_seconds": flow.get("batch_window_seconds"),
+                "active": flow.get("is_active"),
+                "tasks": [
+                    {
+                        "task_id": t["task_id"],
+                        "template": t["template_id"],
+                        "template_version": t.get("template_version"),
+                        "upstream": list(t["upstream"]) if t.get("upstream") is not None else None,
+                        "retries": t.get("retries"),
+                        "retry_delay_seconds": t.get("retry_delay_seconds"),
+                        "timeout_seconds": t.get("timeout_seconds"),
+                        "pool": t.get("pool"),
+                        "parameters": t.get("parameters"),
+                    }
+                    for t in tasks
+                ],
+            },
+            f"lakehouse.flows[{flow['flow_id']}]",
+        )
 
     def to_document(self) -> dict[str, Any]:
         """The YAML-ready document: keys at their default left out, except the few a reader looks
         for first (schedule, owner, tags, active), so an exported file is short but not cryptic."""
         out = self.model_dump(mode="json", exclude_defaults=True)
-        shown: dict[str, Any] = {"description": self.description, "schedule": self.schedule, "owner": self.owner,
-                                 "alert_target": self.alert_target, "tags": list(self.tags),
-                                 "max_active_runs": self.max_active_runs, "active": self.active}
+        shown: dict[str, Any] = {
+            "description": self.description,
+            "schedule": self.schedule,
+            "owner": self.owner,
+            "alert_target": self.alert_target,
+            "tags": list(self.tags),
+            "max_active_runs": self.max_active_runs,
+            "active": self.active,
+        }
         tasks: list[dict[str, Any]] = out["tasks"]
         for task, dumped in zip(self.tasks, tasks):
             dumped["parameters"] = dict(task.parameters)  # always shown, {} too
-        return {name: out[name] if name in out else shown[name]
-                for name in type(self).model_fields if name in out or name in shown}
+        return {
+            name: out[name] if name in out else shown[name]
+            for name in type(self).model_fields
+            if name in out or name in shown
+        }
 
 
 def flow_document_json_schema() -> dict[str, Any]:

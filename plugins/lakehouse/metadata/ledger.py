@@ -19,20 +19,20 @@ from typing import Any
 from psycopg2.extensions import connection as Connection
 
 __all__ = [
+    "LIVE_LEASE_SECONDS",
     "LedgerRow",
-    "record_event",
+    "backoff_seconds",
+    "claim_due_rows",
     "claim_row",
-    "mark_triggered",
+    "held_flows",
+    "hold_queued",
+    "hold_row",
     "mark_attempt_failed",
     "mark_deferred",
-    "claim_due_rows",
-    "hold_row",
-    "hold_queued",
-    "held_flows",
-    "update_hold_reason",
+    "mark_triggered",
+    "record_event",
     "release_held_rows",
-    "backoff_seconds",
-    "LIVE_LEASE_SECONDS",
+    "update_hold_reason",
 ]
 
 #: How long the live path may hold a fresh row before the retry loop considers it abandoned.
@@ -91,8 +91,21 @@ def record_event(
                 ON CONFLICT (bucket, object_key, etag, coalesce(flow_id, ''), run_suffix)
                 DO UPDATE SET deliveries = lakehouse.file_ledger.deliveries + 1, updated_at = now()
                 RETURNING {_COLUMNS}, (xmax = 0) AS inserted""",
-            (bucket, key, etag, size, event_time, source, flow_id, dag_id, dag_run_id, status,
-             run_suffix, last_error, lease_seconds),
+            (
+                bucket,
+                key,
+                etag,
+                size,
+                event_time,
+                source,
+                flow_id,
+                dag_id,
+                dag_run_id,
+                status,
+                run_suffix,
+                last_error,
+                lease_seconds,
+            ),
         )
         return LedgerRow(*cur.fetchone())
 
@@ -150,7 +163,9 @@ def mark_deferred(conn: Connection, ledger_id: int, reason: str, delay_seconds: 
         )
 
 
-def claim_due_rows(conn: Connection, limit: int = 100, lease_seconds: float = LIVE_LEASE_SECONDS) -> list[dict[str, Any]]:
+def claim_due_rows(
+    conn: Connection, limit: int = 100, lease_seconds: float = LIVE_LEASE_SECONDS
+) -> list[dict[str, Any]]:
     """Pending rows whose retry time has come, oldest due first, leased to the caller.
 
     The lease (``next_attempt_at`` pushed ahead in the same statement) is what keeps two retriers,
@@ -187,8 +202,11 @@ def hold_row(conn: Connection, ledger_id: int, reason: str) -> bool:
 def hold_queued(conn: Connection, flow_id: str, reason: str) -> int:
     """A batched flow that cannot run now: its files waiting to be gathered wait as ``flow_invalid``."""
     with conn.cursor() as cur:
-        cur.execute("""UPDATE lakehouse.file_ledger SET status = 'flow_invalid', last_error = %s, updated_at = now()
-                       WHERE flow_id = %s AND status = 'queued'""", (reason[:2000], flow_id))
+        cur.execute(
+            """UPDATE lakehouse.file_ledger SET status = 'flow_invalid', last_error = %s, updated_at = now()
+                       WHERE flow_id = %s AND status = 'queued'""",
+            (reason[:2000], flow_id),
+        )
         return cur.rowcount
 
 

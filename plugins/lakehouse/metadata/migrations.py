@@ -20,7 +20,7 @@ import psycopg2
 from lakehouse.config import load_settings
 from lakehouse.flows import FlowProblem
 
-__all__ = ["Migration", "discover", "migrate", "TemplateChangeBreaksFlowsError"]
+__all__ = ["Migration", "TemplateChangeBreaksFlowsError", "discover", "migrate"]
 
 _VERSIONED = re.compile(r"^V(\d+)__([a-z0-9_]+)\.sql$")
 _REPEATABLE = re.compile(r"^R__([a-z0-9_]+)\.sql$")
@@ -115,7 +115,9 @@ class TemplateChangeBreaksFlowsError(RuntimeError):
 
 def _flow_problems(cur: Any) -> list[FlowProblem] | None:
     """Problems of every stored flow, or None before the flow tables exist (a fresh database)."""
-    cur.execute("SELECT to_regclass('lakehouse.flow_tasks') IS NOT NULL AND to_regclass('lakehouse.templates') IS NOT NULL")
+    cur.execute(
+        "SELECT to_regclass('lakehouse.flow_tasks') IS NOT NULL AND to_regclass('lakehouse.templates') IS NOT NULL"
+    )
     if not cur.fetchone()[0]:
         return None
     from lakehouse.metadata.flow_documents import stored_flow_problems

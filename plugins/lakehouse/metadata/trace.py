@@ -17,7 +17,15 @@ from urllib.parse import urlparse
 import psycopg2
 import psycopg2.extras
 
-__all__ = ["trace_object", "list_task_runs", "format_trace", "format_runs", "parse_object_uri", "to_json", "OUTPUT_KEYS"]
+__all__ = [
+    "OUTPUT_KEYS",
+    "format_runs",
+    "format_trace",
+    "list_task_runs",
+    "parse_object_uri",
+    "to_json",
+    "trace_object",
+]
 
 #: The metrics of a try that say where its output (or its rejects) went, in the order shown.
 OUTPUT_KEYS = ("raw_path", "rejects_path", "target_table", "snapshot_id", "committed", "source_table")
@@ -70,10 +78,27 @@ def trace_object(dsn: str, uri: str, run_state: Callable[[str, str], str | None]
             state = run_state(version["dag_id"], run_id) if run_state else None
             version["run"] = {"dag_id": version["dag_id"], "dag_run_id": run_id, "state": state}
         version["tasks"] = [
-            {**{k: t[k] for k in ("task_id", "template_id", "try_number", "status", "started_at", "ended_at",
-                                  "rows_in", "rows_out", "rows_rejected", "error_summary", "batch_id")},
-             "outputs": _outputs(t["metrics"])}
-            for t in tries if t["dag_run_id"] == run_id and t["flow_id"] == version["flow_id"]
+            {
+                **{
+                    k: t[k]
+                    for k in (
+                        "task_id",
+                        "template_id",
+                        "try_number",
+                        "status",
+                        "started_at",
+                        "ended_at",
+                        "rows_in",
+                        "rows_out",
+                        "rows_rejected",
+                        "error_summary",
+                        "batch_id",
+                    )
+                },
+                "outputs": _outputs(t["metrics"]),
+            }
+            for t in tries
+            if t["dag_run_id"] == run_id and t["flow_id"] == version["flow_id"]
         ]
     return {"uri": f"s3://{bucket}/{key}", "versions": versions}
 
@@ -87,12 +112,16 @@ def list_task_runs(dsn: str, flow_id: str | None = None, failed: bool = False, l
         params.append(flow_id)
     if failed:
         where.append("t.status IN ('failed', 'timeout', 'killed')")
-    return _rows(dsn, "SELECT t.task_run_id, t.flow_id, t.task_id, t.dag_run_id, t.try_number, t.status, t.started_at, "
-                      "t.ended_at, t.rows_in, t.rows_out, t.rows_rejected, t.error_summary, t.metrics, "
-                      "b.batch_id, b.files AS batch_files FROM lakehouse.task_runs t "
-                      "LEFT JOIN lakehouse.file_batches b USING (dag_run_id) WHERE "
-                 + " AND ".join(where)
-                 + " ORDER BY t.task_run_id DESC LIMIT %s", (*params, limit))
+    return _rows(
+        dsn,
+        "SELECT t.task_run_id, t.flow_id, t.task_id, t.dag_run_id, t.try_number, t.status, t.started_at, "
+        "t.ended_at, t.rows_in, t.rows_out, t.rows_rejected, t.error_summary, t.metrics, "
+        "b.batch_id, b.files AS batch_files FROM lakehouse.task_runs t "
+        "LEFT JOIN lakehouse.file_batches b USING (dag_run_id) WHERE "
+        + " AND ".join(where)
+        + " ORDER BY t.task_run_id DESC LIMIT %s",
+        (*params, limit),
+    )
 
 
 def _when(value: datetime | None) -> str:
@@ -116,9 +145,11 @@ def format_runs(rows: Sequence[Mapping[str, Any]]) -> str:
     lines = []
     for r in rows:
         batch = f" (batch {r['batch_id']}: {r['batch_files']} files)" if r.get("batch_id") else ""
-        lines.append(f"{_when(r['started_at'])}  {r['flow_id']}.{r['task_id']}  try {r['try_number']}  "
-                     f"{r['status']:<7}  {_took(r['started_at'], r['ended_at']):>7}  {_counts(r)}  {r['dag_run_id']}"
-                     f"{batch}")
+        lines.append(
+            f"{_when(r['started_at'])}  {r['flow_id']}.{r['task_id']}  try {r['try_number']}  "
+            f"{r['status']:<7}  {_took(r['started_at'], r['ended_at']):>7}  {_counts(r)}  {r['dag_run_id']}"
+            f"{batch}"
+        )
         if r["error_summary"]:
             lines.append(f"    why: {r['error_summary']}")
     return "\n".join(lines)
@@ -128,14 +159,18 @@ def format_trace(trace: Mapping[str, Any]) -> str:
     """The trace for a person: one block per file version and flow."""
     versions = trace["versions"]
     if not versions:
-        return f"{trace['uri']}: never seen by the invoker (no ledger row); was the event delivered? " \
-               "`lakehouse replay --flow F --prefix P` sends existing objects"
+        return (
+            f"{trace['uri']}: never seen by the invoker (no ledger row); was the event delivered? "
+            "`lakehouse replay --flow F --prefix P` sends existing objects"
+        )
     out = [trace["uri"]]
     for v in versions:
         flow = v["flow_id"] or "(no flow matched)"
-        out.append(f"- version {v['etag'] or '?'} ({v['size'] if v['size'] is not None else '?'} bytes) -> flow "
-                   f"{flow}: {v['status']}, {v['deliveries']} deliver{'y' if v['deliveries'] == 1 else 'ies'}, "
-                   f"{v['attempts']} trigger call(s); first seen {_when(v['received_at'])} via {v['source'] or '?'}")
+        out.append(
+            f"- version {v['etag'] or '?'} ({v['size'] if v['size'] is not None else '?'} bytes) -> flow "
+            f"{flow}: {v['status']}, {v['deliveries']} deliver{'y' if v['deliveries'] == 1 else 'ies'}, "
+            f"{v['attempts']} trigger call(s); first seen {_when(v['received_at'])} via {v['source'] or '?'}"
+        )
         if v["last_error"]:
             out.append(f"    why: {v['last_error']}")
         if v["batch_id"]:
@@ -144,8 +179,10 @@ def format_trace(trace: Mapping[str, Any]) -> str:
             state = (v["run"] or {}).get("state")
             out.append(f"    run {v['dag_run_id']}" + (f": {state}" if state else ""))
         for t in v["tasks"]:
-            out.append(f"    {t['task_id']} ({t['template_id']}) try {t['try_number']}: {t['status']}, "
-                       f"{_took(t['started_at'], t['ended_at'])}, {_counts(t)}")
+            out.append(
+                f"    {t['task_id']} ({t['template_id']}) try {t['try_number']}: {t['status']}, "
+                f"{_took(t['started_at'], t['ended_at'])}, {_counts(t)}"
+            )
             if t["error_summary"]:
                 out.append(f"        why: {t['error_summary']}")
             for name, value in t["outputs"].items():

@@ -23,17 +23,17 @@ from airflow.sdk.exceptions import (
 
 from lakehouse.config import Settings, load_settings
 from lakehouse.flows import FileRef, FlowTask, RunContext, Template, render_arguments
+from lakehouse.hooks.airflow_connections import resolve_connection_secret
 from lakehouse.metadata.audit import close_unfinished_task_run, finish_task_run, start_task_run
 from lakehouse.notifications import TaskFailure, notify_failure
 from lakehouse.runners import JobFailedError, JobRequest, JobResult, get_runner
 from lakehouse.runners.base import DeferrableRunner, RunHandle, one_line
-from lakehouse.hooks.airflow_connections import resolve_connection_secret
 from lakehouse.secrets import SECRET_PARAMETER, redact, secret_values
 
 if TYPE_CHECKING:
     from airflow.providers.openlineage.extractors import OperatorLineage
 
-__all__ = ["TemplateTaskOperator", "run_context_from_airflow", "on_task_failure"]
+__all__ = ["TemplateTaskOperator", "on_task_failure", "run_context_from_airflow"]
 
 
 def run_context_from_airflow(flow_id: str, context: Any) -> RunContext:
@@ -89,15 +89,21 @@ def on_task_failure(context: Any) -> None:
     flow_id = getattr(task, "flow_id", ti.dag_id)
     run = run_context_from_airflow(flow_id, context)
     secrets = getattr(task, "secret_values", ())
-    summary, details = failure_texts(context.get("exception"), getattr(getattr(task, "flow_task", None),
-                                                                       "timeout_seconds", None))
+    summary, details = failure_texts(
+        context.get("exception"), getattr(getattr(task, "flow_task", None), "timeout_seconds", None)
+    )
     summary, details = redact(summary, secrets) or summary, redact(details, secrets) or details
     settings = load_settings()
     # A try that died without closing its own row (SIGKILL, lost heartbeat) is closed here: the
     # scheduler runs this callback for such tries too.
     close_unfinished_task_run(
-        settings.metadata_dsn, dag_id=ti.dag_id, dag_run_id=run.run_id, task_id=ti.task_id,
-        try_number=ti.try_number, error=details, error_summary=summary,
+        settings.metadata_dsn,
+        dag_id=ti.dag_id,
+        dag_run_id=run.run_id,
+        task_id=ti.task_id,
+        try_number=ti.try_number,
+        error=details,
+        error_summary=summary,
     )
     notify_failure(
         settings,
@@ -207,13 +213,15 @@ class TemplateTaskOperator(BaseOperator):
         self._runner, self._handle = runner, runner.start(request)
         trigger = runner.trigger(self._handle)
         if trigger is not None:
-            self.defer(trigger=trigger, method_name="execute_complete",
-                       kwargs={"audit_id": audit_id, "handle": self._handle})
+            self.defer(
+                trigger=trigger, method_name="execute_complete", kwargs={"audit_id": audit_id, "handle": self._handle}
+            )
         runner.wait(self._handle)
         return runner.finish(self._handle)
 
-    def execute_complete(self, context: Any, event: dict[str, Any] | None = None, *, audit_id: int,
-                         handle: RunHandle) -> dict[str, Any]:
+    def execute_complete(
+        self, context: Any, event: dict[str, Any] | None = None, *, audit_id: int, handle: RunHandle
+    ) -> dict[str, Any]:
         """Resumed once the triggerer saw the run end: finished exactly as the worker's own wait
         is. The event only says what the waiter saw; the runner reads how the run really ended."""
         settings = load_settings()
@@ -238,8 +246,13 @@ class TemplateTaskOperator(BaseOperator):
             summary, details = failure_texts(exc, self.flow_task.timeout_seconds)
             ti = context["ti"]
             close_unfinished_task_run(
-                load_settings().metadata_dsn, dag_id=ti.dag_id, dag_run_id=context["dag_run"].run_id,
-                task_id=ti.task_id, try_number=ti.try_number, error=details, error_summary=summary,
+                load_settings().metadata_dsn,
+                dag_id=ti.dag_id,
+                dag_run_id=context["dag_run"].run_id,
+                task_id=ti.task_id,
+                try_number=ti.try_number,
+                error=details,
+                error_summary=summary,
             )
             raise
 
@@ -253,15 +266,21 @@ class TemplateTaskOperator(BaseOperator):
     def _record_failure(self, settings: Settings, audit_id: int, exc: BaseException) -> None:
         failed = exc if isinstance(exc, JobFailedError) else None
         status = (
-            "timeout" if isinstance(exc, (AirflowTaskTimeout, TimeoutError))
-            else "killed" if isinstance(exc, (AirflowTaskTerminated, KeyboardInterrupt))
+            "timeout"
+            if isinstance(exc, (AirflowTaskTimeout, TimeoutError))
+            else "killed"
+            if isinstance(exc, (AirflowTaskTerminated, KeyboardInterrupt))
             else "failed"
         )
         summary, details = failure_texts(exc, self.flow_task.timeout_seconds)
         self._lineage_metrics = failed.metrics if failed else None
         finish_task_run(
-            settings.metadata_dsn, audit_id, status=status, metrics=failed.metrics if failed else None,
-            error=redact(details, self.secret_values), error_summary=redact(summary, self.secret_values),
+            settings.metadata_dsn,
+            audit_id,
+            status=status,
+            metrics=failed.metrics if failed else None,
+            error=redact(details, self.secret_values),
+            error_summary=redact(summary, self.secret_values),
             external_run_id=failed.external_run_id if failed else None,
         )
 
@@ -270,18 +289,38 @@ class TemplateTaskOperator(BaseOperator):
         run = run_context_from_airflow(self.flow_id, context)
         ti = context["ti"]
         rejected = [str(r) for r in result.metrics.get("rejected_files") or ()]
-        summary = (f"{len(rejected)} of {result.metrics.get('files')} files of the batch rejected, the rest loaded: "
-                   + "; ".join(rejected)) if rejected else None
+        summary = (
+            (
+                f"{len(rejected)} of {result.metrics.get('files')} files of the batch rejected, the rest loaded: "
+                + "; ".join(rejected)
+            )
+            if rejected
+            else None
+        )
         finish_task_run(
-            settings.metadata_dsn, audit_id, status="success", metrics=result.metrics,
-            external_run_id=result.external_run_id, error_summary=one_line(summary) if summary else None,
+            settings.metadata_dsn,
+            audit_id,
+            status="success",
+            metrics=result.metrics,
+            external_run_id=result.external_run_id,
+            error_summary=one_line(summary) if summary else None,
         )
         if summary:  # the batch went on without them: the files are named in the audit and an alert
-            notify_failure(settings, TaskFailure(
-                flow_id=self.flow_id, task_id=self.task_id, dag_id=self.dag_id, dag_run_id=run.run_id,
-                error=one_line(summary), details=summary, file_uri=run.manifest_uri,
-                log_url=_log_url(self.dag_id, run.run_id, self.task_id, ti.try_number),
-                alert_target=self.alert_target, rejected_files=len(rejected)))
+            notify_failure(
+                settings,
+                TaskFailure(
+                    flow_id=self.flow_id,
+                    task_id=self.task_id,
+                    dag_id=self.dag_id,
+                    dag_run_id=run.run_id,
+                    error=one_line(summary),
+                    details=summary,
+                    file_uri=run.manifest_uri,
+                    log_url=_log_url(self.dag_id, run.run_id, self.task_id, ti.try_number),
+                    alert_target=self.alert_target,
+                    rejected_files=len(rejected),
+                ),
+            )
         self.log.info("template %s finished: %s", self.template_id, result.metrics)
         return result.metrics
 
@@ -315,8 +354,12 @@ class TemplateTaskOperator(BaseOperator):
         if arguments is None:
             arguments = render_arguments(self.flow_task, self.template, run_context_from_airflow(self.flow_id, context))
         datasets = task_datasets(
-            self.template_id, arguments, metrics, site=Site.from_settings(settings),
+            self.template_id,
+            arguments,
+            metrics,
+            site=Site.from_settings(settings),
             secret=Database.from_secret(self._lineage_secret) if self._lineage_secret else None,
-            secret_pending=start and settings.runner == "local", manifest_files=read_manifest_files,
+            secret_pending=start and settings.runner == "local",
+            manifest_files=read_manifest_files,
         )
         return OperatorLineage(inputs=list(datasets.inputs), outputs=list(datasets.outputs))

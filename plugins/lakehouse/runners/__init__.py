@@ -4,6 +4,6 @@ The runner interface is the seam of the scale-out path: adding EMR Serverless me
 runner, never touching templates or DAG code.
 """
 
-from lakehouse.runners.base import JobRequest, JobResult, JobRunner, JobFailedError, get_runner
+from lakehouse.runners.base import JobFailedError, JobRequest, JobResult, JobRunner, get_runner
 
-__all__ = ["JobRequest", "JobResult", "JobRunner", "JobFailedError", "get_runner"]
+__all__ = ["JobFailedError", "JobRequest", "JobResult", "JobRunner", "get_runner"]

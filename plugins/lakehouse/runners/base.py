@@ -8,8 +8,19 @@ from typing import Any, Protocol, runtime_checkable
 
 from lakehouse.config import Settings
 
-__all__ = ["JobRequest", "JobResult", "JobRunner", "DeferrableRunner", "RunHandle", "JobFailedError",
-           "JobTimedOutError", "get_runner", "job_arguments", "one_line", "SUMMARY_MAX_CHARS"]
+__all__ = [
+    "SUMMARY_MAX_CHARS",
+    "DeferrableRunner",
+    "JobFailedError",
+    "JobRequest",
+    "JobResult",
+    "JobRunner",
+    "JobTimedOutError",
+    "RunHandle",
+    "get_runner",
+    "job_arguments",
+    "one_line",
+]
 
 #: The longest one-line failure reason (the job side cuts its ``error_summary`` at the same length).
 SUMMARY_MAX_CHARS = 500
@@ -48,16 +59,23 @@ class JobFailedError(RuntimeError):
     ``error_summary`` and the alert lead with); ``metrics`` are the counts the job wrote before it
     failed; ``details`` is the end of its output, for the audit's ``error``."""
 
-    def __init__(self, summary: str, external_run_id: str | None = None, *, metrics: dict[str, Any] | None = None,
-                 details: str = "") -> None:
+    def __init__(
+        self,
+        summary: str,
+        external_run_id: str | None = None,
+        *,
+        metrics: dict[str, Any] | None = None,
+        details: str = "",
+    ) -> None:
         super().__init__(one_line(summary))
         self.external_run_id = external_run_id
         self.metrics: dict[str, Any] = dict(metrics or {})
         self.details = details
 
     @classmethod
-    def from_metrics(cls, metrics: dict[str, Any] | None, fallback: str, external_run_id: str | None = None,
-                     details: str = "") -> "JobFailedError":
+    def from_metrics(
+        cls, metrics: dict[str, Any] | None, fallback: str, external_run_id: str | None = None, details: str = ""
+    ) -> JobFailedError:
         """The failure as the job reported it in its metrics file (``error_summary``, else
         ``error``), or ``fallback`` when it wrote none (it crashed or was killed first)."""
         metrics = metrics or {}

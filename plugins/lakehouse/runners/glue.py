@@ -67,8 +67,7 @@ class StoppableGlueJobCompleteTrigger(GlueJobCompleteTrigger):
             await sync_to_async(hook.conn.batch_stop_job_run)(JobName=self.job_name, JobRunIds=[self.run_id])
             self.log.info("Stopped Glue job %s run %s", self.job_name, self.run_id)
         except Exception:
-            self.log.exception("Could not stop Glue job %s run %s: it may still be running", self.job_name,
-                               self.run_id)
+            self.log.exception("Could not stop Glue job %s run %s: it may still be running", self.job_name, self.run_id)
 
 
 @dataclass
@@ -93,13 +92,19 @@ class GlueRunner:
     name: str = field(default="glue", init=False)
 
     @classmethod
-    def from_settings(cls, settings: Settings) -> "GlueRunner":
+    def from_settings(cls, settings: Settings) -> GlueRunner:
         if not settings.glue_role_arn:
             raise ValueError("LAKEHOUSE_GLUE_ROLE_ARN must be set for LAKEHOUSE_RUNNER=glue")
         if not settings.templates_uri.startswith("s3://") or not settings.lake_uri.startswith("s3://"):
             raise ValueError("LAKEHOUSE_TEMPLATES_URI and LAKEHOUSE_LAKE_URI must be s3:// URIs for Glue")
-        return cls(settings.glue_role_arn, settings.templates_uri, settings.lake_uri,
-                   settings.catalog_name, settings.aws_region, connections=settings.glue_connections)
+        return cls(
+            settings.glue_role_arn,
+            settings.templates_uri,
+            settings.lake_uri,
+            settings.catalog_name,
+            settings.aws_region,
+            connections=settings.glue_connections,
+        )
 
     @cached_property
     def hook(self) -> GlueJobHook:
@@ -133,32 +138,33 @@ class GlueRunner:
         arguments = {f"--{k}": v for k, v in job_arguments(request, self.lake_uri, metrics_uri).items()}
         timeout_minutes = max(1, (request.timeout_seconds or 2880 * 60) // 60)
         script = self._script_uri(request.script_location)
-        job_hook = self._with_client(GlueJobHook(
-            job_name=job_name,
-            desc=f"lakehouse {request.flow_id}.{request.task_id} ({request.template_id})",
-            script_location=script,
-            iam_role_arn=self.role_arn,
-            aws_conn_id=self.aws_conn_id,
-            region_name=self.region,
-            create_job_kwargs={
-                "Command": {"Name": "glueetl", "ScriptLocation": script, "PythonVersion": "3"},
-                "GlueVersion": self.glue_version,
-                "WorkerType": self.worker_type,
-                "NumberOfWorkers": self.number_of_workers,
-                "Timeout": timeout_minutes,
-                "DefaultArguments": {
-                    "--datalake-formats": "iceberg",
-                    "--extra-py-files": f"{self.templates_uri.rstrip('/')}/lakehouse_jobs.zip",
-                    "--conf": glue_catalog_conf(self.catalog_name, f"{self.lake_uri.rstrip('/')}/warehouse"),
-                    "--enable-metrics": "true",
+        job_hook = self._with_client(
+            GlueJobHook(
+                job_name=job_name,
+                desc=f"lakehouse {request.flow_id}.{request.task_id} ({request.template_id})",
+                script_location=script,
+                iam_role_arn=self.role_arn,
+                aws_conn_id=self.aws_conn_id,
+                region_name=self.region,
+                create_job_kwargs={
+                    "Command": {"Name": "glueetl", "ScriptLocation": script, "PythonVersion": "3"},
+                    "GlueVersion": self.glue_version,
+                    "WorkerType": self.worker_type,
+                    "NumberOfWorkers": self.number_of_workers,
+                    "Timeout": timeout_minutes,
+                    "DefaultArguments": {
+                        "--datalake-formats": "iceberg",
+                        "--extra-py-files": f"{self.templates_uri.rstrip('/')}/lakehouse_jobs.zip",
+                        "--conf": glue_catalog_conf(self.catalog_name, f"{self.lake_uri.rstrip('/')}/warehouse"),
+                        "--enable-metrics": "true",
+                    },
+                    "Tags": {"lakehouse:flow_id": request.flow_id, "lakehouse:task_id": request.task_id},
+                    **({"Connections": {"Connections": list(self.connections)}} if self.connections else {}),
                 },
-                "Tags": {"lakehouse:flow_id": request.flow_id, "lakehouse:task_id": request.task_id},
-                **({"Connections": {"Connections": list(self.connections)}} if self.connections else {}),
-            },
-        ))
+            )
+        )
         run_id = job_hook.initialize_job(arguments)["JobRunId"]
-        return {"job_name": job_name, "run_id": run_id, "metrics_uri": metrics_uri,
-                "timeout_minutes": timeout_minutes}
+        return {"job_name": job_name, "run_id": run_id, "metrics_uri": metrics_uri, "timeout_minutes": timeout_minutes}
 
     def _wait_attempts(self, handle: RunHandle) -> int:
         """Enough polls to outlast the job's own Timeout, after which Glue ends the run itself."""
@@ -187,8 +193,12 @@ class GlueRunner:
             log.warning("waiting for the Glue run on the worker: deferring to the triggerer needs aiobotocore")
             return None
         return StoppableGlueJobCompleteTrigger(
-            job_name=handle["job_name"], run_id=handle["run_id"], waiter_delay=self.poll_seconds,
-            waiter_max_attempts=self._wait_attempts(handle), aws_conn_id=self.aws_conn_id, region_name=self.region,
+            job_name=handle["job_name"],
+            run_id=handle["run_id"],
+            waiter_delay=self.poll_seconds,
+            waiter_max_attempts=self._wait_attempts(handle),
+            aws_conn_id=self.aws_conn_id,
+            region_name=self.region,
         )
 
     def finish(self, handle: RunHandle) -> JobResult:

@@ -32,7 +32,7 @@ from lakehouse.runners.spark_conf import local_spark_conf
 from lakehouse.runners.spark_pool import PoolUnavailableError, request_run
 from lakehouse.stack.jars import provision_jars
 
-__all__ = ["LocalSparkRunner", "resolve_script", "SECRETS_VARIABLE"]
+__all__ = ["SECRETS_VARIABLE", "LocalSparkRunner", "resolve_script"]
 
 #: Where a job finds its task's resolved secrets (lakehouse_jobs.secrets reads it).
 SECRETS_VARIABLE = "LAKEHOUSE_SECRETS_JSON"
@@ -92,9 +92,14 @@ class LocalSparkRunner:
 
     def command(self, request: JobRequest, properties_file: Path, metrics_file: Path) -> list[str]:
         spark_submit = Path(sys.executable).with_name("spark-submit")
-        return [str(spark_submit if spark_submit.exists() else "spark-submit"),
-                "--properties-file", str(properties_file), "--name", f"{request.flow_id}.{request.task_id}",
-                *self.script_arguments(request, metrics_file)]
+        return [
+            str(spark_submit if spark_submit.exists() else "spark-submit"),
+            "--properties-file",
+            str(properties_file),
+            "--name",
+            f"{request.flow_id}.{request.task_id}",
+            *self.script_arguments(request, metrics_file),
+        ]
 
     def run(self, request: JobRequest) -> JobResult:
         provision_jars(self.settings.jars_dir)
@@ -132,15 +137,27 @@ class LocalSparkRunner:
             if deadline and time.monotonic() > deadline:
                 raise TimeoutError(f"job {job_id} exceeded {request.timeout_seconds}s")
 
-        outcome = request_run(self.settings, {
-            "script": script, "argv": arguments,
-            "env": self.job_variables(request.secrets), "unset": [SECRETS_VARIABLE],
-            "run_id": job_id, "description": f"{request.flow_id}.{request.task_id}",
-        }, write)
+        outcome = request_run(
+            self.settings,
+            {
+                "script": script,
+                "argv": arguments,
+                "env": self.job_variables(request.secrets),
+                "unset": [SECRETS_VARIABLE],
+                "run_id": job_id,
+                "description": f"{request.flow_id}.{request.task_id}",
+            },
+            write,
+        )
         if outcome.get("status") == "crashed":
             raise JobFailedError(str(outcome.get("error")), job_id, details=_output_tail(tail))
-        return self._result(0 if outcome.get("status") == "ok" else 1, tail, metrics_file, job_id,
-                            headline=str(outcome.get("error") or ""))
+        return self._result(
+            0 if outcome.get("status") == "ok" else 1,
+            tail,
+            metrics_file,
+            job_id,
+            headline=str(outcome.get("error") or ""),
+        )
 
     def _execute(self, request: JobRequest, properties_file: Path, metrics_file: Path, job_id: str) -> JobResult:
         argv = self.command(request, properties_file, metrics_file)
@@ -168,8 +185,9 @@ class LocalSparkRunner:
             raise
         return self._result(proc.returncode, tail, metrics_file, job_id)
 
-    def _result(self, returncode: int, tail: deque[str], metrics_file: Path, job_id: str,
-                headline: str = "") -> JobResult:
+    def _result(
+        self, returncode: int, tail: deque[str], metrics_file: Path, job_id: str, headline: str = ""
+    ) -> JobResult:
         """The job's outcome from its metrics file, however it ran."""
         if returncode != 0:
             reported = None
@@ -178,8 +196,9 @@ class LocalSparkRunner:
                     reported = parse_metrics(metrics_file.read_text(), str(metrics_file))
                 except JobFailedError:
                     reported = None
-            raise JobFailedError.from_metrics(reported, headline or _headline(tail, returncode), job_id,
-                                              details=_output_tail(tail))
+            raise JobFailedError.from_metrics(
+                reported, headline or _headline(tail, returncode), job_id, details=_output_tail(tail)
+            )
         if not metrics_file.exists():
             raise JobFailedError(f"job {job_id} exited 0 but wrote no metrics to {metrics_file}", job_id)
         return JobResult(parse_metrics(metrics_file.read_text(), str(metrics_file)), external_run_id=job_id)

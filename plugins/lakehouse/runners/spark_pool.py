@@ -39,7 +39,7 @@ import psutil
 from lakehouse.config import Settings
 from lakehouse.runners.spark_conf import local_spark_conf
 
-__all__ = ["SparkPool", "PoolUnavailableError", "pool_socket", "pool_status", "request_run", "RUN_END_MARKER"]
+__all__ = ["RUN_END_MARKER", "PoolUnavailableError", "SparkPool", "pool_socket", "pool_status", "request_run"]
 
 log = logging.getLogger(__name__)
 
@@ -92,8 +92,15 @@ class _Driver:
 class SparkPool:
     """Keeps ``size`` drivers ready and runs requests on them; see the module docstring."""
 
-    def __init__(self, settings: Settings, size: int, max_runs: int, max_rss_mb: int,
-                 command: Callable[[Path, Path], list[str]] | None = None, ready_timeout: float = 300.0) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        size: int,
+        max_runs: int,
+        max_rss_mb: int,
+        command: Callable[[Path, Path], list[str]] | None = None,
+        ready_timeout: float = 300.0,
+    ) -> None:
         self.settings = settings
         self.size = size
         self.max_runs = max_runs
@@ -115,8 +122,16 @@ class SparkPool:
     def _spark_submit(self, socket_path: Path, properties: Path) -> list[str]:
         spark_submit = Path(sys.executable).with_name("spark-submit")
         script = Path(self.settings.templates_uri.removeprefix("file://")) / _DRIVER_SCRIPT
-        return [str(spark_submit if spark_submit.exists() else "spark-submit"), "--properties-file", str(properties),
-                "--name", "lakehouse-warm-driver", str(script), "--socket", str(socket_path)]
+        return [
+            str(spark_submit if spark_submit.exists() else "spark-submit"),
+            "--properties-file",
+            str(properties),
+            "--name",
+            "lakehouse-warm-driver",
+            str(script),
+            "--socket",
+            str(socket_path),
+        ]
 
     def code_fingerprint(self) -> str:
         """Changes whenever a template or the job library changes on disk: a driver imported the
@@ -142,9 +157,14 @@ class SparkPool:
                 props.write(f"{key} {value}\n")
         from lakehouse.runners.local_spark import LocalSparkRunner  # its environment, minus any secret
 
-        proc = subprocess.Popen(self._command(socket_path, Path(props.name)),
-                                env=LocalSparkRunner(self.settings).job_environment(), stdout=subprocess.PIPE,
-                                stderr=subprocess.STDOUT, text=True, bufsize=1)
+        proc = subprocess.Popen(
+            self._command(socket_path, Path(props.name)),
+            env=LocalSparkRunner(self.settings).job_environment(),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            bufsize=1,
+        )
         driver = _Driver(number, proc, socket_path, self.code_fingerprint())
         threading.Thread(target=self._pump, args=(driver,), name=f"driver-{number}-output", daemon=True).start()
         try:
@@ -161,7 +181,7 @@ class SparkPool:
                     time.sleep(0.2)
         except Exception as exc:
             self._failed_starts += 1
-            delay = min(60, 2 ** self._failed_starts)
+            delay = min(60, 2**self._failed_starts)
             log.error("%s; starting another in %d s (see the driver's output above)", exc, delay)
             driver.kill()
             with self._lock:
@@ -210,16 +230,19 @@ class SparkPool:
                     if driver.proc.poll() is not None:
                         threading.Thread(target=self._retire, args=(driver, "it had exited"), daemon=True).start()
                     elif driver.fingerprint != fingerprint:
-                        threading.Thread(target=self._retire, args=(driver, "the template code changed"),
-                                         daemon=True).start()
+                        threading.Thread(
+                            target=self._retire, args=(driver, "the template code changed"), daemon=True
+                        ).start()
                     else:
                         self._busy.add(driver.number)
                         return driver
                 if self._stopping:
                     raise PoolUnavailableError("the Spark pool is stopping")
                 if not waited:
-                    notify(f"waiting for a free warm Spark driver ({len(self._busy)} busy, "
-                           f"{len(self._starting)} starting)\n")
+                    notify(
+                        f"waiting for a free warm Spark driver ({len(self._busy)} busy, "
+                        f"{len(self._starting)} starting)\n"
+                    )
                     waited = True
                 if not self._lock.wait(timeout=max(0.0, deadline - time.monotonic())):
                     raise TimeoutError("no warm Spark driver became free in time")
@@ -241,6 +264,7 @@ class SparkPool:
     # -- runs ----------------------------------------------------------------------------------
     def run(self, request: dict[str, Any], send: Callable[[dict[str, Any]], None], client: socket.socket) -> None:
         """Run ``request`` on a free driver, sending its output and outcome to the client."""
+
         def forward(line: str) -> None:
             try:
                 send({"log": line})
@@ -267,8 +291,11 @@ class SparkPool:
                     if not chunk:
                         code = driver.proc.wait()
                         driver.end_seen.wait(5)
-                        outcome = {"status": "crashed", "error": f"the warm Spark driver died during the run "
-                                   f"(exit {code}); it is replaced and serves no further run"}
+                        outcome = {
+                            "status": "crashed",
+                            "error": f"the warm Spark driver died during the run "
+                            f"(exit {code}); it is replaced and serves no further run",
+                        }
                         driver.sink = None
                         self._retire_busy(driver, "it died during a run")
                         break
@@ -295,9 +322,14 @@ class SparkPool:
 
     def status(self) -> dict[str, Any]:
         with self._lock:
-            return {"drivers": self.size, "ready": [d.number for d in self._ready], "busy": sorted(self._busy),
-                    "starting": sorted(self._starting), "served": self.served,
-                    "rss_mb": {d.number: round(d.rss_mb()) for d in self._ready}}
+            return {
+                "drivers": self.size,
+                "ready": [d.number for d in self._ready],
+                "busy": sorted(self._busy),
+                "starting": sorted(self._starting),
+                "served": self.served,
+                "rss_mb": {d.number: round(d.rss_mb()) for d in self._ready},
+            }
 
     # -- serving -------------------------------------------------------------------------------
     def serve_forever(self, path: Path) -> None:
@@ -363,8 +395,10 @@ class SparkPool:
 def _check_socket_path(path: Path) -> None:
     """Linux refuses a Unix socket path over 107 bytes; say which setting makes it shorter."""
     if len(os.fsencode(path)) > 100:
-        raise ValueError(f"the Spark pool's socket path {path} is too long for a Unix socket (over 100 bytes): "
-                         "set LAKEHOUSE_HOME to a shorter directory")
+        raise ValueError(
+            f"the Spark pool's socket path {path} is too long for a Unix socket (over 100 bytes): "
+            "set LAKEHOUSE_HOME to a shorter directory"
+        )
 
 
 def _talk(settings: Settings, request: dict[str, Any]) -> Iterator[dict[str, Any]]:

@@ -33,8 +33,20 @@ from psycopg2 import sql
 from lakehouse.config import Settings
 
 __all__ = [
-    "postgres_bindir", "ensure_cluster", "start", "stop", "is_running", "ensure_databases", "data_dir",
-    "cluster_base", "choose_base", "fallback_base", "blocked_at", "remove_cluster", "Placement", "FALLBACK_ROOT",
+    "FALLBACK_ROOT",
+    "Placement",
+    "blocked_at",
+    "choose_base",
+    "cluster_base",
+    "data_dir",
+    "ensure_cluster",
+    "ensure_databases",
+    "fallback_base",
+    "is_running",
+    "postgres_bindir",
+    "remove_cluster",
+    "start",
+    "stop",
 ]
 
 log = logging.getLogger(__name__)
@@ -48,9 +60,7 @@ RECORD_NAME = "location"  # $LAKEHOUSE_HOME/postgres/location: the cluster's dir
 
 def postgres_bindir() -> Path | None:
     """The newest installed server's bin directory, or None when no server is installed."""
-    candidates = sorted(
-        glob.glob("/usr/lib/postgresql/*/bin/initdb"), key=lambda p: int(Path(p).parts[-3])
-    )
+    candidates = sorted(glob.glob("/usr/lib/postgresql/*/bin/initdb"), key=lambda p: int(Path(p).parts[-3]))
     if candidates:
         return Path(candidates[-1]).parent
     initdb = shutil.which("initdb")
@@ -105,8 +115,15 @@ def blocked_at(path: Path, uid: int, gids: Collection[int]) -> Path | None:
     return None
 
 
-def choose_base(home: Path, *, recorded: Path | None, home_cluster: bool, as_root: bool,
-                server_reaches_home: Callable[[], bool], fallback_root: Path | None = None) -> Placement:
+def choose_base(
+    home: Path,
+    *,
+    recorded: Path | None,
+    home_cluster: bool,
+    as_root: bool,
+    server_reaches_home: Callable[[], bool],
+    fallback_root: Path | None = None,
+) -> Placement:
     """Where the cluster of ``home`` lives. A recorded place and an existing cluster in the home
     win, so nothing moves under a working install; otherwise the home, unless the server runs as
     ``postgres`` (we are root) and that user cannot reach it. The probe runs only then."""
@@ -114,8 +131,7 @@ def choose_base(home: Path, *, recorded: Path | None, home_cluster: bool, as_roo
         return Placement(recorded, f"recorded in {_record_path(home)}")
     if home_cluster or not as_root or server_reaches_home():
         return Placement(_home_base(home))
-    return Placement(fallback_base(home, fallback_root),
-                     f"the {SERVER_USER} user cannot reach {_home_base(home)}")
+    return Placement(fallback_base(home, fallback_root), f"the {SERVER_USER} user cannot reach {_home_base(home)}")
 
 
 def _read_record(home: Path) -> Path | None:
@@ -149,8 +165,10 @@ def _server_user() -> pwd.struct_passwd:
     try:
         return pwd.getpwnam(SERVER_USER)
     except KeyError:
-        raise RuntimeError(f"running as root needs the {SERVER_USER!r} user to run the server "
-                           "(apt-get install postgresql), or run as a non-root user") from None
+        raise RuntimeError(
+            f"running as root needs the {SERVER_USER!r} user to run the server "
+            "(apt-get install postgresql), or run as a non-root user"
+        ) from None
 
 
 def _as_server_user(argv: list[str]) -> list[str]:
@@ -208,8 +226,9 @@ def _prepare_base(settings: Settings) -> Path:
         _chown_for_server(home_base)
         return _server_reaches(home_base)
 
-    placement = choose_base(home, recorded=recorded, home_cluster=False, as_root=os.geteuid() == 0,
-                            server_reaches_home=reaches_home)
+    placement = choose_base(
+        home, recorded=recorded, home_cluster=False, as_root=os.geteuid() == 0, server_reaches_home=reaches_home
+    )
     base = placement.base
     if base == home_base:
         base.mkdir(parents=True, exist_ok=True)
@@ -218,24 +237,25 @@ def _prepare_base(settings: Settings) -> Path:
     if recorded is None and (base / "data").exists():
         # a cluster made for this home path whose record went with the home (``rm -rf var``):
         # its data is not ours to delete, and reusing it would pair old tables with a new lake
-        raise RuntimeError(f"{base / 'data'} holds the Postgres cluster of an earlier {home} whose record "
-                           f"{_record_path(home)} is gone: delete it (rm -rf {base}) to start afresh, or write "
-                           f"{base} into {_record_path(home)} to keep it")
+        raise RuntimeError(
+            f"{base / 'data'} holds the Postgres cluster of an earlier {home} whose record "
+            f"{_record_path(home)} is gone: delete it (rm -rf {base}) to start afresh, or write "
+            f"{base} into {_record_path(home)} to keep it"
+        )
     try:
         for directory in (base.parent, base):
             directory.mkdir(parents=True, exist_ok=True)
             _chown_for_server(directory)
             directory.chmod(0o700)
     except OSError as exc:
-        raise RuntimeError(f"cannot create {base} for Postgres ({exc.strerror}): "
-                           f"{_what_to_change(home_base)}") from exc
+        raise RuntimeError(f"cannot create {base} for Postgres ({exc.strerror}): {_what_to_change(home_base)}") from exc
     if not _server_reaches(base):
-        raise RuntimeError(f"user {SERVER_USER} can reach neither {home_base} nor {base}: "
-                           f"{_what_to_change(home_base)}")
+        raise RuntimeError(f"user {SERVER_USER} can reach neither {home_base} nor {base}: {_what_to_change(home_base)}")
     home_base.mkdir(parents=True, exist_ok=True)
     _write_record(home, base)
-    log.warning("Postgres data of %s lives in %s: %s (recorded in %s)",
-                home, base, placement.reason, _record_path(home))
+    log.warning(
+        "Postgres data of %s lives in %s: %s (recorded in %s)", home, base, placement.reason, _record_path(home)
+    )
     return base
 
 
@@ -256,12 +276,15 @@ def ensure_cluster(settings: Settings) -> Path:
         _run_as_server(
             [
                 str(bindir / "initdb"),
-                "-D", str(data),
-                "-U", settings.pg_user,
+                "-D",
+                str(data),
+                "-U",
+                settings.pg_user,
                 f"--pwfile={pwfile}",
                 "--auth-host=scram-sha-256",
                 "--auth-local=scram-sha-256",
-                "-E", "UTF8",
+                "-E",
+                "UTF8",
                 "--no-locale",
             ],
             check=True,

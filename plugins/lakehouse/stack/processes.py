@@ -16,8 +16,16 @@ from pathlib import Path
 
 import psutil
 
-__all__ = ["start_group", "stop_group", "group_alive", "service_running", "pid_file", "read_pid", "group_members",
-           "processes_using_home"]
+__all__ = [
+    "group_alive",
+    "group_members",
+    "pid_file",
+    "processes_using_home",
+    "read_pid",
+    "service_running",
+    "start_group",
+    "stop_group",
+]
 
 
 def pid_file(run_dir: Path, name: str) -> Path:
@@ -144,8 +152,7 @@ def processes_using_home(home: Path, exclude_descendants_of: int | None = None) 
     found = []
     for info in listing:
         pid, status, cmdline, environ = info["pid"], info["status"], info["cmdline"], info["environ"]
-        if pid == os.getpid() or excluded(pid) or None in (status, cmdline, environ) \
-                or status == psutil.STATUS_ZOMBIE:
+        if pid == os.getpid() or excluded(pid) or None in (status, cmdline, environ) or status == psutil.STATUS_ZOMBIE:
             continue
         command = " ".join(cmdline)
         if marker in command or environ.get("LAKEHOUSE_HOME") == marker:

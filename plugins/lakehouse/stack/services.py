@@ -28,8 +28,17 @@ from lakehouse.stack import postgres
 from lakehouse.stack.jars import provision_jars
 from lakehouse.stack.processes import group_members, read_pid, service_running, start_group, stop_group
 
-__all__ = ["up", "down", "status", "stack_environment", "airflow_component_environment", "lineage_environment",
-           "lineage_events_file", "AIRFLOW_COMPONENTS", "SERVICE_NAMES"]
+__all__ = [
+    "AIRFLOW_COMPONENTS",
+    "SERVICE_NAMES",
+    "airflow_component_environment",
+    "down",
+    "lineage_environment",
+    "lineage_events_file",
+    "stack_environment",
+    "status",
+    "up",
+]
 
 AIRFLOW_COMPONENTS = ("api-server", "scheduler", "dag-processor", "triggerer")
 SERVICE_NAMES = ("seaweedfs", "invoker", "spark-pool", *(f"airflow-{c}" for c in AIRFLOW_COMPONENTS))
@@ -113,8 +122,13 @@ def stack_environment(settings: Settings) -> dict[str, str]:
 
 #: OpenLineage configured by the user (a transport, a config file or connection, the legacy URL):
 #: then the stack does not add its file transport.
-_OPENLINEAGE_CONFIGURED = ("AIRFLOW__OPENLINEAGE__TRANSPORT", "AIRFLOW__OPENLINEAGE__CONFIG_PATH",
-                           "AIRFLOW__OPENLINEAGE__CONFIG_CONN_ID", "OPENLINEAGE_URL", "OPENLINEAGE_CONFIG")
+_OPENLINEAGE_CONFIGURED = (
+    "AIRFLOW__OPENLINEAGE__TRANSPORT",
+    "AIRFLOW__OPENLINEAGE__CONFIG_PATH",
+    "AIRFLOW__OPENLINEAGE__CONFIG_CONN_ID",
+    "OPENLINEAGE_URL",
+    "OPENLINEAGE_CONFIG",
+)
 
 
 def lineage_events_file(settings: Settings) -> Path:
@@ -129,7 +143,8 @@ def lineage_environment(settings: Settings, environ: dict[str, str]) -> dict[str
     the file transport opens the file, it does not create folders."""
     env = {"AIRFLOW__OPENLINEAGE__NAMESPACE": "lakehouse"}
     if any(environ.get(name) for name in _OPENLINEAGE_CONFIGURED) or any(
-            name.startswith("OPENLINEAGE__TRANSPORT") and value for name, value in environ.items()):
+        name.startswith("OPENLINEAGE__TRANSPORT") and value for name, value in environ.items()
+    ):
         return env
     events = lineage_events_file(settings)
     events.parent.mkdir(parents=True, exist_ok=True)
@@ -143,8 +158,11 @@ def airflow_component_environment(env: dict[str, str], component: str) -> dict[s
     if component != "api-server":
         return env
     pool_size, max_overflow = API_SERVER_DB_POOL
-    return {"AIRFLOW__DATABASE__SQL_ALCHEMY_POOL_SIZE": str(pool_size),
-            "AIRFLOW__DATABASE__SQL_ALCHEMY_MAX_OVERFLOW": str(max_overflow), **env}
+    return {
+        "AIRFLOW__DATABASE__SQL_ALCHEMY_POOL_SIZE": str(pool_size),
+        "AIRFLOW__DATABASE__SQL_ALCHEMY_MAX_OVERFLOW": str(max_overflow),
+        **env,
+    }
 
 
 @dataclass(frozen=True)
@@ -188,13 +206,22 @@ def _start_seaweedfs(settings: Settings, env: dict[str, str], echo: Callable[[st
         'path_prefixes = ["/buckets/"]\n'
     )
     p = settings.seaweed_ports
-    weed_env = dict(env, AWS_ACCESS_KEY_ID=settings.s3_access_key_id,
-                    AWS_SECRET_ACCESS_KEY=settings.s3_secret_access_key)
+    weed_env = dict(
+        env, AWS_ACCESS_KEY_ID=settings.s3_access_key_id, AWS_SECRET_ACCESS_KEY=settings.s3_secret_access_key
+    )
     argv = [
-        _bin("weed"), "mini", f"-dir={workdir / 'data'}", f"-bucket={settings.landing_bucket}",
-        "-ip=127.0.0.1", "-admin.ui=false",
-        f"-master.port={p.master}", f"-volume.port={p.volume}", f"-filer.port={p.filer}",
-        f"-s3.port={p.s3}", f"-webdav.port={p.webdav}", f"-s3.port.iceberg={p.iceberg}",
+        _bin("weed"),
+        "mini",
+        f"-dir={workdir / 'data'}",
+        f"-bucket={settings.landing_bucket}",
+        "-ip=127.0.0.1",
+        "-admin.ui=false",
+        f"-master.port={p.master}",
+        f"-volume.port={p.volume}",
+        f"-filer.port={p.filer}",
+        f"-s3.port={p.s3}",
+        f"-webdav.port={p.webdav}",
+        f"-s3.port.iceberg={p.iceberg}",
     ]
     echo("starting SeaweedFS (S3 on %s)" % settings.s3_endpoint_url)
     start_group(settings.run_dir, settings.log_dir, "seaweedfs", argv, weed_env, cwd=workdir)
@@ -213,10 +240,15 @@ def _start_invoker(settings: Settings, env: dict[str, str], echo: Callable[[str]
     if service_running(settings.run_dir, "invoker"):
         return
     echo(f"starting the invoker on {settings.invoker_url}")
-    start_group(settings.run_dir, settings.log_dir, "invoker",
-                [sys.executable, "-m", "lakehouse.cli", "invoker", "serve"], env)
-    _wait("invoker", lambda: requests.get(f"{settings.invoker_url}/healthz", timeout=2).ok, 30,
-          settings.log_dir / "invoker.log")
+    start_group(
+        settings.run_dir, settings.log_dir, "invoker", [sys.executable, "-m", "lakehouse.cli", "invoker", "serve"], env
+    )
+    _wait(
+        "invoker",
+        lambda: requests.get(f"{settings.invoker_url}/healthz", timeout=2).ok,
+        30,
+        settings.log_dir / "invoker.log",
+    )
 
 
 # -- the pool of warm Spark drivers ----------------------------------------------------------------
@@ -228,8 +260,13 @@ def _start_spark_pool(settings: Settings, env: dict[str, str], echo: Callable[[s
     from lakehouse.runners.spark_pool import pool_socket
 
     echo(f"starting the Spark pool ({settings.spark_drivers} warm driver(s))")
-    start_group(settings.run_dir, settings.log_dir, "spark-pool",
-                [sys.executable, "-m", "lakehouse.cli", "spark-pool", "serve"], env)
+    start_group(
+        settings.run_dir,
+        settings.log_dir,
+        "spark-pool",
+        [sys.executable, "-m", "lakehouse.cli", "spark-pool", "serve"],
+        env,
+    )
     _wait("Spark pool", lambda: pool_socket(settings).exists(), 30, settings.log_dir / "spark-pool.log")
 
 
@@ -267,10 +304,19 @@ def _start_airflow(settings: Settings, env: dict[str, str], echo: Callable[[str]
     _prepare_airflow(settings, env, echo)
     for component in missing:
         echo(f"starting airflow {component}")
-        start_group(settings.run_dir, settings.log_dir, f"airflow-{component}", [_bin("airflow"), component],
-                    airflow_component_environment(env, component))
-    _wait("Airflow (api-server, scheduler, dag-processor)", lambda: _airflow_healthy(settings), 180,
-          settings.log_dir / "airflow-api-server.log")
+        start_group(
+            settings.run_dir,
+            settings.log_dir,
+            f"airflow-{component}",
+            [_bin("airflow"), component],
+            airflow_component_environment(env, component),
+        )
+    _wait(
+        "Airflow (api-server, scheduler, dag-processor)",
+        lambda: _airflow_healthy(settings),
+        180,
+        settings.log_dir / "airflow-api-server.log",
+    )
 
 
 # -- public -------------------------------------------------------------------------------------

@@ -19,12 +19,26 @@ pytestmark = pytest.mark.integration
 @pytest.fixture
 def source(pg: Settings, monkeypatch: pytest.MonkeyPatch, unique: str) -> tuple[Settings, str]:
     """A source table in the test Postgres, reachable through a secret handed over like the local runner does."""
-    monkeypatch.setenv("LAKEHOUSE_SECRETS_JSON", json.dumps({"src": {
-        "host": pg.pg_host, "port": pg.pg_port, "dbname": pg.warehouse_db,
-        "username": pg.pg_user, "password": pg.pg_password}}))
+    monkeypatch.setenv(
+        "LAKEHOUSE_SECRETS_JSON",
+        json.dumps(
+            {
+                "src": {
+                    "host": pg.pg_host,
+                    "port": pg.pg_port,
+                    "dbname": pg.warehouse_db,
+                    "username": pg.pg_user,
+                    "password": pg.pg_password,
+                }
+            }
+        ),
+    )
     table = f"src_{unique}.orders"
-    _sql(pg, f"CREATE SCHEMA src_{unique}; CREATE TABLE {table} (id int PRIMARY KEY, note text, "
-             f"updated_at timestamp NOT NULL)")
+    _sql(
+        pg,
+        f"CREATE SCHEMA src_{unique}; CREATE TABLE {table} (id int PRIMARY KEY, note text, "
+        f"updated_at timestamp NOT NULL)",
+    )
     return pg, table
 
 
@@ -40,9 +54,25 @@ def _insert(pg: Settings, table: str, ids: range, minute: int) -> None:
 
 def _run(tmp_path: Path, lake_uri: str, dataset: str, table: str, batch: str, *extra: str) -> dict:
     metrics_file = tmp_path / f"{batch}.json"
-    db_to_raw.main(["--batch_id", batch, "--lake_uri", lake_uri, "--metrics_uri", str(metrics_file),
-                    "--dataset", dataset, "--source_table", table, "--watermark_column", "updated_at",
-                    "--secret_id", "src", *extra])
+    db_to_raw.main(
+        [
+            "--batch_id",
+            batch,
+            "--lake_uri",
+            lake_uri,
+            "--metrics_uri",
+            str(metrics_file),
+            "--dataset",
+            dataset,
+            "--source_table",
+            table,
+            "--watermark_column",
+            "updated_at",
+            "--secret_id",
+            "src",
+            *extra,
+        ]
+    )
     return json.loads(metrics_file.read_text())
 
 
@@ -50,14 +80,23 @@ def _ids(spark: SparkSession, lake_uri: str, dataset: str) -> list[int]:
     return sorted(r["id"] for r in spark.read.parquet(f"{lake_uri}/raw/{dataset}").collect())
 
 
-def test_incremental_reads_and_recovery_without_gap_or_duplicate(spark: SparkSession, source: tuple[Settings, str],
-                                                                  tmp_path: Path, lake_uri: str, unique: str,
-                                                                  monkeypatch: pytest.MonkeyPatch) -> None:
+def test_incremental_reads_and_recovery_without_gap_or_duplicate(
+    spark: SparkSession,
+    source: tuple[Settings, str],
+    tmp_path: Path,
+    lake_uri: str,
+    unique: str,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
     pg, table = source
     dataset = f"db_{unique}"
     _insert(pg, table, range(1, 6), minute=1)
     first = _run(tmp_path, lake_uri, dataset, table, "b1")
-    assert (first["rows_out"], first["watermark_from"], first["watermark_to"]) == (5, None, "2026-11-23 10:01:00.123456")
+    assert (first["rows_out"], first["watermark_from"], first["watermark_to"]) == (
+        5,
+        None,
+        "2026-11-23 10:01:00.123456",
+    )
     raw = spark.read.parquet(first["raw_path"])
     assert {"id", "note", "updated_at", "_source_file", "_batch_id", "_ingested_at"} <= set(raw.columns)
     assert sorted(r["note"] for r in raw.collect())[0] == "o'1"
@@ -88,23 +127,42 @@ def test_incremental_reads_and_recovery_without_gap_or_duplicate(spark: SparkSes
 
     again = _run(tmp_path, lake_uri, dataset, table, "b3")  # re-run of a committed batch: same rows
     assert (again["rows_out"], again["watermark_from"], again["watermark_to"]) == (
-        5, third["watermark_from"], third["watermark_to"])
+        5,
+        third["watermark_from"],
+        third["watermark_to"],
+    )
     empty = _run(tmp_path, lake_uri, dataset, table, "b4")  # nothing new: empty batch, watermark kept
     assert (empty["rows_out"], empty["watermark_to"]) == (0, third["watermark_to"])
     assert _ids(spark, lake_uri, dataset) == list(range(1, 11))
 
 
-def test_query_source_and_retry_of_the_failed_batch(spark: SparkSession, source: tuple[Settings, str],
-                                                    tmp_path: Path, lake_uri: str, unique: str,
-                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+def test_query_source_and_retry_of_the_failed_batch(
+    spark: SparkSession,
+    source: tuple[Settings, str],
+    tmp_path: Path,
+    lake_uri: str,
+    unique: str,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
     pg, table = source
     dataset = f"dbq_{unique}"
     _insert(pg, table, range(1, 4), minute=1)
     query = f"SELECT id, upper(note) AS note, updated_at FROM {table} WHERE id <> 2"
     args = ("--query", query)
     metrics_file = tmp_path / "q.json"
-    base = ["--lake_uri", lake_uri, "--metrics_uri", str(metrics_file), "--dataset", dataset,
-            "--watermark_column", "id", "--secret_id", "src", *args]
+    base = [
+        "--lake_uri",
+        lake_uri,
+        "--metrics_uri",
+        str(metrics_file),
+        "--dataset",
+        dataset,
+        "--watermark_column",
+        "id",
+        "--secret_id",
+        "src",
+        *args,
+    ]
     db_to_raw.main(["--batch_id", "q1", *base])
     assert json.loads(metrics_file.read_text())["watermark_to"] == "3"
     _insert(pg, table, range(4, 6), minute=2)
@@ -120,9 +178,10 @@ def test_query_source_and_retry_of_the_failed_batch(spark: SparkSession, source:
         db_to_raw.main(["--batch_id", "q3", *base, "--source_table", table])
 
 
-def _failing_after_pending(real):  # noqa: ANN001, ANN202
+def _failing_after_pending(real):
     def commit(uri: str, state: dict) -> None:
         if "pending" not in state:
             raise RuntimeError("simulated crash")
         real(uri, state)
+
     return commit

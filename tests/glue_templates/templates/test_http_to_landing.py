@@ -26,7 +26,7 @@ class Handler(BaseHTTPRequestHandler):
     def log_message(self, *args: object) -> None:  # keep the test output quiet
         pass
 
-    def do_GET(self) -> None:  # noqa: N802 - http.server's name
+    def do_GET(self) -> None:
         SEEN.append({"path": self.path, "auth": self.headers.get("Authorization")})
         path = self.path.split("?")[0]
         if path == "/rates.csv":
@@ -89,16 +89,38 @@ def s3_env(landing: Settings, monkeypatch: pytest.MonkeyPatch) -> Settings:
     monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", landing.s3_secret_access_key)
     monkeypatch.setenv("AWS_DEFAULT_REGION", landing.aws_region or "us-east-1")
     monkeypatch.setenv("LAKEHOUSE_LANDING_BUCKET", landing.landing_bucket)
-    monkeypatch.setenv("LAKEHOUSE_SECRETS_JSON", json.dumps({
-        "api": {"engine": "postgres", "host": "", "username": "", "password": "t0ken"},
-        "basic": {"username": "ann", "password": "pw"}, "custom": {"headers": {"Authorization": "Bearer t0ken"}}}))
+    monkeypatch.setenv(
+        "LAKEHOUSE_SECRETS_JSON",
+        json.dumps(
+            {
+                "api": {"engine": "postgres", "host": "", "username": "", "password": "t0ken"},
+                "basic": {"username": "ann", "password": "pw"},
+                "custom": {"headers": {"Authorization": "Bearer t0ken"}},
+            }
+        ),
+    )
     return landing
 
 
 def _run(tmp_path: Path, lake_uri: str, url: str, key: str, *extra: str) -> dict:
     metrics_file = tmp_path / "m.json"
-    http_to_landing.main(["--batch_id", "b1", "--lake_uri", lake_uri, "--metrics_uri", str(metrics_file),
-                          "--url", url, "--target_key", key, "--attempts", "2", *extra])
+    http_to_landing.main(
+        [
+            "--batch_id",
+            "b1",
+            "--lake_uri",
+            lake_uri,
+            "--metrics_uri",
+            str(metrics_file),
+            "--url",
+            url,
+            "--target_key",
+            key,
+            "--attempts",
+            "2",
+            *extra,
+        ]
+    )
     return json.loads(metrics_file.read_text())
 
 
@@ -116,8 +138,9 @@ def _exists(settings: Settings, key: str) -> bool:
     return found.get("KeyCount", 0) > 0
 
 
-def test_downloads_into_the_landing_bucket(http_server: str, s3_env: Settings, tmp_path: Path, lake_uri: str,
-                                           unique: str) -> None:
+def test_downloads_into_the_landing_bucket(
+    http_server: str, s3_env: Settings, tmp_path: Path, lake_uri: str, unique: str
+) -> None:
     key = f"rates_{unique}/2026-11-23.csv"
     metrics = _run(tmp_path, lake_uri, f"{http_server}/rates.csv?day=2026-11-23", key)
     body, meta = _object(s3_env, key)
@@ -129,8 +152,9 @@ def test_downloads_into_the_landing_bucket(http_server: str, s3_env: Settings, t
     again = _run(tmp_path, lake_uri, f"{http_server}/rates.csv", key, "--skip_unchanged", "true")
     assert again["unchanged"] is True and again["rows_out"] == 0
 
-    private = _run(tmp_path, lake_uri, f"{http_server}/private.csv", f"rates_{unique}/private.csv",
-                   "--secret_id", "api")  # an Airflow connection with only a password: a bearer token
+    private = _run(
+        tmp_path, lake_uri, f"{http_server}/private.csv", f"rates_{unique}/private.csv", "--secret_id", "api"
+    )  # an Airflow connection with only a password: a bearer token
     assert private["bytes"] == 5 and SEEN[-1]["auth"] == "Bearer t0ken"
     _run(tmp_path, lake_uri, f"{http_server}/private.csv", f"rates_{unique}/p2.csv", "--secret_id", "custom")
     assert SEEN[-1]["auth"] == "Bearer t0ken"
@@ -139,14 +163,18 @@ def test_downloads_into_the_landing_bucket(http_server: str, s3_env: Settings, t
     assert SEEN[-1]["auth"] == "Basic YW5uOnB3"
 
 
-@pytest.mark.parametrize(("path", "problem"), [
-    ("/nope.csv", "answered HTTP 404"),
-    ("/private.csv", "answered HTTP 401"),
-    ("/cut.csv", "bytes"),
-    ("/empty.csv", "the response body is empty"),
-])
-def test_failed_downloads_name_the_url_and_land_nothing(http_server: str, s3_env: Settings, tmp_path: Path,
-                                                       lake_uri: str, unique: str, path: str, problem: str) -> None:
+@pytest.mark.parametrize(
+    ("path", "problem"),
+    [
+        ("/nope.csv", "answered HTTP 404"),
+        ("/private.csv", "answered HTTP 401"),
+        ("/cut.csv", "bytes"),
+        ("/empty.csv", "the response body is empty"),
+    ],
+)
+def test_failed_downloads_name_the_url_and_land_nothing(
+    http_server: str, s3_env: Settings, tmp_path: Path, lake_uri: str, unique: str, path: str, problem: str
+) -> None:
     key = f"bad_{unique}{path}"
     with pytest.raises(FetchError) as failure:
         _run(tmp_path, lake_uri, f"{http_server}{path}", key)

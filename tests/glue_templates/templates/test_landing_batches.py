@@ -34,9 +34,29 @@ def _manifest(tmp_path: Path, files: dict[str, bytes]) -> tuple[Path, list[str]]
 
 def _run(tmp_path: Path, lake_uri: str, manifest: Path, dataset: str, *extra: str) -> dict:
     metrics_file = tmp_path / "m.json"
-    argv = ["--flow_id", "f", "--task_id", "to_raw", "--run_id", "r1", "--batch_id", f"b_{dataset}",
-            "--lake_uri", lake_uri, "--metrics_uri", str(metrics_file), "--source_uri", str(manifest),
-            "--dataset", dataset, "--format", "csv", "--schema", SCHEMA, *extra]
+    argv = [
+        "--flow_id",
+        "f",
+        "--task_id",
+        "to_raw",
+        "--run_id",
+        "r1",
+        "--batch_id",
+        f"b_{dataset}",
+        "--lake_uri",
+        lake_uri,
+        "--metrics_uri",
+        str(metrics_file),
+        "--source_uri",
+        str(manifest),
+        "--dataset",
+        dataset,
+        "--format",
+        "csv",
+        "--schema",
+        SCHEMA,
+        *extra,
+    ]
     try:
         landing_to_raw.main(argv)
     finally:
@@ -44,15 +64,19 @@ def _run(tmp_path: Path, lake_uri: str, manifest: Path, dataset: str, *extra: st
     return written
 
 
-def test_a_batch_is_read_together_and_a_bad_file_is_rejected_whole(spark: SparkSession, tmp_path: Path,
-                                                                   lake_uri: str, unique: str) -> None:
-    manifest, uris = _manifest(tmp_path, {
-        "a.csv": b"id,name\n1,alpha\n2,beta\n",
-        "b.csv.gz": gzip.compress(b"id,name\n3,gamma\nx,bad\n4,delta\n5,epsilon\n"),  # 1 reject of 4: within 0.3
-        "c.csv": b"id,name\nx,one\ny,two\n6,three\n",  # 2 of 3 rejected: the whole file is rejected
-        "d.csv": b"",  # empty
-        "e.csv": b"\x00\x01\x02binary\xff\xfe",  # not text
-    })
+def test_a_batch_is_read_together_and_a_bad_file_is_rejected_whole(
+    spark: SparkSession, tmp_path: Path, lake_uri: str, unique: str
+) -> None:
+    manifest, uris = _manifest(
+        tmp_path,
+        {
+            "a.csv": b"id,name\n1,alpha\n2,beta\n",
+            "b.csv.gz": gzip.compress(b"id,name\n3,gamma\nx,bad\n4,delta\n5,epsilon\n"),  # 1 reject of 4: within 0.3
+            "c.csv": b"id,name\nx,one\ny,two\n6,three\n",  # 2 of 3 rejected: the whole file is rejected
+            "d.csv": b"",  # empty
+            "e.csv": b"\x00\x01\x02binary\xff\xfe",  # not text
+        },
+    )
     metrics = _run(tmp_path, lake_uri, manifest, f"batch_{unique}", "--max_reject_ratio", "0.3")
 
     assert (metrics["files"], metrics["files_accepted"], metrics["files_rejected"]) == (5, 2, 3)
@@ -62,16 +86,19 @@ def test_a_batch_is_read_together_and_a_bad_file_is_rejected_whole(spark: SparkS
     raw = spark.read.parquet(metrics["raw_path"])
     rows = {(r["id"], r["_source_file"], r["_line_number"]) for r in raw.collect()}
     assert rows == {(1, uris[0], 2), (2, uris[0], 3), (3, uris[1], 2), (4, uris[1], 4), (5, uris[1], 5)}
-    times = {r["_source_file"]: r["_ingested_at"].isoformat() for r in raw.select("_source_file", "_ingested_at")
-             .distinct().collect()}
+    times = {
+        r["_source_file"]: r["_ingested_at"].isoformat()
+        for r in raw.select("_source_file", "_ingested_at").distinct().collect()
+    }
     assert times == {uris[0]: "2026-11-01T06:00:00", uris[1]: "2026-11-01T06:00:01"}  # each file's event time
     assert metrics["rows_out"] == 5
     rejects = {(r["_source_file"], r["_line_number"]) for r in spark.read.json(metrics["rejects_path"]).collect()}
     assert rejects == {(uris[1], 3), (uris[2], 2), (uris[2], 3)}  # every bad line kept, of every file
 
 
-def test_a_batch_whose_every_file_is_rejected_fails_naming_each(spark: SparkSession, tmp_path: Path,
-                                                               lake_uri: str, unique: str) -> None:
+def test_a_batch_whose_every_file_is_rejected_fails_naming_each(
+    spark: SparkSession, tmp_path: Path, lake_uri: str, unique: str
+) -> None:
     manifest, uris = _manifest(tmp_path, {"a.csv": b"", "b.csv": b"id,name\nx,bad\n"})
     with pytest.raises(JobFailure, match="all 2 files of the batch were rejected") as failed:
         _run(tmp_path, lake_uri, manifest, f"allbad_{unique}")
@@ -79,11 +106,13 @@ def test_a_batch_whose_every_file_is_rejected_fails_naming_each(spark: SparkSess
     assert not (Path(lake_uri.removeprefix("file://")) / "raw" / f"allbad_{unique}").exists()
 
 
-def test_a_gzip_cut_short_is_found_while_reading_and_set_aside(spark: SparkSession, tmp_path: Path,
-                                                               lake_uri: str, unique: str) -> None:
+def test_a_gzip_cut_short_is_found_while_reading_and_set_aside(
+    spark: SparkSession, tmp_path: Path, lake_uri: str, unique: str
+) -> None:
     whole = gzip.compress(b"id,name\n" + b"".join(f"{i},n{i}\n".encode() for i in range(20000)))
     manifest, uris = _manifest(tmp_path, {"good.csv": b"id,name\n1,one\n", "cut.csv.gz": whole[: len(whole) // 2]})
     metrics = _run(tmp_path, lake_uri, manifest, f"cut_{unique}")
     assert metrics["files_accepted"] == 1 and metrics["rejected_files"] == [
-        f"landing file {uris[1]} is truncated: the compressed stream ends early (read as csv)"]
+        f"landing file {uris[1]} is truncated: the compressed stream ends early (read as csv)"
+    ]
     assert [r["id"] for r in spark.read.parquet(metrics["raw_path"]).collect()] == [1]

@@ -20,8 +20,23 @@ pytestmark = pytest.mark.integration
 
 def _run(tmp_path: Path, lake_uri: str, source: Path, dataset: str, batch: str, *extra: str) -> dict:
     metrics_file = tmp_path / f"{batch}.metrics.json"
-    argv = ["--flow_id", "f", "--task_id", "to_raw", "--batch_id", batch, "--lake_uri", lake_uri,
-            "--metrics_uri", str(metrics_file), "--source_uri", str(source), "--dataset", dataset, *extra]
+    argv = [
+        "--flow_id",
+        "f",
+        "--task_id",
+        "to_raw",
+        "--batch_id",
+        batch,
+        "--lake_uri",
+        lake_uri,
+        "--metrics_uri",
+        str(metrics_file),
+        "--source_uri",
+        str(source),
+        "--dataset",
+        dataset,
+        *extra,
+    ]
     landing_to_raw.main(argv)
     return json.loads(metrics_file.read_text())
 
@@ -49,13 +64,34 @@ def _rejects(spark: SparkSession, metrics: dict) -> dict:
     return {r["_line_number"]: r.asDict() for r in spark.read.json(metrics["rejects_path"]).collect()}
 
 
-def test_csv_gzip_latin1_semicolons_single_quotes_declared_columns(spark: SparkSession, tmp_path: Path,
-                                                                  lake_uri: str, unique: str) -> None:
+def test_csv_gzip_latin1_semicolons_single_quotes_declared_columns(
+    spark: SparkSession, tmp_path: Path, lake_uri: str, unique: str
+) -> None:
     text = "1;'Café; Paris';12,5\n2;'Zoë';7\n3;broken\n"
     source = _gz(tmp_path / "shops.csv.gz", text.encode("latin-1"))
-    metrics = _run(tmp_path, lake_uri, source, f"shops_{unique}", f"b_{unique}", "--format", "csv",
-                   "--header", "false", "--columns", "shop_id,name,score", "--delimiter", ";", "--quote", "'",
-                   "--encoding", "latin-1", "--schema", '{"shop_id": "int"}', "--max_reject_ratio", "0.5")
+    metrics = _run(
+        tmp_path,
+        lake_uri,
+        source,
+        f"shops_{unique}",
+        f"b_{unique}",
+        "--format",
+        "csv",
+        "--header",
+        "false",
+        "--columns",
+        "shop_id,name,score",
+        "--delimiter",
+        ";",
+        "--quote",
+        "'",
+        "--encoding",
+        "latin-1",
+        "--schema",
+        '{"shop_id": "int"}',
+        "--max_reject_ratio",
+        "0.5",
+    )
     assert (metrics["rows_in"], metrics["rows_out"], metrics["rows_rejected"]) == (3, 2, 1)
     rows = _rows(spark, metrics, "shop_id")
     assert rows[1]["name"] == "Café; Paris" and rows[1]["score"] == "12,5" and rows[2]["name"] == "Zoë"
@@ -63,16 +99,24 @@ def test_csv_gzip_latin1_semicolons_single_quotes_declared_columns(spark: SparkS
     assert reject["_line_number"] == 3 and "expected 3" in reject["_reason"] and reject["_raw_line"] == "3;broken"
 
 
-def test_csv_schema_inferred_stored_and_checked_next_run(spark: SparkSession, tmp_path: Path, lake_uri: str,
-                                                         unique: str) -> None:
+def test_csv_schema_inferred_stored_and_checked_next_run(
+    spark: SparkSession, tmp_path: Path, lake_uri: str, unique: str
+) -> None:
     dataset = f"orders_{unique}"
     first = tmp_path / "orders1.csv"
-    first.write_text("\ufeffOrder ID,Order Date,Amount,Paid,Note\n1,2026-11-01,10.50,true,a\n"
-                     "2,2026-11-02,7,false,\n3,2026-11-03,1000.25,TRUE,x\n")
+    first.write_text(
+        "\ufeffOrder ID,Order Date,Amount,Paid,Note\n1,2026-11-01,10.50,true,a\n"
+        "2,2026-11-02,7,false,\n3,2026-11-03,1000.25,TRUE,x\n"
+    )
     metrics = _run(tmp_path, lake_uri, first, dataset, f"b1_{unique}", "--format", "csv")
     assert metrics["schema_source"] == "inferred"
-    assert metrics["schema"] == {"order_id": "bigint", "order_date": "date", "amount": "decimal(18,2)",
-                                 "paid": "boolean", "note": "string"}
+    assert metrics["schema"] == {
+        "order_id": "bigint",
+        "order_date": "date",
+        "amount": "decimal(18,2)",
+        "paid": "boolean",
+        "note": "string",
+    }
     stored = json.loads(Path(metrics["schema_uri"].removeprefix("file://")).read_text())
     assert [c["name"] for c in stored["columns"]] == ["order_id", "order_date", "amount", "paid", "note"]
     raw = spark.read.parquet(metrics["raw_path"])
@@ -99,8 +143,9 @@ def test_csv_schema_inferred_stored_and_checked_next_run(spark: SparkSession, tm
     assert spark.read.parquet(metrics["raw_path"]).count() == 3  # another batch of the dataset is untouched
 
 
-def test_json_lines_gzip_nested_paths_and_rejects(spark: SparkSession, tmp_path: Path, lake_uri: str,
-                                                  unique: str) -> None:
+def test_json_lines_gzip_nested_paths_and_rejects(
+    spark: SparkSession, tmp_path: Path, lake_uri: str, unique: str
+) -> None:
     lines = [
         {"id": 1, "customer": {"name": "Acme", "address": {"city": "Paris"}}, "items": [{"sku": "A"}, {"sku": "B"}]},
         "not json at all",
@@ -109,10 +154,23 @@ def test_json_lines_gzip_nested_paths_and_rejects(spark: SparkSession, tmp_path:
     ]
     body = "\n".join(line if isinstance(line, str) else json.dumps(line) for line in lines) + "\n"
     source = _gz(tmp_path / "events.jsonl.gz", body.encode())
-    metrics = _run(tmp_path, lake_uri, source, f"ev_{unique}", f"b_{unique}", "--format", "jsonl",
-                   "--json_paths", json.dumps({"id": "id", "customer_name": "customer.name",
-                                               "city": "customer.address.city", "first_sku": "items[0].sku"}),
-                   "--schema", '{"id": "int"}', "--max_reject_ratio", "0.5")
+    metrics = _run(
+        tmp_path,
+        lake_uri,
+        source,
+        f"ev_{unique}",
+        f"b_{unique}",
+        "--format",
+        "jsonl",
+        "--json_paths",
+        json.dumps(
+            {"id": "id", "customer_name": "customer.name", "city": "customer.address.city", "first_sku": "items[0].sku"}
+        ),
+        "--schema",
+        '{"id": "int"}',
+        "--max_reject_ratio",
+        "0.5",
+    )
     assert (metrics["rows_in"], metrics["rows_rejected"]) == (4, 2)
     rows = _rows(spark, metrics, "id")
     assert rows[1]["customer_name"] == "Acme" and rows[1]["city"] == "Paris" and rows[1]["first_sku"] == "A"
@@ -122,13 +180,22 @@ def test_json_lines_gzip_nested_paths_and_rejects(spark: SparkSession, tmp_path:
     assert "column id" in rejects[4]["_reason"] and "x3" in rejects[4]["_reason"]
 
 
-def test_json_document_top_level_keys_inferred(spark: SparkSession, tmp_path: Path, lake_uri: str,
-                                               unique: str) -> None:
+def test_json_document_top_level_keys_inferred(spark: SparkSession, tmp_path: Path, lake_uri: str, unique: str) -> None:
     source = tmp_path / "people.json"
-    source.write_text(json.dumps([{"Id": 1, "Name": "Ann", "Tags": {"a": 1}}, {"Id": 2, "Name": "Bob"}, 42,
-                                  {"Id": 3, "Name": "Cy", "Tags": {"b": 2}}], indent=2))
-    metrics = _run(tmp_path, lake_uri, source, f"people_{unique}", f"b_{unique}", "--format", "json",
-                   "--max_reject_ratio", "0.3")
+    source.write_text(
+        json.dumps(
+            [
+                {"Id": 1, "Name": "Ann", "Tags": {"a": 1}},
+                {"Id": 2, "Name": "Bob"},
+                42,
+                {"Id": 3, "Name": "Cy", "Tags": {"b": 2}},
+            ],
+            indent=2,
+        )
+    )
+    metrics = _run(
+        tmp_path, lake_uri, source, f"people_{unique}", f"b_{unique}", "--format", "json", "--max_reject_ratio", "0.3"
+    )
     assert (metrics["rows_in"], metrics["rows_rejected"]) == (4, 1)
     assert metrics["schema"] == {"id": "bigint", "name": "string", "tags": "string"}
     rows = _rows(spark, metrics, "id")
@@ -145,17 +212,29 @@ def test_json_document_top_level_keys_inferred(spark: SparkSession, tmp_path: Pa
     assert "table.json is not JSON" in message
 
 
-def test_parquet_gzip_codec_with_cast_rejects_and_broken_files(spark: SparkSession, tmp_path: Path, lake_uri: str,
-                                                               unique: str) -> None:
+def test_parquet_gzip_codec_with_cast_rejects_and_broken_files(
+    spark: SparkSession, tmp_path: Path, lake_uri: str, unique: str
+) -> None:
     folder = tmp_path / "pq"
-    spark.createDataFrame([("1", "Ann", 1.5), ("two", "Bob", 2.5), ("3", None, None)],
-                          "Customer_ID string, name string, score double") \
-        .coalesce(1).write.option("compression", "gzip").parquet(str(folder))
+    spark.createDataFrame(
+        [("1", "Ann", 1.5), ("two", "Bob", 2.5), ("3", None, None)], "Customer_ID string, name string, score double"
+    ).coalesce(1).write.option("compression", "gzip").parquet(str(folder))
     [part] = folder.glob("part-*.parquet")
     source = tmp_path / "customers.parquet"
     part.rename(source)
-    metrics = _run(tmp_path, lake_uri, source, f"pq_{unique}", f"b_{unique}", "--format", "parquet",
-                   "--schema", '{"customer_id": "int"}', "--max_reject_ratio", "0.5")
+    metrics = _run(
+        tmp_path,
+        lake_uri,
+        source,
+        f"pq_{unique}",
+        f"b_{unique}",
+        "--format",
+        "parquet",
+        "--schema",
+        '{"customer_id": "int"}',
+        "--max_reject_ratio",
+        "0.5",
+    )
     assert (metrics["rows_in"], metrics["rows_rejected"]) == (3, 1)
     rows = _rows(spark, metrics, "customer_id")
     assert rows[1]["name"] == "Ann" and rows[3]["score"] is None and rows[3]["_line_number"] == 3
@@ -175,14 +254,23 @@ def test_parquet_gzip_codec_with_cast_rejects_and_broken_files(spark: SparkSessi
 
 
 def test_fixed_width_gzip_and_short_lines(spark: SparkSession, tmp_path: Path, lake_uri: str, unique: str) -> None:
-    body = ("00001Acme      0012.50\n"
-            "00002Globex    0100.00   \n"
-            "00003Init\n"
-            "00004          0003.00\n")
+    body = "00001Acme      0012.50\n00002Globex    0100.00   \n00003Init\n00004          0003.00\n"
     source = _gz(tmp_path / "accounts.dat.gz", body.encode())
-    metrics = _run(tmp_path, lake_uri, source, f"fw_{unique}", f"b_{unique}", "--format", "fixed_width",
-                   "--widths", '{"account": 5, "name": 10, "balance": 7}',
-                   "--schema", '{"account": "int", "balance": "decimal(7,2)"}', "--max_reject_ratio", "0.3")
+    metrics = _run(
+        tmp_path,
+        lake_uri,
+        source,
+        f"fw_{unique}",
+        f"b_{unique}",
+        "--format",
+        "fixed_width",
+        "--widths",
+        '{"account": 5, "name": 10, "balance": 7}',
+        "--schema",
+        '{"account": "int", "balance": "decimal(7,2)"}',
+        "--max_reject_ratio",
+        "0.3",
+    )
     assert (metrics["rows_in"], metrics["rows_rejected"]) == (4, 1)
     rows = _rows(spark, metrics, "account")
     assert rows[1]["name"] == "Acme" and str(rows[2]["balance"]) == "100.00" and rows[4]["name"] is None
@@ -201,8 +289,9 @@ def test_regex_gzip(spark: SparkSession, tmp_path: Path, lake_uri: str, unique: 
     assert _rejects(spark, metrics)[3]["_raw_line"] == "garbage"
     assert not io.path_exists(spark, io.lake_path(lake_uri, "raw", dataset, "_schema.json"))  # nothing stored
 
-    passed = _run(tmp_path, lake_uri, source, dataset, batch, "--format", "regex", "--regex", regex,
-                  "--max_reject_ratio", "0.5")
+    passed = _run(
+        tmp_path, lake_uri, source, dataset, batch, "--format", "regex", "--regex", regex, "--max_reject_ratio", "0.5"
+    )
     assert sorted(r["level"] for r in spark.read.parquet(passed["raw_path"]).collect()) == ["INFO", "WARN"]
     assert dict(spark.read.parquet(passed["raw_path"]).dtypes)["day"] == "date"  # inferred
 
@@ -210,31 +299,41 @@ def test_regex_gzip(spark: SparkSession, tmp_path: Path, lake_uri: str, unique: 
 def test_invalid_utf8_lines_are_rejects(spark: SparkSession, tmp_path: Path, lake_uri: str, unique: str) -> None:
     source = tmp_path / "mixed.csv"
     source.write_bytes("id,name\n1,Zoë\n2,".encode() + "Zoë".encode("latin-1") + b"\n")
-    metrics = _run(tmp_path, lake_uri, source, f"u8_{unique}", f"b_{unique}", "--format", "csv",
-                   "--max_reject_ratio", "0.5")
+    metrics = _run(
+        tmp_path, lake_uri, source, f"u8_{unique}", f"b_{unique}", "--format", "csv", "--max_reject_ratio", "0.5"
+    )
     assert metrics["rows_rejected"] == 1 and _rows(spark, metrics, "id")[1]["name"] == "Zoë"
     assert "not valid UTF-8" in _rejects(spark, metrics)[3]["_reason"]
 
 
-@pytest.mark.parametrize(("name", "content", "fmt", "problem"), [
-    ("empty.csv", b"", "csv", "empty.csv is empty (0 bytes)"),
-    ("blank.jsonl", b"\n\n", "jsonl", "blank.jsonl is empty"),
-    ("plain.csv.gz", b"a,b\n1,2\n", "csv", "plain.csv.gz is named .gz but is not gzip-compressed"),
-    ("hidden.csv", gzip.compress(b"a,b\n1,2\n"), "csv", "hidden.csv is gzip-compressed but its name does not end"),
-    ("cut.csv.gz", gzip.compress(b"".join(b"%d,row %d\n" % (i, i) for i in range(20000)))[:3000], "csv",
-     "cut.csv.gz is truncated"),
-    ("empty.json.gz", gzip.compress(b""), "json", "empty.json.gz is"),
-])
-def test_broken_files_fail_naming_file_and_problem(spark: SparkSession, tmp_path: Path, lake_uri: str, unique: str,
-                                                   name: str, content: bytes, fmt: str, problem: str) -> None:
+@pytest.mark.parametrize(
+    ("name", "content", "fmt", "problem"),
+    [
+        ("empty.csv", b"", "csv", "empty.csv is empty (0 bytes)"),
+        ("blank.jsonl", b"\n\n", "jsonl", "blank.jsonl is empty"),
+        ("plain.csv.gz", b"a,b\n1,2\n", "csv", "plain.csv.gz is named .gz but is not gzip-compressed"),
+        ("hidden.csv", gzip.compress(b"a,b\n1,2\n"), "csv", "hidden.csv is gzip-compressed but its name does not end"),
+        (
+            "cut.csv.gz",
+            gzip.compress(b"".join(b"%d,row %d\n" % (i, i) for i in range(20000)))[:3000],
+            "csv",
+            "cut.csv.gz is truncated",
+        ),
+        ("empty.json.gz", gzip.compress(b""), "json", "empty.json.gz is"),
+    ],
+)
+def test_broken_files_fail_naming_file_and_problem(
+    spark: SparkSession, tmp_path: Path, lake_uri: str, unique: str, name: str, content: bytes, fmt: str, problem: str
+) -> None:
     source = tmp_path / name
     source.write_bytes(content)
     dataset, batch = f"bad_{unique}", f"b_{unique}"
     good = tmp_path / "good.csv"
     good.write_text("1,2\n")
     first = _run(tmp_path, lake_uri, good, dataset, batch, "--format", "csv", "--header", "false", "--columns", "a,b")
-    message, metrics = _failure(tmp_path, lake_uri, source, dataset, batch, "--format", fmt,
-                                "--header", "false", "--columns", "a,b")
+    message, metrics = _failure(
+        tmp_path, lake_uri, source, dataset, batch, "--format", fmt, "--header", "false", "--columns", "a,b"
+    )
     assert problem in message and problem.split(" ")[0] in metrics["error"]
     assert problem in metrics["error_summary"] and "\n" not in metrics["error_summary"]
     assert metrics["source_uri"] == str(source) and metrics["raw_path"] is None

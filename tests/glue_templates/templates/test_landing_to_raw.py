@@ -19,8 +19,9 @@ INVOICE_REGEX = (
     r'^(?<invoice_date>\d{4}-\d{2}-\d{2}) INVOICE (?<invoice_id>INV-\d+) customer="(?<customer>[^"]*)" '
     r'item="(?<item>[^"]*)" qty=(?<quantity>\d+) amount=(?<amount>-?\d+\.\d{2}) (?<currency>[A-Z]{3})$'
 )
-INVOICE_SCHEMA = json.dumps({"invoice_date": "date", "invoice_id": "string", "quantity": "int",
-                             "amount": "decimal(12,2)"})
+INVOICE_SCHEMA = json.dumps(
+    {"invoice_date": "date", "invoice_id": "string", "quantity": "int", "amount": "decimal(12,2)"}
+)
 INVOICES = """\
 2026-11-01 INVOICE INV-1001 customer="Acme Corp" item="Office chairs" qty=4 amount=596.00 USD
 2026-11-01 INVOICE INV-1002 customer="Globex" item="Printer toner" qty=10 amount=249.90 USD
@@ -33,9 +34,29 @@ INVOICE INV-1008 from Hooli, amount unreadable: see attached scan
 
 def _run(tmp_path: Path, lake_uri: str, source: Path, dataset: str, batch: str, *extra: str) -> dict:
     metrics_file = tmp_path / f"{batch}.metrics.json"
-    argv = ["--JOB_NAME", "ignored", "--flow_id", "invoices", "--task_id", "landing_to_raw", "--run_id", "r1",
-            "--batch_id", batch, "--lake_uri", lake_uri, "--metrics_uri", str(metrics_file),
-            "--source_uri", str(source), "--dataset", dataset, "--enable-metrics", "true", *extra]
+    argv = [
+        "--JOB_NAME",
+        "ignored",
+        "--flow_id",
+        "invoices",
+        "--task_id",
+        "landing_to_raw",
+        "--run_id",
+        "r1",
+        "--batch_id",
+        batch,
+        "--lake_uri",
+        lake_uri,
+        "--metrics_uri",
+        str(metrics_file),
+        "--source_uri",
+        str(source),
+        "--dataset",
+        dataset,
+        "--enable-metrics",
+        "true",
+        *extra,
+    ]
     try:
         landing_to_raw.main(argv)
     finally:
@@ -47,8 +68,9 @@ def _regex_args() -> list[str]:
     return ["--format", "regex", "--regex", INVOICE_REGEX, "--schema", INVOICE_SCHEMA, "--max_reject_ratio", "0.5"]
 
 
-def test_regex_file_rows_rejects_lineage_and_idempotent_rerun(spark: SparkSession, tmp_path: Path,
-                                                             lake_uri: str, unique: str) -> None:
+def test_regex_file_rows_rejects_lineage_and_idempotent_rerun(
+    spark: SparkSession, tmp_path: Path, lake_uri: str, unique: str
+) -> None:
     source = tmp_path / "invoices_2026-11-01.txt"
     source.write_text(INVOICES)
     dataset, batch = f"inv_{unique}", f"s3__invoices__{unique}:x+y"
@@ -58,11 +80,26 @@ def test_regex_file_rows_rejects_lineage_and_idempotent_rerun(spark: SparkSessio
     assert (metrics["rows_in"], metrics["rows_out"], metrics["rows_rejected"]) == (5, 3, 2)
     assert "error" not in metrics
     raw = spark.read.parquet(metrics["raw_path"])
-    assert raw.columns == ["invoice_date", "invoice_id", "customer", "item", "quantity", "amount", "currency",
-                           "_source_file", "_batch_id", "_ingested_at", "_line_number"]
+    assert raw.columns == [
+        "invoice_date",
+        "invoice_id",
+        "customer",
+        "item",
+        "quantity",
+        "amount",
+        "currency",
+        "_source_file",
+        "_batch_id",
+        "_ingested_at",
+        "_line_number",
+    ]
     types = dict(raw.dtypes)
     assert (types["invoice_date"], types["quantity"], types["amount"], types["_ingested_at"]) == (
-        "date", "int", "decimal(12,2)", "timestamp")
+        "date",
+        "int",
+        "decimal(12,2)",
+        "timestamp",
+    )
     rows = {r["invoice_id"]: r for r in raw.collect()}
     assert sorted(rows) == ["INV-1001", "INV-1002", "INV-1003"]
     assert rows["INV-1003"]["_line_number"] == 5  # the blank line still counts as a line of the file
@@ -87,8 +124,19 @@ def test_regex_file_rows_rejects_lineage_and_idempotent_rerun(spark: SparkSessio
 def test_csv_with_header_and_quotes(spark: SparkSession, tmp_path: Path, lake_uri: str, unique: str) -> None:
     source = tmp_path / "customers.csv"
     source.write_text('Customer ID,Name,Credit Limit\n1,"Acme, Inc.",100.5\n2,Globex\n3,,7\n')
-    metrics = _run(tmp_path, lake_uri, source, f"cust_{unique}", f"b_{unique}", "--format", "csv",
-                   "--schema", '{"customer_id": "int", "credit_limit": "double"}', "--max_reject_ratio", "0.4")
+    metrics = _run(
+        tmp_path,
+        lake_uri,
+        source,
+        f"cust_{unique}",
+        f"b_{unique}",
+        "--format",
+        "csv",
+        "--schema",
+        '{"customer_id": "int", "credit_limit": "double"}',
+        "--max_reject_ratio",
+        "0.4",
+    )
     assert (metrics["rows_in"], metrics["rows_out"], metrics["rows_rejected"]) == (3, 2, 1)
     rows = {r["customer_id"]: r for r in spark.read.parquet(metrics["raw_path"]).collect()}
     assert rows[1]["name"] == "Acme, Inc." and rows[1]["credit_limit"] == 100.5
@@ -100,11 +148,28 @@ def test_csv_with_header_and_quotes(spark: SparkSession, tmp_path: Path, lake_ur
 def test_csv_without_header_uses_columns(spark: SparkSession, tmp_path: Path, lake_uri: str, unique: str) -> None:
     source = tmp_path / "pipes.txt"
     source.write_text("a|1\nb|2\n")
-    metrics = _run(tmp_path, lake_uri, source, f"pipes_{unique}", f"b_{unique}", "--format", "csv",
-                   "--header", "false", "--delimiter", "|", "--columns", "code,value", "--schema", '{"value":"int"}')
+    metrics = _run(
+        tmp_path,
+        lake_uri,
+        source,
+        f"pipes_{unique}",
+        f"b_{unique}",
+        "--format",
+        "csv",
+        "--header",
+        "false",
+        "--delimiter",
+        "|",
+        "--columns",
+        "code,value",
+        "--schema",
+        '{"value":"int"}',
+    )
     assert metrics["rows_rejected"] == 0 and metrics["rejects_path"] is None
     assert sorted((r["code"], r["value"]) for r in spark.read.parquet(metrics["raw_path"]).collect()) == [
-        ("a", 1), ("b", 2)]
+        ("a", 1),
+        ("b", 2),
+    ]
 
 
 def _raw_batch(lake_uri: str, dataset: str, batch: str) -> str:
@@ -119,8 +184,9 @@ def _strict_regex_args() -> list[str]:
     return ["--format", "regex", "--regex", INVOICE_REGEX, "--schema", INVOICE_SCHEMA, "--max_reject_ratio", "0.1"]
 
 
-def test_rejects_over_threshold_fail_keeping_rejects_and_writing_no_raw(spark: SparkSession, tmp_path: Path,
-                                                                       lake_uri: str, unique: str) -> None:
+def test_rejects_over_threshold_fail_keeping_rejects_and_writing_no_raw(
+    spark: SparkSession, tmp_path: Path, lake_uri: str, unique: str
+) -> None:
     source = tmp_path / "mostly_bad.txt"
     source.write_text(INVOICES)
     dataset, batch = f"bad_{unique}", f"b_{unique}"
@@ -140,8 +206,9 @@ def test_rejects_over_threshold_fail_keeping_rejects_and_writing_no_raw(spark: S
     assert not io.path_exists(spark, _raw_batch(lake_uri, dataset, batch))
 
 
-def test_failing_rerun_removes_the_batch_an_earlier_try_wrote(spark: SparkSession, tmp_path: Path,
-                                                              lake_uri: str, unique: str) -> None:
+def test_failing_rerun_removes_the_batch_an_earlier_try_wrote(
+    spark: SparkSession, tmp_path: Path, lake_uri: str, unique: str
+) -> None:
     source = tmp_path / "invoices.txt"
     source.write_text(INVOICES)
     dataset, batch = f"rerun_{unique}", f"b_{unique}"
@@ -171,8 +238,9 @@ def test_empty_file_fails_naming_it(tmp_path: Path, spark: SparkSession, lake_ur
     assert metrics["source_uri"] == str(source) and metrics["raw_path"] is None
 
 
-def test_empty_file_after_a_good_run_of_the_batch_removes_its_raw(tmp_path: Path, spark: SparkSession,
-                                                                  lake_uri: str, unique: str) -> None:
+def test_empty_file_after_a_good_run_of_the_batch_removes_its_raw(
+    tmp_path: Path, spark: SparkSession, lake_uri: str, unique: str
+) -> None:
     source = tmp_path / "invoices.txt"
     source.write_text(INVOICES)
     dataset, batch = f"gone_{unique}", f"b_{unique}"
@@ -193,12 +261,24 @@ def test_missing_file_and_bad_arguments_fail_clearly(tmp_path: Path, spark: Spar
     with pytest.raises(ValueError, match="--dataset"):
         _run(tmp_path, lake_uri, source, "Bad-Name", "b1", *_regex_args())
     with pytest.raises(ValueError, match="--schema names columns the file does not have"):
-        _run(tmp_path, lake_uri, source, "ds", "b1", "--format", "regex", "--regex", r"(?P<a>x)",
-             "--schema", '{"b": "int"}')
+        _run(
+            tmp_path,
+            lake_uri,
+            source,
+            "ds",
+            "b1",
+            "--format",
+            "regex",
+            "--regex",
+            r"(?P<a>x)",
+            "--schema",
+            '{"b": "int"}',
+        )
 
 
-def test_batch_time_dates_the_batch_the_same_on_every_rerun(spark: SparkSession, tmp_path: Path,
-                                                            lake_uri: str, unique: str) -> None:
+def test_batch_time_dates_the_batch_the_same_on_every_rerun(
+    spark: SparkSession, tmp_path: Path, lake_uri: str, unique: str
+) -> None:
     source = tmp_path / "invoices.txt"
     source.write_text(INVOICES)
     dataset, batch = f"inv_{unique}", f"s3__invoices__{unique}"

@@ -19,14 +19,28 @@ pytestmark = pytest.mark.integration
 
 def _source(spark: SparkSession, name: str, rows: int) -> None:
     spark.sql("CREATE NAMESPACE IF NOT EXISTS presentation")
-    spark.sql(f"CREATE OR REPLACE TABLE {name} USING iceberg AS "
-              f"SELECT id, concat('day ', id) AS label, CAST(id * 1.5 AS decimal(12,2)) AS total FROM range({rows})")
+    spark.sql(
+        f"CREATE OR REPLACE TABLE {name} USING iceberg AS "
+        f"SELECT id, concat('day ', id) AS label, CAST(id * 1.5 AS decimal(12,2)) AS total FROM range({rows})"
+    )
 
 
 def _load(tmp_path: Path, lake_uri: str, source: str, target: str, batch: str) -> dict:
     metrics_file = tmp_path / f"{batch}.json"
-    presentation_to_warehouse.main(["--batch_id", batch, "--lake_uri", lake_uri, "--metrics_uri", str(metrics_file),
-                                    "--source_table", source, "--target_table", target])
+    presentation_to_warehouse.main(
+        [
+            "--batch_id",
+            batch,
+            "--lake_uri",
+            lake_uri,
+            "--metrics_uri",
+            str(metrics_file),
+            "--source_table",
+            source,
+            "--target_table",
+            target,
+        ]
+    )
     return json.loads(metrics_file.read_text())
 
 
@@ -36,8 +50,9 @@ def _query(settings: Settings, sql: str) -> list[tuple]:
         return cur.fetchall()
 
 
-def test_loads_then_replaces_atomically(spark: SparkSession, warehouse_env: Settings, tmp_path: Path,
-                                        lake_uri: str, unique: str) -> None:
+def test_loads_then_replaces_atomically(
+    spark: SparkSession, warehouse_env: Settings, tmp_path: Path, lake_uri: str, unique: str
+) -> None:
     source, schema = f"presentation.daily_{unique}", f"wh_{unique}"
     target = f"{schema}.daily"
     _source(spark, source, 3)
@@ -46,7 +61,10 @@ def test_loads_then_replaces_atomically(spark: SparkSession, warehouse_env: Sett
 
     assert first["rows_out"] == 3
     assert _query(warehouse_env, f"SELECT id, label, total FROM {target} ORDER BY id") == [
-        (0, "day 0", 0), (1, "day 1", 1.5), (2, "day 2", 3)]
+        (0, "day 0", 0),
+        (1, "day 1", 1.5),
+        (2, "day 2", 3),
+    ]
 
     _source(spark, source, 500)
     counts: list[int] = []
@@ -80,13 +98,16 @@ def test_loads_then_replaces_atomically(spark: SparkSession, warehouse_env: Sett
     assert second["rows_out"] == 500
     assert errors == []
     assert set(counts) <= {3, 500} and counts[-1] == 500 and len(counts) > 1
-    leftovers = _query(warehouse_env, "SELECT table_name FROM information_schema.tables "
-                                      f"WHERE table_schema = '{schema}' ORDER BY table_name")
+    leftovers = _query(
+        warehouse_env,
+        f"SELECT table_name FROM information_schema.tables WHERE table_schema = '{schema}' ORDER BY table_name",
+    )
     assert leftovers == [("daily",)]
 
 
-def test_refuses_unsafe_names_and_missing_connection(spark: SparkSession, tmp_path: Path, lake_uri: str,
-                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+def test_refuses_unsafe_names_and_missing_connection(
+    spark: SparkSession, tmp_path: Path, lake_uri: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
     with pytest.raises(ValueError, match="--target_table"):
         _load(tmp_path, lake_uri, "presentation.x", 'public.x"; DROP TABLE y; --', "b1")
     monkeypatch.delenv("LAKEHOUSE_WAREHOUSE_JDBC_URL", raising=False)

@@ -46,8 +46,9 @@ def _as_argv(parameters: dict[str, Any]) -> list[str]:
     return argv
 
 
-def test_two_sample_files_through_all_templates(spark: SparkSession, pg: Settings, tmp_path: Path, unique: str,
-                                                monkeypatch: pytest.MonkeyPatch) -> None:
+def test_two_sample_files_through_all_templates(
+    spark: SparkSession, pg: Settings, tmp_path: Path, unique: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.setenv("LAKEHOUSE_WAREHOUSE_JDBC_URL", pg.jdbc_url(pg.warehouse_db))
     monkeypatch.setenv("LAKEHOUSE_WAREHOUSE_USER", pg.pg_user)
     monkeypatch.setenv("LAKEHOUSE_WAREHOUSE_PASSWORD", pg.pg_password)
@@ -65,15 +66,20 @@ def test_two_sample_files_through_all_templates(spark: SparkSession, pg: Setting
         batch = f"s3__invoices__{day}_{unique}"
         common = ["--flow_id", "invoices", "--run_id", f"manual__{day}", "--batch_id", batch, "--lake_uri", pg.lake_uri]
         extra = {"landing_to_raw": ["--source_uri", str(SAMPLES / f"invoices_{day}.txt")]}
-        modules = {"landing_to_raw": landing_to_raw, "raw_to_stage_scd2": raw_to_stage_scd2,
-                   "stage_to_presentation": stage_to_presentation,
-                   "presentation_to_warehouse": presentation_to_warehouse}
+        modules = {
+            "landing_to_raw": landing_to_raw,
+            "raw_to_stage_scd2": raw_to_stage_scd2,
+            "stage_to_presentation": stage_to_presentation,
+            "presentation_to_warehouse": presentation_to_warehouse,
+        }
         for task, module in modules.items():
             argv = [*common, "--task_id", task, *extra.get(task, []), *_as_argv(tasks[task])]
             metrics.setdefault(task, []).append(module.main(argv))
 
     assert [(m["rows_in"], m["rows_out"], m["rows_rejected"]) for m in metrics["landing_to_raw"]] == [
-        (5, 5, 0), (5, 4, 1)]
+        (5, 5, 0),
+        (5, 4, 1),
+    ]
     # day 2: INV-1003 changed amount, INV-1005 unchanged, INV-1006 and INV-1007 new
     assert [(m["rows_out"], m["versions_closed"]) for m in metrics["raw_to_stage_scd2"]] == [(5, 0), (3, 1)]
     history = spark.table(stage).filter("invoice_id = 'INV-1003'").orderBy("_valid_from").collect()
@@ -81,5 +87,8 @@ def test_two_sample_files_through_all_templates(spark: SparkSession, pg: Setting
     with psycopg2.connect(pg.warehouse_dsn) as conn, conn.cursor() as cur:
         cur.execute(f"SELECT invoice_date::text, invoice_count, total_amount::text FROM {warehouse} ORDER BY 1")
         # 2026-11-01: 596.00 + 249.90 + 380.00 (INV-1003 corrected by the second file)
-        assert cur.fetchall() == [("2026-11-01", 3, "1225.90"), ("2026-11-02", 2, "485.40"),
-                                  ("2026-11-03", 2, "890.00")]
+        assert cur.fetchall() == [
+            ("2026-11-01", 3, "1225.90"),
+            ("2026-11-02", 2, "485.40"),
+            ("2026-11-03", 2, "890.00"),
+        ]

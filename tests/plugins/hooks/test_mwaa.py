@@ -12,8 +12,12 @@ from lakehouse.hooks.airflow_api import AirflowApiError, AirflowUnavailableError
 from lakehouse.hooks.mwaa import MwaaTriggerClient
 from lakehouse.invoker.core import build_invoker
 
-EXPECTED = {"Name": "lakehouse-prod", "Path": "/dags/invoices/dagRuns", "Method": "POST",
-            "Body": {"dag_run_id": "s3__invoices__abc", "logical_date": None, "conf": {"flow_id": "invoices"}}}
+EXPECTED = {
+    "Name": "lakehouse-prod",
+    "Path": "/dags/invoices/dagRuns",
+    "Method": "POST",
+    "Body": {"dag_run_id": "s3__invoices__abc", "logical_date": None, "conf": {"flow_id": "invoices"}},
+}
 
 
 @pytest.fixture
@@ -24,8 +28,19 @@ def stubbed() -> tuple[MwaaTriggerClient, Stubber]:
 
 def test_created(stubbed) -> None:
     mwaa, stub = stubbed
-    stub.add_response("invoke_rest_api", {"RestApiStatusCode": 200, "RestApiResponse": {
-        "dag_run_id": "s3__invoices__abc", "dag_id": "invoices", "state": "queued", "run_type": "manual"}}, EXPECTED)
+    stub.add_response(
+        "invoke_rest_api",
+        {
+            "RestApiStatusCode": 200,
+            "RestApiResponse": {
+                "dag_run_id": "s3__invoices__abc",
+                "dag_id": "invoices",
+                "state": "queued",
+                "run_type": "manual",
+            },
+        },
+        EXPECTED,
+    )
     with stub:
         assert mwaa.trigger_dag_run("invoices", "s3__invoices__abc", {"flow_id": "invoices"}) == "created"
     stub.assert_no_pending_responses()
@@ -33,21 +48,38 @@ def test_created(stubbed) -> None:
 
 def test_409_is_exists(stubbed) -> None:
     mwaa, stub = stubbed
-    stub.add_client_error("invoke_rest_api", service_error_code="RestApiClientException", http_status_code=400,
-                          modeled_fields={"RestApiStatusCode": 409, "RestApiResponse": {
-                              "title": "Conflict", "status": 409,
-                              "detail": "DAGRun with DAG ID: 'invoices' and DAGRun ID: 's3__invoices__abc' already exists"}},
-                          expected_params=EXPECTED)
+    stub.add_client_error(
+        "invoke_rest_api",
+        service_error_code="RestApiClientException",
+        http_status_code=400,
+        modeled_fields={
+            "RestApiStatusCode": 409,
+            "RestApiResponse": {
+                "title": "Conflict",
+                "status": 409,
+                "detail": "DAGRun with DAG ID: 'invoices' and DAGRun ID: 's3__invoices__abc' already exists",
+            },
+        },
+        expected_params=EXPECTED,
+    )
     with stub:
         assert mwaa.trigger_dag_run("invoices", "s3__invoices__abc", {"flow_id": "invoices"}) == "exists"
 
 
 def test_server_errors_mean_retry_later_and_4xx_is_refused(stubbed) -> None:
     mwaa, stub = stubbed
-    stub.add_client_error("invoke_rest_api", service_error_code="RestApiServerException", http_status_code=400,
-                          modeled_fields={"RestApiStatusCode": 503, "RestApiResponse": {"detail": "webserver starting"}})
-    stub.add_client_error("invoke_rest_api", service_error_code="RestApiClientException", http_status_code=400,
-                          modeled_fields={"RestApiStatusCode": 404, "RestApiResponse": {"detail": "DAG not found"}})
+    stub.add_client_error(
+        "invoke_rest_api",
+        service_error_code="RestApiServerException",
+        http_status_code=400,
+        modeled_fields={"RestApiStatusCode": 503, "RestApiResponse": {"detail": "webserver starting"}},
+    )
+    stub.add_client_error(
+        "invoke_rest_api",
+        service_error_code="RestApiClientException",
+        http_status_code=400,
+        modeled_fields={"RestApiStatusCode": 404, "RestApiResponse": {"detail": "DAG not found"}},
+    )
     stub.add_client_error("invoke_rest_api", service_error_code="AccessDeniedException", http_status_code=403)
     with stub:
         with pytest.raises(AirflowUnavailableError, match="503"):
@@ -84,11 +116,25 @@ def test_get_dag_reads_tags_and_a_missing_dag_is_none(stubbed) -> None:
     """The invoker asks for a fixed flow's DAG before it releases the files it held (tag ``invalid``)."""
     mwaa, stub = stubbed
     get = {"Name": "lakehouse-prod", "Path": "/dags/invoices", "Method": "GET"}
-    stub.add_response("invoke_rest_api", {"RestApiStatusCode": 200, "RestApiResponse": {
-        "dag_id": "invoices", "is_stale": False, "tags": [{"name": "lakehouse", "dag_id": "invoices"}]}}, get)
-    stub.add_client_error("invoke_rest_api", service_error_code="RestApiClientException", http_status_code=400,
-                          modeled_fields={"RestApiStatusCode": 404, "RestApiResponse": {"detail": "not found"}},
-                          expected_params=get)
+    stub.add_response(
+        "invoke_rest_api",
+        {
+            "RestApiStatusCode": 200,
+            "RestApiResponse": {
+                "dag_id": "invoices",
+                "is_stale": False,
+                "tags": [{"name": "lakehouse", "dag_id": "invoices"}],
+            },
+        },
+        get,
+    )
+    stub.add_client_error(
+        "invoke_rest_api",
+        service_error_code="RestApiClientException",
+        http_status_code=400,
+        modeled_fields={"RestApiStatusCode": 404, "RestApiResponse": {"detail": "not found"}},
+        expected_params=get,
+    )
     with stub:
         assert mwaa.get_dag("invoices")["tags"] == [{"name": "lakehouse", "dag_id": "invoices"}]
         assert mwaa.get_dag("invoices") is None

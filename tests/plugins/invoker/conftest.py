@@ -72,8 +72,13 @@ def airflow() -> RecordingAirflow:
 def invoker(pg: Settings, bucket: str, airflow: RecordingAirflow) -> Invoker:
     catalogue = catalogue_for(bucket, ("inv_a", "in/*.txt"), ("inv_b", "in/special/*"))
     # a short backoff keeps the retry tests fast; the schedule itself is tested in test_outbox.py
-    return Invoker(pg.metadata_dsn, airflow, catalogue_loader=lambda: catalogue, retry_base=0.2,  # type: ignore[arg-type]
-                   retry_max=1.0)
+    return Invoker(
+        pg.metadata_dsn,
+        airflow,
+        catalogue_loader=lambda: catalogue,
+        retry_base=0.2,  # type: ignore[arg-type]
+        retry_max=1.0,
+    )
 
 
 @pytest.fixture

@@ -6,12 +6,11 @@ from __future__ import annotations
 import json
 import threading
 import time
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import psycopg2
-import pytest
 
 from lakehouse.config import Settings
 from lakehouse.flows import Catalogue, Flow, FlowTask, ParameterSpec, Template
@@ -23,42 +22,60 @@ def batched_catalogue(bucket: str, max_files: int, window: int = 0, broken: bool
     template = Template("t", "t.py", parameters=(ParameterSpec("n", "int", required=True),))
     flow_id = f"batched_{bucket}"
     task = FlowTask(flow_id, "a", "t", {} if broken else {"n": 1})
-    flow = Flow(flow_id, (task,), trigger_bucket=bucket, trigger_key_pattern="in/*", max_files_per_run=max_files,
-                batch_window_seconds=window)
+    flow = Flow(
+        flow_id,
+        (task,),
+        trigger_bucket=bucket,
+        trigger_key_pattern="in/*",
+        max_files_per_run=max_files,
+        batch_window_seconds=window,
+    )
     return Catalogue({flow_id: flow}, {"t": template})
 
 
-def make(pg: Settings, airflow, bucket: str, tmp_path: Path, max_files: int = 200, window: int = 0,
-         lease: float = 30.0) -> Invoker:
+def make(
+    pg: Settings, airflow, bucket: str, tmp_path: Path, max_files: int = 200, window: int = 0, lease: float = 30.0
+) -> Invoker:
     catalogue = batched_catalogue(bucket, max_files, window)
-    return Invoker(pg.metadata_dsn, airflow, catalogue_loader=lambda: catalogue, retry_base=0.2, retry_max=1.0,
-                   lease_seconds=lease, lake_uri=(tmp_path / "lake").as_uri())
+    return Invoker(
+        pg.metadata_dsn,
+        airflow,
+        catalogue_loader=lambda: catalogue,
+        retry_base=0.2,
+        retry_max=1.0,
+        lease_seconds=lease,
+        lake_uri=(tmp_path / "lake").as_uri(),
+    )
 
 
 def event(bucket: str, i: int, etag: str = "e1") -> ObjectEvent:
-    return ObjectEvent(bucket, f"in/f{i:04d}.csv", etag, 10, datetime(2026, 11, 1, tzinfo=timezone.utc), "test")
+    return ObjectEvent(bucket, f"in/f{i:04d}.csv", etag, 10, datetime(2026, 11, 1, tzinfo=UTC), "test")
 
 
 def ledger(pg: Settings, bucket: str) -> list[dict[str, Any]]:
     conn = psycopg2.connect(pg.metadata_dsn)
     with conn.cursor() as cur:
-        cur.execute("SELECT object_key, etag, status, batch_id, dag_run_id, deliveries, last_error "
-                    "FROM lakehouse.file_ledger WHERE bucket = %s ORDER BY ledger_id", (bucket,))
+        cur.execute(
+            "SELECT object_key, etag, status, batch_id, dag_run_id, deliveries, last_error "
+            "FROM lakehouse.file_ledger WHERE bucket = %s ORDER BY ledger_id",
+            (bucket,),
+        )
         names = [d.name for d in cur.description]
         rows = [dict(zip(names, r)) for r in cur.fetchall()]
     conn.close()
     return rows
 
 
-def test_queued_files_become_one_run_whose_manifest_names_them(pg: Settings, airflow, bucket: str,
-                                                               tmp_path: Path) -> None:
+def test_queued_files_become_one_run_whose_manifest_names_them(
+    pg: Settings, airflow, bucket: str, tmp_path: Path
+) -> None:
     invoker = make(pg, airflow, bucket, tmp_path)
     outcomes, jobs = invoker.accept([event(bucket, i) for i in range(5)] + [event(bucket, 0)])
     assert [o.status for o in outcomes] == ["queued"] * 5 + ["queued"]  # the repeat: stored once, counted
     assert jobs == [] and airflow.calls == 0  # nothing is sent before it is gathered
     (job,) = invoker.gather_batches()
     assert invoker.dispatch(job).status == "created"
-    ((dag_id, run_id), conf), = airflow.runs.items()
+    (((dag_id, run_id), conf),) = airflow.runs.items()
     assert conf["batch"]["files"] == 5 and run_id == job.outcome.dag_run_id
     manifest = json.loads(Path(conf["batch"]["manifest"].removeprefix("file://")).read_text())
     assert [f["key"] for f in manifest["files"]] == [f"in/f{i:04d}.csv" for i in range(5)]
@@ -79,8 +96,9 @@ def test_a_backlog_is_cut_into_runs_of_at_most_max_files(pg: Settings, airflow, 
     assert sorted(conf["batch"]["files"] for conf in airflow.runs.values()) == [1, 2, 2]
 
 
-def test_a_window_waits_for_more_files_unless_the_batch_is_full(pg: Settings, airflow, bucket: str,
-                                                                  tmp_path: Path) -> None:
+def test_a_window_waits_for_more_files_unless_the_batch_is_full(
+    pg: Settings, airflow, bucket: str, tmp_path: Path
+) -> None:
     invoker = make(pg, airflow, bucket, tmp_path, max_files=3, window=3600)
     invoker.accept([event(bucket, 0)])
     assert invoker.gather_batches() == []  # one file, the window has not run out: wait
@@ -89,8 +107,9 @@ def test_a_window_waits_for_more_files_unless_the_batch_is_full(pg: Settings, ai
     assert invoker.dispatch(job).status == "created"
 
 
-def test_concurrent_gatherers_put_every_file_in_exactly_one_run(pg: Settings, airflow, bucket: str,
-                                                                 tmp_path: Path) -> None:
+def test_concurrent_gatherers_put_every_file_in_exactly_one_run(
+    pg: Settings, airflow, bucket: str, tmp_path: Path
+) -> None:
     """Eight invokers (threads) store and gather at once, as several dispatchers and processes do."""
     invokers = [make(pg, airflow, bucket, tmp_path, max_files=7) for _ in range(8)]
     errors: list[BaseException] = []
@@ -116,14 +135,18 @@ def test_concurrent_gatherers_put_every_file_in_exactly_one_run(pg: Settings, ai
         invokers[0].dispatch(job)
     rows = ledger(pg, bucket)
     assert len(rows) == 400 and {r["status"] for r in rows} == {"triggered"}
-    files_in_runs = [f["key"] for run_id, conf in ((k[1], v) for k, v in airflow.runs.items())
-                     for f in json.loads(Path(conf["batch"]["manifest"].removeprefix("file://")).read_text())["files"]]
+    files_in_runs = [
+        f["key"]
+        for run_id, conf in ((k[1], v) for k, v in airflow.runs.items())
+        for f in json.loads(Path(conf["batch"]["manifest"].removeprefix("file://")).read_text())["files"]
+    ]
     assert sorted(files_in_runs) == sorted(r["object_key"] for r in rows)  # each exactly once
     assert all(conf["batch"]["files"] <= 7 for conf in airflow.runs.values())
 
 
-def test_a_batch_stored_by_an_invoker_that_died_is_sent_once_by_the_next(pg: Settings, airflow, bucket: str,
-                                                                         tmp_path: Path) -> None:
+def test_a_batch_stored_by_an_invoker_that_died_is_sent_once_by_the_next(
+    pg: Settings, airflow, bucket: str, tmp_path: Path
+) -> None:
     first = make(pg, airflow, bucket, tmp_path, lease=1)
     first.accept([event(bucket, i) for i in range(3)])
     (lost,) = first.gather_batches()  # stored and assigned, then the process dies before calling Airflow
@@ -138,11 +161,17 @@ def test_a_batch_stored_by_an_invoker_that_died_is_sent_once_by_the_next(pg: Set
     assert {r["status"] for r in ledger(pg, bucket)} == {"triggered"}
 
 
-def test_a_batched_flow_that_is_invalid_holds_its_files_until_fixed(pg: Settings, airflow, bucket: str,
-                                                                    tmp_path: Path) -> None:
+def test_a_batched_flow_that_is_invalid_holds_its_files_until_fixed(
+    pg: Settings, airflow, bucket: str, tmp_path: Path
+) -> None:
     state = {"broken": True}
-    invoker = Invoker(pg.metadata_dsn, airflow, catalogue_ttl=0, lake_uri=(tmp_path / "lake").as_uri(),
-                      catalogue_loader=lambda: batched_catalogue(bucket, 10, broken=state["broken"]))
+    invoker = Invoker(
+        pg.metadata_dsn,
+        airflow,
+        catalogue_ttl=0,
+        lake_uri=(tmp_path / "lake").as_uri(),
+        catalogue_loader=lambda: batched_catalogue(bucket, 10, broken=state["broken"]),
+    )
     invoker.accept([event(bucket, i) for i in range(3)])
     assert invoker.gather_batches() == []
     rows = ledger(pg, bucket)

@@ -3,14 +3,14 @@
 from __future__ import annotations
 
 import time
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 from lakehouse.invoker.core import Invoker, file_dag_run_id, scheduled_dag_run_id
 from lakehouse.invoker.events import ObjectEvent
 
 
 def event(bucket: str, key: str, etag: str = "e1") -> ObjectEvent:
-    return ObjectEvent(bucket, key, etag, 10, datetime.now(timezone.utc), "test")
+    return ObjectEvent(bucket, key, etag, 10, datetime.now(UTC), "test")
 
 
 def test_same_event_twice_starts_one_run(invoker: Invoker, airflow, bucket: str, ledger_rows) -> None:
@@ -23,8 +23,13 @@ def test_same_event_twice_starts_one_run(invoker: Invoker, airflow, bucket: str,
     assert row["status"] == "triggered" and row["deliveries"] == 2
     assert row["dag_run_id"] == file_dag_run_id("inv_a", bucket, "in/a.txt", "e1")
     conf = airflow.runs[("inv_a", row["dag_run_id"])]
-    assert conf["file"] == {"bucket": bucket, "key": "in/a.txt", "etag": "e1", "size": 10,
-                            "uri": f"s3://{bucket}/in/a.txt"}
+    assert conf["file"] == {
+        "bucket": bucket,
+        "key": "in/a.txt",
+        "etag": "e1",
+        "size": 10,
+        "uri": f"s3://{bucket}/in/a.txt",
+    }
 
 
 def test_new_version_of_same_key_starts_a_new_run(invoker: Invoker, airflow, bucket: str) -> None:
@@ -81,21 +86,28 @@ def test_dag_not_parsed_yet_is_retried_not_failed(invoker: Invoker, airflow, buc
 
 
 def test_s3_notification_entry_point(invoker: Invoker, airflow, bucket: str) -> None:
-    payload = {"Records": [{"eventName": "ObjectCreated:Put", "s3": {"bucket": {"name": bucket},
-               "object": {"key": "in/a+b.txt", "size": 3, "eTag": "x"}}}]}
+    payload = {
+        "Records": [
+            {
+                "eventName": "ObjectCreated:Put",
+                "s3": {"bucket": {"name": bucket}, "object": {"key": "in/a+b.txt", "size": 3, "eTag": "x"}},
+            }
+        ]
+    }
     (outcome,) = invoker.handle_s3_event(payload)
     assert outcome.status == "created" and outcome.key == "in/a b.txt"
 
 
 def test_scheduled_trigger_by_flow_id_is_idempotent_per_time(invoker: Invoker, airflow) -> None:
-    at = datetime(2026, 11, 23, 6, 0, tzinfo=timezone.utc)
+    at = datetime(2026, 11, 23, 6, 0, tzinfo=UTC)
     assert invoker.trigger_flow("inv_a", at=at).status == "created"
     assert invoker.trigger_flow("inv_a", at=at).status == "exists"
     assert ("inv_a", scheduled_dag_run_id("inv_a", at)) in airflow.runs
 
 
-def test_refused_request_fails_and_a_redelivery_tries_again(invoker: Invoker, airflow, bucket: str,
-                                                            ledger_rows) -> None:
+def test_refused_request_fails_and_a_redelivery_tries_again(
+    invoker: Invoker, airflow, bucket: str, ledger_rows
+) -> None:
     airflow.refuse_with = 400
     (outcome,) = invoker.handle_object_event(event(bucket, "in/a.txt"))
     assert outcome.status == "failed" and ledger_rows()[0]["status"] == "failed"
@@ -105,8 +117,9 @@ def test_refused_request_fails_and_a_redelivery_tries_again(invoker: Invoker, ai
     assert again.status == "created" and ledger_rows()[0]["status"] == "triggered"
 
 
-def test_redelivery_while_a_trigger_is_under_way_makes_no_second_call(invoker: Invoker, airflow, bucket: str,
-                                                                     ledger_rows) -> None:
+def test_redelivery_while_a_trigger_is_under_way_makes_no_second_call(
+    invoker: Invoker, airflow, bucket: str, ledger_rows
+) -> None:
     outcomes, jobs = invoker.accept([event(bucket, "in/a.txt")])  # stored, call not yet made (leased)
     assert [o.status for o in outcomes] == ["accepted"] and len(jobs) == 1
     (redelivered,) = invoker.handle_object_event(event(bucket, "in/a.txt"))

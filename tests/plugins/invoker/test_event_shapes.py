@@ -45,15 +45,27 @@ def test_bare_sns_envelope_and_confirmation() -> None:
     envelope = json.loads(sample("sqs_batch.json")["Records"][1]["body"])  # SNS → SQS body
     (event,) = decode_payload(envelope)
     assert isinstance(event, ObjectEvent) and event.key == KEY
-    (confirmation,) = decode_payload({"Type": "SubscriptionConfirmation", "TopicArn": "arn:aws:sns:eu-west-1:1:t",
-                                      "Message": "You have chosen to subscribe", "SubscribeURL": "https://x"})
+    (confirmation,) = decode_payload(
+        {
+            "Type": "SubscriptionConfirmation",
+            "TopicArn": "arn:aws:sns:eu-west-1:1:t",
+            "Message": "You have chosen to subscribe",
+            "SubscribeURL": "https://x",
+        }
+    )
     assert isinstance(confirmation, IgnoredEvent) and confirmation.reason == "SNS SubscriptionConfirmation"
 
 
 def test_eventbridge_object_created_and_deleted() -> None:
     (event,) = decode_payload(sample("eventbridge_object_created.json"))
     assert isinstance(event, ObjectEvent)
-    assert (event.bucket, event.key, event.etag, event.size, event.source) == ("landing", KEY, ETAG, 1024, "eventbridge")
+    assert (event.bucket, event.key, event.etag, event.size, event.source) == (
+        "landing",
+        KEY,
+        ETAG,
+        1024,
+        "eventbridge",
+    )
     (deleted,) = decode_payload(sample("eventbridge_object_deleted.json"))
     assert isinstance(deleted, IgnoredEvent) and "Object Deleted" in deleted.detail
     (foreign,) = decode_payload({"detail-type": "EC2 Instance State-change Notification", "source": "aws.ec2"})
@@ -67,7 +79,10 @@ def test_sqs_batch_decodes_each_message_on_its_own() -> None:
     assert [e.source for e in direct.events + via_sns.events + via_eventbridge.events] == ["sqs", "sqs", "sqs"]
     assert direct.events[0].etag == "uhggCJ2_B6gU2JaXWXebnXFDstO0ID6G"
     # the same object through SNS and through EventBridge: the same file version
-    assert (via_sns.events[0].key, via_sns.events[0].etag) == (via_eventbridge.events[0].key, via_eventbridge.events[0].etag)
+    assert (via_sns.events[0].key, via_sns.events[0].etag) == (
+        via_eventbridge.events[0].key,
+        via_eventbridge.events[0].etag,
+    )
     assert isinstance(test_event.events[0], IgnoredEvent) and test_event.error is None
     assert poison.message_id == "bad00000-0000-4000-8000-000000000001" and "not JSON" in (poison.error or "")
     with pytest.raises(EventError, match="not JSON"):

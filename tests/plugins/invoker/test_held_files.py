@@ -8,7 +8,7 @@ fixed DAG. What the real dag-processor does is shown in tests/e2e/test_invalid_f
 from __future__ import annotations
 
 import time
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 import pytest
 
@@ -24,11 +24,15 @@ def _catalogue(bucket: str, broken: bool, active: bool = True) -> Catalogue:
     """A healthy flow and ``orders``; flow ids carry the test's bucket, as the ledger is shared."""
     parameters = {} if broken else {"n": 1}
     healthy, orders = f"healthy_{bucket}", f"orders_{bucket}"
-    flows = {healthy: Flow(healthy, (FlowTask(healthy, "a", "t", {"n": 1}),), trigger_bucket=bucket,
-                           trigger_key_pattern="ok/*")}
+    flows = {
+        healthy: Flow(
+            healthy, (FlowTask(healthy, "a", "t", {"n": 1}),), trigger_bucket=bucket, trigger_key_pattern="ok/*"
+        )
+    }
     if active:
-        flows[orders] = Flow(orders, (FlowTask(orders, "a", "t", parameters),), trigger_bucket=bucket,
-                             trigger_key_pattern="orders/*")
+        flows[orders] = Flow(
+            orders, (FlowTask(orders, "a", "t", parameters),), trigger_bucket=bucket, trigger_key_pattern="orders/*"
+        )
     return Catalogue(flows, {"t": TEMPLATE})
 
 
@@ -55,11 +59,12 @@ def held_invoker(pg: Settings, airflow, rows: Rows) -> Invoker:
 
 
 def event(bucket: str, key: str, etag: str = "e1") -> ObjectEvent:
-    return ObjectEvent(bucket, key, etag, 10, datetime.now(timezone.utc), "test")
+    return ObjectEvent(bucket, key, etag, 10, datetime.now(UTC), "test")
 
 
-def test_a_file_for_an_invalid_flow_is_held_with_its_reason(held_invoker: Invoker, airflow, bucket: str,
-                                                             ledger_rows) -> None:
+def test_a_file_for_an_invalid_flow_is_held_with_its_reason(
+    held_invoker: Invoker, airflow, bucket: str, ledger_rows
+) -> None:
     (outcome,) = held_invoker.handle_object_event(event(bucket, "orders/a.csv"))
     (again,) = held_invoker.handle_object_event(event(bucket, "orders/a.csv"))  # a redelivery
     healthy = held_invoker.handle_object_event(event(bucket, "ok/b.csv"))
@@ -76,8 +81,9 @@ def test_a_file_for_an_invalid_flow_is_held_with_its_reason(held_invoker: Invoke
     assert held["dag_run_id"] == file_dag_run_id(orders, bucket, "orders/a.csv", "e1")
 
 
-def test_held_files_start_once_airflow_serves_the_fixed_dag(held_invoker: Invoker, airflow, rows: Rows,
-                                                            bucket: str, ledger_rows) -> None:
+def test_held_files_start_once_airflow_serves_the_fixed_dag(
+    held_invoker: Invoker, airflow, rows: Rows, bucket: str, ledger_rows
+) -> None:
     orders = f"orders_{bucket}"
     held_invoker.handle_object_event(event(bucket, "orders/a.csv"))
     airflow.placeholder_dags.add(orders)
@@ -97,14 +103,16 @@ def test_held_files_start_once_airflow_serves_the_fixed_dag(held_invoker: Invoke
     outcomes = held_invoker.retry_pending()
     assert sorted(o.status for o in outcomes) == ["created", "created"]
     assert {r["status"] for r in ledger_rows()} == {"triggered"}
-    assert sorted(airflow.runs) == sorted((orders, file_dag_run_id(orders, bucket, key, "e1"))
-                                          for key in ("orders/a.csv", "orders/c.csv"))
+    assert sorted(airflow.runs) == sorted(
+        (orders, file_dag_run_id(orders, bucket, key, "e1")) for key in ("orders/a.csv", "orders/c.csv")
+    )
     (later,) = held_invoker.handle_object_event(event(bucket, "orders/d.csv"))
     assert later.status == "created"  # confirmed once: no more checks
 
 
-def test_a_pending_file_of_a_flow_that_became_invalid_or_inactive_is_held(held_invoker: Invoker, airflow, rows: Rows,
-                                                                           bucket: str, ledger_rows) -> None:
+def test_a_pending_file_of_a_flow_that_became_invalid_or_inactive_is_held(
+    held_invoker: Invoker, airflow, rows: Rows, bucket: str, ledger_rows
+) -> None:
     rows.broken = False
     airflow.down = True  # the file stays pending behind an outage ...
     held_invoker.handle_object_event(event(bucket, "orders/a.csv"))

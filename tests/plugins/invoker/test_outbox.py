@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Iterator
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 import psycopg2
@@ -21,23 +21,31 @@ SAMPLES = Path(__file__).parent / "samples"
 
 
 def event(bucket: str, key: str, etag: str = "e1") -> ObjectEvent:
-    return ObjectEvent(bucket, key, etag, 10, datetime.now(timezone.utc), "test")
+    return ObjectEvent(bucket, key, etag, 10, datetime.now(UTC), "test")
 
 
 def next_attempt_in(pg: Settings, bucket: str, key: str) -> float:
     conn = psycopg2.connect(pg.metadata_dsn)
     try:
         with conn.cursor() as cur:
-            cur.execute("SELECT extract(epoch FROM next_attempt_at - now()) FROM lakehouse.file_ledger "
-                        "WHERE bucket = %s AND object_key = %s", (bucket, key))
+            cur.execute(
+                "SELECT extract(epoch FROM next_attempt_at - now()) FROM lakehouse.file_ledger "
+                "WHERE bucket = %s AND object_key = %s",
+                (bucket, key),
+            )
             return float(cur.fetchone()[0])
     finally:
         conn.close()
 
 
 def test_retries_back_off_exponentially(pg: Settings, bucket: str, airflow: RecordingAirflow, ledger_rows) -> None:
-    invoker = Invoker(pg.metadata_dsn, airflow, catalogue_loader=lambda: catalogue_for(bucket, ("f", "*")),
-                      retry_base=10, retry_max=25)
+    invoker = Invoker(
+        pg.metadata_dsn,
+        airflow,
+        catalogue_loader=lambda: catalogue_for(bucket, ("f", "*")),
+        retry_base=10,
+        retry_max=25,
+    )
     airflow.down = True
     invoker.handle_object_event(event(bucket, "a.txt"))
     assert 9 < next_attempt_in(pg, bucket, "a.txt") <= 10  # 1st failure: base
@@ -52,8 +60,9 @@ def test_retries_back_off_exponentially(pg: Settings, bucket: str, airflow: Reco
     assert row["attempts"] == 2 and row["status"] == "pending"
 
 
-def test_events_during_an_outage_are_stored_without_calling_airflow(invoker: Invoker, airflow: RecordingAirflow,
-                                                                     bucket: str, ledger_rows) -> None:
+def test_events_during_an_outage_are_stored_without_calling_airflow(
+    invoker: Invoker, airflow: RecordingAirflow, bucket: str, ledger_rows
+) -> None:
     airflow.down = True
     invoker.handle_object_event(event(bucket, "in/1.txt"))
     calls = airflow.calls
@@ -106,10 +115,16 @@ def opt_out_flows(pg: Settings, bucket: str) -> Iterator[None]:
     task = '{"sql": "select 1", "target_table": "p.t"}'
     with conn, conn.cursor() as cur:
         for flow_id, pattern, multi in (("mm_orders", "orders/*.csv", True), ("mm_archive", "*", False)):
-            cur.execute("INSERT INTO lakehouse.flows (flow_id, trigger_bucket, trigger_key_pattern, trigger_multi_match) "
-                        "VALUES (%s, %s, %s, %s)", (f"{flow_id}_{bucket}", bucket, pattern, multi))
-            cur.execute("INSERT INTO lakehouse.flow_tasks (flow_id, task_id, template_id, parameters) "
-                        "VALUES (%s, 'a', 'stage_to_presentation', %s)", (f"{flow_id}_{bucket}", task))
+            cur.execute(
+                "INSERT INTO lakehouse.flows (flow_id, trigger_bucket, trigger_key_pattern, trigger_multi_match) "
+                "VALUES (%s, %s, %s, %s)",
+                (f"{flow_id}_{bucket}", bucket, pattern, multi),
+            )
+            cur.execute(
+                "INSERT INTO lakehouse.flow_tasks (flow_id, task_id, template_id, parameters) "
+                "VALUES (%s, 'a', 'stage_to_presentation', %s)",
+                (f"{flow_id}_{bucket}", task),
+            )
     yield
     with conn, conn.cursor() as cur:
         cur.execute("DELETE FROM lakehouse.flows WHERE trigger_bucket = %s", (bucket,))
@@ -122,19 +137,24 @@ def test_flow_opted_out_of_multi_match_only_runs_alone(pg: Settings, bucket: str
     assert f"mm_archive_{bucket}" in load_trigger_catalogue(pg.metadata_dsn).single_match_only
     both = invoker.handle_object_event(event(bucket, "orders/1.csv"))
     alone = invoker.handle_object_event(event(bucket, "misc/readme.txt"))
-    assert sorted((o.flow_id, o.status) for o in both) == [(f"mm_archive_{bucket}", "skipped"),
-                                                           (f"mm_orders_{bucket}", "created")]
+    assert sorted((o.flow_id, o.status) for o in both) == [
+        (f"mm_archive_{bucket}", "skipped"),
+        (f"mm_orders_{bucket}", "created"),
+    ]
     assert [(o.flow_id, o.status) for o in alone] == [(f"mm_archive_{bucket}", "created")]
     skipped = [r for r in ledger_rows() if r["status"] == "skipped"]
     assert len(skipped) == 1 and f"mm_orders_{bucket}" in skipped[0]["last_error"]
-    assert {dag for dag, _ in airflow.runs} == {f"mm_orders_{bucket}", f"mm_archive_{bucket}"} and len(airflow.runs) == 2
+    assert {dag for dag, _ in airflow.runs} == {f"mm_orders_{bucket}", f"mm_archive_{bucket}"} and len(
+        airflow.runs
+    ) == 2
     # a redelivery of the first event stays skipped for the archive flow and starts nothing new
     again = invoker.handle_object_event(event(bucket, "orders/1.csv"))
     assert sorted(o.status for o in again) == ["duplicate", "skipped"] and len(airflow.runs) == 2
 
 
-def test_replay_respects_exactly_once_unless_forced(invoker: Invoker, airflow: RecordingAirflow, bucket: str,
-                                                     ledger_rows) -> None:
+def test_replay_respects_exactly_once_unless_forced(
+    invoker: Invoker, airflow: RecordingAirflow, bucket: str, ledger_rows
+) -> None:
     invoker.handle_object_event(event(bucket, "in/a.txt"))
     objects = [event(bucket, "in/a.txt"), event(bucket, "in/b.txt"), event(bucket, "other/c.bin")]
     plain = invoker.replay("inv_a", objects)
@@ -162,14 +182,18 @@ def test_sqs_batch_reports_only_messages_that_were_not_stored(pg: Settings, airf
     # message 2 (via SNS) and 3 (via EventBridge) are the same file version: one ledger row, 2 deliveries
     conn = psycopg2.connect(pg.metadata_dsn)
     with conn, conn.cursor() as cur:
-        cur.execute("SELECT deliveries, status, source FROM lakehouse.file_ledger WHERE bucket = 'landing' "
-                    "AND object_key = %s AND flow_id = 'inv_sqs'", ("invoices/2026/Nov 23/inv+1 (copy).txt",))
+        cur.execute(
+            "SELECT deliveries, status, source FROM lakehouse.file_ledger WHERE bucket = 'landing' "
+            "AND object_key = %s AND flow_id = 'inv_sqs'",
+            ("invoices/2026/Nov 23/inv+1 (copy).txt",),
+        )
         assert cur.fetchall() == [(2, "pending", "sqs")]
         cur.execute("DELETE FROM lakehouse.file_ledger WHERE flow_id = 'inv_sqs'")
     conn.close()
     airflow.down = False
-    unreachable = Invoker("postgresql://lakehouse:wrong@127.0.0.1:1/lakehouse", airflow,
-                          catalogue_loader=lambda: catalogue)
+    unreachable = Invoker(
+        "postgresql://lakehouse:wrong@127.0.0.1:1/lakehouse", airflow, catalogue_loader=lambda: catalogue
+    )
     _, failed = unreachable.handle_sqs_batch(payload)
     # nothing could be stored: every message with an object is redelivered; the test event needs no store
     assert set(failed) == {r["messageId"] for r in payload["Records"]} - {"4d3c2b1a-0f9e-4d8c-9b7a-6f5e4d3c2b1a"}

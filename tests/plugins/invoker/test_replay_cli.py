@@ -20,10 +20,14 @@ def replay_flow(pg: Settings, fake_airflow, monkeypatch) -> Iterator[object]:
     monkeypatch.setenv("LAKEHOUSE_AIRFLOW_PASSWORD", "pw")
     conn = psycopg2.connect(pg.metadata_dsn)
     with conn, conn.cursor() as cur:
-        cur.execute("INSERT INTO lakehouse.flows (flow_id, trigger_bucket, trigger_key_pattern) "
-                    "VALUES ('replay_flow', 'replay-bucket', 'drops/*.csv')")
-        cur.execute("INSERT INTO lakehouse.flow_tasks (flow_id, task_id, template_id, parameters) VALUES "
-                    "('replay_flow', 'a', 'stage_to_presentation', '{\"sql\": \"select 1\", \"target_table\": \"p.t\"}')")
+        cur.execute(
+            "INSERT INTO lakehouse.flows (flow_id, trigger_bucket, trigger_key_pattern) "
+            "VALUES ('replay_flow', 'replay-bucket', 'drops/*.csv')"
+        )
+        cur.execute(
+            "INSERT INTO lakehouse.flow_tasks (flow_id, task_id, template_id, parameters) VALUES "
+            "('replay_flow', 'a', 'stage_to_presentation', '{\"sql\": \"select 1\", \"target_table\": \"p.t\"}')"
+        )
     with mock_aws():
         s3 = boto3.client("s3", region_name="us-east-1")
         s3.create_bucket(Bucket="replay-bucket")

@@ -80,8 +80,9 @@ def test_oversized_and_malformed_bodies_are_refused(server: str, airflow) -> Non
     assert big.status_code == 413
     bad = requests.post(f"{server}/events/s3", data=b"{not json", headers=headers, timeout=5)
     assert bad.status_code == 400 and "not JSON" in bad.json()["error"]
-    odd = requests.post(f"{server}/events/s3", json={"Records": [{"eventName": "ObjectCreated:Put"}]},
-                        headers=headers, timeout=5)
+    odd = requests.post(
+        f"{server}/events/s3", json={"Records": [{"eventName": "ObjectCreated:Put"}]}, headers=headers, timeout=5
+    )
     assert odd.status_code == 400 and "missing field" in odd.json()["error"]
     assert airflow.calls == 0
 
@@ -90,19 +91,21 @@ def test_health(server: str) -> None:
     assert requests.get(f"{server}/healthz", timeout=5).json() == {"status": "ok"}
 
 
-def test_hmac_signature_is_an_alternative_to_the_bearer_token(server: str, airflow, bucket: str,
-                                                               ledger_rows) -> None:
+def test_hmac_signature_is_an_alternative_to_the_bearer_token(server: str, airflow, bucket: str, ledger_rows) -> None:
     from lakehouse.invoker.server import SIGNATURE_HEADER, sign_body
 
     body = json.dumps(seaweed_event(bucket)).encode()
-    good = requests.post(f"{server}/events/seaweedfs", data=body, timeout=10,
-                         headers={SIGNATURE_HEADER: sign_body(TOKEN, body)})
+    good = requests.post(
+        f"{server}/events/seaweedfs", data=body, timeout=10, headers={SIGNATURE_HEADER: sign_body(TOKEN, body)}
+    )
     assert good.status_code == 200 and good.json()["outcomes"][0]["status"] == "accepted"
     assert [r["status"] for r in wait_dispatched(ledger_rows)] == ["triggered"]
     tampered = body.replace(b"in/a.txt", b"in/b.txt")
-    for headers in ({SIGNATURE_HEADER: sign_body(TOKEN, body)},          # signature of another body
-                    {SIGNATURE_HEADER: sign_body("other-secret", tampered)},
-                    {SIGNATURE_HEADER: "sha256=" + "0" * 64}):
+    for headers in (
+        {SIGNATURE_HEADER: sign_body(TOKEN, body)},  # signature of another body
+        {SIGNATURE_HEADER: sign_body("other-secret", tampered)},
+        {SIGNATURE_HEADER: "sha256=" + "0" * 64},
+    ):
         refused = requests.post(f"{server}/events/seaweedfs", data=tampered, headers=headers, timeout=10)
         assert refused.status_code == 401
     assert len(airflow.runs) == 1
@@ -130,19 +133,25 @@ def test_aws_shapes_share_one_route_and_one_run(server: str, airflow, bucket: st
 def test_dangerous_key_is_refused_with_a_clear_error(server: str, airflow, bucket: str) -> None:
     payload = seaweed_event(bucket)
     payload["key"] = f"/buckets/{bucket}/in/../../etc/passwd"
-    response = requests.post(f"{server}/events/seaweedfs", json=payload,
-                             headers={"Authorization": f"Bearer {TOKEN}"}, timeout=5)
+    response = requests.post(
+        f"{server}/events/seaweedfs", json=payload, headers={"Authorization": f"Bearer {TOKEN}"}, timeout=5
+    )
     assert response.status_code == 400 and "'..' segment" in response.json()["error"]
     assert airflow.calls == 0
 
 
-def test_dispatching_server_answers_once_stored_and_triggers_in_background(invoker: Invoker, airflow,
-                                                                          bucket: str, ledger_rows) -> None:
+def test_dispatching_server_answers_once_stored_and_triggers_in_background(
+    invoker: Invoker, airflow, bucket: str, ledger_rows
+) -> None:
     srv, url = serve(invoker, workers=4, retry_interval=0.2)
     try:
         headers = {"Authorization": f"Bearer {TOKEN}"}
-        answers = [requests.post(f"{url}/events/seaweedfs", json=seaweed_event(bucket), headers=headers,
-                                 timeout=10).json()["outcomes"][0] for _ in range(2)]
+        answers = [
+            requests.post(f"{url}/events/seaweedfs", json=seaweed_event(bucket), headers=headers, timeout=10).json()[
+                "outcomes"
+            ][0]
+            for _ in range(2)
+        ]
         assert answers[0]["status"] == "accepted" and answers[0]["ledger_id"] == ledger_rows()[0]["ledger_id"]
         wait_until(lambda: ledger_rows()[0]["status"] == "triggered", "the dispatcher triggered the run")
         assert len(airflow.runs) == 1 and ledger_rows()[0]["deliveries"] == 2  # the second: counted, no new run
@@ -150,8 +159,9 @@ def test_dispatching_server_answers_once_stored_and_triggers_in_background(invok
         srv.stop()
 
 
-def test_airflow_down_does_not_slow_the_answer_and_the_outbox_drains(invoker: Invoker, airflow, bucket: str,
-                                                                     ledger_rows) -> None:
+def test_airflow_down_does_not_slow_the_answer_and_the_outbox_drains(
+    invoker: Invoker, airflow, bucket: str, ledger_rows
+) -> None:
     airflow.down = True
     srv, url = serve(invoker, workers=4, retry_interval=0.2)
     try:
@@ -179,8 +189,9 @@ def test_rows_stranded_by_a_dead_server_are_triggered_by_the_next(pg, airflow, b
     first = Invoker(pg.metadata_dsn, airflow, catalogue_loader=lambda: catalogue, lease_seconds=1)
     srv, url = serve(first, workers=1)
     srv.submit = lambda jobs, retry=False: None  # type: ignore[method-assign]  # the crash: queued jobs vanish
-    response = requests.post(f"{url}/events/seaweedfs", json=seaweed_event(bucket),
-                             headers={"Authorization": f"Bearer {TOKEN}"}, timeout=10)
+    response = requests.post(
+        f"{url}/events/seaweedfs", json=seaweed_event(bucket), headers={"Authorization": f"Bearer {TOKEN}"}, timeout=10
+    )
     assert response.json()["outcomes"][0]["status"] == "accepted"
     srv.stop()
     first.close()
@@ -211,16 +222,18 @@ def test_no_dispatcher_or_no_pooled_connection_is_refused_at_start(invoker: Invo
         ConnectionPool("postgresql://unused", 0)
 
 
-def test_events_arriving_while_the_database_is_away_are_spooled_then_stored(pg, airflow, bucket: str, ledger_rows,
-                                                                             tmp_path: Path) -> None:
+def test_events_arriving_while_the_database_is_away_are_spooled_then_stored(
+    pg, airflow, bucket: str, ledger_rows, tmp_path: Path
+) -> None:
     """SeaweedFS's webhook does not retry a 503: while Postgres is unreachable the event is kept
     on disk (answered 200 only once written) and reaches the ledger, once, when it is back."""
     from lakehouse.invoker.core import ConnectionPool
     from lakehouse.invoker.spool import EventSpool
 
     catalogue = catalogue_for(bucket, ("inv_a", "in/*.txt"))
-    invoker = Invoker("postgresql://nobody:x@127.0.0.1:1/none?connect_timeout=2", airflow,
-                      catalogue_loader=lambda: catalogue)
+    invoker = Invoker(
+        "postgresql://nobody:x@127.0.0.1:1/none?connect_timeout=2", airflow, catalogue_loader=lambda: catalogue
+    )
     spool = EventSpool(tmp_path / "spool")
     srv = InvokerServer(("127.0.0.1", 0), invoker, TOKEN, retry_interval=0.2, dispatch_workers=2, spool=spool)
     threading.Thread(target=srv.serve, daemon=True).start()
@@ -237,8 +250,10 @@ def test_events_arriving_while_the_database_is_away_are_spooled_then_stored(pg, 
         invoker.pool = ConnectionPool(pg.metadata_dsn, 2)  # the database answers again
         invoker.metadata_dsn = pg.metadata_dsn
         # the spool empties only after its last event (the duplicate) is stored: both must hold
-        wait_until(lambda: spool.pending() == [] and [r["status"] for r in ledger_rows()] == ["triggered", "triggered"],
-                   "spool drained")
+        wait_until(
+            lambda: spool.pending() == [] and [r["status"] for r in ledger_rows()] == ["triggered", "triggered"],
+            "spool drained",
+        )
         assert len(airflow.runs) == 2
         assert sorted(r["deliveries"] for r in ledger_rows()) == [1, 2]
     finally:
@@ -246,8 +261,9 @@ def test_events_arriving_while_the_database_is_away_are_spooled_then_stored(pg, 
         invoker.close()
 
 
-def test_a_pooled_connection_the_server_dropped_does_not_lose_the_event(invoker: Invoker, airflow, bucket: str,
-                                                                          ledger_rows, pg, tmp_path: Path) -> None:
+def test_a_pooled_connection_the_server_dropped_does_not_lose_the_event(
+    invoker: Invoker, airflow, bucket: str, ledger_rows, pg, tmp_path: Path
+) -> None:
     """A Postgres restart drops the pool's idle connections: the next event meets "server closed
     the connection", then "connection already closed"; it is spooled, not answered 503."""
     import psycopg2

@@ -22,8 +22,8 @@ def two_flows(pg: Settings):
             cur.execute("INSERT INTO lakehouse.flows (flow_id, schedule) VALUES (%s, '@daily')", (flow_id,))
             cur.execute(
                 "INSERT INTO lakehouse.flow_tasks (flow_id, task_id, task_order, template_id, parameters) VALUES "
-                "(%s, 'b', 2, 'stage_to_presentation', '{\"sql\": \"select 1\", \"target_table\": \"p.t\"}'),"
-                "(%s, 'a', 1, 'stage_to_presentation', '{\"sql\": \"select 2\", \"target_table\": \"p.u\"}')",
+                '(%s, \'b\', 2, \'stage_to_presentation\', \'{"sql": "select 1", "target_table": "p.t"}\'),'
+                '(%s, \'a\', 1, \'stage_to_presentation\', \'{"sql": "select 2", "target_table": "p.u"}\')',
                 (flow_id, flow_id),
             )
     yield
@@ -91,4 +91,6 @@ def test_task_run_reads_only_its_flow_and_keeps_the_full_snapshot(pg: Settings, 
     assert list(one.flows) == ["cat_two"]
     assert "stage_to_presentation" in one.templates
     assert snapshot.read_text() == before
-    assert {"cat_one", "cat_two"} <= set(load_catalogue("postgresql://nobody@127.0.0.1:1/x", snapshot_path=snapshot).flows)
+    assert {"cat_one", "cat_two"} <= set(
+        load_catalogue("postgresql://nobody@127.0.0.1:1/x", snapshot_path=snapshot).flows
+    )

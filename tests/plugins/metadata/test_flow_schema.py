@@ -11,6 +11,7 @@ from typing import Any
 import jsonschema
 import pytest
 import yaml
+
 from lakehouse.cli import main
 from lakehouse.flows import Catalogue, validate_flow
 from lakehouse.metadata.catalogue import declared_templates
@@ -54,8 +55,9 @@ def test_the_docs_show_samples() -> None:
 
 
 @pytest.mark.parametrize(("name", "document"), SAMPLES, ids=[name for name, _ in SAMPLES])
-def test_every_documented_sample_is_valid(validator: jsonschema.Draft202012Validator, name: str,
-                                          document: dict[str, Any]) -> None:
+def test_every_documented_sample_is_valid(
+    validator: jsonschema.Draft202012Validator, name: str, document: dict[str, Any]
+) -> None:
     """The schema, the model and the flow checks (against the declared templates) all accept it."""
     assert [e.message for e in validator.iter_errors(document)] == []
     rows = declared_templates()  # each one's current version is recorded too (pinned tasks)
@@ -66,22 +68,26 @@ def test_every_documented_sample_is_valid(validator: jsonschema.Draft202012Valid
 BASE: dict[str, Any] = {"flow_id": "orders", "tasks": [{"task_id": "a", "template": "stage_to_presentation"}]}
 
 
-@pytest.mark.parametrize(("change", "problem"), [
-    ({"schedul": "@daily"}, "schedul: unknown key"),
-    ({"tasks": [{"task_id": "a", "template": "t", "colour": 1}]}, "tasks[a].colour: unknown key"),
-    ({"trigger": {"bucket": "landing", "key_patern": "x/*"}}, "trigger.key_patern: unknown key"),
-    ({"tasks": [{"task_id": "a", "template": "t", "retries": "3"}]}, "tasks[a].retries: expected an integer"),
-    ({"max_active_runs": True}, "max_active_runs: expected an integer, got bool True"),
-    ({"max_active_runs": 0}, "max_active_runs: expected an integer ≥ 1, got int 0"),
-    ({"trigger": {"bucket": "landing"}}, "trigger: bucket and key_pattern go together"),
-    ({"trigger": {"bucket": "landing", "key_pattern": "x", "syntax": "re"}}, "trigger.syntax: expected 'glob' or"),
-    ({"flow_id": "Orders"}, "flow_id: expected a name of lower-case letters"),
-    ({"tags": ["a", 1]}, "tags[1]: expected a string, got int 1"),
-    ({"tasks": []}, "tasks: expected a non-empty list, got list []"),
-    ({"tasks": [{"template": "t"}]}, "tasks[0].task_id: required"),
-])
-def test_schema_and_model_refuse_the_same_documents(validator: jsonschema.Draft202012Validator,
-                                                    change: dict[str, Any], problem: str) -> None:
+@pytest.mark.parametrize(
+    ("change", "problem"),
+    [
+        ({"schedul": "@daily"}, "schedul: unknown key"),
+        ({"tasks": [{"task_id": "a", "template": "t", "colour": 1}]}, "tasks[a].colour: unknown key"),
+        ({"trigger": {"bucket": "landing", "key_patern": "x/*"}}, "trigger.key_patern: unknown key"),
+        ({"tasks": [{"task_id": "a", "template": "t", "retries": "3"}]}, "tasks[a].retries: expected an integer"),
+        ({"max_active_runs": True}, "max_active_runs: expected an integer, got bool True"),
+        ({"max_active_runs": 0}, "max_active_runs: expected an integer ≥ 1, got int 0"),
+        ({"trigger": {"bucket": "landing"}}, "trigger: bucket and key_pattern go together"),
+        ({"trigger": {"bucket": "landing", "key_pattern": "x", "syntax": "re"}}, "trigger.syntax: expected 'glob' or"),
+        ({"flow_id": "Orders"}, "flow_id: expected a name of lower-case letters"),
+        ({"tags": ["a", 1]}, "tags[1]: expected a string, got int 1"),
+        ({"tasks": []}, "tasks: expected a non-empty list, got list []"),
+        ({"tasks": [{"template": "t"}]}, "tasks[0].task_id: required"),
+    ],
+)
+def test_schema_and_model_refuse_the_same_documents(
+    validator: jsonschema.Draft202012Validator, change: dict[str, Any], problem: str
+) -> None:
     document = {**BASE, **change}
     assert list(validator.iter_errors(document)) != []
     with pytest.raises(FlowDocumentError) as raised:
@@ -90,8 +96,14 @@ def test_schema_and_model_refuse_the_same_documents(validator: jsonschema.Draft2
 
 
 def test_null_means_the_default_for_both(validator: jsonschema.Draft202012Validator) -> None:
-    document = {**BASE, "max_active_runs": None, "description": None, "tags": None, "schedule": None,
-                "tasks": [{"task_id": "a", "template": "t", "retries": None, "parameters": None}]}
+    document = {
+        **BASE,
+        "max_active_runs": None,
+        "description": None,
+        "tags": None,
+        "schedule": None,
+        "tasks": [{"task_id": "a", "template": "t", "retries": None, "parameters": None}],
+    }
     assert list(validator.iter_errors(document)) == []
     parsed = parse_flow_document(document)
     assert (parsed.max_active_runs, parsed.description, parsed.tags, parsed.tasks[0].parameters) == (16, "", [], {})
@@ -102,5 +114,7 @@ def test_a_yaml_value_json_cannot_hold_is_named() -> None:
     document = yaml.safe_load("flow_id: f\ntasks: [{task_id: a, template: t, parameters: {day: 2024-01-01}}]")
     with pytest.raises(FlowDocumentError) as raised:
         parse_flow_document(document)
-    assert raised.value.problems == ["tasks[a].parameters.day: expected a JSON value (string, number, true/false, "
-                                     "null, list or mapping), got date datetime.date(2024, 1, 1)"]
+    assert raised.value.problems == [
+        "tasks[a].parameters.day: expected a JSON value (string, number, true/false, "
+        "null, list or mapping), got date datetime.date(2024, 1, 1)"
+    ]

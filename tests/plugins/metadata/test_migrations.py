@@ -52,20 +52,24 @@ def test_repeatable_migration_reapplies_on_change(pg: Settings, tmp_path) -> Non
     [
         ("INSERT INTO lakehouse.flows (flow_id) VALUES ('Bad-Id')", "flows_flow_id_check"),
         ("INSERT INTO lakehouse.flows (flow_id, trigger_bucket) VALUES ('half_trigger', 'b')", "flows_check"),
-        ("INSERT INTO lakehouse.flows (flow_id) VALUES ('fk_flow');"
-         "INSERT INTO lakehouse.flow_tasks (flow_id, task_id, template_id) VALUES ('fk_flow', 'a', 'no_such')",
-         "flow_tasks_template_id_fkey"),
-        ("INSERT INTO lakehouse.flows (flow_id) VALUES ('param_flow');"
-         "INSERT INTO lakehouse.flow_tasks (flow_id, task_id, template_id, parameters) "
-         "VALUES ('param_flow', 'a', 'landing_to_raw', '[1]')", "flow_tasks_parameters_check"),
+        (
+            "INSERT INTO lakehouse.flows (flow_id) VALUES ('fk_flow');"
+            "INSERT INTO lakehouse.flow_tasks (flow_id, task_id, template_id) VALUES ('fk_flow', 'a', 'no_such')",
+            "flow_tasks_template_id_fkey",
+        ),
+        (
+            "INSERT INTO lakehouse.flows (flow_id) VALUES ('param_flow');"
+            "INSERT INTO lakehouse.flow_tasks (flow_id, task_id, template_id, parameters) "
+            "VALUES ('param_flow', 'a', 'landing_to_raw', '[1]')",
+            "flow_tasks_parameters_check",
+        ),
     ],
 )
 def test_database_refuses_bad_rows(pg: Settings, statement: str, error: str) -> None:
     conn = psycopg2.connect(pg.metadata_dsn)
     try:
-        with pytest.raises(psycopg2.IntegrityError, match=error):
-            with conn, conn.cursor() as cur:
-                cur.execute(statement)
+        with pytest.raises(psycopg2.IntegrityError, match=error), conn, conn.cursor() as cur:
+            cur.execute(statement)
     finally:
         conn.close()
 
@@ -81,29 +85,38 @@ def test_a_template_change_that_breaks_stored_flows_is_refused_and_names_them(pg
     real = pg.root / "metadata" / "migrations"
     for path in real.glob("V*.sql"):
         shutil.copy(path, tmp_path / path.name)
-    spec = '[{"name": "sql", "type": "str", "required": true}, {"name": "target_table", "type": "str", "required": true}]'
+    spec = (
+        '[{"name": "sql", "type": "str", "required": true}, {"name": "target_table", "type": "str", "required": true}]'
+    )
     catalogue = tmp_path / "R__templates.sql"
-    catalogue.write_text(f"INSERT INTO lakehouse.templates (template_id, script_location, parameter_spec) "
-                         f"VALUES ('present', 'present.py', '{spec}') ON CONFLICT (template_id) DO UPDATE "
-                         f"SET parameter_spec = EXCLUDED.parameter_spec;")
+    catalogue.write_text(
+        f"INSERT INTO lakehouse.templates (template_id, script_location, parameter_spec) "
+        f"VALUES ('present', 'present.py', '{spec}') ON CONFLICT (template_id) DO UPDATE "
+        f"SET parameter_spec = EXCLUDED.parameter_spec;"
+    )
     dsn = pg.dsn(scratch)
     migrate(dsn, tmp_path)
     conn = psycopg2.connect(dsn)
     with conn, conn.cursor() as cur:
         for flow_id in ("sales", "stock"):
             cur.execute("INSERT INTO lakehouse.flows (flow_id) VALUES (%s)", (flow_id,))
-            cur.execute("INSERT INTO lakehouse.flow_tasks (flow_id, task_id, template_id, parameters) VALUES "
-                        "(%s, 'build', 'present', '{\"sql\": \"select 1\", \"target_table\": \"p.t\"}')", (flow_id,))
-    breaking = spec.replace(']', ', {"name": "partition_by", "type": "list", "required": true}]')
+            cur.execute(
+                "INSERT INTO lakehouse.flow_tasks (flow_id, task_id, template_id, parameters) VALUES "
+                '(%s, \'build\', \'present\', \'{"sql": "select 1", "target_table": "p.t"}\')',
+                (flow_id,),
+            )
+    breaking = spec.replace("]", ', {"name": "partition_by", "type": "list", "required": true}]')
     catalogue.write_text(catalogue.read_text().replace(spec, breaking))
     with pytest.raises(TemplateChangeBreaksFlowsError) as raised:
         migrate(dsn, tmp_path)
     assert "would break 2 flow(s) (sales, stock)" in str(raised.value)
-    assert "flow 'sales': flow_tasks[build].parameters.partition_by: required by template 'present'" in str(raised.value)
+    assert "flow 'sales': flow_tasks[build].parameters.partition_by: required by template 'present'" in str(
+        raised.value
+    )
     with conn, conn.cursor() as cur:
         cur.execute("SELECT parameter_spec FROM lakehouse.templates WHERE template_id = 'present'")
         assert len(cur.fetchone()[0]) == 2  # unchanged
-    compatible = spec.replace(']', ', {"name": "partition_by", "type": "list", "required": false}]')
+    compatible = spec.replace("]", ', {"name": "partition_by", "type": "list", "required": false}]')
     catalogue.write_text(catalogue.read_text().replace(breaking, compatible))
     assert migrate(dsn, tmp_path) == ["R__templates"]
     conn.close()

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import psycopg2
 import pytest
+
 from lakehouse.cli import main
 from lakehouse.config import Settings
 from lakehouse.flows import Flow, ParameterSpec, Template, validate_flow
@@ -37,12 +38,18 @@ def test_the_reader_keeps_quotes_and_comment_marks_inside_literals(tmp_path: Pat
         "-- a comment ('not a row')\n"
         "INSERT INTO lakehouse.templates (template_id, version, script_location, description, parameter_spec) VALUES\n"
         "('a', 2, 'a.py', 'it''s -- not a comment), really',\n"
-        " '[{\"name\": \"x\", \"description\": \"the stack''s\"}]'),\n"
+        ' \'[{"name": "x", "description": "the stack\'\'s"}]\'),\n'
         "('b', 1, 'b.py', NULL, '[]') -- trailing\n"
-        "ON CONFLICT (template_id) DO NOTHING;\n")
+        "ON CONFLICT (template_id) DO NOTHING;\n"
+    )
     assert declared_templates(sql) == [
-        {"template_id": "a", "version": 2, "script_location": "a.py", "description": "it's -- not a comment), really",
-         "parameter_spec": [{"name": "x", "description": "the stack's"}]},
+        {
+            "template_id": "a",
+            "version": 2,
+            "script_location": "a.py",
+            "description": "it's -- not a comment), really",
+            "parameter_spec": [{"name": "x", "description": "the stack's"}],
+        },
         {"template_id": "b", "version": 1, "script_location": "b.py", "description": None, "parameter_spec": []},
     ]
     sql.write_text("INSERT INTO lakehouse.templates (template_id, description) VALUES ('a', $$x$$);")
@@ -52,29 +59,54 @@ def test_the_reader_keeps_quotes_and_comment_marks_inside_literals(tmp_path: Pat
 
 def test_a_malformed_parameter_spec_invalidates_only_the_flows_using_it() -> None:
     """A parse never fails for one bad row: the template carries its problem, its flows show it."""
-    bad = Template.from_row({"template_id": "bad", "script_location": "bad.py", "parameter_spec": [
-        {"name": "n", "type": "int", "default": "ten"}, {"name": "m", "required": "yes", "colour": 1},
-        {"name": "k", "excludes": ["nowhere"]}]})
+    bad = Template.from_row(
+        {
+            "template_id": "bad",
+            "script_location": "bad.py",
+            "parameter_spec": [
+                {"name": "n", "type": "int", "default": "ten"},
+                {"name": "m", "required": "yes", "colour": 1},
+                {"name": "k", "excludes": ["nowhere"]},
+            ],
+        }
+    )
     assert bad.parameters == () and bad.problem is not None
-    assert bad.problem.startswith("parameter_spec[n]: default expected int, got str 'ten'; "
-                                  "parameter_spec[m].required: Input should be a valid boolean, got 'yes'; "
-                                  "parameter_spec[m].colour: unknown key (known: name, type, required, default")
+    assert bad.problem.startswith(
+        "parameter_spec[n]: default expected int, got str 'ten'; "
+        "parameter_spec[m].required: Input should be a valid boolean, got 'yes'; "
+        "parameter_spec[m].colour: unknown key (known: name, type, required, default"
+    )
     good = Template("good", "good.py", parameters=(ParameterSpec("x"),))
-    flow = Flow.from_row({"flow_id": "f", "tasks": [
-        {"flow_id": "f", "task_id": "a", "template_id": "bad", "parameters": {"n": 1}},
-        {"flow_id": "f", "task_id": "b", "template_id": "good", "parameters": {"x": "y"}}]})
+    flow = Flow.from_row(
+        {
+            "flow_id": "f",
+            "tasks": [
+                {"flow_id": "f", "task_id": "a", "template_id": "bad", "parameters": {"n": 1}},
+                {"flow_id": "f", "task_id": "b", "template_id": "good", "parameters": {"x": "y"}},
+            ],
+        }
+    )
     assert [str(p) for p in validate_flow(flow, {"bad": bad, "good": good})] == [
-        f"flow 'f': flow_tasks[a].template_id: template 'bad' has an invalid parameter_spec: {bad.problem}"]
-    names = Template.from_row({"template_id": "t", "script_location": "t.py", "parameter_spec": [
-        {"name": "a", "excludes": ["b"]}, {"name": "a"}, {"name": "c", "requires": {"d": None}}]})
-    assert names.problem == ("parameter_spec: 'a' is declared twice; 'a' names an undeclared parameter 'b'; "
-                             "'c' names an undeclared parameter 'd'")
+        f"flow 'f': flow_tasks[a].template_id: template 'bad' has an invalid parameter_spec: {bad.problem}"
+    ]
+    names = Template.from_row(
+        {
+            "template_id": "t",
+            "script_location": "t.py",
+            "parameter_spec": [{"name": "a", "excludes": ["b"]}, {"name": "a"}, {"name": "c", "requires": {"d": None}}],
+        }
+    )
+    assert names.problem == (
+        "parameter_spec: 'a' is declared twice; 'a' names an undeclared parameter 'b'; "
+        "'c' names an undeclared parameter 'd'"
+    )
 
 
 def test_the_templates_page_is_what_the_declarations_render(capsys: pytest.CaptureFixture[str]) -> None:
     page = ROOT / "docs" / "templates.md"
     assert page.read_text() == templates_reference_markdown(), (
-        "docs/templates.md is stale: run `.venv/bin/lakehouse docs templates > docs/templates.md`")
+        "docs/templates.md is stale: run `.venv/bin/lakehouse docs templates > docs/templates.md`"
+    )
     assert main(["docs", "templates"]) == 0
     assert capsys.readouterr().out == page.read_text()
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Iterator
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from types import SimpleNamespace
 from typing import Any
 
@@ -49,23 +49,35 @@ class ScriptedRunner:
 
 @pytest.fixture
 def operator() -> Iterator[template_task.TemplateTaskOperator]:
-    task = FlowTask("audit_flow", "build", TEMPLATE.template_id, {"sql": "select 1", "target_table": "p.t"},
-                    timeout_seconds=1, retries=1)
+    task = FlowTask(
+        "audit_flow",
+        "build",
+        TEMPLATE.template_id,
+        {"sql": "select 1", "target_table": "p.t"},
+        timeout_seconds=1,
+        retries=1,
+    )
     dag = build_dag(Flow("audit_flow", (task,)), {TEMPLATE.template_id: TEMPLATE})
     yield dag.task_dict["build"]
 
 
 def context_for(op: template_task.TemplateTaskOperator, run_id: str, try_number: int = 1) -> dict[str, Any]:
-    dag_run = SimpleNamespace(run_id=run_id, conf={"file": {"bucket": "landing", "key": "a/b.csv", "etag": "e1"}},
-                              run_after=datetime(2026, 11, 23, tzinfo=timezone.utc))
+    dag_run = SimpleNamespace(
+        run_id=run_id,
+        conf={"file": {"bucket": "landing", "key": "a/b.csv", "etag": "e1"}},
+        run_after=datetime(2026, 11, 23, tzinfo=UTC),
+    )
     ti = SimpleNamespace(dag_id=op.dag_id, task_id=op.task_id, try_number=try_number)
     return {"dag_run": dag_run, "ti": ti, "task": op, "logical_date": None}
 
 
 def audit_rows(settings: Settings, run_id: str) -> list[tuple[Any, ...]]:
     with psycopg2.connect(settings.metadata_dsn) as conn, conn.cursor() as cur:
-        cur.execute("SELECT try_number, status, rows_in, rows_out, rows_rejected, error, ended_at IS NOT NULL "
-                    "FROM lakehouse.task_runs WHERE dag_run_id = %s ORDER BY try_number", (run_id,))
+        cur.execute(
+            "SELECT try_number, status, rows_in, rows_out, rows_rejected, error, ended_at IS NOT NULL "
+            "FROM lakehouse.task_runs WHERE dag_run_id = %s ORDER BY try_number",
+            (run_id,),
+        )
         rows = cur.fetchall()
     conn.close()
     return rows
@@ -104,8 +116,12 @@ def test_failed_try_keeps_the_jobs_counts_and_one_line_reason(pg: Settings, oper
     """The counts a failed job reported reach the audit row; the reason is one line, the log tail
     stays in ``error``, and the alert leads with the reason."""
     why = "landing file s3://landing/customers/bad/malformed.csv: 3 of 5 lines rejected (60.0%), more than 0.0"
-    failure = JobFailedError(why, "job-7", metrics={"rows_in": 5, "rows_out": 0, "rows_rejected": 3},
-                             details="--- last lines of the job's output ---\nINFO SparkContext: stopped")
+    failure = JobFailedError(
+        why,
+        "job-7",
+        metrics={"rows_in": 5, "rows_out": 0, "rows_rejected": 3},
+        details="--- last lines of the job's output ---\nINFO SparkContext: stopped",
+    )
     use_runner(monkeypatch, ScriptedRunner(failure))
     context = context_for(operator, "run_counts")
     with pytest.raises(JobFailedError) as raised:
@@ -138,9 +154,17 @@ def test_airflow_execution_timeout_is_recorded_as_timeout(pg: Settings, operator
 def test_killed_try_is_closed_by_the_failure_callback_with_one_alert(pg: Settings, operator) -> None:
     """A SIGKILLed worker never reaches its own `finally`: the row it opened is closed as killed."""
     context = context_for(operator, "run_killed")
-    start_task_run(pg.metadata_dsn, flow_id="audit_flow", task_id="build", template_id=TEMPLATE.template_id,
-                   dag_id=operator.dag_id, dag_run_id="run_killed", try_number=1, batch_id="run_killed",
-                   runner="scripted")
+    start_task_run(
+        pg.metadata_dsn,
+        flow_id="audit_flow",
+        task_id="build",
+        template_id=TEMPLATE.template_id,
+        dag_id=operator.dag_id,
+        dag_run_id="run_killed",
+        try_number=1,
+        batch_id="run_killed",
+        runner="scripted",
+    )
     context["exception"] = None
     template_task.on_task_failure(context)
     ((_, status, *_, error, ended),) = audit_rows(pg, "run_killed")
@@ -174,8 +198,11 @@ def test_secret_reaches_the_job_out_of_band_and_never_the_audit(pg: Settings, mo
     """secret_id names an Airflow connection locally; its password goes to the job's environment,
     not its arguments, and a job that echoes it has it scrubbed from the audit row and the alert."""
     monkeypatch.setenv("AIRFLOW_CONN_SHOP_LOGIN", "postgresql://loader:pw-9f8e7d@db.internal:5432/shop")
-    template = Template("presentation_to_warehouse", "presentation_to_warehouse.py",
-                        parameters=(ParameterSpec("source_table"), ParameterSpec("secret_id")))
+    template = Template(
+        "presentation_to_warehouse",
+        "presentation_to_warehouse.py",
+        parameters=(ParameterSpec("source_table"), ParameterSpec("secret_id")),
+    )
     task = FlowTask("audit_flow", "load", template.template_id, {"source_table": "p.t", "secret_id": "shop_login"})
     op = build_dag(Flow("audit_flow", (task,)), {template.template_id: template}).task_dict["load"]
     runner = ScriptedRunner(JobFailedError("FATAL: password authentication failed for loader/pw-9f8e7d"))
@@ -196,17 +223,24 @@ def test_secret_reaches_the_job_out_of_band_and_never_the_audit(pg: Settings, mo
 
 
 def test_a_batch_that_went_on_without_some_files_names_them_in_the_audit_and_an_alert(
-        pg: Settings, operator, monkeypatch: pytest.MonkeyPatch) -> None:
-    metrics = {"rows_in": 9, "rows_out": 6, "rows_rejected": 1, "files": 3,
-               "rejected_files": ["landing file s3://landing/c.csv is empty: it has no data lines"]}
+    pg: Settings, operator, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    metrics = {
+        "rows_in": 9,
+        "rows_out": 6,
+        "rows_rejected": 1,
+        "files": 3,
+        "rejected_files": ["landing file s3://landing/c.csv is empty: it has no data lines"],
+    }
     use_runner(monkeypatch, ScriptedRunner(metrics))
     operator.execute(context_for(operator, "run_partial"))
     with psycopg2.connect(pg.metadata_dsn) as conn, conn.cursor() as cur:
         cur.execute("SELECT status, error_summary FROM lakehouse.task_runs WHERE dag_run_id = 'run_partial'")
         ((status, why),) = cur.fetchall()
     conn.close()
-    assert status == "success" and why.startswith("1 of 3 files of the batch rejected, the rest loaded: landing file "
-                                                   "s3://landing/c.csv is empty")
+    assert status == "success" and why.startswith(
+        "1 of 3 files of the batch rejected, the rest loaded: landing file s3://landing/c.csv is empty"
+    )
     ((task_id, _, error),) = notifications(pg, "run_partial")
     assert task_id == "build" and "s3://landing/c.csv is empty" in error
 
@@ -216,8 +250,11 @@ def test_a_batch_that_went_on_without_some_files_names_them_in_the_audit_and_an_
 
 @pytest.fixture
 def aws(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
-    for name, value in {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing",
-                        "AWS_DEFAULT_REGION": "us-east-1"}.items():
+    for name, value in {
+        "AWS_ACCESS_KEY_ID": "testing",
+        "AWS_SECRET_ACCESS_KEY": "testing",
+        "AWS_DEFAULT_REGION": "us-east-1",
+    }.items():
         monkeypatch.setenv(name, value)
     monkeypatch.delenv("AWS_ENDPOINT_URL_S3", raising=False)
     with mock_aws():
@@ -252,24 +289,36 @@ class ScriptedGlue:
     def batch_stop_job_run(self, **kwargs: Any) -> Any:
         self.stopped.append(kwargs)
         self.state = "STOPPED"
-        return {"SuccessfulSubmissions": [{"JobName": kwargs["JobName"], "JobRunId": r} for r in kwargs["JobRunIds"]],
-                "Errors": []}
+        return {
+            "SuccessfulSubmissions": [{"JobName": kwargs["JobName"], "JobRunId": r} for r in kwargs["JobRunIds"]],
+            "Errors": [],
+        }
 
 
 def use_glue(monkeypatch: pytest.MonkeyPatch, glue: ScriptedGlue, deferrable: bool = True) -> None:
     """Each get_runner builds a fresh runner, as the resumed task does in another process."""
+
     def runner(settings: Settings) -> GlueRunner:
-        return GlueRunner(role_arn="arn:aws:iam::123456789012:role/lakehouse-glue",
-                          templates_uri="s3://templates-bucket/templates", lake_uri="s3://lake-bucket/lake",
-                          poll_seconds=0, deferrable=deferrable, client=glue, s3=glue.s3)
+        return GlueRunner(
+            role_arn="arn:aws:iam::123456789012:role/lakehouse-glue",
+            templates_uri="s3://templates-bucket/templates",
+            lake_uri="s3://lake-bucket/lake",
+            poll_seconds=0,
+            deferrable=deferrable,
+            client=glue,
+            s3=glue.s3,
+        )
 
     monkeypatch.setattr(template_task, "get_runner", runner)
 
 
 def task_run(settings: Settings, run_id: str) -> tuple[Any, ...]:
     with psycopg2.connect(settings.metadata_dsn) as conn, conn.cursor() as cur:
-        cur.execute("SELECT status, rows_in, rows_out, rows_rejected, error_summary, error, external_run_id "
-                    "FROM lakehouse.task_runs WHERE dag_run_id = %s", (run_id,))
+        cur.execute(
+            "SELECT status, rows_in, rows_out, rows_rejected, error_summary, error, external_run_id "
+            "FROM lakehouse.task_runs WHERE dag_run_id = %s",
+            (run_id,),
+        )
         (row,) = cur.fetchall()
     conn.close()
     return row
@@ -281,8 +330,9 @@ def defer(op: template_task.TemplateTaskOperator, context: dict[str, Any]) -> Ta
     return deferred.value
 
 
-def test_a_glue_task_defers_its_wait_to_the_providers_trigger(pg: Settings, operator, aws: None,
-                                                               monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_glue_task_defers_its_wait_to_the_providers_trigger(
+    pg: Settings, operator, aws: None, monkeypatch: pytest.MonkeyPatch
+) -> None:
     glue = ScriptedGlue({"rows_in": 5, "rows_out": 4})
     use_glue(monkeypatch, glue)
     deferred = defer(operator, context_for(operator, "run_defer"))
@@ -295,8 +345,9 @@ def test_a_glue_task_defers_its_wait_to_the_providers_trigger(pg: Settings, oper
     assert task_run(pg, "run_defer")[0] == "running"  # the try is not over while the triggerer waits
 
 
-def test_resumed_with_success_the_row_has_the_jobs_counts(pg: Settings, operator, aws: None,
-                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+def test_resumed_with_success_the_row_has_the_jobs_counts(
+    pg: Settings, operator, aws: None, monkeypatch: pytest.MonkeyPatch
+) -> None:
     glue = ScriptedGlue({"rows_in": 5, "rows_out": 4, "rows_rejected": 1})
     use_glue(monkeypatch, glue)
     context = context_for(operator, "run_resumed")
@@ -308,11 +359,15 @@ def test_resumed_with_success_the_row_has_the_jobs_counts(pg: Settings, operator
     assert glue.get_jobs()["Jobs"] == []  # deleted after success, as on the synchronous path
 
 
-def test_resumed_with_failure_the_row_says_why_in_one_line(pg: Settings, operator, aws: None,
-                                                           monkeypatch: pytest.MonkeyPatch) -> None:
+def test_resumed_with_failure_the_row_says_why_in_one_line(
+    pg: Settings, operator, aws: None, monkeypatch: pytest.MonkeyPatch
+) -> None:
     why = "landing file s3://landing/c.csv: 3 of 5 lines rejected (60.0%)"
-    glue = ScriptedGlue({"rows_in": 5, "rows_out": 0, "rows_rejected": 3, "error": "JobFailure: …\n  at line 1",
-                         "error_summary": why}, state="FAILED", message="Exception: see the log")
+    glue = ScriptedGlue(
+        {"rows_in": 5, "rows_out": 0, "rows_rejected": 3, "error": "JobFailure: …\n  at line 1", "error_summary": why},
+        state="FAILED",
+        message="Exception: see the log",
+    )
     use_glue(monkeypatch, glue)
     context = context_for(operator, "run_resumed_failed")
     deferred = defer(operator, context)
@@ -329,8 +384,9 @@ def test_resumed_with_failure_the_row_says_why_in_one_line(pg: Settings, operato
     assert alert.startswith(why) and "ended FAILED: Exception: see the log" in alert
 
 
-def test_a_trigger_that_crashed_closes_the_row(pg: Settings, operator, aws: None,
-                                               monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_trigger_that_crashed_closes_the_row(
+    pg: Settings, operator, aws: None, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """Airflow resumes the task in its fail path (never execute_complete) when the trigger failed."""
     use_glue(monkeypatch, ScriptedGlue({}))
     context = context_for(operator, "run_trigger_crashed")
@@ -341,8 +397,9 @@ def test_a_trigger_that_crashed_closes_the_row(pg: Settings, operator, aws: None
     assert status == "killed" and summary == "TaskDeferralError: Trigger failure"
 
 
-def test_on_kill_stops_the_glue_run_the_worker_is_waiting_for(pg: Settings, operator, aws: None,
-                                                              monkeypatch: pytest.MonkeyPatch) -> None:
+def test_on_kill_stops_the_glue_run_the_worker_is_waiting_for(
+    pg: Settings, operator, aws: None, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """Where the worker waits itself (no aiobotocore), a kill arrives as on_kill during the wait."""
     glue = ScriptedGlue({"rows_in": 5}, state="RUNNING")
     use_glue(monkeypatch, glue, deferrable=False)

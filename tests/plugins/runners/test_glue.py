@@ -20,8 +20,11 @@ from lakehouse.runners.glue import GlueRunner, StoppableGlueJobCompleteTrigger
 
 @pytest.fixture
 def aws(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
-    for name, value in {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing",
-                        "AWS_DEFAULT_REGION": "us-east-1"}.items():
+    for name, value in {
+        "AWS_ACCESS_KEY_ID": "testing",
+        "AWS_SECRET_ACCESS_KEY": "testing",
+        "AWS_DEFAULT_REGION": "us-east-1",
+    }.items():
         monkeypatch.setenv(name, value)
     monkeypatch.delenv("AWS_ENDPOINT_URL_S3", raising=False)
     with mock_aws():
@@ -31,9 +34,14 @@ def aws(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
 
 def request() -> JobRequest:
     return JobRequest(
-        flow_id="invoices", task_id="landing_to_raw", template_id="landing_to_raw",
-        script_location="landing_to_raw.py", run_id="s3__invoices__abc", batch_id="s3__invoices__abc",
-        arguments={"dataset": "invoices", "format": "regex"}, timeout_seconds=600,
+        flow_id="invoices",
+        task_id="landing_to_raw",
+        template_id="landing_to_raw",
+        script_location="landing_to_raw.py",
+        run_id="s3__invoices__abc",
+        batch_id="s3__invoices__abc",
+        arguments={"dataset": "invoices", "format": "regex"},
+        timeout_seconds=600,
         batch_time="2026-11-23T10:00:00+00:00",
     )
 
@@ -59,8 +67,12 @@ class MetricsWritingGlue:
     def batch_stop_job_run(self, **kwargs: Any) -> Any:
         """moto has no BatchStopJobRun: record the call and answer as Glue does."""
         self.stopped.append(kwargs)
-        return {"SuccessfulSubmissions": [{"JobName": kwargs["JobName"], "JobRunId": run_id}
-                                          for run_id in kwargs["JobRunIds"]], "Errors": []}
+        return {
+            "SuccessfulSubmissions": [
+                {"JobName": kwargs["JobName"], "JobRunId": run_id} for run_id in kwargs["JobRunIds"]
+            ],
+            "Errors": [],
+        }
 
 
 def make_runner(fail: bool = False) -> tuple[GlueRunner, Any]:
@@ -157,8 +169,13 @@ def test_a_failed_glue_job_is_its_own_one_line_reason_with_its_counts(aws: None)
     """The failure metrics the template wrote before the run ended FAILED carry the reason the
     audit row keeps; Glue's own ErrorMessage stays in the details."""
     runner, glue = make_runner(fail=True)
-    report = {"rows_in": 5, "rows_out": 0, "rows_rejected": 3, "error": "JobFailure: …",
-              "error_summary": "landing file s3://landing/c.csv: 3 of 5 lines rejected (60.0%)"}
+    report = {
+        "rows_in": 5,
+        "rows_out": 0,
+        "rows_rejected": 3,
+        "error": "JobFailure: …",
+        "error_summary": "landing file s3://landing/c.csv: 3 of 5 lines rejected (60.0%)",
+    }
     start = runner.client.start_job_run
 
     def failing_start(**kwargs: Any) -> Any:
@@ -167,8 +184,12 @@ def test_a_failed_glue_job_is_its_own_one_line_reason_with_its_counts(aws: None)
         return start(**kwargs)
 
     runner.client.start_job_run = failing_start  # type: ignore[method-assign]
-    runner.client.get_job_run = lambda **kw: {"JobRun": {"JobRunState": "FAILED",  # type: ignore[method-assign]
-                                                         "ErrorMessage": "Exception: see the log"}}
+    runner.client.get_job_run = lambda **kw: {
+        "JobRun": {
+            "JobRunState": "FAILED",  # type: ignore[method-assign]
+            "ErrorMessage": "Exception: see the log",
+        }
+    }
     with pytest.raises(JobFailedError) as failed:
         runner.run(request())
     assert str(failed.value) == report["error_summary"] and failed.value.metrics["rows_rejected"] == 3
@@ -178,8 +199,12 @@ def test_a_failed_glue_job_is_its_own_one_line_reason_with_its_counts(aws: None)
 
 def ended(runner: GlueRunner, state: str, message: str = "") -> None:
     """Glue's answer for the run from now on (moto's runs always succeed)."""
-    runner.client.get_job_run = lambda **kw: {"JobRun": {"JobRunState": state,  # type: ignore[method-assign]
-                                                         "ErrorMessage": message}}
+    runner.client.get_job_run = lambda **kw: {
+        "JobRun": {
+            "JobRunState": state,  # type: ignore[method-assign]
+            "ErrorMessage": message,
+        }
+    }
 
 
 def test_start_then_finish_is_the_deferred_path(aws: None) -> None:
@@ -214,8 +239,9 @@ def test_a_killed_deferred_task_stops_its_run_from_the_triggerer(aws: None, monk
     """Airflow 3.3's triggerer calls the trigger's on_kill when a user fails or clears the task."""
     runner, _ = make_runner()
     handle = runner.start(request())
-    trigger = StoppableGlueJobCompleteTrigger(job_name=handle["job_name"], run_id=handle["run_id"], aws_conn_id=None,
-                                              region_name="us-east-1")
+    trigger = StoppableGlueJobCompleteTrigger(
+        job_name=handle["job_name"], run_id=handle["run_id"], aws_conn_id=None, region_name="us-east-1"
+    )
     monkeypatch.setattr(trigger, "hook", lambda: runner.hook)
     asyncio.run(trigger.on_kill())
     assert runner.client.stopped == [{"JobName": handle["job_name"], "JobRunIds": [handle["run_id"]]}]

@@ -36,36 +36,61 @@ def test_missing_script_is_named(settings: Settings) -> None:
 
 
 def test_without_a_report_the_headline_is_the_jobs_last_exception_or_how_it_ended() -> None:
-    tail = deque(["INFO starting", "Traceback (most recent call last):", '  File "x.py"',
-                  "ValueError: column amount: 'abc' is not decimal(12,2)", "INFO shutdown"])
+    tail = deque(
+        [
+            "INFO starting",
+            "Traceback (most recent call last):",
+            '  File "x.py"',
+            "ValueError: column amount: 'abc' is not decimal(12,2)",
+            "INFO shutdown",
+        ]
+    )
     assert _headline(tail, 1) == "ValueError: column amount: 'abc' is not decimal(12,2)"
     assert _headline(deque(["INFO starting"]), -9) == (
-        "spark-submit was killed by signal 9 before the job reported anything")
+        "spark-submit was killed by signal 9 before the job reported anything"
+    )
 
 
 def test_a_failed_job_is_its_own_one_line_reason_with_the_counts_it_reported(
-        settings: Settings, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    settings: Settings, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """What the job wrote to its metrics file wins over the log tail; the tail stays in details."""
-    report = {"rows_in": 5, "rows_out": 0, "rows_rejected": 3, "error": "JobFailure: multi\nline",
-              "error_summary": "landing file s3://landing/c/bad.csv: 3 of 5 lines rejected (60.0%)"}
-    script = (f"import json, sys; print('Traceback (most recent call last):'); print('JobFailure: multi'); "
-              f"json.dump({report!r}, open(sys.argv[1], 'w')); sys.exit(1)")
+    report = {
+        "rows_in": 5,
+        "rows_out": 0,
+        "rows_rejected": 3,
+        "error": "JobFailure: multi\nline",
+        "error_summary": "landing file s3://landing/c/bad.csv: 3 of 5 lines rejected (60.0%)",
+    }
+    script = (
+        f"import json, sys; print('Traceback (most recent call last):'); print('JobFailure: multi'); "
+        f"json.dump({report!r}, open(sys.argv[1], 'w')); sys.exit(1)"
+    )
     runner = LocalSparkRunner(settings, mode="submit")  # the spark-submit path; the warm one has its own tests
-    monkeypatch.setattr(runner, "command", lambda request, props, metrics: [sys.executable, "-c", script,
-                                                                            str(metrics)])
+    monkeypatch.setattr(runner, "command", lambda request, props, metrics: [sys.executable, "-c", script, str(metrics)])
     request = JobRequest("customers", "to_raw", "landing_to_raw", "landing_to_raw.py", "r1", "b1")
     with pytest.raises(JobFailedError) as failed:
         runner.run(request)
     assert str(failed.value) == report["error_summary"]
     assert failed.value.metrics["rows_rejected"] == 3 and failed.value.metrics["rows_in"] == 5
-    assert "--- last lines of the job's output ---" in failed.value.details and "JobFailure: multi" in failed.value.details
+    assert (
+        "--- last lines of the job's output ---" in failed.value.details and "JobFailure: multi" in failed.value.details
+    )
 
 
 def test_task_secrets_go_to_the_environment_not_the_command(settings: Settings, tmp_path: Path) -> None:
     runner = LocalSparkRunner(settings)
     secrets = {"shop_login": {"host": "db", "username": "loader", "password": "pw-4c3b2a"}}
-    request = JobRequest("f", "t", "stage_to_presentation", "stage_to_presentation.py", "run_1", "run_1",
-                         {"secret_id": "shop_login"}, secrets=secrets)
+    request = JobRequest(
+        "f",
+        "t",
+        "stage_to_presentation",
+        "stage_to_presentation.py",
+        "run_1",
+        "run_1",
+        {"secret_id": "shop_login"},
+        secrets=secrets,
+    )
     argv = runner.command(request, tmp_path / "p.conf", tmp_path / "m.json")
     assert "pw-4c3b2a" not in " ".join(argv) and "pw-4c3b2a" not in repr(request)
     assert json.loads(runner.job_environment(request.secrets)["LAKEHOUSE_SECRETS_JSON"]) == secrets

@@ -27,8 +27,13 @@ def pool_settings(settings: Settings, tmp_path: Path) -> Settings:
 
 
 def start(settings: Settings, size: int = 1, max_runs: int = 50) -> SparkPool:
-    pool = SparkPool(settings, size, max_runs, max_rss_mb=10_000,
-                     command=lambda sock, props: [sys.executable, str(FAKE), "--socket", str(sock)])
+    pool = SparkPool(
+        settings,
+        size,
+        max_runs,
+        max_rss_mb=10_000,
+        command=lambda sock, props: [sys.executable, str(FAKE), "--socket", str(sock)],
+    )
     threading.Thread(target=pool.serve_forever, args=(pool_socket(settings),), daemon=True).start()
     deadline = time.monotonic() + 30
     while len((pool_status(settings) or {}).get("ready", [])) < size:
@@ -51,8 +56,9 @@ def driver_pid(lines: list[str]) -> str:
 
 def run(settings: Settings, script: str, **extra: object) -> tuple[dict, list[str]]:
     lines: list[str] = []
-    outcome = request_run(settings, {"script": script, "argv": ["--a", "1"], "env": {}, "run_id": "r", **extra},
-                          lines.append)
+    outcome = request_run(
+        settings, {"script": script, "argv": ["--a", "1"], "env": {}, "run_id": "r", **extra}, lines.append
+    )
     return outcome, lines
 
 
@@ -78,8 +84,10 @@ def test_a_task_that_leaves_mid_run_stops_its_driver(pool: SparkPool, pool_setti
     """What a killed or timed-out task does: it closes the connection; the pool kills the driver."""
     _, before = run(pool_settings, "echo")
     with pytest.raises(TimeoutError):
+
         def leave_on_first_line(line: str) -> None:
             raise TimeoutError("the task gave up")
+
         request_run(pool_settings, {"script": "hang", "argv": [], "env": {}, "run_id": "r"}, leave_on_first_line)
     deadline = time.monotonic() + 30
     while pool.status()["ready"] == [] or pool.status()["busy"]:

@@ -24,7 +24,7 @@ from lakehouse.runners.spark_pool import SparkPool, pool_socket, pool_status, re
 
 pytestmark = pytest.mark.integration
 
-PROBE = '''
+PROBE = """
 import json, os, sys, time
 from pyspark.sql import SparkSession
 args = dict(zip(sys.argv[1::2], sys.argv[2::2]))
@@ -41,21 +41,21 @@ if args.get("--sql"):
 with open(args["--metrics_uri"], "w") as out:
     json.dump(report, out)
 print("probe done", flush=True)
-'''
+"""
 
-SLOW = '''
+SLOW = """
 import os
 from pyspark.sql import SparkSession
 spark = SparkSession.builder.getOrCreate()
 print(f"slow started pid={os.getpid()}", flush=True)
 spark.range(10**13).selectExpr("sum(id * id)").collect()
-'''
+"""
 
-CRASH = '''
+CRASH = """
 import os, signal
 print(f"crashing pid={os.getpid()}", flush=True)
 os.kill(os.getpid(), signal.SIGKILL)
-'''
+"""
 
 
 @pytest.fixture(scope="module")
@@ -73,12 +73,12 @@ def warm(pg: Settings, jars: list[Path], tmp_path_factory: pytest.TempPathFactor
     pool.stop()
 
 
-def probe(settings: Settings, scripts: Path, flow_id: str, secrets: dict[str, Any] | None = None,
-          **arguments: str) -> dict[str, Any]:
+def probe(
+    settings: Settings, scripts: Path, flow_id: str, secrets: dict[str, Any] | None = None, **arguments: str
+) -> dict[str, Any]:
     script = scripts / "probe.py"
     script.write_text(PROBE)
-    request = JobRequest(flow_id, "probe", "probe", str(script), "r1", "b1", dict(arguments),
-                         secrets=secrets or {})
+    request = JobRequest(flow_id, "probe", "probe", str(script), "r1", "b1", dict(arguments), secrets=secrets or {})
     return LocalSparkRunner(settings, mode="warm").run(request).metrics
 
 

@@ -27,8 +27,9 @@ def _never() -> bool:
 
 # -- the decision --------------------------------------------------------------------------------
 def test_a_recorded_place_wins_without_probing() -> None:
-    placed = postgres.choose_base(HOME, recorded=Path("/x/abc"), home_cluster=False, as_root=True,
-                                  server_reaches_home=_never)
+    placed = postgres.choose_base(
+        HOME, recorded=Path("/x/abc"), home_cluster=False, as_root=True, server_reaches_home=_never
+    )
     assert placed.base == Path("/x/abc") and "recorded" in (placed.reason or "")
 
 
@@ -43,14 +44,21 @@ def test_not_root_keeps_the_home_without_probing() -> None:
 
 
 def test_root_keeps_the_home_when_the_server_reaches_it() -> None:
-    placed = postgres.choose_base(HOME, recorded=None, home_cluster=False, as_root=True,
-                                  server_reaches_home=lambda: True)
+    placed = postgres.choose_base(
+        HOME, recorded=None, home_cluster=False, as_root=True, server_reaches_home=lambda: True
+    )
     assert placed == postgres.Placement(HOME / "postgres")
 
 
 def test_root_falls_back_when_the_server_cannot_reach_the_home() -> None:
-    placed = postgres.choose_base(HOME, recorded=None, home_cluster=False, as_root=True,
-                                  server_reaches_home=lambda: False, fallback_root=Path("/fb"))
+    placed = postgres.choose_base(
+        HOME,
+        recorded=None,
+        home_cluster=False,
+        as_root=True,
+        server_reaches_home=lambda: False,
+        fallback_root=Path("/fb"),
+    )
     assert placed.base == postgres.fallback_base(HOME, Path("/fb"))
     assert placed.base.parent == Path("/fb") and len(placed.base.name) == 12
     assert placed.reason == f"the postgres user cannot reach {HOME / 'postgres'}"

@@ -7,8 +7,14 @@ import sys
 import time
 from pathlib import Path
 
-from lakehouse.stack.processes import (group_alive, group_members, processes_using_home, service_running,
-                                      start_group, stop_group)
+from lakehouse.stack.processes import (
+    group_alive,
+    group_members,
+    processes_using_home,
+    service_running,
+    start_group,
+    stop_group,
+)
 
 STUBBORN = """
 import os, signal, subprocess, sys, time
@@ -38,8 +44,9 @@ def test_processes_using_home_finds_a_process_by_its_environment(tmp_path: Path)
     import subprocess
 
     home = tmp_path / "home"
-    child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"],
-                             env={**os.environ, "LAKEHOUSE_HOME": str(home)})
+    child = subprocess.Popen(
+        [sys.executable, "-c", "import time; time.sleep(60)"], env={**os.environ, "LAKEHOUSE_HOME": str(home)}
+    )
     try:
         found = processes_using_home(home)
         assert any(line.startswith(f"{child.pid}: ") for line in found), found
@@ -92,8 +99,9 @@ def test_processes_using_home_finds_the_command_line_and_excludes_only_the_given
         found = {int(line.split(":")[0]) for line in processes_using_home(home)}
         assert found == {parent.pid}, found  # the grandchild's own command line and environment do not name it
         assert processes_using_home(home, exclude_descendants_of=parent.pid) == []
-        assert {int(line.split(":")[0]) for line in processes_using_home(home, exclude_descendants_of=grandchild)} \
-            == {parent.pid}
+        assert {int(line.split(":")[0]) for line in processes_using_home(home, exclude_descendants_of=grandchild)} == {
+            parent.pid
+        }
     finally:
         parent.kill()
         parent.wait()
@@ -106,8 +114,9 @@ def test_zombies_count_neither_as_group_members_nor_as_using_the_home(tmp_path: 
     import psutil
 
     home = tmp_path / "home"
-    child = subprocess.Popen([sys.executable, "-c", "pass"], env={**os.environ, "LAKEHOUSE_HOME": str(home)},
-                             start_new_session=True)
+    child = subprocess.Popen(
+        [sys.executable, "-c", "pass"], env={**os.environ, "LAKEHOUSE_HOME": str(home)}, start_new_session=True
+    )
     try:
         deadline = time.monotonic() + 10
         while psutil.Process(child.pid).status() != psutil.STATUS_ZOMBIE and time.monotonic() < deadline:
@@ -128,8 +137,11 @@ def test_processes_that_cannot_be_read_or_vanish_are_skipped(tmp_path: Path, mon
     import psutil
 
     home = tmp_path / "home"
-    child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)", str(home)],
-                             env={**os.environ, "LAKEHOUSE_HOME": str(home)}, start_new_session=True)
+    child = subprocess.Popen(
+        [sys.executable, "-c", "import time; time.sleep(60)", str(home)],
+        env={**os.environ, "LAKEHOUSE_HOME": str(home)},
+        start_new_session=True,
+    )
     try:
         assert group_members(child.pid) == [child.pid] and len(processes_using_home(home)) == 1
         environ, status, getpgid = psutil.Process.environ, psutil.Process.status, os.getpgid
