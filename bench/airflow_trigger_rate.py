@@ -42,8 +42,8 @@ sys.path.insert(0, str(ROOT / "bench"))
 
 BASE_PORT = 47120  # Postgres 47120, SeaweedFS 47121-47126 (not started), invoker 47127, Airflow 47128
 from cpu_time import cpu_seconds as process_cpu_seconds  # noqa: E402 - bench/cpu_time.py
-from cpu_time import stat_fields
-from invoker import (
+from cpu_time import stat_fields  # noqa: E402 - bench/cpu_time.py
+from invoker import (  # noqa: E402 - bench/invoker.py
     FLOW,
     configure_environment,
     pct,
@@ -202,7 +202,7 @@ class TriggerBench:
                     "FROM pg_stat_database WHERE datname = current_database()"
                 )
                 row = cur.fetchone()
-            return dict(zip(("commits", "inserted", "updated", "read"), (int(v) for v in row)))
+            return dict(zip(("commits", "inserted", "updated", "read"), (int(v) for v in row), strict=True))
         finally:
             conn.close()
 

@@ -50,9 +50,9 @@ class QueryCounter:
         import psycopg2.extensions
 
         counter = self
-        subclasses: dict[type, type] = {}
+        subclasses: dict[type[Any], type[Any]] = {}
 
-        def counting(factory: type) -> type:
+        def counting(factory: type[Any]) -> type[Any]:
             if factory not in subclasses:
 
                 def execute(cur: Any, query: Any, vars: Any = None) -> Any:

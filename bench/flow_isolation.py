@@ -172,7 +172,8 @@ def main() -> int:
             for phase in ("clean", "invalid"):
                 bad = set_invalid(settings.metadata_dsn, args.invalid if phase == "invalid" else 0)
                 wait_until(
-                    f"{phase}: placeholders not parsed", lambda: all("invalid" in _tags(client.get_dag(f)) for f in bad)
+                    f"{phase}: placeholders not parsed",
+                    lambda bad=bad: all("invalid" in _tags(client.get_dag(f)) for f in bad),
                 )
                 if phase == "clean":
                     time.sleep(2 * 15)  # two parse intervals: the dropped flows' DAGs are gone from the parse

@@ -63,6 +63,14 @@ def _ts(text: str | None) -> float | None:
     return datetime.fromisoformat(text).timestamp() if text else None
 
 
+def _at(text: str | None) -> float:
+    """A timestamp the API always gives for a finished run or task instance."""
+    at = _ts(text)
+    if at is None:
+        raise RuntimeError("the Airflow API left out a timestamp of a finished run or task")
+    return at
+
+
 class Bench:
     def __init__(self, args: argparse.Namespace) -> None:
         from lakehouse.config import load_settings
@@ -118,9 +126,12 @@ class Bench:
         """Seconds of one run spent waiting for the scheduler, the executor, and in the tasks."""
         tis = sorted(self.client.list_task_instances(FLOW, run_id), key=lambda t: t["start_date"])
         scheduler = executor = tasks = 0.0
-        previous_end = _ts(self.client.get_dag_run(FLOW, run_id)["start_date"])
+        dag_run = self.client.get_dag_run(FLOW, run_id)
+        if dag_run is None:
+            raise RuntimeError(f"run {run_id} is not in Airflow")
+        previous_end = _at(dag_run["start_date"])
         for ti in tis:
-            queued, start, end = _ts(ti["queued_when"]), _ts(ti["start_date"]), _ts(ti["end_date"])
+            queued, start, end = _ts(ti["queued_when"]), _at(ti["start_date"]), _at(ti["end_date"])
             scheduler += (queued or start) - previous_end
             executor += start - (queued or start)
             tasks += end - start
@@ -145,11 +156,11 @@ class Bench:
         for _ in range(self.args.sequential):
             run_id, put_at = self.drop()
             run = self.finished(run_id)
-            single.append(_ts(run["end_date"]) - put_at)
+            single.append(_at(run["end_date"]) - put_at)
             parts.append({**self.breakdown(run_id), "template": self.template_seconds(run_id)})
         dropped = [self.drop() for _ in range(self.args.burst)]
         first_put = min(put_at for _, put_at in dropped)
-        ends = [_ts(self.finished(run_id)["end_date"]) for run_id, _ in dropped]
+        ends = [_at(self.finished(run_id)["end_date"]) for run_id, _ in dropped]
         burst = max(ends) - first_put if ends else 0.0
         mean = {k: statistics.mean(p[k] for p in parts) for k in parts[0]} if parts else {}
         print(

@@ -93,17 +93,17 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "plugins"))
 
 # after the path: the baseline server below builds on the package's classes
-import psycopg2
-from psycopg2.extensions import connection as Connection
+import psycopg2  # noqa: E402 - grouped with the imports after sys.path
+from psycopg2.extensions import connection as Connection  # noqa: E402 - grouped with the imports after sys.path
 
-from lakehouse.invoker.core import (
+from lakehouse.invoker.core import (  # noqa: E402 - needs plugins/ on sys.path
     ConnectionPool,
     Invoker,
     TriggerOutcome,
     build_invoker,
 )
-from lakehouse.invoker.events import decode_payload, from_seaweedfs_webhook
-from lakehouse.invoker.server import InvokerServer
+from lakehouse.invoker.events import decode_payload, from_seaweedfs_webhook  # noqa: E402 - needs plugins/ on sys.path
+from lakehouse.invoker.server import InvokerServer  # noqa: E402 - needs plugins/ on sys.path
 
 BASE_PORT = 47100  # Postgres 47100, SeaweedFS 47101-47106, invoker 47107, Airflow 47108
 TOKEN = "bench-token"
@@ -250,7 +250,7 @@ def queued_at(run: dict[str, Any]) -> float:
 
 def pct(values: list[float], q: float) -> float:
     ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(round(q * (len(ordered) - 1))))] if ordered else float("nan")
+    return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))] if ordered else float("nan")
 
 
 @dataclass
@@ -610,7 +610,7 @@ class Bench:
             local.session = session
             key = f"bench/{phase}/burst/b{i:05d}.csv"
             etag = hashlib.md5(key.encode()).hexdigest()
-            payload = {
+            payload: dict[str, Any] = {
                 "event_type": "create",
                 "key": f"/buckets/landing/{key}",
                 "message": {
@@ -818,7 +818,8 @@ class Bench:
             runs = self.airflow_runs()
         phase_runs = {r: at for r, at in runs.items() if r in wanted}
         margin = 1.0
-        lat_up, lat_outage = [], []
+        lat_up: list[float] = []
+        lat_outage: list[float] = []
         for run_id, put_at in wanted.items():
             if run_id in phase_runs:
                 around = outage[0] - margin <= put_at <= outage[1] + margin
@@ -931,7 +932,8 @@ class Bench:
         rows, runs = self.wait_batched(FLOW_BATCHED, prefix, set(versions), self.args.drain_timeout)
         member = self.run_membership(runs, notes)
         margin = 1.0
-        lat_up, lat_outage = [], []
+        lat_up: list[float] = []
+        lat_outage: list[float] = []
         lost = in_zero = in_two = disagree = 0
         for version, put_at in versions.items():
             in_runs = member.get(version, [])

@@ -176,7 +176,10 @@ def main(argv: list[str] | None = None) -> int:
                        CAST((id % 100000) / 100.0 AS decimal(12,2)) AS amount, CAST(id % 50 AS int) AS quantity,
                        timestamp_seconds(1700000000 + id) AS updated_at, id % 3 = 0 AS paid
                 FROM range({n})""")
-            files = spark.sql(f"SELECT count(*) FROM {table}.files").first()[0]
+            counted = spark.sql(f"SELECT count(*) FROM {table}.files").first()
+            if counted is None:  # an aggregation without grouping always has one row
+                raise RuntimeError(f"no row counting the data files of {table}")
+            files = counted[0]
             print(f"\n{n:,} rows in {table} ({files} data files)", flush=True)
 
             for round_no in range(1, max(1, args.repeat) + 1):

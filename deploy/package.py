@@ -215,7 +215,8 @@ for name, (secret_arn, key) in sorted(settings.get("secrets", {{}}).items()):
 env = settings.get("env", {{}})
 if "LAKEHOUSE_AIRFLOW_URL" not in env and env.get("LAKEHOUSE_MWAA_ENVIRONMENT"):
     try:
-        host = boto3.client("mwaa").get_environment(Name=env["LAKEHOUSE_MWAA_ENVIRONMENT"])["Environment"]["WebserverUrl"]
+        described = boto3.client("mwaa").get_environment(Name=env["LAKEHOUSE_MWAA_ENVIRONMENT"])
+        host = described["Environment"]["WebserverUrl"]
         print(f"export LAKEHOUSE_AIRFLOW_URL={{shlex.quote('https://' + host)}}")
     except Exception as exc:  # noqa: BLE001
         print(f"echo {{shlex.quote('lakehouse: no Airflow URL for alert links: ' + str(exc))}} >&2")

@@ -1,4 +1,6 @@
-"""Entry script of the presentation_to_warehouse template: the logic is in lakehouse_jobs.templates.presentation_to_warehouse.
+"""Entry script of the presentation_to_warehouse template.
+
+The logic is in lakehouse_jobs.templates.presentation_to_warehouse.
 
 Runs unchanged under spark-submit (locally) and as an AWS Glue 5 job script, which is why it has no
 __main__ guard: Glue does not promise to run it as __main__.

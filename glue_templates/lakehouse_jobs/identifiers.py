@@ -27,7 +27,7 @@ _POSTGRES_MAX_IDENTIFIER = 63
 _UNSAFE_IN_PATH = re.compile(r"[^A-Za-z0-9_.-]+")
 
 
-def validate_identifier(name: str, what: str) -> str:
+def validate_identifier(name: object, what: str) -> str:
     """Return ``name`` if it matches ``^[a-z][a-z0-9_]*$``, else raise naming ``what`` it is."""
     if not isinstance(name, str) or not IDENTIFIER.match(name):
         raise ValueError(

@@ -32,6 +32,7 @@ __all__ = [
     "path_exists",
     "read_text",
     "s3_client",
+    "spark_jvm",
     "write_text",
 ]
 
@@ -85,7 +86,7 @@ def localize_input(spark: SparkSession, uri: str) -> Iterator[str]:
     Spark reads lazily: every action on data read from the yielded URI must run inside the block.
     """
     scheme = urlparse(uri).scheme
-    stage = spark.conf.get(STAGE_S3_CONF, "false").lower() == "true"
+    stage = (spark.conf.get(STAGE_S3_CONF, "false") or "false").lower() == "true"
     if scheme in _S3_SCHEMES and stage:
         bucket, key = _split_s3(uri)
         folder = tempfile.mkdtemp(prefix="lakehouse-landing-")
@@ -163,8 +164,16 @@ def file_head(uri: str, length: int = 65536, tail: int = 0) -> tuple[bytes, byte
     return head, end, size
 
 
-def _hadoop_path(spark: SparkSession, uri: str) -> tuple[Any, Any]:
+def spark_jvm(spark: SparkSession) -> Any:
+    """The session's py4j view of the JVM (``org``, ``java``, ...); PySpark types it as optional."""
     jvm = spark.sparkContext._jvm
+    if jvm is None:
+        raise RuntimeError("the SparkContext has no JVM gateway")
+    return jvm
+
+
+def _hadoop_path(spark: SparkSession, uri: str) -> tuple[Any, Any]:
+    jvm = spark_jvm(spark)
     path = jvm.org.apache.hadoop.fs.Path(uri)
     return path.getFileSystem(spark.sparkContext._jsc.hadoopConfiguration()), path
 

@@ -10,6 +10,7 @@ order in ``monotonically_increasing_id``, and a small per-split count gives each
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import re
 from collections.abc import Mapping, Sequence
@@ -20,7 +21,7 @@ from pyspark.sql import functions as F
 from pyspark.sql.types import DataType
 
 from lakehouse_jobs.identifiers import IDENTIFIER, quote_spark
-from lakehouse_jobs.io import local_path
+from lakehouse_jobs.io import local_path, spark_jvm
 
 __all__ = [
     "REASON_COLUMN",
@@ -35,7 +36,6 @@ __all__ = [
     "number_lines",
     "parse_csv_lines",
     "parse_fixed_width_lines",
-    "parse_json_documents",
     "parse_json_lines",
     "parse_regex_lines",
     "parse_schema",
@@ -131,7 +131,7 @@ def compile_line_regex(text: str) -> LineRegex:
 def check_java_regex(spark: SparkSession, pattern: str) -> None:
     """Fail before reading data if Java's regex engine rejects what Python accepted."""
     try:
-        spark.sparkContext._jvm.java.util.regex.Pattern.compile(pattern)
+        spark_jvm(spark).java.util.regex.Pattern.compile(pattern)
     except Exception as exc:  # py4j wraps PatternSyntaxException
         raise ValueError(f"--regex is not valid for Spark's (Java) regex engine: {str(exc).splitlines()[0]}") from None
 
@@ -178,8 +178,8 @@ def number_lines(spark: SparkSession, uri: str) -> DataFrame:
     local = local_path(uri)
     size = local.stat().st_size if local is not None and local.is_file() else None
     limit = min(
-        _byte_size(spark.conf.get("spark.sql.files.maxPartitionBytes", "128m")),
-        _byte_size(spark.conf.get("spark.sql.files.openCostInBytes", "4m")),
+        _byte_size(spark.conf.get("spark.sql.files.maxPartitionBytes", "128m") or "128m"),
+        _byte_size(spark.conf.get("spark.sql.files.openCostInBytes", "4m") or "4m"),
     )
     if size is not None and (uri.endswith(".gz") or size <= limit):
         return spark.read.text(uri).select(
@@ -331,11 +331,9 @@ def _java_charset(spark: SparkSession, given: str, normalized: str) -> str:
     import codecs
 
     candidates = [given.strip(), normalized]
-    try:
+    with contextlib.suppress(LookupError):
         candidates.append(codecs.lookup(given.strip()).name)
-    except LookupError:
-        pass
-    charset_class = spark.sparkContext._jvm.java.nio.charset.Charset
+    charset_class = spark_jvm(spark).java.nio.charset.Charset
     for name in candidates:
         try:
             return str(charset_class.forName(name).name())
@@ -474,7 +472,7 @@ def infer_types(parsed: DataFrame, columns: Sequence[str]) -> dict[str, str]:
         v = F.when(ok, F.trim(F.col(name)))
         present = v.isNotNull() & (v != "")
 
-        def count_if(cond: Column, tag: str, i: int = i) -> Column:
+        def count_if(cond: Column, tag: str, i: int = i, present: Column = present) -> Column:
             return F.count(F.when(present & cond, 1)).alias(f"{tag}{i}")
 
         fraction = F.regexp_extract(v, r"\.([0-9]+)$", 1)
@@ -495,6 +493,8 @@ def infer_types(parsed: DataFrame, columns: Sequence[str]) -> dict[str, str]:
     if not aggs:
         return {}
     row = parsed.agg(*aggs).first()
+    if row is None:  # an aggregation without grouping always has one row
+        raise RuntimeError("type inference: the aggregation returned no row")
     types: dict[str, str] = {}
     for i, name in enumerate(columns):
         n = row[f"n{i}"]

@@ -9,6 +9,7 @@ all), so the invoker never starts a flow on half a file.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import tempfile
@@ -68,6 +69,8 @@ def fetch_to_file(
             if not getattr(exc, "transient", False) or attempt == attempts:
                 raise
             time.sleep(backoff * attempt)
+    if last is None:  # pragma: no cover - no attempt at all
+        raise ValueError(f"attempts must be at least 1, got {attempts}")
     raise last  # pragma: no cover - the loop always returns or raises
 
 
@@ -88,7 +91,8 @@ def _fetch_once(url: str, folder: str, headers: dict[str, str], timeout: float) 
         declared = response.headers.get("Content-Length")
         digest = hashlib.sha256()
         size = 0
-        handle = tempfile.NamedTemporaryFile(dir=folder, prefix="download-", delete=False)
+        # closed by `with handle` below; created before the try so the cleanup can always name it
+        handle = tempfile.NamedTemporaryFile(dir=folder, prefix="download-", delete=False)  # noqa: SIM115
         try:
             with handle:
                 while True:
@@ -114,10 +118,8 @@ def _fetch_once(url: str, folder: str, headers: dict[str, str], timeout: float) 
             if size == 0:
                 raise FetchError(f"GET {where}: the response body is empty")
         except BaseException:
-            try:
+            with contextlib.suppress(OSError):
                 os.unlink(handle.name)  # a partial download is never kept, let alone uploaded
-            except OSError:
-                pass
             raise
         return Fetched(
             handle.name,

@@ -118,10 +118,12 @@ def run_check(
     kind, name = check["type"], check["name"]
     data = df.filter(F.expr(check["where"])) if check.get("where") else df
     if kind == "not_null":
-        bad = None
+        bad: Column | None = None
         for c in check["columns"]:
             cond = _col(c).isNull()
             bad = cond if bad is None else bad | cond
+        if bad is None:  # parse_checks requires at least one column
+            raise ValueError(f"{name} (not_null) needs columns: a list of column names")
         return _rows_check(data, bad, kind, name, sample_size, f"NULL in {', '.join(check['columns'])}")
     if kind == "accepted_values":
         c = check["column"]
@@ -169,7 +171,10 @@ def run_check(
         return CheckResult(name, kind, not problems, rows if problems else 0, detail, [{"row_count": rows}])
     if kind == "freshness":
         c = check["column"]
-        newest = data.agg(F.max(_col(c)).alias("newest")).first()["newest"]
+        aggregated = data.agg(F.max(_col(c)).alias("newest")).first()
+        if aggregated is None:  # an aggregation without grouping always has one row
+            raise RuntimeError(f"{name}: the freshness aggregation returned no row")
+        newest = aggregated["newest"]
         limit = timedelta(hours=float(check["max_age_hours"]))
         if newest is None:
             return CheckResult(name, kind, False, 0, f"{c} has no value: no rows or all NULL", [])

@@ -12,6 +12,8 @@ import re
 
 from pyspark.sql import SparkSession
 
+from lakehouse_jobs.io import spark_jvm
+
 __all__ = ["UnsafeSqlError", "single_query", "single_select_text"]
 
 _LEADING = re.compile(r"^\s*(\(\s*)*(select|with)\b", re.IGNORECASE)
@@ -87,7 +89,7 @@ def single_query(spark: SparkSession, sql: str) -> str:
     try:
         # Spark's own parser, not the session's: Iceberg's extension parser (installed in the session)
         # hands parseQuery to its statement parser and would accept WITH ... INSERT.
-        spark.sparkContext._jvm.org.apache.spark.sql.execution.SparkSqlParser().parseQuery(query)
+        spark_jvm(spark).org.apache.spark.sql.execution.SparkSqlParser().parseQuery(query)
     except Exception as exc:  # py4j wraps Spark's ParseException
         first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise UnsafeSqlError(f"--sql is not a single query Spark can parse: {first_line}") from None

@@ -134,7 +134,7 @@ def staging_table_name(table: str, batch_id: str) -> str:
 @contextmanager
 def _jdbc(spark: SparkSession, connection: WarehouseConnection) -> Iterator[Any]:
     """A ``java.sql.Connection`` in manual-commit mode; rolled back unless committed."""
-    jvm = spark.sparkContext._jvm
+    jvm = io.spark_jvm(spark)
     # The driver jar comes with spark.jars / Glue, i.e. in Spark's class loader, which neither py4j's
     # Class.forName nor DriverManager sees; Spark's own registry loads and wraps it for us.
     registry = jvm.org.apache.spark.sql.execution.datasources.jdbc.DriverRegistry
@@ -500,7 +500,7 @@ def _write_parquet(df: DataFrame, uri: str, rows_per_file: int = 0) -> None:
 
 
 def _data_files(spark: SparkSession, uri: str) -> list[Any]:
-    jvm = spark.sparkContext._jvm
+    jvm = io.spark_jvm(spark)
     path = jvm.org.apache.hadoop.fs.Path(uri)
     fs = path.getFileSystem(spark.sparkContext._jsc.hadoopConfiguration())
     return [
@@ -905,10 +905,8 @@ def load(
                 conn.commit()
         raise
     finally:
-        try:
+        with contextlib.suppress(Exception):  # cleaning the work folder must not hide the load's own outcome
             io.delete_path(spark, work)
-        except Exception:  # cleaning the work folder must not hide the load's own outcome
-            pass
     return result
 
 

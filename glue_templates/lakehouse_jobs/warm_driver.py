@@ -43,8 +43,8 @@ RUN_END_MARKER = "\x1elakehouse-warm-run-end"
 
 def _make_current(session: SparkSession) -> None:
     """``SparkSession.builder.getOrCreate()`` (what every template calls) returns this session."""
-    SparkSession._instantiatedSession = session  # type: ignore[attr-defined]
-    SparkSession._activeSession = session  # type: ignore[attr-defined]
+    SparkSession._instantiatedSession = session
+    SparkSession._activeSession = session
     jvm_session = session._jvm.SparkSession  # type: ignore[union-attr]
     jvm_session.setDefaultSession(session._jsparkSession)
     jvm_session.setActiveSession(session._jsparkSession)
@@ -92,8 +92,9 @@ def run_script(base: SparkSession, request: Mapping[str, Any]) -> dict[str, Any]
         outcome = {"status": "failed", "error": f"{type(exc).__name__}: {exc}".splitlines()[0][:500]}
     finally:
         context.cancelJobGroup(str(request.get("run_id", "run")))  # nothing of this run outlives it
-        context.setLocalProperty("spark.jobGroup.id", None)
-        context.setLocalProperty("spark.job.description", None)
+        # None removes the property (the JVM's setLocalProperty takes null); PySpark annotates value as str
+        context.setLocalProperty("spark.jobGroup.id", None)  # type: ignore[arg-type]
+        context.setLocalProperty("spark.job.description", None)  # type: ignore[arg-type]
         sys.argv = previous_argv
         _restore_environment(previous_env)
         _make_current(base)

@@ -57,7 +57,8 @@ def _cmd_info(args: argparse.Namespace) -> int:
         a, s = info["airflow"], info["s3"]
         print(f"Airflow UI/API  {a['url']}  login {a['username']} / {a['password']}")
         print(
-            f"S3 (landing)    {s['endpoint_url']}  bucket {s['landing_bucket']}  keys {s['access_key_id']} / {s['secret_access_key']}"
+            f"S3 (landing)    {s['endpoint_url']}  bucket {s['landing_bucket']}  "
+            f"keys {s['access_key_id']} / {s['secret_access_key']}"
         )
         print(f"metadata        {info['metadata_dsn']}")
         print(f"warehouse       {info['warehouse_dsn']}")

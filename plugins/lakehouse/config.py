@@ -391,7 +391,7 @@ class Settings(BaseSettings):
     def invoker_token(self) -> str:
         return self.secret("invoker_token")
 
-    def info(self) -> dict[str, object]:
+    def info(self) -> dict[str, Any]:
         """Endpoints and credentials of the stack, as ``lakehouse info --json`` prints them."""
         return {
             "airflow": {

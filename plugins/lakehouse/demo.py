@@ -105,20 +105,24 @@ def query(dsn: str, sql: str) -> tuple[list[str], list[tuple[Any, ...]]]:
 def format_table(columns: list[str], rows: list[tuple[Any, ...]]) -> str:
     cells = [columns] + [["" if v is None else str(v) for v in row] for row in rows]
     widths = [max(len(r[i]) for r in cells) for i in range(len(columns))]
-    line = lambda r: "  ".join(v.ljust(w) for v, w in zip(r, widths))  # noqa: E731
+    line = lambda r: "  ".join(v.ljust(w) for v, w in zip(r, widths, strict=True))  # noqa: E731
     return "\n".join([line(cells[0]), line(["-" * w for w in widths]), *(line(r) for r in cells[1:])])
 
 
 def stage_history(settings: Settings, invoice_id: str) -> tuple[list[str], list[tuple[Any, ...]]]:
     """The stage table read with PyIceberg from the same catalog Spark wrote: one catalog, two engines."""
     from pyiceberg.catalog.sql import SqlCatalog
-    from pyiceberg.expressions import EqualTo
+    from pyiceberg.expressions import EqualTo, Reference
+    from pyiceberg.expressions.literals import literal
 
     catalog = SqlCatalog(settings.catalog_name, uri=settings.catalog_dsn, warehouse=settings.catalog_warehouse_uri)
     table = catalog.load_table("stage.invoices")
     columns = ["invoice_id", "amount", "_valid_from", "_valid_to", "_is_current"]
-    arrow = table.scan(row_filter=EqualTo("invoice_id", invoice_id), selected_fields=tuple(columns)).to_arrow()
-    rows = sorted(zip(*(arrow.column(c).to_pylist() for c in columns)), key=lambda r: r[2])
+    # EqualTo by keyword: pyiceberg's pydantic model hides its positional EqualTo(name, value) from type checkers
+    arrow = table.scan(
+        row_filter=EqualTo(term=Reference("invoice_id"), value=literal(invoice_id)), selected_fields=tuple(columns)
+    ).to_arrow()
+    rows = sorted(zip(*(arrow.column(c).to_pylist() for c in columns), strict=True), key=lambda r: r[2])
     return columns, rows
 
 

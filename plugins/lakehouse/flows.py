@@ -339,8 +339,7 @@ def _check_value(spec: ParameterSpec, value: Any) -> str | None:
         "float": isinstance(value, (int, float)) and not isinstance(value, bool),
         "bool": isinstance(value, bool),
         "json": isinstance(value, (dict, list)),
-        "list": (isinstance(value, list)
-        and all(isinstance(v, str) for v in value))
+        "list": (isinstance(value, list) and all(isinstance(v, str) for v in value))
         or (isinstance(value, str) and value != ""),
     }[spec.type]
     if not ok:
@@ -395,7 +394,7 @@ def _cycle(flow: Flow) -> list[str] | None:
         stack.append(node)
         for nxt in graph.get(node, ()):
             if state.get(nxt) == 1:
-                return stack[stack.index(nxt) :] + [nxt]
+                return [*stack[stack.index(nxt) :], nxt]
             if nxt in graph and state.get(nxt) is None and (found := visit(nxt)):
                 return found
         stack.pop()
@@ -602,5 +601,5 @@ def render_arguments(task: FlowTask, template: Template, context: RunContext) ->
         spec = template.spec(name) or ParameterSpec(name)
         where = f"flow {task.flow_id!r}: flow_tasks[{task.task_id}].parameters.{name}"
         text = _as_argument(spec.type, value)
-        arguments[name] = _PLACEHOLDER.sub(lambda m: context.placeholder(m.group(1), where), text)
+        arguments[name] = _PLACEHOLDER.sub(lambda m: context.placeholder(m.group(1), where), text)  # noqa: B023 - called within this iteration
     return arguments

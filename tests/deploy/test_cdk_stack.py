@@ -192,7 +192,7 @@ def test_glue_role_is_least_privilege(template: dict[str, Any]) -> None:
     assert len(lake_write) == 1 and '"/lake/*"' in json.dumps(lake_write[0]["Resource"])
     star = [s for s in found if "*" in as_list(s["Resource"])]
     assert {a.split(":")[0] for s in star for a in as_list(s["Action"])} <= {"ec2", "cloudwatch"}
-    glue = [s for s in found if s.get("Sid") == "LakeCatalog"][0]
+    glue = next(s for s in found if s.get("Sid") == "LakeCatalog")
     text = json.dumps(glue["Resource"])
     assert "database/stage" in text and "table/presentation/*" in text and "database/*" not in text
     assert "database/sales" in text  # the lake_databases context value

@@ -144,7 +144,7 @@ def test_postgres_restarted_while_the_invoker_receives_events(
     def upload() -> None:
         for i in range(count):
             key = f"pgrestart/f{i:03d}.csv"
-            for attempt in range(30):  # SeaweedFS keeps its own metadata: uploads go on during the restart
+            for _attempt in range(30):  # SeaweedFS keeps its own metadata: uploads go on during the restart
                 try:
                     uploaded[key] = s3.put_object(Bucket="landing", Key=key, Body=f"n\n{i}\n".encode())["ETag"]
                     break

@@ -143,12 +143,14 @@ def test_a_file_for_an_invalid_flow_waits_and_starts_once_the_flow_is_fixed(
 
     key = "held/a.csv"
     etag = landing_client(stack).put_object(Bucket="landing", Key=key, Body=b"y\n2\n")["ETag"].strip('"')
-    status = lambda: scalar(
-        stack.metadata_dsn,
-        "SELECT status FROM lakehouse.file_ledger "
-        "WHERE object_key = %s AND flow_id = 'e2e_held'",
-        key,
-    )
+
+    def status() -> object:
+        return scalar(
+            stack.metadata_dsn,
+            "SELECT status FROM lakehouse.file_ledger WHERE object_key = %s AND flow_id = 'e2e_held'",
+            key,
+        )
+
     _wait("the file never reached the ledger as flow_invalid", lambda: status() == "flow_invalid", timeout=60)
     reason = scalar(stack.metadata_dsn, "SELECT last_error FROM lakehouse.file_ledger WHERE object_key = %s", key)
     assert "flow_tasks[a].parameters.target_table" in reason

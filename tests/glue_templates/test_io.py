@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import boto3
@@ -58,9 +59,11 @@ def test_localize_input_passes_local_files_and_refuses_missing_ones(spark: Spark
     source.write_text("x\n")
     with io.localize_input(spark, str(source)) as readable:
         assert readable == source.as_uri()
-    with pytest.raises(FileNotFoundError, match="missing.txt"):
-        with io.localize_input(spark, str(tmp_path / "missing.txt")):
-            pass
+    with (
+        pytest.raises(FileNotFoundError, match=re.escape("missing.txt")),
+        io.localize_input(spark, str(tmp_path / "missing.txt")),
+    ):
+        pass
 
 
 def test_read_text_and_file_head_locally_and_on_s3(tmp_path: Path, fake_s3) -> None:

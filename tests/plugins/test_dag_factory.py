@@ -148,7 +148,7 @@ def test_the_placeholder_task_fails_with_the_problems() -> None:
     from airflow.sdk.exceptions import AirflowFailException
 
     task = InvalidFlowOperator(task_id="invalid_flow", flow_id="f", problems=["flow 'f': flows.schedule: bad"])
-    with pytest.raises(AirflowFailException, match="flow 'f' is invalid .*flows.schedule: bad"):
+    with pytest.raises(AirflowFailException, match=r"flow 'f' is invalid .*flows.schedule: bad"):
         task.execute({})
 
 

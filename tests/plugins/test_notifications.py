@@ -66,7 +66,7 @@ def test_webhook_target_gets_flow_task_file_and_error(pg: Settings, webhook) -> 
     (body,) = received
     assert (body["flow_id"], body["task_id"], body["file_uri"]) == ("invoices", "landing_to_raw", failure.file_uri)
     assert "3 of 10 lines rejected" in body["error"]
-    ((flow, task, file_uri, error, channels),) = notification_rows(pg, "s3__invoices__n1")
+    ((flow, task, file_uri, _error, channels),) = notification_rows(pg, "s3__invoices__n1")
     assert (flow, task, file_uri) == ("invoices", "landing_to_raw", failure.file_uri)
     assert channels == {f"webhook:{url}": "sent"}
 

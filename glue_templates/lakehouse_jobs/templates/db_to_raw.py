@@ -114,9 +114,7 @@ def run(spark: SparkSession, args: dict[str, Any]) -> dict[str, Any]:
     query = f"SELECT q.* FROM ({source_sql}) q WHERE {' AND '.join(conditions)}"
 
     ingested_at = (
-        datetime.fromisoformat(args["batch_time"]).astimezone(UTC)
-        if args.get("batch_time")
-        else datetime.now(UTC)
+        datetime.fromisoformat(args["batch_time"]).astimezone(UTC) if args.get("batch_time") else datetime.now(UTC)
     )
     commit_watermark(
         state_uri,

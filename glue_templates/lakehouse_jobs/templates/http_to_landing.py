@@ -5,9 +5,9 @@ lakehouse_jobs.pull), so a flow triggered by the landing key never sees half a f
 the batch puts the same key again (same content, or the endpoint's newer one). Credentials come from
 the secret ``--secret_id``, never from the task's parameters: its ``headers`` (an object of header ->
 value) if it has them, else ``username`` + ``password`` as HTTP basic auth, else ``password`` alone as
-a bearer token (locally an Airflow connection: login/password, as the runner hands it over). With ``--skip_unchanged`` the SHA-256 of the new body
-is compared with the object already at the key and an identical file is not uploaded again
-(no new landing event, no new flow run).
+a bearer token (locally an Airflow connection: login/password, as the runner hands it over). With
+``--skip_unchanged`` the SHA-256 of the new body is compared with the object already at the key and
+an identical file is not uploaded again (no new landing event, no new flow run).
 """
 
 from __future__ import annotations

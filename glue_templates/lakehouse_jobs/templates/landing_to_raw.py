@@ -169,7 +169,9 @@ def _parse(spark: SparkSession, readable: str, args: dict[str, Any]) -> tuple[Da
     if fmt == "parquet":
         data = spark.read.parquet(readable)
         names = normalize_header(data.columns)
-        renamed = data.select(*[F.col(quote_spark(old)).alias(new) for old, new in zip(data.columns, names)])
+        renamed = data.select(
+            *[F.col(quote_spark(old)).alias(new) for old, new in zip(data.columns, names, strict=True)]
+        )
         parsed = renamed.select(
             (F.col("_metadata.row_index") + 1).cast("long").alias("_line_number"),
             F.to_json(F.struct(*[F.col(n) for n in names])).alias("_raw_line"),
@@ -204,7 +206,7 @@ def _parse(spark: SparkSession, readable: str, args: dict[str, Any]) -> tuple[Da
         else:
             keys = json_top_level_keys(lines)
             columns = normalize_header(keys) if keys else []
-            parsed = parse_json_lines(lines, None, list(zip(columns, keys)))
+            parsed = parse_json_lines(lines, None, list(zip(columns, keys, strict=True)))
     else:
         data = lines
         columns = list(args["columns"] or [])
@@ -348,9 +350,7 @@ def _load(spark: SparkSession, args: dict[str, Any], raw_path: str, rejects_path
     unit = "rows" if fmt == "parquet" else "records" if fmt == "json" else "lines"
     # the run's time, not the clock: a re-run of an old batch must not look newer than later batches
     ingested_at = (
-        datetime.fromisoformat(args["batch_time"]).astimezone(UTC)
-        if args.get("batch_time")
-        else datetime.now(UTC)
+        datetime.fromisoformat(args["batch_time"]).astimezone(UTC) if args.get("batch_time") else datetime.now(UTC)
     )
     metrics: dict[str, Any] = {}
     with io.localize_input(spark, source) as readable:
@@ -372,6 +372,8 @@ def _load(spark: SparkSession, args: dict[str, Any], raw_path: str, rejects_path
                     F.count(F.lit(1)).alias("rows_in"),
                     F.count(F.col(REASON_COLUMN)).alias("rows_rejected"),
                 ).first()
+                if counts is None:  # an aggregation without grouping always has one row
+                    raise RuntimeError("counting the parsed lines returned no row")
                 rows_in, rows_rejected = int(counts["rows_in"]), int(counts["rows_rejected"])
                 metrics = {
                     "rows_in": rows_in,
@@ -472,9 +474,7 @@ def _load_files(
     dataset, batch_id, fmt = args["dataset"], args["batch_id"], args["format"]
     unit = "rows" if fmt == "parquet" else "records" if fmt == "json" else "lines"
     batch_time = (
-        datetime.fromisoformat(args["batch_time"]).astimezone(UTC)
-        if args.get("batch_time")
-        else datetime.now(UTC)
+        datetime.fromisoformat(args["batch_time"]).astimezone(UTC) if args.get("batch_time") else datetime.now(UTC)
     )
     rejected: dict[str, str] = {}
     with ExitStack() as staged:

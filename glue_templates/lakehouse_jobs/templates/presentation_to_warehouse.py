@@ -87,7 +87,7 @@ def _read_split(spark: SparkSession, table: str) -> DataFrame:
     CSV written) by one or two tasks; the split size comes from the table's size instead.
     """
     try:  # the snapshot summary, read through Iceberg's API: no Spark job
-        loaded = spark.sparkContext._jvm.org.apache.iceberg.spark.Spark3Util.loadIcebergTable(
+        loaded = io.spark_jvm(spark).org.apache.iceberg.spark.Spark3Util.loadIcebergTable(
             spark._jsparkSession, table.replace("`", "")
         )
         snapshot = loaded.currentSnapshot()

@@ -64,11 +64,7 @@ def run(spark: SparkSession, args: dict[str, Any]) -> dict[str, Any]:
     if args["sample_size"] < 0:
         raise ValueError("--sample_size must not be negative")
     subject, df = _subject(spark, args)
-    now = (
-        datetime.fromisoformat(args["batch_time"]).astimezone(UTC)
-        if args.get("batch_time")
-        else datetime.now(UTC)
-    )
+    now = datetime.fromisoformat(args["batch_time"]).astimezone(UTC) if args.get("batch_time") else datetime.now(UTC)
     state_uri = io.lake_path(args["lake_uri"], "_quality", subject, "_last_success.json")
     state = json.loads(io.read_text(state_uri) or "null")
     previous = state

@@ -151,7 +151,7 @@ def declared_templates(path: Path = CATALOGUE_SQL) -> list[dict[str, Any]]:
                 raise ValueError(
                     f"{path.name}: row {len(rows) + 1} has {len(values)} values for {len(columns)} columns"
                 )
-            row = dict(zip(columns, values))
+            row = dict(zip(columns, values, strict=True))
             if isinstance(row.get("parameter_spec"), str):
                 row["parameter_spec"] = json.loads(row["parameter_spec"])
             rows.append(row)

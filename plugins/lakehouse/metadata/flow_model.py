@@ -259,7 +259,7 @@ class FlowDocument(_Part):
             "active": self.active,
         }
         tasks: list[dict[str, Any]] = out["tasks"]
-        for task, dumped in zip(self.tasks, tasks):
+        for task, dumped in zip(self.tasks, tasks, strict=True):
             dumped["parameters"] = dict(task.parameters)  # always shown, {} too
         return {
             name: out[name] if name in out else shown[name]

@@ -183,7 +183,7 @@ def claim_due_rows(
             (lease_seconds, limit),
         )
         names = [d.name for d in cur.description]
-        rows = [dict(zip(names, row)) for row in cur.fetchall()]
+        rows = [dict(zip(names, row, strict=True)) for row in cur.fetchall()]
     return sorted(rows, key=lambda r: r["ledger_id"])
 
 

@@ -49,7 +49,8 @@ def run_context_from_airflow(flow_id: str, context: Any) -> RunContext:
             etag=str(file_conf.get("etag") or ""),
             size=file_conf.get("size"),
         )
-    batch = conf.get("batch") if isinstance(conf.get("batch"), dict) else {}
+    batch_conf = conf.get("batch")
+    batch = batch_conf if isinstance(batch_conf, dict) else {}
     logical_date = context.get("logical_date")
     batch_time = getattr(dag_run, "run_after", None) or logical_date
     return RunContext(

@@ -7,6 +7,7 @@ delete Glue jobs"). A failed job is kept so its run can be inspected in the cons
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import logging
 import uuid
@@ -173,7 +174,8 @@ class GlueRunner:
     def wait(self, handle: RunHandle) -> None:
         """Block until the run ends, with the waiter the provider's trigger polls in the triggerer,
         so both paths agree on when a run is over; how it ended is ``finish``'s to read."""
-        try:
+        # ended otherwise than SUCCEEDED, or still going: finish() says which and why
+        with contextlib.suppress(WaiterTerminalFailure, WaiterMaxAttemptsError):
             wait(
                 waiter=self.hook.get_waiter("job_complete", client=self.hook.conn),
                 waiter_delay=self.poll_seconds,
@@ -183,8 +185,6 @@ class GlueRunner:
                 status_message=f"Glue job {handle['job_name']} run {handle['run_id']} is",
                 status_args=["JobRun.JobRunState", "JobRun.ErrorMessage"],
             )
-        except (WaiterTerminalFailure, WaiterMaxAttemptsError):
-            pass  # ended otherwise than SUCCEEDED, or still going: finish() says which and why
 
     def trigger(self, handle: RunHandle) -> GlueJobCompleteTrigger | None:
         """The provider's trigger to wait in Airflow's triggerer, or None where it could not poll

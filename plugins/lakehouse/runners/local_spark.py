@@ -14,6 +14,7 @@ process dies without that chance (SIGKILL).
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -214,10 +215,8 @@ def _die_with_parent() -> None:
 
 
 def _kill_group(proc: subprocess.Popen[str]) -> None:
-    try:
+    with contextlib.suppress(ProcessLookupError):
         os.killpg(proc.pid, signal.SIGKILL)
-    except ProcessLookupError:
-        pass
     proc.wait()
 
 

@@ -18,6 +18,7 @@ The drivers are children of the pool, in its process group, so the stack stops t
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
@@ -266,10 +267,8 @@ class SparkPool:
         """Run ``request`` on a free driver, sending its output and outcome to the client."""
 
         def forward(line: str) -> None:
-            try:
+            with contextlib.suppress(OSError):  # the client left; the select below notices and kills the driver
                 send({"log": line})
-            except OSError:
-                pass  # the client left; the select below notices and kills the driver
 
         deadline = time.monotonic() + float(request.get("wait_seconds") or 3600)
         driver = self._acquire(lambda text: send({"log": text}), deadline)

@@ -12,6 +12,7 @@ one-line record of that place, which ``status``, ``stop`` and the next ``up`` re
 
 from __future__ import annotations
 
+import contextlib
 import glob
 import grp
 import hashlib
@@ -355,10 +356,8 @@ def remove_cluster(settings: Settings) -> bool:
     shutil.rmtree(base, ignore_errors=True)
     record.unlink(missing_ok=True)
     if base.parent == FALLBACK_ROOT:
-        try:
+        with contextlib.suppress(OSError):
             FALLBACK_ROOT.rmdir()  # only when no other home has a cluster there
-        except OSError:
-            pass
     return found
 
 

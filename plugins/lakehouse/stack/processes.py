@@ -7,6 +7,7 @@ we signal the whole group, then check (psutil's process listing) until no live m
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
@@ -123,10 +124,8 @@ def stop_group(run_dir: Path, name: str, timeout: float = 30.0) -> bool:
 
 
 def _signal_group(pgid: int, sig: signal.Signals) -> None:
-    try:
+    with contextlib.suppress(ProcessLookupError):
         os.killpg(pgid, sig)
-    except ProcessLookupError:
-        pass
 
 
 def processes_using_home(home: Path, exclude_descendants_of: int | None = None) -> list[str]:

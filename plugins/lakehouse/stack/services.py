@@ -223,7 +223,7 @@ def _start_seaweedfs(settings: Settings, env: dict[str, str], echo: Callable[[st
         f"-webdav.port={p.webdav}",
         f"-s3.port.iceberg={p.iceberg}",
     ]
-    echo("starting SeaweedFS (S3 on %s)" % settings.s3_endpoint_url)
+    echo(f"starting SeaweedFS (S3 on {settings.s3_endpoint_url})")
     start_group(settings.run_dir, settings.log_dir, "seaweedfs", argv, weed_env, cwd=workdir)
     _wait("SeaweedFS S3 API", lambda: _landing_bucket_ready(settings), 90, settings.log_dir / "seaweedfs.log")
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -254,7 +255,7 @@ def test_empty_file_after_a_good_run_of_the_batch_removes_its_raw(
 
 
 def test_missing_file_and_bad_arguments_fail_clearly(tmp_path: Path, spark: SparkSession, lake_uri: str) -> None:
-    with pytest.raises(FileNotFoundError, match="nope.txt"):
+    with pytest.raises(FileNotFoundError, match=re.escape("nope.txt")):
         _run(tmp_path, lake_uri, tmp_path / "nope.txt", "ds", "b1", *_regex_args())
     source = tmp_path / "x.txt"
     source.write_text("x\n")

@@ -94,9 +94,11 @@ def test_the_local_stack_skips_the_wal_for_the_load(warehouse_env: Settings) -> 
 _EVERY_TYPE = """
     SELECT * FROM VALUES
       (CAST(-128 AS tinyint), CAST(-32768 AS smallint), 2147483647, 9223372036854775807, CAST(1.5 AS float),
-       CAST(1e300 AS double), CAST(-0.5 AS decimal(12,2)), CAST(-1234567890123456789012345678.0123456789 AS decimal(38,10)),
+       CAST(1e300 AS double), CAST(-0.5 AS decimal(12,2)),
+       CAST(-1234567890123456789012345678.0123456789 AS decimal(38,10)),
        'tab\\there, "quote",\\nnewline \\\\ back, ünïcode', DATE'1969-12-31', TIMESTAMP'1969-07-20 20:17:40.000001',
-       TIMESTAMP_NTZ'2000-01-01 00:00:00', true, X'00FF0A', array(1, NULL), map('k', 1), named_struct('a', 'x', 'b', 2)),
+       TIMESTAMP_NTZ'2000-01-01 00:00:00', true, X'00FF0A', array(1, NULL), map('k', 1),
+       named_struct('a', 'x', 'b', 2)),
       (NULL, NULL, NULL, NULL, NULL, CAST('NaN' AS double), NULL, NULL, '', NULL, NULL, NULL, false, X'', array(),
        map(), named_struct('a', NULL, 'b', NULL)),
       (NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, DATE'2100-02-28', TIMESTAMP'2026-03-29 02:30:00',

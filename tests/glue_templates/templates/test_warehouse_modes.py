@@ -148,7 +148,7 @@ def test_merge_upserts_by_key_in_one_transaction(
 
     # a schema change that cannot be applied (text -> int) rolls the whole merge back
     _table(spark, source, "SELECT * FROM VALUES ('eu', 1, 7, 11) AS t(region, id, name, score)")
-    with pytest.raises(Exception, match="(?i)invalid input syntax"):
+    with pytest.raises(Exception, match=r"(?i)invalid input syntax"):
         _load(tmp_path, lake_uri, source, target, f"m3_{unique}", *merge)
     assert _query(warehouse_env, f"SELECT name, score FROM {target} WHERE region = 'eu' AND id = 1") == [("Ann", 10)]
 
@@ -221,7 +221,8 @@ def test_redshift_sql_generation() -> None:
     assert merge_statements(target, staging, ["day", "total"], ["day"]) == [
         'DELETE FROM "presentation"."daily" USING "presentation"."daily__load_b1" '
         'WHERE "daily"."day" = "daily__load_b1"."day"',
-        'INSERT INTO "presentation"."daily" ("day", "total") SELECT "day", "total" FROM "presentation"."daily__load_b1"',
+        'INSERT INTO "presentation"."daily" ("day", "total") '
+        'SELECT "day", "total" FROM "presentation"."daily__load_b1"',
         'DROP TABLE "presentation"."daily__load_b1"',
     ]
     with pytest.raises(ValueError, match="--iam_role"):

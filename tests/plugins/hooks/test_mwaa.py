@@ -106,9 +106,9 @@ def test_configuration_chooses_mwaa(monkeypatch) -> None:
 
 def test_dag_id_too_long_for_mwaa_path_is_refused_before_calling(stubbed) -> None:
     mwaa, stub = stubbed
-    with stub:  # no response queued: a call would fail the Stubber
-        with pytest.raises(AirflowApiError, match="at most 64") as refused:
-            mwaa.trigger_dag_run("d" * 51, "r")
+    # no response queued: a call would fail the Stubber
+    with stub, pytest.raises(AirflowApiError, match="at most 64") as refused:
+        mwaa.trigger_dag_run("d" * 51, "r")
     assert refused.value.status == 400
 
 

@@ -93,7 +93,7 @@ def ledger_rows(pg: Settings, bucket: str) -> Iterator[Any]:
                     (bucket,),
                 )
                 names = [d.name for d in cur.description]
-                return [dict(zip(names, r)) for r in cur.fetchall()]
+                return [dict(zip(names, r, strict=True)) for r in cur.fetchall()]
         finally:
             conn.close()
 

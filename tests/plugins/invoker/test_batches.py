@@ -61,7 +61,7 @@ def ledger(pg: Settings, bucket: str) -> list[dict[str, Any]]:
             (bucket,),
         )
         names = [d.name for d in cur.description]
-        rows = [dict(zip(names, r)) for r in cur.fetchall()]
+        rows = [dict(zip(names, r, strict=True)) for r in cur.fetchall()]
     conn.close()
     return rows
 
@@ -75,7 +75,7 @@ def test_queued_files_become_one_run_whose_manifest_names_them(
     assert jobs == [] and airflow.calls == 0  # nothing is sent before it is gathered
     (job,) = invoker.gather_batches()
     assert invoker.dispatch(job).status == "created"
-    (((dag_id, run_id), conf),) = airflow.runs.items()
+    (((_dag_id, run_id), conf),) = airflow.runs.items()
     assert conf["batch"]["files"] == 5 and run_id == job.outcome.dag_run_id
     manifest = json.loads(Path(conf["batch"]["manifest"].removeprefix("file://")).read_text())
     assert [f["key"] for f in manifest["files"]] == [f"in/f{i:04d}.csv" for i in range(5)]

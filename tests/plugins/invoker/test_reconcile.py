@@ -75,9 +75,7 @@ def test_a_sweep_records_what_no_event_announced_and_nothing_twice(bucket_and_in
         key: put(s3, bucket, key) for key in ("drops/a.csv", "drops/b.csv", "drops/c.csv", "drops/x.txt", "other/d.csv")
     }
     # drops/a.csv's event did arrive
-    invoker.handle_object_event(
-        ObjectEvent(bucket, "drops/a.csv", etags["drops/a.csv"], 12, datetime.now(UTC), "s3")
-    )
+    invoker.handle_object_event(ObjectEvent(bucket, "drops/a.csv", etags["drops/a.csv"], 12, datetime.now(UTC), "s3"))
     assert len(airflow.runs) == 1
 
     results, jobs = reconcile(invoker, s3, f"rec_{bucket}")

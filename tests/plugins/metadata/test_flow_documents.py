@@ -193,7 +193,7 @@ def test_a_refused_row_rolls_back_the_whole_flow(clean: Settings) -> None:
     document = yaml.safe_load(DOCUMENT)
     document["owner"] = "someone-else"
     document["tasks"][3]["pool"] = "not a pool name!"  # the table's CHECK refuses it
-    with pytest.raises(FlowDocumentError, match="the database refused the rows: .*flow_tasks_pool_check"):
+    with pytest.raises(FlowDocumentError, match=r"the database refused the rows: .*flow_tasks_pool_check"):
         apply_flow_document(clean.metadata_dsn, document)
     assert stored_rows(clean, "doc_orders") == before
 

@@ -21,7 +21,7 @@ def test_the_sql_file_reads_as_postgres_applies_it(pg: Settings) -> None:
     declared = {row["template_id"]: {c: row.get(c) for c in COLUMNS} for row in declared_templates()}
     with psycopg2.connect(pg.metadata_dsn) as conn, conn.cursor() as cur:
         cur.execute(f"SELECT {', '.join(COLUMNS)} FROM lakehouse.templates WHERE template_id NOT LIKE 'doc\\_%'")
-        stored = {row[0]: dict(zip(COLUMNS, row)) for row in cur.fetchall()}
+        stored = {row[0]: dict(zip(COLUMNS, row, strict=True)) for row in cur.fetchall()}
     conn.close()
     assert declared == stored
 

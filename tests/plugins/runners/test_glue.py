@@ -117,7 +117,7 @@ def test_glue_job_is_created_run_and_deleted(aws: None) -> None:
 
 
 def test_glue_arguments_are_glue_style(aws: None) -> None:
-    runner, glue = make_runner()
+    runner, _glue = make_runner()
     seen: list[dict[str, str]] = []
     original = runner.client.start_job_run
 

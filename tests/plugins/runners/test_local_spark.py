@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import sys
 from collections import deque
 from pathlib import Path
@@ -23,13 +24,13 @@ def test_command_has_glue_style_arguments_and_no_password(settings: Settings, tm
     assert argv[0].endswith("spark-submit")
     assert argv[argv.index("--properties-file") + 1] == str(tmp_path / "spark.conf")
     script_at = argv.index(str(script))
-    pairs = dict(zip(argv[script_at + 1 :: 2], argv[script_at + 2 :: 2]))
+    pairs = dict(zip(argv[script_at + 1 :: 2], argv[script_at + 2 :: 2], strict=True))
     assert pairs["--dataset"] == "inv" and pairs["--batch_id"] == "b1" and pairs["--lake_uri"] == settings.lake_uri
     assert "jdbc.password" not in " ".join(argv) and settings.pg_password not in argv
 
 
 def test_missing_script_is_named(settings: Settings) -> None:
-    with pytest.raises(JobFailedError, match="nope.py does not exist"):
+    with pytest.raises(JobFailedError, match=re.escape("nope.py does not exist")):
         resolve_script(settings, "nope.py")
     with pytest.raises(JobFailedError, match="cannot run s3://"):
         resolve_script(settings, "s3://b/x.py")

@@ -134,6 +134,6 @@ def test_a_crashed_driver_fails_its_run_clearly_and_is_replaced(warm: Settings, 
     script = tmp_path / "crash.py"
     script.write_text(CRASH)
     request = JobRequest("f", "crash", "crash", str(script), "r1", "b1")
-    with pytest.raises(JobFailedError, match="the warm Spark driver died during the run .*it is replaced"):
+    with pytest.raises(JobFailedError, match=r"the warm Spark driver died during the run .*it is replaced"):
         LocalSparkRunner(warm, mode="warm").run(request)
     assert probe(warm, tmp_path, "after")["conf_before"] == "unset"
