@@ -162,16 +162,64 @@ class Bench:
         first_put = min(put_at for _, put_at in dropped)
         ends = [_at(self.finished(run_id)["end_date"]) for run_id, _ in dropped]
         burst = max(ends) - first_put if ends else 0.0
+        batched = self.batched_burst() if self.args.batched_burst and self.args.burst else None
         mean = {k: statistics.mean(p[k] for p in parts) for k in parts[0]} if parts else {}
         print(
             f"{mode:6} one at a time ({len(single)}): median {statistics.median(single):.1f} s, "
             f"p95 {pct(single, 0.95):.1f} s, max {max(single):.1f} s | {self.args.burst} at once: all done in "
-            f"{burst:.1f} s | per run: scheduler {mean.get('scheduler', 0):.1f} s, executor "
+            f"{burst:.1f} s"
+            + (f" (as one micro-batch: {batched:.1f} s)" if batched is not None else "")
+            + f" | per run: scheduler {mean.get('scheduler', 0):.1f} s, executor "
             f"{mean.get('executor', 0):.1f} s, tasks {mean.get('tasks', 0):.1f} s (templates "
             f"{mean.get('template', 0):.1f} s)",
             flush=True,
         )
-        return {"mode": mode, "single": single, "burst": burst, "parts": mean}
+        return {"mode": mode, "single": single, "burst": burst, "batched_burst": batched, "parts": mean}
+
+    def batched_burst(self) -> float:
+        """The same burst into the flow set to gather files (max_files_per_run = the burst, a 2 s
+        window): drop → the last batch's run done. The flow is set back to one run per file."""
+        import psycopg2
+
+        def set_batching(files: int, window: int) -> None:
+            conn = psycopg2.connect(self.settings.metadata_dsn)
+            with conn, conn.cursor() as cur:
+                cur.execute(
+                    "UPDATE lakehouse.flows SET max_files_per_run = %s, batch_window_seconds = %s WHERE flow_id = %s",
+                    (files, window, FLOW),
+                )
+            conn.close()
+            time.sleep(self.settings.invoker_catalogue_ttl + 1)  # the invoker sees the change
+
+        set_batching(self.args.burst, 2)
+        try:
+            first = self.serial + 1
+            puts = [self.drop()[1] for _ in range(self.args.burst)]
+            keys = [f"invoices/bench_{n:05d}.txt" for n in range(first, self.serial + 1)]
+            deadline = time.monotonic() + 300
+            while (runs := self._batch_runs(keys))[1] < len(keys):  # until every file is in a batch
+                if time.monotonic() > deadline:
+                    raise TimeoutError("the burst's files were not all in batches after 300 s")
+                time.sleep(0.5)
+            done = [self.client.wait_for_dag_run(FLOW, run_id, timeout=900, poll=0.5) for run_id in runs[0]]
+            return max(_at(run["end_date"]) for run in done) - min(puts)
+        finally:
+            set_batching(1, 0)
+
+    def _batch_runs(self, keys: list[str]) -> tuple[set[str], int]:
+        """(the runs of the batches these files are in, how many of the files are in one)."""
+        import psycopg2
+
+        conn = psycopg2.connect(self.settings.metadata_dsn)
+        with conn.cursor() as cur:
+            cur.execute(
+                "SELECT dag_run_id FROM lakehouse.file_ledger WHERE flow_id = %s AND object_key = ANY(%s) "
+                "AND batch_id IS NOT NULL",
+                (FLOW, keys),
+            )
+            rows = [row[0] for row in cur.fetchall()]
+        conn.close()
+        return set(rows), len(rows)
 
     def memory(self, runs: int) -> list[tuple[int, float]]:
         """One warm driver, ``runs`` stage_to_presentation runs in a row; its memory as it goes."""
@@ -211,6 +259,12 @@ def main() -> int:
         help="variants in turns: warm, submit, optionally @<scheduler idle sleep s>, e.g. warm@0.2",
     )
     parser.add_argument("--memory-runs", type=int, default=200, help="runs on one warm driver (0: skip)")
+    parser.add_argument(
+        "--no-batched-burst",
+        dest="batched_burst",
+        action="store_false",
+        help="skip the burst into the flow set to gather its files into one micro-batch",
+    )
     args = parser.parse_args()
     # a TERM (timeout, kill) ends the run like Ctrl-C: the finally below stops the whole stack
     signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
