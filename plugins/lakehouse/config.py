@@ -319,6 +319,12 @@ class Settings(BaseSettings):
         return self.home / "log"
 
     @property
+    def tmp_dir(self) -> Path:
+        """Temporary files of every process of the stack (``TMPDIR``, the JVMs' ``java.io.tmpdir``,
+        Spark's local dir): under the home, so a stop leaves nothing in /tmp (``down`` empties it)."""
+        return self.run_dir / "tmp"
+
+    @property
     def airflow_home(self) -> Path:
         return self.home / "airflow"
 

@@ -30,7 +30,9 @@ def iceberg_catalog_conf(settings: Settings) -> dict[str, str]:
 
 
 def local_spark_conf(settings: Settings) -> dict[str, str]:
-    """Everything a local session needs: jars, catalog, sizes for a 2-core machine."""
+    """Everything a local session needs: jars, catalog, sizes for a 2-core machine. The scratch
+    directory it names exists once this returns (a JVM does not create its ``java.io.tmpdir``)."""
+    settings.tmp_dir.mkdir(parents=True, exist_ok=True)
     conf = {
         "spark.master": settings.spark_master,
         "spark.driver.memory": settings.spark_driver_memory,
@@ -39,6 +41,9 @@ def local_spark_conf(settings: Settings) -> dict[str, str]:
         "spark.sql.session.timeZone": "UTC",
         "spark.ui.enabled": "false",
         "spark.sql.sources.partitionOverwriteMode": "dynamic",
+        # scratch space under the stack's home, not /tmp: a killed JVM cannot clean up after itself
+        "spark.local.dir": str(settings.tmp_dir / "spark"),
+        "spark.driver.extraJavaOptions": f"-Djava.io.tmpdir={settings.tmp_dir} -XX:-UsePerfData",
         # landing objects are read through boto3 here: no Hadoop S3 connector is installable
         "spark.lakehouse.stage_s3_through_boto3": "true",
     }

@@ -14,6 +14,7 @@ from __future__ import annotations
 import base64
 import json
 import os
+import shutil
 import sys
 import time
 from collections.abc import Callable
@@ -73,8 +74,10 @@ def stack_environment(settings: Settings) -> dict[str, str]:
     env = dict(os.environ)
     bindir = str(Path(sys.executable).parent)
     env["PATH"] = bindir + os.pathsep + env.get("PATH", "")
+    settings.tmp_dir.mkdir(parents=True, exist_ok=True)
     env.update(
         {
+            "TMPDIR": str(settings.tmp_dir),
             "LAKEHOUSE_ROOT": str(settings.root),
             "LAKEHOUSE_HOME": str(settings.home),
             "LAKEHOUSE_PG_HOST": settings.pg_host,
@@ -189,6 +192,31 @@ def _wait(what: str, check: Callable[[], bool], timeout: float, log: Path | None
 
 
 # -- SeaweedFS ----------------------------------------------------------------------------------
+def seaweedfs_command(settings: Settings) -> list[str]:
+    """``weed mini`` with every file it writes under the stack's home: its logs, its local sockets
+    and its data; the WebDAV server (unused) is off, as its chunk cache would go to /tmp."""
+    p = settings.seaweed_ports
+    run = settings.run_dir
+    return [
+        _bin("weed"),
+        f"-logdir={settings.log_dir}",  # glog's own files; by default in /tmp
+        "mini",
+        "-webdav=false",
+        f"-s3.localSocket={run / 'seaweedfs-s3.sock'}",
+        f"-filer.localSocket={run / 'seaweedfs-filer.sock'}",
+        f"-dir={settings.home / 'seaweedfs' / 'data'}",
+        f"-bucket={settings.landing_bucket}",
+        "-ip=127.0.0.1",
+        "-admin.ui=false",
+        f"-master.port={p.master}",
+        f"-volume.port={p.volume}",
+        f"-filer.port={p.filer}",
+        f"-s3.port={p.s3}",
+        f"-webdav.port={p.webdav}",
+        f"-s3.port.iceberg={p.iceberg}",
+    ]
+
+
 def _start_seaweedfs(settings: Settings, env: dict[str, str], echo: Callable[[str], None]) -> None:
     if service_running(settings.run_dir, "seaweedfs"):
         return
@@ -205,24 +233,10 @@ def _start_seaweedfs(settings: Settings, env: dict[str, str], echo: Callable[[st
         'event_types = ["create", "update"]\n'
         'path_prefixes = ["/buckets/"]\n'
     )
-    p = settings.seaweed_ports
     weed_env = dict(
         env, AWS_ACCESS_KEY_ID=settings.s3_access_key_id, AWS_SECRET_ACCESS_KEY=settings.s3_secret_access_key
     )
-    argv = [
-        _bin("weed"),
-        "mini",
-        f"-dir={workdir / 'data'}",
-        f"-bucket={settings.landing_bucket}",
-        "-ip=127.0.0.1",
-        "-admin.ui=false",
-        f"-master.port={p.master}",
-        f"-volume.port={p.volume}",
-        f"-filer.port={p.filer}",
-        f"-s3.port={p.s3}",
-        f"-webdav.port={p.webdav}",
-        f"-s3.port.iceberg={p.iceberg}",
-    ]
+    argv = seaweedfs_command(settings)
     echo(f"starting SeaweedFS (S3 on {settings.s3_endpoint_url})")
     start_group(settings.run_dir, settings.log_dir, "seaweedfs", argv, weed_env, cwd=workdir)
     _wait("SeaweedFS S3 API", lambda: _landing_bucket_ready(settings), 90, settings.log_dir / "seaweedfs.log")
@@ -349,6 +363,7 @@ def down(settings: Settings, echo: Callable[[str], None] = print) -> list[str]:
     left = [s for s in status(settings) if s.running]
     if left:
         raise RuntimeError("still running after stop: " + ", ".join(s.name for s in left))
+    shutil.rmtree(settings.tmp_dir, ignore_errors=True)  # what killed processes could not clean up
     return stopped
 
 

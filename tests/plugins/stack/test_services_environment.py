@@ -40,3 +40,24 @@ def test_an_explicit_airflow_pool_setting_wins(monkeypatch: pytest.MonkeyPatch) 
     monkeypatch.setenv("AIRFLOW__DATABASE__SQL_ALCHEMY_POOL_SIZE", "3")
     env = services.stack_environment(load_settings())
     assert services.airflow_component_environment(env, "api-server")["AIRFLOW__DATABASE__SQL_ALCHEMY_POOL_SIZE"] == "3"
+
+
+def test_every_process_of_the_stack_keeps_its_scratch_files_under_the_home() -> None:
+    """A stop leaves nothing in /tmp: temp files, Spark's local dirs, the JVMs' tmpdir, SeaweedFS's
+    logs and sockets all live under the home (``down`` empties its tmp)."""
+    from lakehouse.runners.spark_conf import local_spark_conf
+
+    settings = load_settings()
+    home = str(settings.home)
+    assert services.stack_environment(settings)["TMPDIR"].startswith(home)
+    conf = local_spark_conf(settings)
+    assert (
+        conf["spark.local.dir"].startswith(home)
+        and f"-Djava.io.tmpdir={settings.tmp_dir}" in conf["spark.driver.extraJavaOptions"]
+    )
+    assert settings.tmp_dir.is_dir()
+    weed = services.seaweedfs_command(settings)
+    assert "-webdav=false" in weed
+    for flag in ("-logdir=", "-s3.localSocket=", "-filer.localSocket=", "-dir="):
+        (value,) = [a.split("=", 1)[1] for a in weed if a.startswith(flag)]
+        assert value.startswith(home), (flag, value)
