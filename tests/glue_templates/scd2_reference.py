@@ -44,7 +44,9 @@ class Params:
 
 def row_hash(record: Row, tracked: Sequence[str]) -> str:
     """Same encoding as the template: ``name=<len>:<text>`` of non-NULL values, in name order."""
-    parts = [f"{name}={len(str(record[name]))}:{record[name]}" for name in sorted(tracked) if record.get(name) is not None]
+    parts = [
+        f"{name}={len(str(record[name]))}:{record[name]}" for name in sorted(tracked) if record.get(name) is not None
+    ]
     return hashlib.sha256("\u001f".join(parts).encode("utf-8")).hexdigest()
 
 
@@ -58,8 +60,9 @@ class _Event:
     lineage: tuple[str | None, str | None] = (None, None)  # _batch_id, _source_file
 
 
-def apply(table: list[Row], columns: list[str], batch: list[Row], batch_columns: list[str], params: Params,
-          batch_id: str) -> tuple[list[Row], list[str]]:
+def apply(
+    table: list[Row], columns: list[str], batch: list[Row], batch_columns: list[str], params: Params, batch_id: str
+) -> tuple[list[Row], list[str]]:
     """One batch → the new table rows and data columns. Raises ReferenceError for a refused batch.
 
     ``batch`` rows carry the data columns plus ``_seq`` (the sequence value, already a datetime),
@@ -67,8 +70,11 @@ def apply(table: list[Row], columns: list[str], batch: list[Row], batch_columns:
     """
     keys = list(params.keys)
     attributes = [c for c in batch_columns if c not in keys and c != params.op_column]
-    tracked = list(params.track_columns) if params.track_columns else [
-        c for c in attributes if c not in (params.track_except or ()) and c != params.sequence_by]
+    tracked = (
+        list(params.track_columns)
+        if params.track_columns
+        else [c for c in attributes if c not in (params.track_except or ()) and c != params.sequence_by]
+    )
     untracked = [c for c in attributes if c not in tracked and c != params.sequence_by]
     # validation, in file order
     for record in batch:
@@ -86,8 +92,13 @@ def apply(table: list[Row], columns: list[str], batch: list[Row], batch_columns:
     for record in batch:
         is_delete = params.op_column is not None and params.op_mapping[record[params.op_column]] == "D"
         data = {c: (None if is_delete else record.get(c)) for c in attributes}
-        event = _Event(record["_seq"], DELETED if is_delete else row_hash(record, tracked), 1, data,
-                       lineage=(batch_id, record.get("_source_file")))
+        event = _Event(
+            record["_seq"],
+            DELETED if is_delete else row_hash(record, tracked),
+            1,
+            data,
+            lineage=(batch_id, record.get("_source_file")),
+        )
         lines[tuple(record[k] for k in keys)].append((record["_seq"], record["_line_number"], event))
     for key, found in lines.items():
         found.sort(key=lambda item: (item[0], -item[1]))  # per sequence value, the file's last line first
@@ -105,22 +116,41 @@ def apply(table: list[Row], columns: list[str], batch: list[Row], batch_columns:
         for key, rows in rows_by_key.items():
             current = [r for r in rows if r["_is_current"]]
             if key not in lines and current and not current[0]["_is_deleted"]:
-                by_key[key].append(_Event(delete_at, DELETED, 1, {c: None for c in attributes}, lineage=(batch_id, None)))
+                by_key[key].append(
+                    _Event(delete_at, DELETED, 1, {c: None for c in attributes}, lineage=(batch_id, None))
+                )
     result = [r for key, rows in rows_by_key.items() if key not in by_key for r in rows]
     for key, new_events in by_key.items():
-        result.extend(_rebuild(key, rows_by_key.get(key, []), new_events, keys, new_columns, untracked, params, batch_id))
+        result.extend(
+            _rebuild(key, rows_by_key.get(key, []), new_events, keys, new_columns, untracked, params, batch_id)
+        )
     return result, new_columns
 
 
-def _rebuild(key: tuple[Any, ...], rows: list[Row], new_events: list[_Event], keys: list[str], columns: list[str],
-             untracked: list[str], params: Params, batch_id: str) -> list[Row]:
+def _rebuild(
+    key: tuple[Any, ...],
+    rows: list[Row],
+    new_events: list[_Event],
+    keys: list[str],
+    columns: list[str],
+    untracked: list[str],
+    params: Params,
+    batch_id: str,
+) -> list[Row]:
     """One key: stored rows back to events, add the batch's, collapse, and turn runs into rows."""
     rows = sorted(rows, key=lambda r: r["_valid_from"])
     starts = {r["_valid_from"] for r in rows}
     events: list[_Event] = []
     for row in rows:
-        events.append(_Event(row["_valid_from"], DELETED if row["_is_deleted"] else row["_row_hash"], 0,
-                             {c: row.get(c) for c in columns if c not in keys}, old=row))
+        events.append(
+            _Event(
+                row["_valid_from"],
+                DELETED if row["_is_deleted"] else row["_row_hash"],
+                0,
+                {c: row.get(c) for c in columns if c not in keys},
+                old=row,
+            )
+        )
         if row["_valid_to"] is not None and row["_valid_to"] not in starts:
             events.append(_Event(row["_valid_to"], DELETED, 0, {}))  # a hard delete left a gap here
     events.extend(new_events)
@@ -144,7 +174,7 @@ def _rebuild(key: tuple[Any, ...], rows: list[Row], new_events: list[_Event], ke
         deleted = first.hash == DELETED
         if deleted and not (i > 0 and (params.soft_delete or first.old is not None)):
             continue
-        row: Row = dict(zip(keys, key))
+        row: Row = dict(zip(keys, key, strict=True))
         for c in columns:
             if c in keys:
                 continue

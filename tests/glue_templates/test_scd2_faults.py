@@ -14,7 +14,7 @@ import os
 import signal
 import subprocess
 import time
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
@@ -39,9 +39,11 @@ def _write_raw(spark: SparkSession, lake_uri: str, dataset: str, batch: str, val
     """KEYS records, every key with ``value``: the second batch changes every key."""
     path = io.lake_path(lake_uri, "raw", dataset, f"_batch_id={sanitize_batch_id(batch)}")
     spark.range(KEYS).select(
-        F.format_string("K%07d", "id").alias("key"), F.lit(value).alias("value"),
-        F.lit(f"s3://landing/{dataset}/{batch}.csv").alias("_source_file"), F.lit(batch).alias("_batch_id"),
-        F.lit(datetime(2026, 11, day, 6, tzinfo=timezone.utc)).alias("_ingested_at"),
+        F.format_string("K%07d", "id").alias("key"),
+        F.lit(value).alias("value"),
+        F.lit(f"s3://landing/{dataset}/{batch}.csv").alias("_source_file"),
+        F.lit(batch).alias("_batch_id"),
+        F.lit(datetime(2026, 11, day, 6, tzinfo=UTC)).alias("_ingested_at"),
         (F.col("id") + 1).alias("_line_number"),
     ).write.mode("overwrite").parquet(path)
 
@@ -50,8 +52,9 @@ def _files(folder: Path) -> set[Path]:
     return {p for p in folder.rglob("*") if p.is_file()} if folder.exists() else set()
 
 
-def test_a_job_killed_mid_commit_leaves_the_table_as_it_was(spark: SparkSession, pg: Settings, tmp_path: Path,
-                                                            lake_uri: str, unique: str) -> None:
+def test_a_job_killed_mid_commit_leaves_the_table_as_it_was(
+    spark: SparkSession, pg: Settings, tmp_path: Path, lake_uri: str, unique: str
+) -> None:
     dataset, table = f"killed_{unique}", f"stage.killed_{unique}"
     args = ["--lake_uri", lake_uri, "--dataset", dataset, "--target_table", table, "--keys", "key"]
     _write_raw(spark, lake_uri, dataset, "b1", "v0", 1)
@@ -66,10 +69,22 @@ def test_a_job_killed_mid_commit_leaves_the_table_as_it_was(spark: SparkSession,
     runner = LocalSparkRunner(pg)
     props = tmp_path / "spark.conf"
     props.write_text("".join(f"{k} {v}\n" for k, v in local_spark_conf(pg).items()))
-    request = JobRequest(dataset, "to_stage", "raw_to_stage_scd2", "raw_to_stage_scd2.py", "b2", "b2",
-                         {"dataset": dataset, "target_table": table, "keys": "key"})
-    job = subprocess.Popen(runner.command(request, props, tmp_path / "b2.json"), env=runner.job_environment(),
-                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    request = JobRequest(
+        dataset,
+        "to_stage",
+        "raw_to_stage_scd2",
+        "raw_to_stage_scd2.py",
+        "b2",
+        "b2",
+        {"dataset": dataset, "target_table": table, "keys": "key"},
+    )
+    job = subprocess.Popen(
+        runner.command(request, props, tmp_path / "b2.json"),
+        env=runner.job_environment(),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
     try:
         deadline = time.monotonic() + 600
         while not (_files(folder) - files_before):

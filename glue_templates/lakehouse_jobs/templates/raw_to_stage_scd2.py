@@ -51,14 +51,22 @@ def validate(args: dict[str, Any]) -> None:
     if mapping is not None:
         if args["op_column"] is None:
             raise JobArgumentError("argument --op_mapping needs --op_column")
-        if not isinstance(mapping, dict) or not mapping or not all(
-                isinstance(k, str) and v in ("I", "U", "D") for k, v in mapping.items()):
-            raise JobArgumentError(f'argument --op_mapping must be a JSON object mapping op values to "I", "U" or '
-                                   f'"D", got {mapping!r}')
+        if (
+            not isinstance(mapping, dict)
+            or not mapping
+            or not all(isinstance(k, str) and v in ("I", "U", "D") for k, v in mapping.items())
+        ):
+            raise JobArgumentError(
+                f'argument --op_mapping must be a JSON object mapping op values to "I", "U" or "D", got {mapping!r}'
+            )
     if args["track_columns"] and args["track_except"]:
         raise JobArgumentError("give --track_columns or --track_except, not both")
-    for name in (*args["keys"], *(args["track_columns"] or ()), *(args["track_except"] or ()),
-                 *([args["sequence_by"]] if args["sequence_by"] else [])):
+    for name in (
+        *args["keys"],
+        *(args["track_columns"] or ()),
+        *(args["track_except"] or ()),
+        *([args["sequence_by"]] if args["sequence_by"] else []),
+    ):
         validate_identifier(name, "column")
 
 
@@ -68,16 +76,29 @@ def run(spark: SparkSession, args: dict[str, Any]) -> dict[str, Any]:
     table = parse_table_name(args["target_table"], "--target_table")
     raw_path = io.lake_path(args["lake_uri"], "raw", dataset, f"_batch_id={sanitize_batch_id(args['batch_id'])}")
     if not io.path_exists(spark, raw_path):
-        raise FileNotFoundError(f"raw batch {raw_path} does not exist: did landing_to_raw run for batch "
-                                f"{args['batch_id']!r} of dataset {dataset!r}?")
+        raise FileNotFoundError(
+            f"raw batch {raw_path} does not exist: did landing_to_raw run for batch "
+            f"{args['batch_id']!r} of dataset {dataset!r}?"
+        )
     if not io.path_exists(spark, f"{raw_path}/_SUCCESS"):  # written at the raw write's commit, last
-        raise FileNotFoundError(f"raw batch {raw_path} is incomplete (no _SUCCESS): its landing_to_raw try did not "
-                                "finish; re-run landing_to_raw for this batch")
+        raise FileNotFoundError(
+            f"raw batch {raw_path} is incomplete (no _SUCCESS): its landing_to_raw try did not "
+            "finish; re-run landing_to_raw for this batch"
+        )
     batch = spark.read.parquet(raw_path)
     result = apply_changes(
-        spark, table, batch, args["keys"], args["sequence_by"], args["batch_id"],
-        track_columns=args["track_columns"], track_except=args["track_except"], mode=args["mode"],
-        op_column=args["op_column"], op_mapping=args["op_mapping"], soft_delete=args["soft_delete"],
+        spark,
+        table,
+        batch,
+        args["keys"],
+        args["sequence_by"],
+        args["batch_id"],
+        track_columns=args["track_columns"],
+        track_except=args["track_except"],
+        mode=args["mode"],
+        op_column=args["op_column"],
+        op_mapping=args["op_mapping"],
+        soft_delete=args["soft_delete"],
     )
     return {
         "rows_in": result.rows_in,

@@ -11,7 +11,7 @@ import pytest
 from pyspark.sql import SparkSession
 
 from lakehouse_jobs.metrics import JobFailure
-from lakehouse_jobs.templates import landing_to_raw
+from lakehouse_jobs.templates import landing_to_raw, raw_to_stage_scd2
 
 pytestmark = pytest.mark.integration
 
@@ -116,3 +116,36 @@ def test_a_gzip_cut_short_is_found_while_reading_and_set_aside(
         f"landing file {uris[1]} is truncated: the compressed stream ends early (read as csv)"
     ]
     assert [r["id"] for r in spark.read.parquet(metrics["raw_path"]).collect()] == [1]
+
+
+def test_a_batch_without_sequence_by_is_ordered_by_file_event_time_then_line(
+    spark: SparkSession, tmp_path: Path, lake_uri: str, unique: str
+) -> None:
+    """The stage orders a micro-batch's files by their event times and, inside a file, by line."""
+    manifest, uris = _manifest(
+        tmp_path,
+        {
+            "a.csv": b"id,name\n1,alpha\n1,alpha-corrected\n",  # one file: its later line is the key's state
+            "b.csv": b"id,name\n1,beta\n2,gamma\n",  # a later event: a new version of 1
+            "c.csv": b"id,name\n2,gamma\n",  # unchanged: no version
+        },
+    )
+    dataset, table = f"order_{unique}", f"stage.order_{unique}"
+    raw = _run(tmp_path, lake_uri, manifest, dataset)
+    assert raw["files_accepted"] == 3
+    metrics_file = tmp_path / "stage.json"
+    raw_to_stage_scd2.main(
+        [
+            *("--batch_id", f"b_{dataset}", "--lake_uri", lake_uri, "--metrics_uri", str(metrics_file)),
+            *("--dataset", dataset, "--target_table", table, "--keys", "id"),
+        ]
+    )
+    versions = [
+        (r["id"], r["name"], r["_valid_from"].isoformat(), r["_is_current"], r["_source_file"])
+        for r in spark.table(table).orderBy("id", "_valid_from").collect()
+    ]
+    assert versions == [
+        (1, "alpha-corrected", "2026-11-01T06:00:00", False, uris[0]),
+        (1, "beta", "2026-11-01T06:00:01", True, uris[1]),
+        (2, "gamma", "2026-11-01T06:00:01", True, uris[1]),
+    ]
