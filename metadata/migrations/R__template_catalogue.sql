@@ -71,7 +71,17 @@ INSERT INTO lakehouse.templates (template_id, version, script_location, descript
    {"name": "secret_id", "type": "str", "required": false, "description": "credentials: headers, or login+password (basic), or password (bearer)"},
    {"name": "timeout_seconds", "type": "float", "required": false, "default": 60.0, "description": "per request"},
    {"name": "attempts", "type": "int", "required": false, "default": 3, "description": "tries for transient failures"},
-   {"name": "skip_unchanged", "type": "bool", "required": false, "default": false, "description": "do not re-upload an identical file"}]')
+   {"name": "skip_unchanged", "type": "bool", "required": false, "default": false, "description": "do not re-upload an identical file"}]'),
+('maintain_table', 1, 'maintain_table.py',
+ 'Iceberg table maintenance with Iceberg''s own procedures: compact data and position delete files, expire old snapshots, remove orphan files; run on a schedule per table (docs/scd2.md).',
+ '[{"name": "table", "type": "str", "required": true, "description": "Iceberg table to maintain, namespace.table"},
+   {"name": "compact", "type": "bool", "required": false, "default": true, "description": "rewrite data files (sorted by the table''s sort order) and position delete files"},
+   {"name": "delete_file_threshold", "type": "int", "required": false, "default": 1, "description": "compaction rewrites a data file with at least this many delete files"},
+   {"name": "rewrite_all", "type": "bool", "required": false, "default": false, "description": "compaction rewrites every data file (after a layout change, to sort what was written before it)"},
+   {"name": "snapshot_retention_days", "type": "float", "required": false, "default": 7.0, "description": "snapshots older than this are expired: time travel reaches back this far"},
+   {"name": "retain_last", "type": "int", "required": false, "default": 10, "description": "snapshots kept whatever their age"},
+   {"name": "remove_orphans", "type": "bool", "required": false, "default": true, "description": "remove files no snapshot references"},
+   {"name": "orphan_file_age_days", "type": "float", "required": false, "default": 3.0, "description": "only orphan files older than this (at least 1: a running job''s files are not committed yet)"}]')
 ON CONFLICT (template_id) DO UPDATE SET
     version = EXCLUDED.version,
     script_location = EXCLUDED.script_location,
