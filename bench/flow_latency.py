@@ -20,12 +20,16 @@ which the template (its metrics' ``seconds``).
 ``--memory-runs N`` (default 200) then runs a small template N times in a row on one warm driver
 (through the runner, no Airflow) and reports the driver's memory every N/10 runs: it must stay flat.
 
+After each phase, ``--idle-seconds`` (default 30) of the scheduler's CPU with no run going: what a
+variant's shorter idle sleep costs a quiet stack.
+
     .venv/bin/python bench/flow_latency.py [--rounds 2] [--sequential 5] [--burst 10] [--memory-runs 200]
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import random
 import shutil
@@ -159,11 +163,11 @@ class Bench:
             single.append(_at(run["end_date"]) - put_at)
             parts.append({**self.breakdown(run_id), "template": self.template_seconds(run_id)})
         dropped = [self.drop() for _ in range(self.args.burst)]
-        first_put = min(put_at for _, put_at in dropped)
         ends = [_at(self.finished(run_id)["end_date"]) for run_id, _ in dropped]
-        burst = max(ends) - first_put if ends else 0.0
+        burst = max(ends) - min(put_at for _, put_at in dropped) if dropped else 0.0
         batched = self.batched_burst() if self.args.batched_burst and self.args.burst else None
         mean = {k: statistics.mean(p[k] for p in parts) for k in parts[0]} if parts else {}
+        idle_cpu = self.scheduler_idle_cpu(self.args.idle_seconds) if self.args.idle_seconds else None
         print(
             f"{mode:6} one at a time ({len(single)}): median {statistics.median(single):.1f} s, "
             f"p95 {pct(single, 0.95):.1f} s, max {max(single):.1f} s | {self.args.burst} at once: all done in "
@@ -171,10 +175,41 @@ class Bench:
             + (f" (as one micro-batch: {batched:.1f} s)" if batched is not None else "")
             + f" | per run: scheduler {mean.get('scheduler', 0):.1f} s, executor "
             f"{mean.get('executor', 0):.1f} s, tasks {mean.get('tasks', 0):.1f} s (templates "
-            f"{mean.get('template', 0):.1f} s)",
+            f"{mean.get('template', 0):.1f} s)"
+            + (f" | scheduler idle: {idle_cpu:.1f}% of a core" if idle_cpu is not None else ""),
             flush=True,
         )
-        return {"mode": mode, "single": single, "burst": burst, "batched_burst": batched, "parts": mean}
+        return {
+            "mode": mode,
+            "single": single,
+            "burst": burst,
+            "batched_burst": batched,
+            "parts": mean,
+            "scheduler_idle_cpu_percent": idle_cpu,
+        }
+
+    def scheduler_idle_cpu(self, seconds: float) -> float:
+        """The scheduler's CPU (its whole process group: the loop and LocalExecutor's workers) while
+        no run is going, in percent of one core: what a shorter idle sleep costs a quiet stack."""
+        import psutil
+
+        from lakehouse.stack.processes import group_members, read_pid
+
+        pgid = read_pid(self.settings.run_dir, "airflow-scheduler")
+        assert pgid is not None, "the scheduler is not running"
+
+        def used() -> float:
+            total = 0.0
+            for pid in group_members(pgid):
+                with contextlib.suppress(psutil.Error):
+                    times = psutil.Process(pid).cpu_times()
+                    total += times.user + times.system + times.children_user + times.children_system
+            return total
+
+        time.sleep(5)  # the last run's tasks have ended
+        before, started = used(), time.monotonic()
+        time.sleep(seconds)
+        return 100 * (used() - before) / (time.monotonic() - started)
 
     def batched_burst(self) -> float:
         """The same burst into the flow set to gather files (max_files_per_run = the burst, a 2 s
@@ -259,6 +294,9 @@ def main() -> int:
         help="variants in turns: warm, submit, optionally @<scheduler idle sleep s>, e.g. warm@0.2",
     )
     parser.add_argument("--memory-runs", type=int, default=200, help="runs on one warm driver (0: skip)")
+    parser.add_argument(
+        "--idle-seconds", type=float, default=30, help="after each phase, the scheduler's CPU while idle (0: skip)"
+    )
     parser.add_argument(
         "--no-batched-burst",
         dest="batched_burst",

@@ -205,17 +205,10 @@ def prepare_bench_stack(settings: Any, env: dict[str, str]) -> bool:
 
 
 def start_airflow_component(settings: Any, env: dict[str, str], component: str) -> None:
-    """One Airflow component in its own process group, with the environment the stack gives it."""
-    from lakehouse.stack.processes import start_group
-    from lakehouse.stack.services import _bin, airflow_component_environment
+    """One Airflow component in its own process group, as the stack starts it."""
+    from lakehouse.stack.services import start_airflow_component as start
 
-    start_group(
-        settings.run_dir,
-        settings.log_dir,
-        f"airflow-{component}",
-        [_bin("airflow"), component],
-        airflow_component_environment(env, component),
-    )
+    start(settings, env, component)
 
 
 def wait_airflow_healthy(airflow_url: str, timeout: float) -> float:

@@ -346,7 +346,7 @@ def _discard_raw(spark: SparkSession, raw_path: str, failure: Exception) -> None
 def _load(spark: SparkSession, args: dict[str, Any], raw_path: str, rejects_path: str) -> dict[str, Any]:
     """Parse, count, check the reject ratio, then write: raw only when the file passed."""
     _validate(args)
-    source, dataset, batch_id, fmt = args["source_uri"], args["dataset"], args["batch_id"], args["format"]
+    source, batch_id, fmt = args["source_uri"], args["batch_id"], args["format"]
     unit = "rows" if fmt == "parquet" else "records" if fmt == "json" else "lines"
     # the run's time, not the clock: a re-run of an old batch must not look newer than later batches
     ingested_at = (
@@ -418,22 +418,24 @@ def _load(spark: SparkSession, args: dict[str, Any], raw_path: str, rejects_path
                 raise
             raise JobFailure(f"landing file {source} {problem} (read as {fmt})", metrics) from exc
     if schema_source == "inferred" and types is not None:
-        # written after the raw write committed: the next file of the dataset is checked against it
-        io.write_text(
-            _schema_uri(args),
-            json.dumps(
-                {
-                    "dataset": dataset,
-                    "format": fmt,
-                    "inferred_from": source,
-                    "batch_id": batch_id,
-                    "columns": [{"name": c, "type": types[c]} for c in columns],
-                },
-                indent=2,
-            ),
-        )
-        metrics["schema_uri"] = _schema_uri(args)
+        metrics["schema_uri"] = _store_inferred_schema(args, fmt, source, columns, types)
     return metrics
+
+
+def _store_inferred_schema(
+    args: dict[str, Any], fmt: str, inferred_from: str, columns: list[str], types: dict[str, str]
+) -> str:
+    """Written after the raw write committed: the dataset's later files are checked against it."""
+    uri = _schema_uri(args)
+    document = {
+        "dataset": args["dataset"],
+        "format": fmt,
+        "inferred_from": inferred_from,
+        "batch_id": args["batch_id"],
+        "columns": [{"name": c, "type": types[c]} for c in columns],
+    }
+    io.write_text(uri, json.dumps(document, indent=2))
+    return uri
 
 
 # -- a run of many files (a micro-batch) ---------------------------------------------------------
@@ -471,7 +473,7 @@ def _load_files(
     (``_ingested_at``), which orders a multi-file batch in the stage when it has no ``sequence_by``.
     """
     _validate(args)
-    dataset, batch_id, fmt = args["dataset"], args["batch_id"], args["format"]
+    batch_id, fmt = args["batch_id"], args["format"]
     unit = "rows" if fmt == "parquet" else "records" if fmt == "json" else "lines"
     batch_time = (
         datetime.fromisoformat(args["batch_time"]).astimezone(UTC) if args.get("batch_time") else datetime.now(UTC)
@@ -557,20 +559,7 @@ def _load_files(
         finally:
             union.unpersist()
     if schema_source == "inferred" and types is not None:
-        io.write_text(
-            _schema_uri(args),
-            json.dumps(
-                {
-                    "dataset": dataset,
-                    "format": fmt,
-                    "inferred_from": accepted[0],
-                    "batch_id": batch_id,
-                    "columns": [{"name": c, "type": types[c]} for c in columns],
-                },
-                indent=2,
-            ),
-        )
-        metrics["schema_uri"] = _schema_uri(args)
+        metrics["schema_uri"] = _store_inferred_schema(args, fmt, accepted[0], columns, types)
     return metrics
 
 
