@@ -11,7 +11,9 @@ template gets) up and ready, and serves runs on a Unix socket, one run per drive
   that driver: its Spark work stops with it. A driver that dies mid-run fails its run with a
   message saying so. Either way a new driver is started and the dead one serves nothing more;
 - a driver is replaced after ``LAKEHOUSE_SPARK_DRIVER_MAX_RUNS`` runs, when its processes hold
-  more than ``LAKEHOUSE_SPARK_DRIVER_MAX_RSS_MB``, or when the template code on disk changed.
+  more than ``LAKEHOUSE_SPARK_DRIVER_MAX_RSS_MB``, or when the template code on disk changed. Its
+  quota of runs used up, a driver goes on serving until its successor is ready: drivers share out
+  runs evenly and reach their quota together, and a run should not wait for a JVM to start.
 
 The drivers are children of the pool, in its process group, so the stack stops them with it.
 """
@@ -67,6 +69,7 @@ class _Driver:
     started: float = field(default_factory=time.monotonic)
     control: socket.socket | None = None
     runs: int = 0
+    retiring: bool = False  # its quota used up: serves until its successor is ready
     sink: Callable[[str], None] | None = None
     end_seen: threading.Event = field(default_factory=threading.Event)
 
@@ -198,7 +201,20 @@ class SparkPool:
         with self._lock:
             self._starting.discard(number)
             self._ready.append(driver)
+            retired = self._pop_surplus_retiring()
             self._lock.notify_all()
+        for old in retired:
+            log.info("warm driver %d replaced by driver %d: its quota of runs was used up", old.number, number)
+            old.kill()
+
+    def _pop_surplus_retiring(self) -> list[_Driver]:
+        """Idle retiring drivers beyond the pool's size, taken out of the ready list (with the lock
+        held): their successors are ready."""
+        surplus = len(self._ready) + len(self._busy) - self.size
+        retired = [d for d in self._ready if d.retiring][: max(0, surplus)]
+        for driver in retired:
+            self._ready.remove(driver)
+        return retired
 
     def _pump(self, driver: _Driver) -> None:
         """The driver's output goes to the run that owns it, or to the pool's log between runs."""
@@ -218,7 +234,7 @@ class SparkPool:
     def _retire(self, driver: _Driver, why: str) -> None:
         log.info("warm driver %d replaced: %s", driver.number, why)
         driver.kill()
-        if not self._stopping:
+        if not self._stopping and not driver.retiring:  # a retiring driver's successor is on its way
             self._start_driver()
 
     def _acquire(self, notify: Callable[[str], None], deadline: float) -> _Driver:
@@ -226,6 +242,7 @@ class SparkPool:
         with self._lock:
             while True:
                 fingerprint = self.code_fingerprint() if self._ready else ""
+                self._ready.sort(key=lambda d: d.retiring)  # a retiring driver only when no other is free
                 while self._ready:
                     driver = self._ready.pop(0)
                     if driver.proc.poll() is not None:
@@ -250,17 +267,30 @@ class SparkPool:
 
     def _release(self, driver: _Driver) -> None:
         why = None
-        if driver.runs >= self.max_runs:
-            why = f"it served {driver.runs} runs (LAKEHOUSE_SPARK_DRIVER_MAX_RUNS)"
-        elif (rss := driver.rss_mb()) > self.max_rss_mb:
+        if (rss := driver.rss_mb()) > self.max_rss_mb:
             why = f"its processes hold {rss:.0f} MB (LAKEHOUSE_SPARK_DRIVER_MAX_RSS_MB {self.max_rss_mb})"
+        successor = driver.runs >= self.max_runs and not driver.retiring and why is None
         with self._lock:
             self._busy.discard(driver.number)
+            retired: list[_Driver] = []
             if why is None and not self._stopping:
+                driver.retiring = driver.retiring or successor
                 self._ready.append(driver)
+                retired = self._pop_surplus_retiring()  # its successor may be ready already
             self._lock.notify_all()
         if why is not None:
             self._retire(driver, why)
+        for old in retired:
+            log.info("warm driver %d replaced: its quota of runs was used up", old.number)
+            old.kill()
+        if successor and not self._stopping:
+            log.info(
+                "warm driver %d served %d runs (LAKEHOUSE_SPARK_DRIVER_MAX_RUNS): it serves on until its "
+                "successor is ready",
+                driver.number,
+                driver.runs,
+            )
+            self._start_driver()
 
     # -- runs ----------------------------------------------------------------------------------
     def run(self, request: dict[str, Any], send: Callable[[dict[str, Any]], None], client: socket.socket) -> None:

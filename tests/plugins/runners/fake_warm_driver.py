@@ -13,6 +13,8 @@ import time
 MARKER = "\x1elakehouse-warm-run-end"
 path = sys.argv[sys.argv.index("--socket") + 1]
 print(f"fake driver {os.getpid()} starting", flush=True)
+if "--start-delay" in sys.argv:  # as slow to become ready as a JVM
+    time.sleep(float(sys.argv[sys.argv.index("--start-delay") + 1]))
 server = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
 server.bind(path)
 server.listen(1)

@@ -26,13 +26,15 @@ def pool_settings(settings: Settings, tmp_path: Path) -> Settings:
     return settings.model_copy(update={"home": tmp_path / "home", "templates_uri": str(templates)})
 
 
-def start(settings: Settings, size: int = 1, max_runs: int = 50) -> SparkPool:
+def start(settings: Settings, size: int = 1, max_runs: int = 50, start_delay: list[float] | None = None) -> SparkPool:
+    """A pool of fake drivers; ``start_delay[0]``, read at each start, makes drivers slow to start."""
+    delay = start_delay or [0.0]
     pool = SparkPool(
         settings,
         size,
         max_runs,
         max_rss_mb=10_000,
-        command=lambda sock, props: [sys.executable, str(FAKE), "--socket", str(sock)],
+        command=lambda sock, props: [sys.executable, str(FAKE), "--socket", str(sock), "--start-delay", str(delay[0])],
     )
     threading.Thread(target=pool.serve_forever, args=(pool_socket(settings),), daemon=True).start()
     deadline = time.monotonic() + 30
@@ -97,14 +99,44 @@ def test_a_task_that_leaves_mid_run_stops_its_driver(pool: SparkPool, pool_setti
     assert driver_pid(after) != driver_pid(before)  # the hanging driver is gone
 
 
+def _settled(settings: Settings, size: int) -> dict:
+    """The pool's status once it is back to ``size`` ready drivers and none starting."""
+    deadline = time.monotonic() + 30
+    while True:
+        status = pool_status(settings) or {}
+        if len(status.get("ready", [])) == size and not status.get("starting") and not status.get("busy"):
+            return status
+        assert time.monotonic() < deadline, f"the pool did not settle: {status}"
+        time.sleep(0.1)
+
+
 def test_drivers_are_recycled_after_their_quota_and_after_a_code_change(pool_settings: Settings) -> None:
     pool = start(pool_settings, max_runs=2)
     try:
-        pids = [driver_pid(run(pool_settings, "echo")[1]) for _ in range(3)]
+        pids = [driver_pid(run(pool_settings, "echo")[1]) for _ in range(2)]
+        _settled(pool_settings, 1)  # the successor is ready and has taken over
+        pids.append(driver_pid(run(pool_settings, "echo")[1]))
         assert pids[0] == pids[1] != pids[2]
         time.sleep(0.01)
         (Path(pool_settings.templates_uri) / "job.py").write_text("# changed\n")
         assert driver_pid(run(pool_settings, "echo")[1]) != pids[2]  # stale code is not run
+    finally:
+        pool.stop()
+
+
+def test_a_driver_past_its_quota_serves_on_until_its_successor_is_ready(pool_settings: Settings) -> None:
+    """No run waits for a JVM to start because drivers reached their quota: the old driver serves
+    while its successor starts, then makes way, and the pool keeps its size."""
+    delay = [0.0]
+    pool = start(pool_settings, size=1, max_runs=2, start_delay=delay)
+    try:
+        delay[0] = 3.0  # from now on a driver takes 3 s to start
+        first = [driver_pid(run(pool_settings, "echo")[1]) for _ in range(2)]
+        during = driver_pid(run(pool_settings, "echo")[1])  # quota used up, successor still starting
+        assert first[0] == first[1] == during
+        status = _settled(pool_settings, 1)
+        after = driver_pid(run(pool_settings, "echo")[1])
+        assert after != during and status["drivers"] == 1
     finally:
         pool.stop()
 
