@@ -6,11 +6,14 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager
 from typing import Any
 
+import aiobotocore.session
 import boto3
 import pytest
+from aiobotocore.stub import AioStubber
 from moto import mock_aws
 
 from lakehouse.runners import JobFailedError, JobRequest
@@ -224,7 +227,7 @@ def test_the_trigger_is_the_providers_for_this_run(aws: None) -> None:
     runner, _ = make_runner()
     runner.poll_seconds = 30
     handle = runner.start(request())
-    runner.deferrable = True  # as where aiobotocore is installed (MWAA)
+    assert runner.deferrable  # the provider's aiobotocore extra is installed, as on MWAA
     trigger = runner.trigger(handle)
     assert isinstance(trigger, GlueJobCompleteTrigger)
     classpath, kwargs = trigger.serialize()
@@ -233,6 +236,70 @@ def test_the_trigger_is_the_providers_for_this_run(aws: None) -> None:
     assert kwargs["waiter_max_attempts"] * 30 > 600  # outlasts the job's own 10-minute Timeout
     runner.deferrable = False
     assert runner.trigger(handle) is None  # no async client: the worker waits itself
+
+
+def _recorded_glue(monkeypatch: pytest.MonkeyPatch, job: str, run: str, states: list[tuple[str, str]]) -> AioStubber:
+    """The triggerer's aiobotocore Glue client answering GetJobRun with recorded responses, one
+    per poll (moto's decorator cannot serve aiobotocore's HTTP client)."""
+    from airflow.providers.amazon.aws.hooks.glue import GlueJobHook
+
+    stubber: list[AioStubber] = []
+
+    @asynccontextmanager
+    async def client() -> AsyncIterator[Any]:
+        session = aiobotocore.session.get_session()
+        async with session.create_client(
+            "glue", region_name="us-east-1", aws_access_key_id="testing", aws_secret_access_key="testing"
+        ) as glue:
+            stub = AioStubber(glue)
+            for state, message in states:
+                answer: dict[str, Any] = {"Id": run, "JobName": job, "JobRunState": state}
+                if message:
+                    answer["ErrorMessage"] = message
+                stub.add_response("get_job_run", {"JobRun": answer}, {"JobName": job, "RunId": run})
+            stubber.append(stub)
+            with stub:
+                yield glue
+
+    async def get_async_conn(self: GlueJobHook) -> Any:
+        return client()
+
+    monkeypatch.setattr(GlueJobHook, "get_async_conn", get_async_conn)
+    return stubber
+
+
+def test_the_triggerer_waits_with_the_providers_waiter_until_the_run_ends(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The deferred wait as Airflow's triggerer runs it: the provider's job_complete waiter over an
+    aiobotocore client polls until SUCCEEDED, and the event names the run."""
+    stubs = _recorded_glue(
+        monkeypatch, "lakehouse-invoices", "jr_1", [("RUNNING", ""), ("RUNNING", ""), ("SUCCEEDED", "")]
+    )
+    trigger = StoppableGlueJobCompleteTrigger(
+        job_name="lakehouse-invoices", run_id="jr_1", waiter_delay=0, waiter_max_attempts=5, region_name="us-east-1"
+    )
+    events = asyncio.run(_events(trigger))
+    assert [e.payload for e in events] == [{"status": "success", "run_id": "jr_1"}]
+    stubs[0].assert_no_pending_responses()  # polled exactly until the run ended
+
+
+def test_the_triggerer_reports_a_failed_run_as_an_error_event(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A failed run ends the wait with an error event; the resumed task (execute_complete) then
+    reads the run's reason and counts through runner.finish, as on the worker."""
+    _recorded_glue(
+        monkeypatch,
+        "lakehouse-invoices",
+        "jr_2",
+        [("RUNNING", ""), ("FAILED", "landing file x: 3 of 5 lines rejected")],
+    )
+    trigger = StoppableGlueJobCompleteTrigger(
+        job_name="lakehouse-invoices", run_id="jr_2", waiter_delay=0, waiter_max_attempts=5, region_name="us-east-1"
+    )
+    [event] = asyncio.run(_events(trigger))
+    assert event.payload["status"] == "error" and "AWS Glue job failed" in event.payload["message"]
+
+
+async def _events(trigger: StoppableGlueJobCompleteTrigger) -> list[Any]:
+    return [event async for event in trigger.run()]
 
 
 def test_a_killed_deferred_task_stops_its_run_from_the_triggerer(aws: None, monkeypatch: pytest.MonkeyPatch) -> None:
