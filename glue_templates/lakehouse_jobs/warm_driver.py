@@ -42,7 +42,13 @@ RUN_END_MARKER = "\x1elakehouse-warm-run-end"
 
 
 def _make_current(session: SparkSession) -> None:
-    """``SparkSession.builder.getOrCreate()`` (what every template calls) returns this session."""
+    """``SparkSession.builder.getOrCreate()`` (what every template calls) returns this session.
+
+    PySpark has no setter for the current session: its two class attributes are what
+    ``getOrCreate`` reads, and the JVM's ``SparkSession.setDefaultSession``/``setActiveSession``
+    (public Scala API, reached through py4j) are what JVM code such as Iceberg's procedures reads.
+    Tested on Spark 3.5.9 (the pinned pyspark); not used on Glue, where each run is its own job.
+    """
     SparkSession._instantiatedSession = session
     SparkSession._activeSession = session
     jvm_session = session._jvm.SparkSession  # type: ignore[union-attr]
