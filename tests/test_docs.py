@@ -45,3 +45,14 @@ def test_nothing_tracked_points_outside_the_repository() -> None:
         if name != this and (ROOT / name).is_file() and "shared/design" in (ROOT / name).read_text(errors="ignore")
     ]
     assert citing == []
+
+
+def test_no_page_carries_an_unfilled_placeholder() -> None:
+    """A figure still to be measured is not a figure: a line that is only SOME_NAME is a hole."""
+    holes = [
+        f"{doc.name}:{n}: {line}"
+        for doc in DOCS
+        for n, line in enumerate(doc.read_text().splitlines(), start=1)
+        if re.fullmatch(r"[A-Z][A-Z0-9]*(_[A-Z0-9]+)+", line.strip())
+    ]
+    assert holes == []
