@@ -79,9 +79,21 @@ def pg(settings: Settings) -> Iterator[Settings]:
             postgres.stop(settings)
 
 
+# Each test's tmp_path in a folder of this run, removed with its home (pytest would keep its last
+# three runs in /tmp/pytest-of-<user>), so a finished run leaves nothing in /tmp. Beside the home,
+# not inside it: paths under it must stay short enough for Unix sockets.
+_TEST_TMP = _TEST_HOME.with_name(_TEST_HOME.name + "-t")
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    if config.option.basetemp is None:
+        config.option.basetemp = str(_TEST_TMP)
+
+
 def pytest_unconfigure(config: pytest.Config) -> None:
     """The run's home goes when the run ends, after every fixture's teardown, whichever tests ran."""
     shutil.rmtree(_TEST_HOME, ignore_errors=True)
+    shutil.rmtree(_TEST_TMP, ignore_errors=True)
 
 
 @pytest.fixture(scope="session")
