@@ -13,7 +13,7 @@ need() {  # need <description> <apt package> <test command...>
 
 java_17_or_newer() {
   command -v java >/dev/null || return 1
-  local v; v=$(java -version 2>&1 | sed -n 's/.*version "\([0-9]*\).*/\1/p' | head -1)
+  local v; v=$(java -XX:-UsePerfData -version 2>&1 | sed -n 's/.*version "\([0-9]*\).*/\1/p' | head -1)
   [ -n "$v" ] && [ "$v" -ge 17 ]
 }
 postgres_server() { ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || command -v initdb; }

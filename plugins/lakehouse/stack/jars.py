@@ -198,7 +198,7 @@ def _build_shaded_jackson(target: Path) -> None:
         rules.write_text(JARJAR_RULE)
         partial = target.with_suffix(".partial")
         subprocess.run(
-            ["java", "-jar", str(jarjar), "process", str(rules), str(merged), str(partial)],
+            ["java", "-XX:-UsePerfData", "-jar", str(jarjar), "process", str(rules), str(merged), str(partial)],
             check=True,
             capture_output=True,
         )
