@@ -56,7 +56,7 @@ for _name in (
 
 from lakehouse.config import Settings, load_settings  # noqa: E402
 from lakehouse.stack import postgres  # noqa: E402
-from lakehouse.stack.jars import provision_jars  # noqa: E402
+from lakehouse.stack.jars import iceberg_runtime, provision_jars  # noqa: E402
 
 
 @pytest.fixture(scope="session")
@@ -98,7 +98,7 @@ def pytest_unconfigure(config: pytest.Config) -> None:
 
 @pytest.fixture(scope="session")
 def jars(settings: Settings) -> list[Path]:
-    return provision_jars(settings.jars_dir)
+    return provision_jars(settings.jars_dir, iceberg_runtime(settings.iceberg_version))
 
 
 _SERVICE_FIXTURES = {"pg", "spark", "jars", "stack", "client"}

@@ -268,6 +268,11 @@ class Settings(BaseSettings):
         derived=lambda s: s["root"] / "var" / "jars",
         shown="`$LAKEHOUSE_ROOT/var/jars`",
     )
+    iceberg_version: str = setting(
+        "LAKEHOUSE_ICEBERG_VERSION",
+        "Iceberg Spark runtime of the local Spark: `1.10.2` or `1.9.2` (the SCD2 tests run on both)",
+        "1.10.2",
+    )
     runner: Literal["local", "glue"] = setting("LAKEHOUSE_RUNNER", "`local` (this machine) or `glue`", "local")
     spark_master: str = setting("LAKEHOUSE_SPARK_MASTER", "Spark master for the local runner", "local[2]")
     spark_driver_memory: str = setting("LAKEHOUSE_SPARK_DRIVER_MEMORY", "driver memory of the local runner", "2g")

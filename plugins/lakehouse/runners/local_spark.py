@@ -31,7 +31,7 @@ from lakehouse.config import Settings
 from lakehouse.runners.base import JobFailedError, JobRequest, JobResult, job_arguments, parse_metrics
 from lakehouse.runners.spark_conf import local_spark_conf
 from lakehouse.runners.spark_pool import PoolUnavailableError, request_run
-from lakehouse.stack.jars import provision_jars
+from lakehouse.stack.jars import iceberg_runtime, provision_jars
 
 __all__ = ["SECRETS_VARIABLE", "LocalSparkRunner", "resolve_script"]
 
@@ -103,7 +103,7 @@ class LocalSparkRunner:
         ]
 
     def run(self, request: JobRequest) -> JobResult:
-        provision_jars(self.settings.jars_dir)
+        provision_jars(self.settings.jars_dir, iceberg_runtime(self.settings.iceberg_version))
         work = self.settings.home / "run" / "jobs"
         work.mkdir(parents=True, exist_ok=True)
         job_id = f"{request.batch_id}.{request.task_id}.{uuid.uuid4().hex[:8]}"

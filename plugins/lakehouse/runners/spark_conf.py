@@ -8,7 +8,7 @@ iceberg`` providing the jars).
 from __future__ import annotations
 
 from lakehouse.config import Settings
-from lakehouse.stack.jars import spark_jars
+from lakehouse.stack.jars import iceberg_runtime, spark_jars
 
 __all__ = ["iceberg_catalog_conf", "local_spark_conf"]
 
@@ -36,7 +36,7 @@ def local_spark_conf(settings: Settings) -> dict[str, str]:
     conf = {
         "spark.master": settings.spark_master,
         "spark.driver.memory": settings.spark_driver_memory,
-        "spark.jars": ",".join(str(p) for p in spark_jars(settings.jars_dir)),
+        "spark.jars": ",".join(map(str, spark_jars(settings.jars_dir, iceberg_runtime(settings.iceberg_version)))),
         "spark.sql.shuffle.partitions": "4",
         "spark.sql.session.timeZone": "UTC",
         "spark.ui.enabled": "false",

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import hashlib
 import importlib.util
-import os
 import shutil
 import subprocess
 import sys
@@ -79,8 +78,11 @@ class JarProvisioningError(RuntimeError):
 
 
 def iceberg_runtime(version: str | None = None) -> IcebergRuntime:
-    """The runtime ``version`` names, or the one ``LAKEHOUSE_ICEBERG_VERSION`` selects (default 1.10.2)."""
-    chosen = version or os.environ.get(ICEBERG_VERSION_VARIABLE) or DEFAULT_ICEBERG_VERSION
+    """The runtime ``version`` names, or the one the settings select (``LAKEHOUSE_ICEBERG_VERSION``,
+    default 1.10.2)."""
+    from lakehouse.config import load_settings
+
+    chosen = version or load_settings().iceberg_version
     if chosen not in ICEBERG_RUNTIMES:
         raise JarProvisioningError(
             f"{ICEBERG_VERSION_VARIABLE}={chosen!r}: the Iceberg runtimes provisioned are {sorted(ICEBERG_RUNTIMES)}"

@@ -26,7 +26,7 @@ import requests
 from lakehouse.config import Settings
 from lakehouse.metadata.migrations import migrate
 from lakehouse.stack import postgres
-from lakehouse.stack.jars import provision_jars
+from lakehouse.stack.jars import iceberg_runtime, provision_jars
 from lakehouse.stack.processes import group_members, read_pid, service_running, start_group, stop_group
 
 __all__ = [
@@ -344,7 +344,7 @@ def _start_airflow(settings: Settings, env: dict[str, str], echo: Callable[[str]
 
 # -- public -------------------------------------------------------------------------------------
 def up(settings: Settings, echo: Callable[[str], None] = print) -> None:
-    provision_jars(settings.jars_dir)
+    provision_jars(settings.jars_dir, iceberg_runtime(settings.iceberg_version))
     if settings.pg_managed:
         if postgres.start(settings):
             echo(f"started Postgres on {settings.pg_host}:{settings.pg_port}")
