@@ -34,6 +34,7 @@ _OFF = int(os.environ.get("LAKEHOUSE_TEST_PORT_OFFSET", "0"))
 os.environ.update(
     {
         "LAKEHOUSE_HOME": str(_TEST_HOME),
+        "SPARK_LAUNCHER_OPTS": "-XX:-UsePerfData",  # the session's spark-submit launcher: no /tmp/hsperfdata_<user>
         "LAKEHOUSE_PG_PORT": str(25433 + _OFF),
         "LAKEHOUSE_SEAWEED_PORTS": ",".join(str(p + _OFF) for p in (20333, 20340, 20888, 20833, 20733, 20181)),
         "LAKEHOUSE_S3_ENDPOINT_URL": f"http://127.0.0.1:{20833 + _OFF}",

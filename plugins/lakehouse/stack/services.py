@@ -79,6 +79,8 @@ def stack_environment(settings: Settings) -> dict[str, str]:
     env.update(
         {
             "TMPDIR": str(settings.tmp_dir),
+            # spark-submit's launcher is a JVM of its own: without this it leaves /tmp/hsperfdata_<user>
+            "SPARK_LAUNCHER_OPTS": f"{env.get('SPARK_LAUNCHER_OPTS', '')} -XX:-UsePerfData".strip(),
             "LAKEHOUSE_ROOT": str(settings.root),
             "LAKEHOUSE_HOME": str(settings.home),
             "LAKEHOUSE_PG_HOST": settings.pg_host,

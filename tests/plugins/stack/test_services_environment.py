@@ -50,6 +50,7 @@ def test_every_process_of_the_stack_keeps_its_scratch_files_under_the_home() -> 
     settings = load_settings()
     home = str(settings.home)
     assert services.stack_environment(settings)["TMPDIR"].startswith(home)
+    assert "-XX:-UsePerfData" in services.stack_environment(settings)["SPARK_LAUNCHER_OPTS"]  # nor /tmp/hsperfdata
     conf = local_spark_conf(settings)
     assert (
         conf["spark.local.dir"].startswith(home)
