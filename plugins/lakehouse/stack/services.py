@@ -15,6 +15,7 @@ import base64
 import json
 import os
 import shutil
+import socket
 import sys
 import time
 from collections.abc import Callable
@@ -375,7 +376,35 @@ def down(settings: Settings, echo: Callable[[str], None] = print) -> list[str]:
     if left:
         raise RuntimeError("still running after stop: " + ", ".join(s.name for s in left))
     shutil.rmtree(settings.tmp_dir, ignore_errors=True)  # what killed processes could not clean up
+    remove_stale_seaweedfs_sockets(settings)
     return stopped
+
+
+#: ``weed mini`` puts its gRPC servers' local sockets in /tmp whatever its flags say (its source
+#: hard-codes the folder); one killed before it could remove them leaves them behind
+SEAWEEDFS_GRPC_SOCKETS = ("master", "volume", "filer", "s3", "admin")
+SEAWEEDFS_ADMIN_GRPC_PORT = 33646  # weed mini's admin server (UI off, gRPC still on): 23646 + 10000
+
+
+def remove_stale_seaweedfs_sockets(settings: Settings, folder: Path = Path("/tmp")) -> list[Path]:
+    """The local sockets of this stack's SeaweedFS that no process listens on any more."""
+    p = settings.seaweed_ports
+    grpc_ports = {"master": p.master, "volume": p.volume, "filer": p.filer, "s3": p.s3}
+    ports = {name: port + 10000 for name, port in grpc_ports.items()} | {"admin": SEAWEEDFS_ADMIN_GRPC_PORT}
+    removed = []
+    for name in SEAWEEDFS_GRPC_SOCKETS:
+        path = folder / f"seaweedfs-{name}-grpc-{ports[name]}.sock"
+        if not path.is_socket():
+            continue
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as probe:
+            try:
+                probe.connect(str(path))
+                continue  # another stack's SeaweedFS still serves on it
+            except OSError:
+                pass
+        path.unlink(missing_ok=True)
+        removed.append(path)
+    return removed
 
 
 def status(settings: Settings) -> list[ServiceStatus]:

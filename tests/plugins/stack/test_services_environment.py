@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import socket
+from pathlib import Path
+
 import pytest
 
 from lakehouse.config import load_settings
@@ -62,3 +65,20 @@ def test_every_process_of_the_stack_keeps_its_scratch_files_under_the_home() -> 
     for flag in ("-logdir=", "-s3.localSocket=", "-filer.localSocket=", "-dir="):
         (value,) = [a.split("=", 1)[1] for a in weed if a.startswith(flag)]
         assert value.startswith(home), (flag, value)
+
+
+def test_stop_removes_the_sockets_a_killed_seaweedfs_left_but_not_live_ones(tmp_path: Path) -> None:
+    """weed mini hard-codes /tmp for its gRPC sockets; the stop takes away the ones nobody serves."""
+    settings = load_settings()
+    p = settings.seaweed_ports
+    stale = tmp_path / f"seaweedfs-filer-grpc-{p.filer + 10000}.sock"
+    live = tmp_path / f"seaweedfs-admin-grpc-{services.SEAWEEDFS_ADMIN_GRPC_PORT}.sock"
+    other = tmp_path / "seaweedfs-filer-grpc-1.sock"  # another stack's port
+    for path in (stale, other):
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
+            s.bind(str(path))  # bound, then closed: the file stays, nobody listens
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as server:
+        server.bind(str(live))
+        server.listen(1)
+        assert services.remove_stale_seaweedfs_sockets(settings, tmp_path) == [stale]
+    assert not stale.exists() and live.exists() and other.exists()
